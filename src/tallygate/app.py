@@ -1,0 +1,319 @@
+"""The ASGI application: dispatch, lifespan (pools, pipeline start and flush).
+
+A plain ASGI callable with a dict dispatch: a framework's routing and request
+objects cost more per request than the whole metering does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+import orjson
+
+from . import __version__
+from .auth import Authenticator
+from .errors import GatewayError, error_body, not_found
+from .metering.pricing import PriceBook, load_overrides
+from .routes.openai import ENDPOINTS, ClientGone, OpenAIProxy
+from .settings import Settings
+from .sinks.jsonlog import JsonLogSink
+from .sinks.metrics import MetricsSink
+from .sinks.pipeline import Pipeline
+from .upstream import Router, client_session
+
+log = logging.getLogger("tallygate")
+
+_TRACE_RE = re.compile(rb"[0-9a-fA-F]{32}")
+JSON = [(b"content-type", b"application/json")]
+
+
+def _json_response_headers(body: bytes, extra=()) -> list:
+    return [*JSON, (b"content-length", str(len(body)).encode()), *extra]
+
+
+async def send_json(send, status: int, doc, extra=()) -> None:
+    body = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+    await send({"type": "http.response.start", "status": status,
+                "headers": _json_response_headers(body, extra)})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send, err: GatewayError) -> None:
+    await send_json(send, err.status, err.body(), err.headers)
+
+
+class Gateway:
+    """Everything a request needs, built once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.router = Router.from_settings(settings)
+        overrides = load_overrides(settings.prices_file) if settings.prices_file else {}
+        self.prices = PriceBook(overrides)
+        self.keys = None  # tenant keys (KeyCache), set up in startup when the store has them
+        self.guard = None  # limits and budgets
+        self.auth = Authenticator(settings.gateway_token, settings.master_key,
+                                  settings.default_tenant)
+        self.sync_ledger = settings.ledger_mode == "sync"
+        self.session = None
+        self.store = None
+        self.ledger = None
+        self.pipeline: Pipeline | None = None
+        self.metrics: MetricsSink | None = None
+        self.ledger_ready = False
+        self.proxy = OpenAIProxy(self)
+        self._background: list[asyncio.Task] = []
+        self.admin = None
+        self.started_at = time.monotonic()
+        self.shutdown_started: float | None = None
+
+    # -- tracing -----------------------------------------------------------
+    def trace_for(self, headers: dict) -> str | None:
+        project = self.settings.google_cloud_project
+        if not project:
+            return None
+        raw = headers.get(b"x-cloud-trace-context")
+        trace_id = None
+        if raw:
+            candidate = raw.split(b"/", 1)[0]
+            if _TRACE_RE.fullmatch(candidate):
+                trace_id = candidate
+        if trace_id is None:
+            raw = headers.get(b"traceparent")
+            if raw:
+                parts = raw.split(b"-")
+                if len(parts) >= 3 and _TRACE_RE.fullmatch(parts[1]):
+                    trace_id = parts[1]
+        if trace_id is None:
+            return None
+        return f"projects/{project}/traces/{trace_id.decode().lower()}"
+
+    # -- lifespan ----------------------------------------------------------
+    async def startup(self) -> None:
+        from .sinks.ledger import LedgerWriter
+        from .store import open_store
+
+        s = self.settings
+        self.session = client_session(s)
+        self.store = open_store(s)
+        self.ledger = LedgerWriter(self.store, batch_size=s.ledger_batch_size,
+                                   flush_interval=s.ledger_flush_interval,
+                                   buffer_limit=s.ledger_buffer_limit)
+        self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
+        hooks = []
+        self.pipeline = Pipeline(self.prices, JsonLogSink(), self.metrics, self.ledger, hooks)
+        self.pipeline.start()
+        from .routes.admin import Admin
+
+        self.admin = Admin(self)
+        try:
+            await self._connect_store()
+        except Exception as exc:
+            log.error("ledger unavailable at start-up; serving, records are buffered and "
+                      "/ready answers 503 until it is reachable: %s", exc)
+            self._background.append(asyncio.create_task(self._connect_store_until_ready()))
+
+    async def _connect_store(self) -> None:
+        await self.store.connect()
+        if await self.store.needs_migration():
+            if not self.settings.auto_migrate:
+                raise RuntimeError(f"the ledger schema is missing or old in {self.store.description} "
+                                   "and TALLYGATE_AUTO_MIGRATE is off: run `tallygate db init`")
+            applied = await self.store.migrate()
+            log.info("ledger schema applied", extra={"fields": {"migrations": applied}})
+        self.ledger_ready = True
+        log.info("ledger ready", extra={"fields": {"ledger": self.store.description,
+                                                   "ledger_mode": self.settings.ledger_mode}})
+
+    async def _connect_store_until_ready(self) -> None:
+        delay = 0.5
+        while not self.ledger_ready:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect_store()
+            except Exception as exc:
+                delay = min(delay * 2, 10.0)
+                log.warning("ledger still unavailable: %s", exc)
+
+    async def shutdown(self) -> None:
+        # Cloud Run sends SIGKILL 10 s after SIGTERM: finish inside that window
+        began = self.shutdown_started or time.monotonic()
+        deadline = max(began + 9.5, time.monotonic() + 0.5)
+        for task in self._background:
+            task.cancel()
+        if self.pipeline is not None:
+            await self.pipeline.close(deadline)
+        if self.session is not None:
+            await self.session.close()
+        if self.store is not None:
+            try:
+                await self.store.close()
+            except Exception:
+                pass
+        if self.ledger is not None:
+            log.info("shutdown complete", extra={"fields": {
+                "ledger_rows_written": self.ledger.rows_written,
+                "ledger_records_not_written": self.ledger.records_dropped}})
+
+    def ledger_stats(self) -> dict:
+        w = self.ledger
+        if w is None:
+            return {}
+        return {"depth": w.depth, "rows_written": w.rows_written, "rows_duplicate": w.rows_duplicate,
+                "records_dropped": w.records_dropped, "write_failures": w.write_failures}
+
+
+class App:
+    """The ASGI callable."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.g = Gateway(settings)
+        self._health = orjson.dumps({"status": "ok", "version": __version__})
+        self._routes = {
+            (b"GET", b"/health"): self.health,
+            (b"GET", b"/live"): self.health,
+            (b"GET", b"/ready"): self.ready,
+            (b"GET", b"/metrics"): self.metrics,
+            (b"GET", b"/openapi.json"): self.openapi,
+            (b"GET", b"/v1/models"): self.models,
+        }
+        self._allowed: dict[bytes, list[bytes]] = {}
+        for (method, path) in self._routes:
+            self._allowed.setdefault(path, []).append(method)
+        for path in ENDPOINTS:
+            self._allowed[path] = [b"POST"]
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.g.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.g.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def http(self, scope, receive, send) -> None:
+        path = scope["raw_path"] or scope["path"].encode()
+        if b"?" in path:
+            path = path.split(b"?", 1)[0]
+        method = scope["method"].encode()
+        try:
+            endpoint = ENDPOINTS.get(path)
+            if endpoint is not None and method == b"POST":
+                headers = dict(scope["headers"])
+                principal = self.g.auth.authenticate(headers.get(b"authorization"),
+                                                     headers.get(b"x-tenant-id"))
+                await self.g.proxy.handle(scope, receive, send, endpoint, principal, headers)
+                return
+            handler = self._routes.get((method, path))
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+            if path.startswith(b"/admin/") or path == b"/v1/usage":
+                await self.g.admin.handle(scope, receive, send, method, path)
+                return
+            allowed = self._allowed.get(path)
+            if allowed:
+                raise GatewayError(405, f"Method {method.decode()} not allowed on {path.decode()}.",
+                                   "invalid_request_error", "method_not_allowed",
+                                   [(b"allow", b", ".join(allowed))])
+            raise not_found(f"Unknown path {scope['path'][:200]!r}.")
+        except GatewayError as err:
+            await send_error(send, err)
+        except ClientGone:
+            return
+
+    # -- small endpoints ---------------------------------------------------
+    async def health(self, scope, receive, send) -> None:
+        await send_json(send, 200, self._health)
+
+    async def ready(self, scope, receive, send) -> None:
+        g = self.g
+        if g.ledger_ready:
+            await send_json(send, 200, {"status": "ready", "ledger": g.store.description})
+        else:
+            await send_json(send, 503, {"status": "starting", "ledger": g.store.description if g.store else None,
+                                        "detail": "the ledger is not reachable yet"})
+
+    async def metrics(self, scope, receive, send) -> None:
+        g = self.g
+        mode = g.settings.metrics_mode
+        if mode == "off":
+            raise not_found("Metrics are turned off (TALLYGATE_METRICS=off).")
+        if mode == "auth":
+            headers = dict(scope["headers"])
+            authz = headers.get(b"authorization")
+            if not g.auth.is_master(authz):
+                from .errors import forbidden, unauthorized
+
+                if not authz:
+                    raise unauthorized("/metrics needs the master key (or TALLYGATE_METRICS=public).")
+                raise forbidden("/metrics needs the master key.")
+        body = g.metrics.render()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def openapi(self, scope, receive, send) -> None:
+        from .openapi import spec
+
+        await send_json(send, 200, spec())
+
+    async def models(self, scope, receive, send) -> None:
+        g = self.g
+        headers = dict(scope["headers"])
+        g.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
+        route = g.router.default
+        import aiohttp
+
+        try:
+            async with g.session.get(route.url("/models"), headers=route.headers) as resp:
+                data = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise GatewayError(502, f"Could not reach the upstream: {type(exc).__name__}.",
+                               "upstream_error", "upstream_unreachable") from None
+        extra = g.router.models()
+        if status == 200 and extra:
+            try:
+                doc = orjson.loads(data)
+                known = {m.get("id") for m in doc.get("data", []) if isinstance(m, dict)}
+                for name in extra:
+                    if name not in known:
+                        doc["data"].append({"id": name, "object": "model", "created": 0,
+                                            "owned_by": g.router.exact[name].provider})
+                data = orjson.dumps(doc)
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                pass
+        await send({"type": "http.response.start", "status": status,
+                    "headers": _json_response_headers(data)})
+        await send({"type": "http.response.body", "body": data})
+
+
+def create_app(settings: Settings | None = None) -> App:
+    from . import settings as settings_module
+
+    return App(settings or settings_module.load())
+
+
+__all__ = ["App", "Gateway", "create_app", "error_body"]

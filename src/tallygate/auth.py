@@ -1,0 +1,94 @@
+"""Bearer tokens -> Principal(tenant_id, key_id, role).
+
+Three kinds of credential: the shared gateway token (tenant from `X-Tenant-ID`),
+the master key (admin; tenant from the header too), and tenant keys (`tg-...`,
+stored hashed; the key fixes its tenant). Secrets are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+from .errors import bad_request, forbidden, unauthorized
+from .settings import TENANT_RE
+
+ROLE_GATEWAY = "gateway"
+ROLE_ADMIN = "admin"
+ROLE_TENANT_KEY = "tenant_key"
+
+
+@dataclass(slots=True)
+class Principal:
+    tenant_id: str
+    role: str
+    key_id: str | None = None
+    key: object = field(default=None, repr=False)  # the TenantKey, for its limits
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ROLE_ADMIN
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Authenticator:
+    def __init__(self, gateway_token: str | None, master_key: str | None,
+                 default_tenant: str | None, keys=None) -> None:
+        self._gateway = gateway_token.encode() if gateway_token else None
+        self._master = master_key.encode() if master_key else None
+        self.default_tenant = default_tenant
+        self.keys = keys  # KeyCache (tenant keys), or None
+
+    def credential(self, authorization: bytes | None) -> bytes:
+        if not authorization:
+            raise unauthorized("Missing credentials: send 'Authorization: Bearer <token>'.")
+        scheme, _, token = authorization.partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            raise unauthorized("Malformed Authorization header: expected 'Bearer <token>'.")
+        return token
+
+    def authenticate(self, authorization: bytes | None, tenant_header: bytes | None) -> Principal:
+        token = self.credential(authorization)
+        # compare against every configured secret so timing does not reveal which matched
+        is_gateway = self._gateway is not None and hmac.compare_digest(token, self._gateway)
+        is_master = self._master is not None and hmac.compare_digest(token, self._master)
+        if is_gateway or is_master:
+            role = ROLE_ADMIN if is_master else ROLE_GATEWAY
+            return Principal(self._tenant(tenant_header), role)
+        if self.keys is not None and token.startswith(b"tg-"):
+            key = self.keys.lookup(token.decode("ascii", "replace"))
+            if key is not None:
+                tenant = key.tenant_id
+                if tenant_header is not None:
+                    asked = self._tenant(tenant_header)
+                    if asked != tenant:
+                        raise forbidden("This key belongs to another tenant than X-Tenant-ID names.",
+                                        "tenant_mismatch")
+                return Principal(tenant, ROLE_TENANT_KEY, key.key_id, key)
+        raise unauthorized("Invalid credentials.")
+
+    def _tenant(self, header: bytes | None) -> str:
+        if header is None:
+            if self.default_tenant:
+                return self.default_tenant
+            raise bad_request("Missing X-Tenant-ID header: every request is attributed to a tenant.",
+                              "missing_tenant")
+        try:
+            tenant = header.decode("ascii")
+        except UnicodeDecodeError:
+            tenant = ""
+        if not TENANT_RE.fullmatch(tenant):
+            raise bad_request("Invalid X-Tenant-ID: use 1-128 characters of A-Z a-z 0-9 . _ : @ -",
+                              "invalid_tenant")
+        return tenant
+
+    def is_master(self, authorization: bytes | None) -> bool:
+        if not authorization or self._master is None:
+            return False
+        scheme, _, token = authorization.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._master)

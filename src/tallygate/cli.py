@@ -1,0 +1,106 @@
+"""The `tallygate` command: serve, db, ledger, usage, keys, deploy, fake-upstream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from . import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tallygate", description="A multi-tenant, metering OpenAI-compatible gateway.")
+    parser.add_argument("--version", action="version", version=f"tallygate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=None, help="default: $PORT or 8080")
+    p.add_argument("--workers", type=int, default=1, help="processes (one per core)")
+    p.add_argument("--dev", action="store_true",
+                   help="generate and print a gateway token when PROXY_GATEWAY_TOKEN is not set")
+
+    p = sub.add_parser("db", help="ledger database")
+    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    dbsub.add_parser("init", help="apply the schema (idempotent)")
+    dbsub.add_parser("schema", help="print the Postgres schema (db/schema.sql)")
+
+    p = sub.add_parser("ledger", help="ledger maintenance")
+    lsub = p.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    r = lsub.add_parser("replay", help="re-import records from JSON log lines (idempotent)")
+    r.add_argument("files", nargs="+", help="files of JSON lines ('-' for stdin)")
+    r.add_argument("--batch-size", type=int, default=1000)
+
+    p = sub.add_parser("usage", help="usage report from the ledger")
+    p.add_argument("--since", default="24h", help="24h, 7d, 30m or an ISO time (default 24h)")
+    p.add_argument("--until", default=None, help="ISO time (default now)")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--key", default=None, help="api key id")
+    p.add_argument("--by", default="tenant", help="comma list of tenant,model,day,key,endpoint,status")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    p = sub.add_parser("keys", help="tenant keys")
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kc = ksub.add_parser("create", help="create a key (printed once)")
+    kc.add_argument("tenant_id")
+    kc.add_argument("--name")
+    kc.add_argument("--rpm", type=int)
+    kc.add_argument("--tpm", type=int)
+    kc.add_argument("--budget-usd")
+    kc.add_argument("--budget-period", choices=("day", "month", "total"), default="month")
+    kc.add_argument("--models", help="comma list of allowed models")
+    kc.add_argument("--expires-at", help="ISO time")
+    kl = ksub.add_parser("list", help="list keys (no secrets)")
+    kl.add_argument("--tenant")
+    kr = ksub.add_parser("revoke", help="revoke a key")
+    kr.add_argument("key_id")
+
+    p = sub.add_parser("deploy", help="deploy to a cloud")
+    dsub = p.add_subparsers(dest="deploy_target", metavar="TARGET", required=True)
+    try:
+        from .deploy import cloudrun
+    except ImportError:
+        cloudrun = None
+    if cloudrun is not None:
+        cloudrun.add_arguments(dsub.add_parser("cloudrun", help="Google Cloud Run: build, deploy, observability"))
+
+    p = sub.add_parser("fake-upstream", help="a fake OpenAI upstream for demos and tests")
+    from .fake_upstream import add_arguments
+
+    add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cmd = args.command
+    if cmd is None:
+        parser.print_help()
+        return 2
+    if cmd == "serve":
+        from .server import serve
+
+        return serve(args.host, args.port, args.workers, args.dev)
+    if cmd == "fake-upstream":
+        from .fake_upstream import run
+
+        return run(args)
+    if cmd == "deploy":
+        from .deploy import cloudrun
+
+        return cloudrun.run(args)
+    from . import commands
+
+    try:
+        return asyncio.run(commands.dispatch(args))
+    except commands.CommandError as exc:
+        sys.stderr.write(f"tallygate: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""A deterministic fake OpenAI upstream on loopback, for demos and tests.
+
+`tallygate fake-upstream --port 9100` answers chat completions, completions,
+embeddings, responses (JSON and SSE, with usage) and models. A request can steer
+it with an extra body field the gateway forwards untouched:
+
+    "fake": {"prompt_tokens": 1000, "completion_tokens": 200, "cached_tokens": 500,
+             "reasoning_tokens": 0, "upstream_model": "gpt-4o-2024-08-06",
+             "status": 500, "delay": 0.5, "chunk_delay": 0.1, "chunks": 5,
+             "cut_after": 2, "no_usage": true}
+
+`--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
+received is listed at GET /_fake/requests (cleared by POST /_fake/reset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import orjson
+from aiohttp import web
+
+WORDS = ["Hello", " from", " the", " fake", " upstream", ".", " It", " counts", " every", " token", "."]
+
+
+def _usage_numbers(doc: dict, fake: dict) -> tuple[int, int, int, int]:
+    if "prompt_tokens" in fake:
+        prompt = int(fake["prompt_tokens"])
+    else:
+        prompt = max(1, len(orjson.dumps(doc.get("messages") or doc.get("input") or doc.get("prompt") or "")) // 4)
+    completion = int(fake.get("completion_tokens", fake.get("chunks", 5)))
+    return prompt, completion, int(fake.get("cached_tokens", 0)), int(fake.get("reasoning_tokens", 0))
+
+
+def chat_usage(doc, fake) -> dict:
+    p, c, cached, reasoning = _usage_numbers(doc, fake)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+
+def responses_usage(doc, fake) -> dict:
+    p, c, cached, reasoning = _usage_numbers(doc, fake)
+    return {"input_tokens": p, "output_tokens": c, "total_tokens": p + c,
+            "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens_details": {"reasoning_tokens": reasoning}}
+
+
+class FakeUpstream:
+    def __init__(self, fail_rate: float = 0.0) -> None:
+        self.requests: list[dict] = []
+        self.calls = 0
+        self.fail_every = int(round(1 / fail_rate)) if fail_rate > 0 else 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/responses", self.responses)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/_fake/requests", self.list_requests)
+        app.router.add_post("/_fake/reset", self.reset)
+        return app
+
+    async def _begin(self, request: web.Request):
+        raw = await request.read()
+        self.calls += 1
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        fake = doc.get("fake") if isinstance(doc.get("fake"), dict) else {}
+        self.requests.append({"path": request.path, "authorization": request.headers.get("Authorization"),
+                              "body": raw.decode("utf-8", "replace")})
+        del self.requests[:-200]
+        if fake.get("delay"):
+            await asyncio.sleep(float(fake["delay"]))
+        status = int(fake.get("status", 0))
+        if not status and self.fail_every and self.calls % self.fail_every == 0:
+            status = 500
+        if status:
+            body = {"error": {"message": f"fake upstream error {status}", "type": "server_error"
+                              if status >= 500 else "invalid_request_error", "param": None, "code": None}}
+            return None, None, web.json_response(body, status=status, headers={"x-request-id": "req_fake_err"},
+                                                 dumps=lambda o: orjson.dumps(o).decode())
+        return doc, fake, None
+
+    def _model(self, doc, fake) -> str:
+        return str(fake.get("upstream_model", doc.get("model", "gpt-4o-mini")))
+
+    async def _sse(self, request, events: list[bytes], fake: dict) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "x-request-id": "req_fake_stream",
+                                           "x-ratelimit-remaining-requests": "99"})
+        await resp.prepare(request)
+        cut = fake.get("cut_after")
+        delay = float(fake.get("chunk_delay", 0))
+        for i, event in enumerate(events):
+            if cut is not None and i >= int(cut):
+                request.transport.close()  # cut off mid-stream, no [DONE]
+                return resp
+            if delay and i:
+                await asyncio.sleep(delay)
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat_like(request, "chat.completion")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat_like(request, "text_completion")
+
+    async def _chat_like(self, request, kind: str) -> web.StreamResponse:
+        doc, fake, error = await self._begin(request)
+        if error is not None:
+            return error
+        model = self._model(doc, fake)
+        n = int(fake.get("chunks", 5))
+        words = [WORDS[i % len(WORDS)] for i in range(n)]
+        created = int(time.time())
+        usage = chat_usage(doc, fake)
+        if not doc.get("stream"):
+            if kind == "chat.completion":
+                choice = {"index": 0, "message": {"role": "assistant", "content": "".join(words), "refusal": None},
+                          "logprobs": None, "finish_reason": "stop"}
+            else:
+                choice = {"index": 0, "text": "".join(words), "logprobs": None, "finish_reason": "stop"}
+            body = {"id": "chatcmpl-fake", "object": kind, "created": created, "model": model,
+                    "choices": [choice], "system_fingerprint": "fp_fake"}
+            if not fake.get("no_usage"):
+                body["usage"] = usage
+            return web.Response(body=orjson.dumps(body), content_type="application/json",
+                                headers={"x-request-id": "req_fake", "x-ratelimit-limit-requests": "100",
+                                         "x-ratelimit-remaining-requests": "99", "x-fake-secret-header": "x"})
+        include = isinstance(doc.get("stream_options"), dict) and doc["stream_options"].get("include_usage") is True
+        include = include and not fake.get("no_usage")
+        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
+        events = []
+        for i, word in enumerate(words):
+            if kind == "chat.completion":
+                delta = {"content": word} if i else {"role": "assistant", "content": word}
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+            else:
+                choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": None}
+            chunk = {"id": "chatcmpl-fake", "object": chunk_kind, "created": created, "model": model,
+                     "system_fingerprint": "fp_fake", "choices": [choice]}
+            if include:
+                chunk["usage"] = None
+            events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"} if kind == "chat.completion" \
+            else {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+        chunk = {"id": "chatcmpl-fake", "object": chunk_kind, "created": created, "model": model,
+                 "system_fingerprint": "fp_fake", "choices": [last]}
+        if include:
+            chunk["usage"] = None
+        events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        if include:
+            events.append(b"data: " + orjson.dumps({
+                "id": "chatcmpl-fake", "object": chunk_kind, "created": created, "model": model,
+                "system_fingerprint": "fp_fake", "choices": [], "usage": usage}) + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        return await self._sse(request, events, fake)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        doc, fake, error = await self._begin(request)
+        if error is not None:
+            return error
+        inputs = doc.get("input", "")
+        count = len(inputs) if isinstance(inputs, list) else 1
+        dims = int(fake.get("dimensions", doc.get("dimensions", 8)))
+        data = [{"object": "embedding", "index": i, "embedding": [round(0.001 * (i + j), 6) for j in range(dims)]}
+                for i in range(count)]
+        p, _, _, _ = _usage_numbers(doc, fake)
+        body = {"object": "list", "data": data, "model": self._model(doc, fake),
+                "usage": {"prompt_tokens": p, "total_tokens": p}}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        doc, fake, error = await self._begin(request)
+        if error is not None:
+            return error
+        model = self._model(doc, fake)
+        n = int(fake.get("chunks", 5))
+        words = [WORDS[i % len(WORDS)] for i in range(n)]
+        text = "".join(words)
+        created = int(time.time())
+        message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+        def response(status: str, output: list, usage) -> dict:
+            return {"id": "resp_fake", "object": "response", "created_at": created, "status": status,
+                    "model": model, "output": output, "parallel_tool_calls": True, "tool_choice": "auto",
+                    "tools": [], "usage": usage, "error": None, "incomplete_details": None,
+                    "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0}
+
+        usage = None if fake.get("no_usage") else responses_usage(doc, fake)
+        if not doc.get("stream"):
+            return web.Response(body=orjson.dumps(response("completed", [message], usage)),
+                                content_type="application/json")
+        events = [b"event: response.created\ndata: " + orjson.dumps(
+            {"type": "response.created", "sequence_number": 0, "response": response("in_progress", [], None)}) + b"\n\n"]
+        for i, word in enumerate(words):
+            events.append(b"event: response.output_text.delta\ndata: " + orjson.dumps(
+                {"type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_fake",
+                 "output_index": 0, "content_index": 0, "delta": word, "logprobs": []}) + b"\n\n")
+        events.append(b"event: response.completed\ndata: " + orjson.dumps(
+            {"type": "response.completed", "sequence_number": n + 1,
+             "response": response("completed", [message], usage)}) + b"\n\n")
+        return await self._sse(request, events, fake)
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
+                for m in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")]
+        return web.json_response({"object": "list", "data": data})
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.requests.clear()
+        self.calls = 0
+        return web.json_response({"ok": True})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tallygate fake-upstream", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="answer 500 on this fraction of calls")
+
+
+def run(args: argparse.Namespace) -> int:
+    fake = FakeUpstream(args.fail_rate)
+    print(f"fake upstream on http://{args.host}:{args.port}/v1", flush=True)
+    web.run_app(fake.app(), host=args.host, port=args.port, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""JSON logging on stdout in the Cloud Logging format (every line has a severity).
+
+Secrets known to the process are scrubbed from every line as a last line of
+defence; the code never puts them in a message in the first place.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from datetime import datetime, timezone
+
+import orjson
+
+_SEVERITY = {
+    logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR", logging.CRITICAL: "CRITICAL",
+}
+
+
+def utc_iso(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry = {
+            "severity": _SEVERITY.get(record.levelno, "DEFAULT"),
+            "message": message,
+            "time": utc_iso(datetime.fromtimestamp(record.created, timezone.utc)),
+            "logger": record.name,
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            # Error Reporting picks up stack traces found in `stack_trace`
+            entry["stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
+        line = orjson.dumps(entry, default=str).decode()
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, "[redacted]")
+        return line
+
+
+def setup(secrets: tuple[str, ...] = (), level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aiohttp"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+
+
+def uvicorn_log_config() -> dict:
+    """Keep uvicorn from installing its own text handlers; ours is on the root logger."""
+    return {"version": 1, "disable_existing_loggers": False,
+            "loggers": {"uvicorn": {"level": "INFO"}, "uvicorn.access": {"level": "WARNING"}}}

@@ -1,0 +1,231 @@
+"""Token usage from upstream responses: JSON bodies and SSE streams.
+
+OpenAI semantics: `prompt_tokens` includes `cached_tokens`, `completion_tokens`
+includes `reasoning_tokens`. The Responses API names them input/output tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+# Bodies above this size are not parsed whole: usage and model are found in the
+# tail and head (embedding responses can be megabytes of floats).
+WHOLE_PARSE_LIMIT = 64 * 1024
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def _int(value: object) -> int:
+    # bool is an int subclass: never count True as a token
+    if type(value) is int and value >= 0:
+        return value
+    if type(value) is float and value >= 0 and value.is_integer():
+        return int(value)
+    return 0
+
+
+def usage_from_object(usage: object) -> Usage | None:
+    """Normalise a usage object of any OpenAI endpoint; None when absent or not an object."""
+    if not isinstance(usage, dict):
+        return None
+    if "input_tokens" in usage or "output_tokens" in usage:  # Responses API
+        prompt = _int(usage.get("input_tokens"))
+        completion = _int(usage.get("output_tokens"))
+        in_details = usage.get("input_tokens_details")
+        out_details = usage.get("output_tokens_details")
+    else:
+        prompt = _int(usage.get("prompt_tokens"))
+        completion = _int(usage.get("completion_tokens"))
+        in_details = usage.get("prompt_tokens_details")
+        out_details = usage.get("completion_tokens_details")
+    cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
+    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    total = _int(usage.get("total_tokens")) or prompt + completion
+    return Usage(prompt, completion, total, min(cached, prompt), min(reasoning, completion))
+
+
+def _balanced_object(data: bytes, start: int) -> bytes | None:
+    """The JSON object starting at data[start] ('{'), by brace counting outside strings."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for i in range(start, len(data)):
+        c = data[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return data[start:i + 1]
+    return None
+
+
+def _tail_usage(body: bytes) -> Usage | None:
+    pos = body.rfind(b'"usage"')
+    if pos < 0:
+        return None
+    brace = body.find(b"{", pos)
+    if brace < 0:
+        return None
+    obj = _balanced_object(body, brace)
+    if obj is None:
+        return None
+    try:
+        return usage_from_object(orjson.loads(obj))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _head_model(body: bytes) -> str | None:
+    head = body[:4096]
+    pos = head.find(b'"model"')
+    if pos < 0:
+        return None
+    start = head.find(b'"', head.find(b":", pos) + 1)
+    end = head.find(b'"', start + 1)
+    if start < 0 or end < 0:
+        return None
+    return head[start + 1:end].decode("utf-8", "replace")
+
+
+def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
+    """(usage, upstream model) of a non-streamed response body."""
+    if len(body) > WHOLE_PARSE_LIMIT:
+        return _tail_usage(body), _head_model(body)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    if doc.get("object") == "response" or "output" in doc:  # Responses API
+        model = doc.get("model")
+    else:
+        model = doc.get("model")
+    return usage_from_object(doc.get("usage")), model if isinstance(model, str) else None
+
+
+class SSEMeter:
+    """Watches an SSE stream as it is relayed: finds usage, model and content events.
+
+    `feed` takes raw upstream bytes and returns the bytes to send to the client now:
+    whole events only, so an injected usage-only chunk can be removed. When
+    `strip_usage` is set the client did not ask for usage: the usage-only chunk is
+    dropped and the `"usage":null` fields the upstream then adds are removed.
+    """
+
+    __slots__ = ("_buf", "strip_usage", "usage", "model", "events", "content_events", "done")
+
+    def __init__(self, strip_usage: bool = False) -> None:
+        self._buf = b""
+        self.strip_usage = strip_usage
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.events = 0
+        self.content_events = 0
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._buf + chunk if self._buf else chunk
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buf = data
+            return b""
+        end += 2
+        self._buf = data[end:]
+        complete = data[:end]
+        if self.model is None or b'"usage"' in complete or self.strip_usage:
+            return self._inspect(complete)
+        # the common case: plain content chunks, passed through untouched
+        count = complete.count(b"\n\n")
+        self.events += count
+        self.content_events += count
+        if b"[DONE]" in complete:
+            self.done = True
+            self.content_events -= 1
+        return complete
+
+    def flush(self) -> bytes:
+        """Whatever is left when the upstream closes (a stream cut mid-event)."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+    def _inspect(self, complete: bytes) -> bytes:
+        out = []
+        for event in complete.split(b"\n\n")[:-1]:
+            keep = self._event(event)
+            if keep is not None:
+                out.append(keep)
+                out.append(b"\n\n")
+        return b"".join(out)
+
+    def _event(self, event: bytes) -> bytes | None:
+        self.events += 1
+        data = None
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+        if data is None:  # comments, bare `event:` lines
+            return event
+        if data == b"[DONE]":
+            self.done = True
+            return event
+        has_usage = b'"usage"' in data
+        if self.model is not None:
+            if not has_usage:
+                self.content_events += 1
+                return event
+            if b'"usage":null' in data or b'"usage": null' in data:
+                self.content_events += 1
+                return self._strip_null(event) if self.strip_usage else event
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.content_events += 1
+            return event
+        if not isinstance(doc, dict):
+            return event
+        response = doc.get("response")
+        if isinstance(response, dict):  # Responses API events carry the response object
+            if self.model is None and isinstance(response.get("model"), str):
+                self.model = response["model"]
+            usage = usage_from_object(response.get("usage"))
+            if usage is not None:
+                self.usage = usage
+            return event
+        if self.model is None and isinstance(doc.get("model"), str):
+            self.model = doc["model"]
+        usage = usage_from_object(doc.get("usage"))
+        if usage is not None:
+            self.usage = usage
+            if self.strip_usage and not doc.get("choices"):
+                return None  # the usage-only chunk the client did not ask for
+        else:
+            self.content_events += 1
+        if self.strip_usage and has_usage:
+            event = self._strip_null(event)
+        return event
+
+    @staticmethod
+    def _strip_null(event: bytes) -> bytes:
+        return event.replace(b',"usage":null', b"").replace(b', "usage": null', b"")

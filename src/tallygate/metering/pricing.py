@@ -1,0 +1,157 @@
+"""USD cost of a request, exact (Decimal), from the genai-prices data.
+
+A model's prices are resolved once and cached: the generic library call costs
+hundreds of microseconds, the cached arithmetic a few. The library itself takes
+~0.4 s to import, so it is loaded in a thread after start-up (`warm`), never on
+the request path. An override file sets negotiated prices and prices for models
+the data does not know; unknown models cost 0 with price_source "unknown".
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .extract import Usage
+
+MILLION = Decimal(1_000_000)
+ZERO = Decimal(0)
+
+
+class PriceFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens. `library_price` is set for tiered prices the simple
+    formula cannot express; those go through the library's own calculation."""
+
+    input_mtok: Decimal
+    output_mtok: Decimal
+    cache_read_mtok: Decimal | None
+    source: str
+    library_price: Any = None
+
+    def cost(self, usage: Usage) -> Decimal:
+        if self.library_price is not None:
+            from genai_prices.types import Usage as LibUsage
+
+            calc = self.library_price.calc_price(LibUsage(
+                input_tokens=usage.prompt_tokens, cache_read_tokens=usage.cached_tokens,
+                output_tokens=usage.completion_tokens))
+            return calc["total_price"]
+        cached = usage.cached_tokens
+        cache_rate = self.cache_read_mtok if self.cache_read_mtok is not None else self.input_mtok
+        total = ((usage.prompt_tokens - cached) * self.input_mtok + cached * cache_rate
+                 + usage.completion_tokens * self.output_mtok)
+        return total / MILLION
+
+
+def _decimal(value: object, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PriceFileError(f"{where}: expected a number, got {value!r}")
+    try:
+        result = Decimal(str(value))
+    except Exception:
+        raise PriceFileError(f"{where}: not a number: {value!r}") from None
+    if not result.is_finite() or result < 0:
+        raise PriceFileError(f"{where}: must be a non-negative number, got {value!r}")
+    return result
+
+
+def load_overrides(path: str) -> dict[str, Price]:
+    """Override file, TOML or JSON: a table per model name, USD per million tokens.
+
+        [models."gpt-4o"]
+        input_mtok = 2.25
+        output_mtok = 9
+        cache_read_mtok = 1.125   # optional; defaults to input_mtok
+    """
+    raw = Path(path).read_bytes()
+    try:
+        doc = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PriceFileError(f"{path}: cannot parse: {exc}") from None
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models, dict):
+        raise PriceFileError(f"{path}: expected a [models] table")
+    prices = {}
+    for name, entry in models.items():
+        if not isinstance(entry, dict) or "input_mtok" not in entry or "output_mtok" not in entry:
+            raise PriceFileError(f"{path}: model {name!r} needs input_mtok and output_mtok")
+        cache = entry.get("cache_read_mtok")
+        prices[name] = Price(
+            input_mtok=_decimal(entry["input_mtok"], f"{name}.input_mtok"),
+            output_mtok=_decimal(entry["output_mtok"], f"{name}.output_mtok"),
+            cache_read_mtok=None if cache is None else _decimal(cache, f"{name}.cache_read_mtok"),
+            source="override",
+        )
+    return prices
+
+
+UNKNOWN = Price(ZERO, ZERO, None, "unknown")
+
+
+class PriceBook:
+    def __init__(self, overrides: dict[str, Price] | None = None) -> None:
+        self._overrides = overrides or {}
+        self._cache: dict[tuple[str | None, str], Price] = {}
+        self._snapshot = None
+        self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Load the price data (slow import); safe to call from a thread, more than once."""
+        with self._lock:
+            if self._snapshot is None:
+                from genai_prices import data_snapshot
+
+                self._snapshot = data_snapshot.get_snapshot()
+
+    def price(self, provider: str | None, model: str, upstream_model: str | None = None) -> Price:
+        key = (provider, model if upstream_model is None else f"{model}\0{upstream_model}")
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache[key] = self._resolve(provider, model, upstream_model)
+        return cached
+
+    def cost(self, provider: str | None, model: str, upstream_model: str | None,
+             usage: Usage) -> tuple[Decimal, str]:
+        price = self.price(provider, model, upstream_model)
+        return price.cost(usage), price.source
+
+    def _resolve(self, provider: str | None, model: str, upstream_model: str | None) -> Price:
+        for name in (model, upstream_model):
+            if name and name in self._overrides:
+                return self._overrides[name]
+        self.warm()
+        # the upstream's own name is the most precise (e.g. a dated snapshot)
+        for name in (upstream_model, model):
+            if not name:
+                continue
+            price = self._from_library(provider, name)
+            if price is not None:
+                return price
+        return UNKNOWN
+
+    def _from_library(self, provider: str | None, name: str) -> Price | None:
+        from genai_prices.types import TieredPrices
+
+        for provider_id in ((provider, None) if provider else (None,)):
+            try:
+                _, model_info = self._snapshot.find_provider_model(name, None, provider_id, None)
+            except (LookupError, ValueError):
+                continue
+            mp = model_info.get_prices(datetime.now(timezone.utc))
+            values = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
+            if any(isinstance(v, TieredPrices) for v in values):
+                return Price(ZERO, ZERO, None, "genai-prices", library_price=mp)
+            return Price(mp.input_mtok or ZERO, mp.output_mtok or ZERO, mp.cache_read_mtok,
+                         "genai-prices")
+        return None

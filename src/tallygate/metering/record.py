@@ -1,0 +1,57 @@
+"""UsageRecord: the one event every sink consumes (log line, ledger row, metrics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+
+STATUSES = ("ok", "upstream_error", "client_disconnected", "timeout", "rejected")
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    request_id: str
+    created_at: datetime
+    tenant_id: str
+    model: str
+    endpoint: str
+    stream: bool
+    api_key_id: str | None = None
+    upstream_model: str | None = None
+    provider: str = "openai"
+    status_code: int = 0
+    status: str = "ok"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    price_source: str = "unknown"
+    usage_source: str = "none"  # provider | estimated | none
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    trace: str | None = None
+
+    def ledger_row(self) -> tuple:
+        """Column values in LEDGER_COLUMNS order."""
+        return (
+            self.request_id, self.created_at, self.tenant_id, self.api_key_id, self.model,
+            self.upstream_model, self.provider, self.endpoint, self.stream, self.status_code,
+            self.status, self.prompt_tokens, self.completion_tokens, self.total_tokens,
+            self.cached_tokens, self.reasoning_tokens, self.cost_usd, self.price_source,
+            self.usage_source, self.latency_ms, self.ttft_ms,
+        )
+
+
+LEDGER_COLUMNS = (
+    "request_id", "created_at", "tenant_id", "api_key_id", "model", "upstream_model",
+    "provider", "endpoint", "stream", "status_code", "status", "prompt_tokens",
+    "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "cost_usd",
+    "price_source", "usage_source", "latency_ms", "ttft_ms",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,87 @@
+"""Runs the ASGI app under uvicorn (uvloop + httptools), one process or N workers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+
+from . import logs, settings as settings_module
+from .settings import Settings, SettingsError
+
+
+class GatewayRefusesToStart(SystemExit):
+    pass
+
+
+def resolve_token(settings: Settings, dev: bool) -> Settings:
+    """Never serve unauthenticated by accident: no token and no --dev is an error;
+    a token in the environment always wins over --dev."""
+    if settings.gateway_token:
+        return settings
+    if not dev:
+        raise SettingsError(
+            "PROXY_GATEWAY_TOKEN is not set, and the gateway refuses to serve without "
+            "authentication. Set PROXY_GATEWAY_TOKEN (and optionally PROXY_MASTER_KEY), or run "
+            "`tallygate serve --dev` to generate a token for local use.")
+    token = "dev-" + secrets.token_urlsafe(24)
+    os.environ["PROXY_GATEWAY_TOKEN"] = token  # workers read it from the environment
+    sys.stderr.write(
+        "\n  tallygate --dev: no PROXY_GATEWAY_TOKEN was set, so one was generated for this run:\n"
+        f"\n      export TALLYGATE_TOKEN={token}\n\n"
+        "  Clients send it as 'Authorization: Bearer <token>' with an 'X-Tenant-ID' header.\n\n")
+    sys.stderr.flush()
+    return settings_module.load()
+
+
+def app_factory():
+    """Import string for uvicorn workers (each worker builds its own app)."""
+    from .app import create_app
+
+    return create_app()
+
+
+def serve(host: str, port: int | None, workers: int, dev: bool) -> int:
+    import uvicorn
+
+    try:
+        settings = resolve_token(settings_module.load(), dev)
+    except SettingsError as exc:
+        sys.stderr.write(f"tallygate: {exc}\n")
+        return 2
+    logs.setup(settings.secrets)
+    port = port or settings.port
+    common = dict(host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                  access_log=False, log_config=logs.uvicorn_log_config(), server_header=False,
+                  timeout_graceful_shutdown=int(round(settings.shutdown_grace)),
+                  timeout_keep_alive=75)
+    if workers > 1:
+        uvicorn.run("tallygate.server:app_factory", factory=True, workers=workers, **common)
+        return 0
+    from .app import App
+
+    try:
+        app = App(settings)
+    except (SettingsError, ValueError) as exc:
+        sys.stderr.write(f"tallygate: {exc}\n")
+        return 2
+    config = uvicorn.Config(app, **common)
+    server = _Server(config, app)
+    server.run()
+    return 0 if server.started else 1
+
+
+class _Server:
+    """uvicorn.Server that notes when SIGTERM arrived, so the ledger flush knows its deadline."""
+
+    def __new__(cls, config, app):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig, frame):
+                if app.g.shutdown_started is None:
+                    app.g.shutdown_started = time.monotonic()
+                super().handle_exit(sig, frame)
+
+        return Server(config)

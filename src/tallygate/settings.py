@@ -1,0 +1,187 @@
+"""Every environment variable, parsed and validated in one place.
+
+The names come from the deployment guide (the public contract); see docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # Cloud Run's HTTP/1 request cap
+
+TENANT_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid; the message says which and why."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """libpq connection parameters; `conninfo` is handed to psycopg as is."""
+
+    conninfo: str
+    sslmode: str
+    description: str  # host/db without the password, for log lines
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8080
+    openai_api_key: str | None = None
+    openai_base_url: str = DEFAULT_OPENAI_BASE_URL
+    gateway_token: str | None = None
+    master_key: str | None = None
+    default_tenant: str | None = None
+    config_file: str | None = None
+    prices_file: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    postgres: PostgresSettings | None = None
+    sqlite_path: str = "tallygate.db"
+    ledger_mode: str = "async"
+    ledger_batch_size: int = 500
+    ledger_flush_interval: float = 0.2
+    ledger_buffer_limit: int = 100_000
+    ledger_pool_max: int = 5
+    auto_migrate: bool = True
+    shutdown_grace: float = 8.0
+    google_cloud_project: str | None = None
+    redis_url: str | None = None
+    metrics_mode: str = "auth"
+    metrics_tenant_cap: int = 100
+    dev_token_generated: bool = field(default=False, compare=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in any output."""
+        found = [self.openai_api_key, self.gateway_token, self.master_key]
+        return tuple(s for s in found if s)
+
+
+def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
+    """Postgres settings from DATABASE_URL or PG* variables; None means use SQLite.
+
+    The guide's `PGSSL=require|disable` is honoured (libpq ignores it, so it is
+    translated to sslmode); `PGSSLMODE` wins when both are set.
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    url = env.get("DATABASE_URL", "").strip()
+    host = env.get("PGHOST", "").strip()
+    if not url and not host:
+        return None
+    sslmode = env.get("PGSSLMODE", "").strip()
+    if not sslmode:
+        pgssl = env.get("PGSSL", "require").strip().lower() or "require"
+        if pgssl not in ("require", "disable", "prefer", "allow", "verify-ca", "verify-full"):
+            raise SettingsError(f"PGSSL must be require or disable, got {pgssl!r}")
+        sslmode = pgssl
+    params: dict[str, object] = {}
+    if url:
+        try:
+            params = conninfo_to_dict(url)
+        except Exception as exc:  # psycopg raises ProgrammingError with a clear text
+            raise SettingsError(f"DATABASE_URL is not a valid Postgres URL: {exc}") from None
+    for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGUSER", "user"),
+                     ("PGPASSWORD", "password"), ("PGDATABASE", "dbname")):
+        value = env.get(var, "").strip()
+        if value and key not in params:
+            params[key] = value
+    params.setdefault("port", "5432")
+    host_value = str(params.get("host", ""))
+    # Unix sockets (Cloud SQL's /cloudsql/PROJECT:REGION:INSTANCE) carry no TLS.
+    if host_value.startswith("/") and "sslmode" not in params and not env.get("PGSSLMODE"):
+        sslmode = "disable" if sslmode == "require" else sslmode
+    params.setdefault("sslmode", sslmode)
+    params.setdefault("application_name", "tallygate")
+    params.setdefault("connect_timeout", "5")
+    description = f"{host_value or 'localhost'}:{params.get('port')}/{params.get('dbname', '')}"
+    return PostgresSettings(conninfo=make_conninfo(**params), sslmode=str(params["sslmode"]),
+                            description=description)
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    default_tenant = env.get("TALLYGATE_DEFAULT_TENANT") or None
+    if default_tenant and not TENANT_RE.fullmatch(default_tenant):
+        raise SettingsError("TALLYGATE_DEFAULT_TENANT must be 1-128 characters of [A-Za-z0-9._:@-]")
+    base_url = (env.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise SettingsError(f"OPENAI_BASE_URL must start with http:// or https://, got {base_url!r}")
+    return Settings(
+        port=_int(env, "PORT", 8080),
+        openai_api_key=env.get("OPENAI_API_KEY") or None,
+        openai_base_url=base_url,
+        gateway_token=env.get("PROXY_GATEWAY_TOKEN") or None,
+        master_key=env.get("PROXY_MASTER_KEY") or None,
+        default_tenant=default_tenant,
+        config_file=env.get("TALLYGATE_CONFIG") or None,
+        prices_file=env.get("TALLYGATE_PRICES_FILE") or None,
+        connect_timeout=_float(env, "TALLYGATE_CONNECT_TIMEOUT", 10.0),
+        read_timeout=_float(env, "TALLYGATE_READ_TIMEOUT", 600.0),
+        max_body_bytes=_int(env, "TALLYGATE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        postgres=postgres_from_env(env),
+        sqlite_path=env.get("TALLYGATE_SQLITE_PATH") or "tallygate.db",
+        ledger_mode=_choice(env, "TALLYGATE_LEDGER_MODE", "async", ("async", "sync")),
+        ledger_batch_size=_int(env, "TALLYGATE_LEDGER_BATCH_SIZE", 500),
+        ledger_flush_interval=_float(env, "TALLYGATE_LEDGER_FLUSH_INTERVAL", 0.2),
+        ledger_buffer_limit=_int(env, "TALLYGATE_LEDGER_BUFFER_LIMIT", 100_000),
+        ledger_pool_max=_int(env, "TALLYGATE_PG_POOL_MAX", 5),
+        auto_migrate=_bool(env, "TALLYGATE_AUTO_MIGRATE", True),
+        shutdown_grace=_float(env, "TALLYGATE_SHUTDOWN_GRACE", 8.0),
+        google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT") or None,
+        redis_url=env.get("REDIS_URL") or None,
+        metrics_mode=_choice(env, "TALLYGATE_METRICS", "auth", ("auth", "public", "off")),
+        metrics_tenant_cap=_int(env, "TALLYGATE_METRICS_TENANT_CAP", 100),
+    )

@@ -1,0 +1,62 @@
+"""The `litellm_request` line: one JSON object per request on stdout.
+
+Field names and types are the public contract (docs/contracts.md): the log-based
+metrics and the BigQuery export depend on them, so types never change (tokens are
+ints, cost and latencies always floats).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, TextIO
+
+import orjson
+
+from ..logs import utc_iso
+from ..metering.record import UsageRecord
+
+
+def log_entry(record: UsageRecord) -> dict:
+    entry = {
+        "severity": "INFO" if record.status_code < 500 else "WARNING",
+        "message": "litellm_request",
+        "time": utc_iso(record.created_at),
+        "request_id": record.request_id,
+        "tenant_id": record.tenant_id,
+        "api_key_id": record.api_key_id,
+        "model": record.model,
+        "upstream_model": record.upstream_model,
+        "provider": record.provider,
+        "endpoint": record.endpoint,
+        "stream": record.stream,
+        "status_code": record.status_code,
+        "status": record.status,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "total_tokens": record.total_tokens,
+        "cached_tokens": record.cached_tokens,
+        "reasoning_tokens": record.reasoning_tokens,
+        "cost_usd": float(record.cost_usd),
+        "cost_usd_exact": str(record.cost_usd),
+        "price_source": record.price_source,
+        "usage_source": record.usage_source,
+        "latency_ms": float(record.latency_ms),
+        "logging.googleapis.com/labels": {"tenant_id": record.tenant_id, "model": record.model},
+    }
+    if record.ttft_ms is not None:
+        entry["ttft_ms"] = float(record.ttft_ms)
+    if record.trace:
+        entry["logging.googleapis.com/trace"] = record.trace
+    return entry
+
+
+class JsonLogSink:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def write(self, records: Iterable[UsageRecord]) -> None:
+        # one write per batch: a syscall per line is measurable on the hot path
+        data = b"".join(orjson.dumps(log_entry(r)) + b"\n" for r in records)
+        if data:
+            self.stream.write(data.decode())
+            self.stream.flush()

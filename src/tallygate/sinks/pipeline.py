@@ -1,0 +1,105 @@
+"""One queue from the request path to the sinks, drained off the request path.
+
+The request handler only appends a UsageRecord (no pricing, no I/O). A single
+consumer task prices each record, then hands the same records to every sink, so
+the log line, the ledger row and the counters always agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..metering.pricing import PriceBook
+from ..metering.record import UsageRecord
+
+log = logging.getLogger("tallygate.pipeline")
+
+
+class Pipeline:
+    def __init__(self, prices: PriceBook, jsonlog, metrics, ledger, hooks=()) -> None:
+        self.prices = prices
+        self.jsonlog = jsonlog
+        self.metrics = metrics
+        self.ledger = ledger
+        self.hooks = list(hooks)  # callables(records) run after pricing (e.g. budgets)
+        self._queue: list[tuple[UsageRecord, asyncio.Future | None]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._prices_ready: asyncio.Future | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        # the price data loads in a thread: start-up stays fast
+        self._prices_ready = loop.run_in_executor(None, self.prices.warm)
+        self._task = loop.create_task(self._run(), name="pipeline")
+        if self.ledger is not None:
+            self.ledger.start()
+
+    def submit(self, record: UsageRecord) -> None:
+        self._queue.append((record, None))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def submit_and_wait(self, record: UsageRecord) -> asyncio.Future:
+        """Sync ledger mode: the future resolves once the record's row committed."""
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((record, fut))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._prices_ready is not None and not self._prices_ready.done():
+                try:
+                    await self._prices_ready
+                except Exception:
+                    log.exception("price data failed to load; costs are computed from overrides only")
+            batch, self._queue = self._queue, []
+            if batch:
+                self._process(batch)
+            if self._closing and not self._queue:
+                return
+
+    def _process(self, batch: list) -> None:
+        records = [r for r, _ in batch]
+        for rec in records:
+            try:
+                rec.cost_usd, rec.price_source = self.prices.cost(
+                    rec.provider, rec.model, rec.upstream_model, rec)
+            except Exception:
+                log.exception("pricing failed", extra={"fields": {"model": rec.model}})
+        for sink in (self.jsonlog, self.metrics, *self.hooks):
+            if sink is None:
+                continue
+            try:
+                sink.write(records) if hasattr(sink, "write") else sink(records)
+            except Exception:
+                log.exception("sink failed")
+        if self.ledger is not None:
+            futures = [f for _, f in batch]
+            self.ledger.add(records, futures if any(f is not None for f in futures) else None)
+        else:
+            for _, fut in batch:
+                if fut is not None and not fut.done():
+                    fut.set_result(True)
+
+    async def close(self, deadline: float) -> None:
+        """Drain the queue, then flush the ledger until `deadline` (monotonic)."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), max(0.05, deadline - time.monotonic()))
+            except (asyncio.TimeoutError, Exception):
+                pass
+        if self._queue:  # the consumer could not finish: process what is left inline
+            batch, self._queue = self._queue, []
+            self._process(batch)
+        if self.ledger is not None:
+            await self.ledger.close(deadline)

@@ -1,0 +1,20 @@
+"""Database access: the ledger table, migrations and reports, on Postgres or SQLite."""
+
+from __future__ import annotations
+
+from ..settings import Settings
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached; the message says why, without secrets."""
+
+
+def open_store(settings: Settings):
+    """The configured store (not yet connected): Postgres when PG*/DATABASE_URL is set."""
+    if settings.postgres is not None:
+        from .postgres import PostgresStore
+
+        return PostgresStore(settings.postgres, pool_max=settings.ledger_pool_max)
+    from .sqlite import SqliteStore
+
+    return SqliteStore(settings.sqlite_path)

@@ -1,0 +1,126 @@
+"""The ledger on Postgres (psycopg 3, async, a small pool: 50 Cloud Run instances
+times the pool size must fit Cloud SQL's connection limit)."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Sequence
+
+from ..metering.record import LEDGER_COLUMNS, UsageRecord
+from ..settings import PostgresSettings
+from . import StoreUnavailable
+from .migrations import migrations
+
+log = logging.getLogger("tallygate.store")
+
+_TYPES = ("text", "timestamptz", "text", "text", "text", "text", "text", "text", "bool", "int4",
+          "text", "int4", "int4", "int4", "int4", "int4", "numeric", "text", "text", "float8",
+          "float8")
+# One round trip per batch: every column goes as an array and unnest() makes rows.
+INSERT_SQL = (
+    f"INSERT INTO litellm_usage ({', '.join(LEDGER_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in _TYPES)
+    + ") ON CONFLICT (request_id) DO NOTHING"
+)
+MIGRATION_LOCK = 7301265  # pg_advisory_xact_lock key: one instance migrates at a time
+
+
+def explain(exc: BaseException, settings: PostgresSettings) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "SSL" in text and ("not support" in text or "was required" in text):
+        return (f"Postgres at {settings.description} does not accept TLS, but sslmode is "
+                f"{settings.sslmode!r}; set PGSSL=disable (or PGSSLMODE=disable) for a server "
+                "without TLS, such as a local one")
+    return f"Postgres at {settings.description}: {text}"
+
+
+class PostgresStore:
+    dialect = "postgres"
+
+    def __init__(self, settings: PostgresSettings, pool_max: int = 5) -> None:
+        self.settings = settings
+        self.pool_max = pool_max
+        self._pool = None
+
+    @property
+    def description(self) -> str:
+        return f"postgres {self.settings.description}"
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        if self._pool is None:
+            self._pool = AsyncConnectionPool(
+                self.settings.conninfo, min_size=1, max_size=self.pool_max, open=False,
+                timeout=timeout, reconnect_timeout=0, name="tallygate-ledger")
+            await self._pool.open(wait=False)
+        await self.ping(timeout)
+
+    async def ping(self, timeout: float = 5.0) -> None:
+        import psycopg
+
+        try:
+            async with self._pool.connection(timeout=timeout) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            raise StoreUnavailable(explain(exc, self.settings)) from None
+        except Exception as exc:  # PoolTimeout carries the last connection error
+            raise StoreUnavailable(explain(exc, self.settings)) from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close(timeout=2.0)
+            self._pool = None
+
+    async def needs_migration(self) -> bool:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT to_regclass('tallygate_schema_migrations')")
+            if (await cur.fetchone())[0] is None:
+                return True
+            cur = await conn.execute("SELECT coalesce(max(version), 0) FROM tallygate_schema_migrations")
+            applied = (await cur.fetchone())[0]
+        return applied < migrations(self.dialect)[-1].version
+
+    async def migrate(self) -> list[int]:
+        applied = []
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                cur = await conn.execute("SELECT to_regclass('tallygate_schema_migrations')")
+                done: set[int] = set()
+                if (await cur.fetchone())[0] is not None:
+                    cur = await conn.execute("SELECT version FROM tallygate_schema_migrations")
+                    done = {row[0] for row in await cur.fetchall()}
+                for m in migrations(self.dialect):
+                    if m.version not in done:
+                        await conn.execute(m.sql)
+                        applied.append(m.version)
+        return applied
+
+    async def write(self, records: Sequence[UsageRecord]) -> int:
+        """Insert a batch idempotently; returns how many rows were new."""
+        columns = list(zip(*(r.ledger_row() for r in records)))
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(INSERT_SQL, [list(c) for c in columns])
+            return cur.rowcount
+
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT request_id FROM litellm_usage WHERE request_id = ANY(%s)", (list(ids),))
+            return {row[0] for row in await cur.fetchall()}
+
+    async def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+    async def execute(self, sql: str, params: Sequence = ()) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return cur.rowcount
+
+    @staticmethod
+    def decimal(value) -> Decimal:
+        return value if isinstance(value, Decimal) else Decimal(str(value or 0))

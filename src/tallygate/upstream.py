@@ -1,0 +1,153 @@
+"""Upstreams: which base URL and key serve a model, and one pooled HTTP client.
+
+The default route is OpenAI (`OPENAI_BASE_URL`, `OPENAI_API_KEY`). A TOML file
+(`TALLYGATE_CONFIG`) adds routes for other OpenAI-compatible upstreams:
+
+    [[routes]]
+    model = "llama3"                       # exact name, or a prefix ending in "*"
+    base_url = "http://127.0.0.1:11434/v1"
+    api_key_env = "OLLAMA_API_KEY"         # the key is read from this variable
+    provider = "ollama"                    # label + price lookup (genai-prices provider id)
+    upstream_model = "llama3:8b"           # optional: name sent upstream
+    stream_usage = true                    # inject stream_options.include_usage
+    auth = "bearer"                        # bearer | api-key (Azure) | none
+    query = { "api-version" = "2024-10-21" }
+    fallbacks = ["gpt-4o-mini"]            # tried in order when this one fails
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import aiohttp
+
+from .settings import Settings, SettingsError
+
+# response headers worth passing back to the client
+PASS_HEADERS = frozenset({
+    b"content-type", b"x-request-id", b"openai-processing-ms", b"openai-version",
+    b"openai-organization", b"openai-model", b"retry-after", b"retry-after-ms",
+})
+# request headers a client may send on to the upstream (Authorization is always ours)
+FORWARD_HEADERS = frozenset({
+    b"openai-organization", b"openai-project", b"openai-beta", b"idempotency-key",
+})
+
+
+@dataclass
+class Route:
+    name: str
+    base_url: str
+    provider: str
+    api_key: str | None = None
+    auth: str = "bearer"
+    upstream_model: str | None = None
+    stream_usage: bool = True
+    query: dict = field(default_factory=dict)
+    extra_headers: dict = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if self.api_key and self.auth == "bearer":
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        elif self.api_key and self.auth == "api-key":
+            headers["api-key"] = self.api_key
+        headers.update(self.extra_headers)
+        self.headers = headers  # built once, reused by every request
+        self._urls: dict[str, str] = {}
+
+    def url(self, endpoint: str) -> str:
+        """`endpoint` is the path after /v1, e.g. "/chat/completions"."""
+        url = self._urls.get(endpoint)
+        if url is None:
+            url = self.base_url + endpoint
+            if self.query:
+                url += "?" + urlencode(self.query)
+            self._urls[endpoint] = url
+        return url
+
+
+def _route_from_table(entry: dict, where: str) -> tuple[str, Route]:
+    model = entry.get("model")
+    base_url = entry.get("base_url")
+    if not isinstance(model, str) or not model:
+        raise SettingsError(f"{where}: each route needs a 'model' name")
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise SettingsError(f"{where}: route {model!r} needs a base_url starting with http:// or https://")
+    key = entry.get("api_key")
+    key_env = entry.get("api_key_env")
+    if key_env:
+        key = os.environ.get(key_env)
+        if not key:
+            raise SettingsError(f"{where}: route {model!r} reads its key from {key_env}, which is not set")
+    auth = entry.get("auth", "bearer")
+    if auth not in ("bearer", "api-key", "none"):
+        raise SettingsError(f"{where}: route {model!r}: auth must be bearer, api-key or none")
+    fallbacks = entry.get("fallbacks", [])
+    if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
+        raise SettingsError(f"{where}: route {model!r}: fallbacks must be a list of model names")
+    return model, Route(
+        name=model, base_url=base_url.rstrip("/"), provider=str(entry.get("provider", "openai")),
+        api_key=key, auth=auth, upstream_model=entry.get("upstream_model"),
+        stream_usage=bool(entry.get("stream_usage", True)), query=dict(entry.get("query", {})),
+        extra_headers=dict(entry.get("headers", {})), fallbacks=fallbacks,
+    )
+
+
+class Router:
+    def __init__(self, default: Route, exact: dict[str, Route] | None = None,
+                 prefixes: list[tuple[str, Route]] | None = None) -> None:
+        self.default = default
+        self.exact = exact or {}
+        self.prefixes = sorted(prefixes or [], key=lambda p: -len(p[0]))  # longest first
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Router":
+        default = Route("default", settings.openai_base_url, "openai", settings.openai_api_key)
+        exact: dict[str, Route] = {}
+        prefixes: list[tuple[str, Route]] = []
+        if settings.config_file:
+            path = settings.config_file
+            try:
+                with open(path, "rb") as fh:
+                    doc = tomllib.load(fh)
+            except OSError as exc:
+                raise SettingsError(f"TALLYGATE_CONFIG: cannot read {path}: {exc.strerror}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"TALLYGATE_CONFIG: {path} is not valid TOML: {exc}") from None
+            for i, entry in enumerate(doc.get("routes", [])):
+                if not isinstance(entry, dict):
+                    raise SettingsError(f"{path}: routes[{i}] must be a table")
+                model, route = _route_from_table(entry, path)
+                if model.endswith("*"):
+                    prefixes.append((model[:-1], route))
+                else:
+                    exact[model] = route
+        return cls(default, exact, prefixes)
+
+    def resolve(self, model: str) -> Route:
+        route = self.exact.get(model)
+        if route is not None:
+            return route
+        for prefix, route in self.prefixes:
+            if model.startswith(prefix):
+                return route
+        return self.default
+
+    def models(self) -> list[str]:
+        return sorted(self.exact)
+
+
+def client_session(settings: Settings) -> aiohttp.ClientSession:
+    """One pooled keep-alive client for every upstream."""
+    connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60,
+                                     ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout,
+                                    sock_connect=settings.connect_timeout,
+                                    sock_read=settings.read_timeout)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                 skip_auto_headers=("User-Agent",), raise_for_status=False)
