@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes (one per core)")
     p.add_argument("--dev", action="store_true",
                    help="generate and print a gateway token when PROXY_GATEWAY_TOKEN is not set")
+    p.add_argument("--demo", action="store_true",
+                   help="start the built-in fake upstream and send requests there (no OpenAI key needed)")
 
     p = sub.add_parser("db", help="ledger database")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "serve":
         from .server import serve
 
-        return serve(args.host, args.port, args.workers, args.dev)
+        return serve(args.host, args.port, args.workers, args.dev, args.demo)
     if cmd == "fake-upstream":
         from .fake_upstream import run
 

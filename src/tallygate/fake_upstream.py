@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 import orjson
 from aiohttp import web
 
+CREATED = 1735689600  # fixed, so answers are byte-for-byte repeatable
 WORDS = ["Hello", " from", " the", " fake", " upstream", ".", " It", " counts", " every", " token", "."]
 
 
@@ -124,7 +124,7 @@ class FakeUpstream:
         model = self._model(doc, fake)
         n = int(fake.get("chunks", 5))
         words = [WORDS[i % len(WORDS)] for i in range(n)]
-        created = int(time.time())
+        created = CREATED
         usage = chat_usage(doc, fake)
         if not doc.get("stream"):
             if kind == "chat.completion":
@@ -190,7 +190,7 @@ class FakeUpstream:
         n = int(fake.get("chunks", 5))
         words = [WORDS[i % len(WORDS)] for i in range(n)]
         text = "".join(words)
-        created = int(time.time())
+        created = CREATED
         message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
                    "content": [{"type": "output_text", "text": text, "annotations": []}]}
 

@@ -42,9 +42,37 @@ def app_factory():
     return create_app()
 
 
-def serve(host: str, port: int | None, workers: int, dev: bool) -> int:
+def start_demo_upstream() -> "subprocess.Popen":
+    """--demo: the built-in fake upstream on a free loopback port, as OPENAI_BASE_URL."""
+    import atexit
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tallygate", "fake-upstream", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(proc.terminate)
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/models", timeout=0.5).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    os.environ["OPENAI_BASE_URL"] = url
+    os.environ.setdefault("OPENAI_API_KEY", "sk-demo")
+    sys.stderr.write(f"  tallygate --demo: requests go to the built-in fake upstream at {url}\n")
+    return proc
+
+
+def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = False) -> int:
     import uvicorn
 
+    if demo:
+        start_demo_upstream()
     try:
         settings = resolve_token(settings_module.load(), dev)
     except SettingsError as exc:

@@ -15,6 +15,9 @@ import orjson
 WHOLE_PARSE_LIMIT = 64 * 1024
 
 
+RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+
+
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -212,6 +215,8 @@ class SSEMeter:
             usage = usage_from_object(response.get("usage"))
             if usage is not None:
                 self.usage = usage
+            if doc.get("type") in RESPONSES_FINAL_EVENTS:
+                self.done = True  # Responses streams end here, with no [DONE]
             return event
         if self.model is None and isinstance(doc.get("model"), str):
             self.model = doc["model"]

@@ -255,7 +255,17 @@ class OpenAIProxy:
             record.completion_tokens = meter.content_events
             record.total_tokens = record.prompt_tokens + record.completion_tokens
             record.usage_source = "estimated"
-        tail = meter.flush() if status == "ok" else b""
+        if status == "ok":
+            tail = meter.flush()
+        elif status == "client_disconnected":
+            tail = b""
+        else:
+            # an OpenAI-style error event: SDKs raise it instead of taking a cut stream as complete
+            message = ("The upstream stream timed out." if status == "timeout"
+                       else "The upstream stream ended before it was complete.")
+            tail = b"data: " + orjson.dumps({"error": {
+                "message": message, "type": "upstream_error", "param": None,
+                "code": "upstream_timeout" if status == "timeout" else "upstream_disconnected"}}) + b"\n\n"
         if g.sync_ledger and not gone:
             await g.pipeline.submit_and_wait(record)
         else:
