@@ -182,3 +182,13 @@ def gateway(fake_upstream, tmp_path):
     yield start
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def private_postgres():
+    from pgcluster import PrivatePostgres
+
+    pg = PrivatePostgres(free_port())
+    pg.start()
+    yield pg
+    pg.destroy()

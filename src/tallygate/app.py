@@ -91,6 +91,16 @@ class Gateway:
             return None
         return f"projects/{project}/traces/{trace_id.decode().lower()}"
 
+    async def commit(self, record) -> None:
+        """Sync ledger mode: wait (bounded) until the record's row committed. Past the
+        bound the response goes out anyway; the row stays buffered and is retried."""
+        fut = self.pipeline.submit_and_wait(record)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.settings.sync_commit_timeout)
+        except asyncio.TimeoutError:
+            log.warning("ledger commit is slow; answering before the row committed",
+                        extra={"fields": {"request_id": record.request_id}})
+
     # -- lifespan ----------------------------------------------------------
     async def startup(self) -> None:
         from .sinks.ledger import LedgerWriter

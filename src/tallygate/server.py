@@ -96,6 +96,12 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
         return 2
     config = uvicorn.Config(app, **common)
     server = _Server(config, app)
+    # uvicorn re-raises the signal after its graceful shutdown; a no-op handler makes a
+    # finished SIGTERM shutdown exit 0, as Cloud Run and process supervisors expect
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     return 0 if server.started else 1
 

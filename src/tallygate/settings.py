@@ -90,6 +90,7 @@ class Settings:
     postgres: PostgresSettings | None = None
     sqlite_path: str = "tallygate.db"
     ledger_mode: str = "async"
+    sync_commit_timeout: float = 5.0
     ledger_batch_size: int = 500
     ledger_flush_interval: float = 0.2
     ledger_buffer_limit: int = 100_000
@@ -174,6 +175,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         postgres=postgres_from_env(env),
         sqlite_path=env.get("TALLYGATE_SQLITE_PATH") or "tallygate.db",
         ledger_mode=_choice(env, "TALLYGATE_LEDGER_MODE", "async", ("async", "sync")),
+        sync_commit_timeout=_float(env, "TALLYGATE_SYNC_COMMIT_TIMEOUT", 5.0),
         ledger_batch_size=_int(env, "TALLYGATE_LEDGER_BATCH_SIZE", 500),
         ledger_flush_interval=_float(env, "TALLYGATE_LEDGER_FLUSH_INTERVAL", 0.2),
         ledger_buffer_limit=_int(env, "TALLYGATE_LEDGER_BUFFER_LIMIT", 100_000),

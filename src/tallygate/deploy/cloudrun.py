@@ -561,7 +561,7 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
     add("services", "enable the APIs the set-up uses",
         ["gcloud", "services", "enable", *services, pf])
 
-    add("registry", "Artifact Registry Docker repository (Container Registry / gcr.io is shut down)",
+    add("registry", "Artifact Registry Docker repository (Container Registry was shut down in 2025)",
         ["gcloud", "artifacts", "repositories", "create", config.repository,
          "--repository-format=docker", f"--location={config.region}",
          "--description=tallygate images", pf],
@@ -736,9 +736,11 @@ def _fill(argv: Sequence[str], captured: dict[str, str]) -> list[str]:
 
 
 def execute(steps: Sequence[Step], *, runner: Runner = subprocess.run,
-            env: dict[str, str] | None = None, out: TextIO = sys.stdout,
-            err: TextIO = sys.stderr) -> int:
+            env: dict[str, str] | None = None, out: TextIO | None = None,
+            err: TextIO | None = None) -> int:
     """Run the steps in order; stop at the first failure. Returns an exit status."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     env = dict(os.environ if env is None else env)
     captured: dict[str, str] = {}
     policies_group: list[str] | None = None

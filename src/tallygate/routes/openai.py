@@ -198,7 +198,7 @@ class OpenAIProxy:
         headers = self._response_headers(resp, record)
         headers.append((b"content-length", str(len(data)).encode()))
         if g.sync_ledger:
-            await g.pipeline.submit_and_wait(record)
+            await g.commit(record)
         else:
             g.pipeline.submit(record)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -267,7 +267,7 @@ class OpenAIProxy:
                 "message": message, "type": "upstream_error", "param": None,
                 "code": "upstream_timeout" if status == "timeout" else "upstream_disconnected"}}) + b"\n\n"
         if g.sync_ledger and not gone:
-            await g.pipeline.submit_and_wait(record)
+            await g.commit(record)
         else:
             g.pipeline.submit(record)
         await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -52,6 +52,7 @@ class LedgerWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
 
     def add(self, records: list[UsageRecord], futures: list | None = None) -> None:
+        was_empty = not self._buffer
         room = self.buffer_limit - len(self._buffer)
         if room < len(records):
             lost = records[max(room, 0):]
@@ -72,7 +73,9 @@ class LedgerWriter:
             self._buffer.extend(zip(records, futures))
         else:
             self._buffer.extend((r, None) for r in records)
-        if len(self._buffer) >= self.batch_size or futures:
+        # an empty buffer starts the writer's interval timer; a full batch or a
+        # waiting (sync) request ends it early
+        if was_empty or len(self._buffer) >= self.batch_size or futures:
             self._wakeup.set()
 
     async def _run(self) -> None:

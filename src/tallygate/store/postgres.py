@@ -48,8 +48,16 @@ class PostgresStore:
         return f"postgres {self.settings.description}"
 
     async def connect(self, timeout: float = 10.0) -> None:
+        import psycopg
         from psycopg_pool import AsyncConnectionPool
 
+        # one direct connection first: its error says what is wrong (TLS, auth, host),
+        # where the pool would only report a timeout
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.settings.conninfo)
+            await conn.close()
+        except (psycopg.Error, OSError) as exc:
+            raise StoreUnavailable(explain(exc, self.settings)) from None
         if self._pool is None:
             self._pool = AsyncConnectionPool(
                 self.settings.conninfo, min_size=1, max_size=self.pool_max, open=False,

@@ -1,0 +1,41 @@
+-- tallygate ledger schema (generated from src/tallygate/migrations/postgres; safe to run twice)
+-- psql "postgres://USER:PASSWORD@HOST:PORT/DB" -f db/schema.sql
+
+-- 0001: the usage ledger, one row per request (the deployment guide's litellm_usage).
+CREATE TABLE IF NOT EXISTS tallygate_schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS litellm_usage (
+    request_id         text PRIMARY KEY,
+    created_at         timestamptz NOT NULL,
+    tenant_id          text NOT NULL,
+    api_key_id         text,
+    model              text NOT NULL,
+    upstream_model     text,
+    provider           text NOT NULL,
+    endpoint           text NOT NULL,
+    stream             boolean NOT NULL DEFAULT false,
+    status_code        integer NOT NULL,
+    status             text NOT NULL,
+    prompt_tokens      integer NOT NULL DEFAULT 0,
+    completion_tokens  integer NOT NULL DEFAULT 0,
+    total_tokens       integer NOT NULL DEFAULT 0,
+    cached_tokens      integer NOT NULL DEFAULT 0,
+    reasoning_tokens   integer NOT NULL DEFAULT 0,
+    cost_usd           numeric(20, 12) NOT NULL DEFAULT 0,
+    price_source       text NOT NULL,
+    usage_source       text NOT NULL,
+    latency_ms         double precision NOT NULL,
+    ttft_ms            double precision
+);
+
+CREATE INDEX IF NOT EXISTS litellm_usage_tenant_time ON litellm_usage (tenant_id, created_at);
+CREATE INDEX IF NOT EXISTS litellm_usage_time ON litellm_usage (created_at);
+CREATE INDEX IF NOT EXISTS litellm_usage_key_time ON litellm_usage (api_key_id, created_at)
+    WHERE api_key_id IS NOT NULL;
+
+INSERT INTO tallygate_schema_migrations (version, name) VALUES (1, 'usage')
+    ON CONFLICT (version) DO NOTHING;

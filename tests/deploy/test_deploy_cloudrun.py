@@ -1,0 +1,430 @@
+"""`tallygate deploy cloudrun`: the printed commands avoid every known mistake of the brief,
+exist in the installed Cloud SDK, come in a working order, and run (against a fake gcloud)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy_support import (PROJECT, ROOT, SQL_INSTANCE, bq_tree, cloudrun, dry_run, find,
+                            flag_values, gcloud_tree, parse_args, script_commands)
+
+SECRET_ENVS = [e for e, _ in cloudrun.SECRET_ENVS]
+
+
+@pytest.fixture
+def script(tmp_path) -> str:
+    status, out, err = dry_run(tmp_path / "rendered")
+    assert status == 0, err
+    return out
+
+
+@pytest.fixture
+def commands(script) -> list[list[str]]:
+    return script_commands(script)
+
+
+def the(commands, *prefix) -> list[str]:
+    found = find(commands, *prefix)
+    assert len(found) == 1, f"expected one {' '.join(prefix)}, got {len(found)}"
+    return found[0]
+
+
+# ----------------------------------------------------------------------------- the brief's mistakes
+
+def test_no_known_mistake_anywhere(script, commands):
+    assert "--allow-unauthenticated=false" not in script
+    assert "gcr.io" not in script
+    assert "--value-extractor" not in script and "--metric-type" not in script
+    assert not re.search(r"projects/[a-z][a-z0-9-]+/secrets", script)  # a project ID in a secret path
+    assert not re.search(r"\bPGSSL=", script)  # libpq reads PGSSLMODE
+    assert ":latest" not in script
+    for cmd in commands:
+        for tok in cmd:
+            assert not tok.startswith("--set-env-vars") or "PORT=" not in tok.split("=", 1)[1].replace("PGPORT", "")
+
+
+def test_run_deploy_flags(commands):
+    deploy = the(commands, "gcloud", "run", "deploy")
+    assert deploy[3] == "litellm-proxy"
+    assert "--port=8080" in deploy
+    assert "--no-cpu-throttling" in deploy
+    assert "--allow-unauthenticated" in deploy  # default --auth public
+    for flag, value in (("--concurrency", "15"), ("--min-instances", "1"), ("--max-instances", "50"),
+                        ("--cpu", "1"), ("--memory", "1Gi"), ("--timeout", "3600"),
+                        ("--add-cloudsql-instances", SQL_INSTANCE)):
+        assert flag_values(deploy, flag) == [value]
+    (image,) = flag_values(deploy, "--image")
+    assert image == f"us-central1-docker.pkg.dev/{PROJECT}/litellm/litellm-proxy:abc123"
+    (startup,) = flag_values(deploy, "--startup-probe")
+    (liveness,) = flag_values(deploy, "--liveness-probe")
+    assert dict(kv.split("=", 1) for kv in startup.split(","))["httpGet.path"] == "/ready"
+    assert dict(kv.split("=", 1) for kv in liveness.split(","))["httpGet.path"] == "/live"
+    for probe in (startup, liveness):  # gcloud's probe flag accepts these keys only
+        assert {kv.split("=")[0] for kv in probe.split(",")} <= {
+            "initialDelaySeconds", "timeoutSeconds", "periodSeconds", "failureThreshold",
+            "httpGet.port", "httpGet.path"}
+        path = dict(kv.split("=", 1) for kv in probe.split(","))["httpGet.path"]
+        assert not path.endswith("z")  # Cloud Run reserves some paths ending in z
+
+
+def test_env_vars_carry_no_secret_and_the_right_postgres_names(commands):
+    deploy = the(commands, "gcloud", "run", "deploy")
+    (raw,) = flag_values(deploy, "--set-env-vars")
+    env = dict(kv.split("=", 1) for kv in raw.split(","))
+    assert env == {"PGHOST": f"/cloudsql/{SQL_INSTANCE}", "PGUSER": "litellm", "PGDATABASE": "litellm",
+                   "PGSSLMODE": "disable", "TALLYGATE_LEDGER_MODE": "async", "GOOGLE_CLOUD_PROJECT": PROJECT}
+    assert not set(env) & {"PORT", "PGSSL", "DATABASE_URL", *SECRET_ENVS}
+
+
+def test_secrets_only_through_set_secrets_pinned(commands):
+    deploy = the(commands, "gcloud", "run", "deploy")
+    (raw,) = flag_values(deploy, "--set-secrets")
+    mapping = dict(kv.split("=", 1) for kv in raw.split(","))
+    assert set(mapping) == set(SECRET_ENVS)
+    for env, ref in mapping.items():
+        # gcloud's same-project form NAME:VERSION (a remote one needs a project NUMBER)
+        assert re.fullmatch(r"[a-zA-Z0-9_-]{1,255}:[1-9][0-9]*", ref), ref
+    assert mapping["OPENAI_API_KEY"] == "litellm-proxy-openai-api-key:1"
+    # every secret is created, gets a version from stdin, and the runtime account may read it
+    sa = f"serviceAccount:litellm-proxy-run@{PROJECT}.iam.gserviceaccount.com"
+    for ref in mapping.values():
+        name = ref.split(":")[0]
+        assert [c for c in find(commands, "gcloud", "secrets", "create") if c[3] == name]
+        (add,) = [c for c in find(commands, "gcloud", "secrets", "versions", "add") if c[4] == name]
+        assert flag_values(add, "--data-file") == ["-"]
+        (grant,) = [c for c in find(commands, "gcloud", "secrets", "add-iam-policy-binding") if c[3] == name]
+        assert flag_values(grant, "--member") == [sa]
+        assert flag_values(grant, "--role") == ["roles/secretmanager.secretAccessor"]
+    assert flag_values(deploy, "--service-account") == [sa.split(":", 1)[1]]
+
+
+def test_secret_values_never_on_a_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-do-not-print-0123456789")
+    status, out, _ = dry_run(tmp_path)
+    assert status == 0 and "sk-live-do-not-print" not in out
+    assert out.count("printf '%s' \"$OPENAI_API_KEY\" | gcloud secrets versions add") == 1
+
+
+def test_sink_is_partitioned_narrow_and_granted(commands):
+    (create,) = find(commands, "gcloud", "logging", "sinks", "create")
+    assert create[4] == "litellm-proxy-bq-sink"
+    assert create[5] == f"bigquery.googleapis.com/projects/{PROJECT}/datasets/litellm_logs"
+    assert "--use-partitioned-tables" in create
+    (flt,) = flag_values(create, "--log-filter")
+    for part in ('resource.type="cloud_run_revision"', 'resource.labels.service_name="litellm-proxy"',
+                 f'logName="projects/{PROJECT}/logs/run.googleapis.com%2Fstdout"',
+                 'jsonPayload.message="litellm_request"'):
+        assert part in flt
+    (update,) = find(commands, "gcloud", "logging", "sinks", "update")
+    assert "--use-partitioned-tables" in update
+    grants = [c for c in find(commands, "gcloud", "projects", "add-iam-policy-binding")
+              if "--role=roles/bigquery.dataEditor" in c]
+    assert grants and flag_values(grants[0], "--member") == ["${WRITER_IDENTITY}"]
+
+
+def test_log_metrics_from_files_not_flags(commands, tmp_path):
+    creates = find(commands, "gcloud", "logging", "metrics", "create")
+    assert {c[4] for c in creates} == {p.stem for p in (ROOT / "deploy/monitoring/metrics").glob("*.yaml")}
+    for c in creates:
+        (path,) = flag_values(c, "--config-from-file")
+        assert Path(path).name == f"{c[4]}.yaml" and Path(path).is_file()
+        assert "${" not in Path(path).read_text()
+        assert not {"--log-filter", "--description"} & {t.split("=")[0] for t in c}
+
+
+def test_order_of_the_set_up(script):
+    lines = [l for l in script.splitlines() if l and not l.startswith("#") and l != "set -eu"]
+
+    def first(pattern: str) -> int:
+        for i, line in enumerate(lines):
+            if pattern in line:
+                return i
+        raise AssertionError(f"{pattern!r} not in the script")
+
+    assert first("gcloud services enable") == 0
+    assert first("artifacts repositories create") < first("gcloud builds submit") < first("gcloud run deploy")
+    assert first("secretmanager.secretAccessor") < first("gcloud run deploy")  # checked at deploy time
+    assert first("roles/cloudsql.client") < first("gcloud run deploy")
+    assert first("gcloud logging metrics create") < first("gcloud monitoring policies create")
+    assert first("bq --location=US") < first("gcloud logging sinks create") < first("roles/bigquery.dataEditor")
+
+
+def test_script_is_valid_posix_shell(script, tmp_path):
+    path = tmp_path / "deploy.sh"
+    path.write_text(script)
+    subprocess.run(["sh", "-n", str(path)], check=True)
+    result = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2016", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+# ----------------------------------------------------------------------------- against the SDK
+
+def _gcloud_node(tree: dict, words: list[str]) -> tuple[dict, int]:
+    node, used = tree, 0
+    for word in words:
+        if word in node.get("commands", {}):
+            node, used = node["commands"][word], used + 1
+        else:
+            break
+    return node, used
+
+
+@pytest.mark.skipif(gcloud_tree() is None, reason="Cloud SDK not installed")
+def test_every_gcloud_command_and_flag_exists_in_the_sdk(commands):
+    tree = gcloud_tree()
+    global_flags = set(tree["flags"])
+    for cmd in find(commands, "gcloud"):
+        words = [w for w in cmd[1:] if not w.startswith("-")]
+        node, used = _gcloud_node(tree, words)
+        if words[:2] == ["monitoring", "policies"] and used < 2:
+            # GA since SDK 5xx; older SDKs ship it as alpha (the runner falls back to it)
+            node, used = _gcloud_node(tree, ["alpha", *words])
+            used -= 1
+        assert not node.get("commands"), f"incomplete command: {' '.join(cmd[:6])}"
+        assert used >= 2, f"unknown command: {' '.join(cmd[:6])}"
+        flags = node.get("flags", {})
+        for tok in cmd[1:]:
+            if not tok.startswith("--"):
+                continue
+            name, has_value, value = tok.partition("=")
+            if name in flags or name in global_flags:
+                kind = flags.get(name, tree["flags"].get(name))
+                if kind == "bool":
+                    assert not has_value, f"{tok}: a boolean flag takes no value (use --no-...)"
+                continue
+            positive = "--" + name[len("--no-"):] if name.startswith("--no-") else None
+            assert positive and flags.get(positive) == "bool" and not has_value, \
+                f"gcloud {' '.join(words[:used])}: no flag {name}"
+
+
+@pytest.mark.skipif(bq_tree() is None, reason="Cloud SDK not installed")
+def test_every_bq_command_exists(commands):
+    tree = bq_tree()
+    for cmd in find(commands, "bq"):
+        words = [w for w in cmd[1:] if not w.startswith("-")]
+        assert words[0] in tree["commands"], cmd
+        for tok in cmd[1:cmd.index(words[0]) + 1]:
+            if tok.startswith("--"):
+                assert tok.split("=")[0] in tree["flags"], tok  # global flags before the command
+
+
+# ----------------------------------------------------------------------------- options
+
+def test_iam_mode(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--auth", "iam", "--invoker",
+                             f"serviceAccount:client@{PROJECT}.iam.gserviceaccount.com")
+    assert status == 0
+    commands = script_commands(out)
+    deploy = the(commands, "gcloud", "run", "deploy")
+    assert "--no-allow-unauthenticated" in deploy and "--allow-unauthenticated" not in deploy
+    (grant,) = find(commands, "gcloud", "run", "services", "add-iam-policy-binding")
+    assert flag_values(grant, "--role") == ["roles/run.invoker"]
+    assert "X-Serverless-Authorization" in out
+
+
+def test_pinned_versions_per_secret(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--secret-versions", "OPENAI_API_KEY=3,PGPASSWORD=2")
+    assert status == 0
+    deploy = the(script_commands(out), "gcloud", "run", "deploy")
+    (raw,) = flag_values(deploy, "--set-secrets")
+    assert "OPENAI_API_KEY=litellm-proxy-openai-api-key:3" in raw.split(",")
+    assert "PGPASSWORD=litellm-proxy-pgpassword:2" in raw.split(",")
+    assert "PROXY_GATEWAY_TOKEN=litellm-proxy-proxy-gateway-token:1" in raw.split(",")
+    assert "gcloud secrets versions describe 3 --secret=litellm-proxy-openai-api-key" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--secret-versions", "latest"], "--secret-versions"),
+    (["--secret-versions", "OPENAI_API_KEY=latest"], "pinned"),
+    (["--env", "PORT=8080"], "reserved"),
+    (["--env", "PGPASSWORD=hunter2"], "Secret Manager"),
+    (["--env", "OPENAI_API_KEY=sk-x"], "Secret Manager"),
+    (["--env", "PGSSL=require"], "PGSSLMODE"),
+    (["--cloudsql-instance", "just-a-name"], "PROJECT:REGION:INSTANCE"),
+    (["--timeout", "7200"], "3600"),
+    (["--invoker", "user:a@b.c"], "--auth iam"),
+    (["--region", "us central"], "--region"),
+    (["--only", "everything"], "unknown phase"),
+])
+def test_bad_options_are_refused_clearly(tmp_path, argv, message):
+    status, out, err = dry_run(tmp_path, *argv, with_sql=False)
+    assert status == 2 and out == ""
+    assert message in err and err.startswith("error: ")
+
+
+def test_env_value_with_a_comma_uses_gcloud_delimiter_syntax(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--env", "TALLYGATE_DEFAULT_TENANT=acme", "--env", "NOTE=a,b")
+    assert status == 0
+    (raw,) = flag_values(the(script_commands(out), "gcloud", "run", "deploy"), "--set-env-vars")
+    assert raw.startswith("^@^")
+    env = dict(kv.split("=", 1) for kv in raw[3:].split("@"))
+    assert env["NOTE"] == "a,b" and env["TALLYGATE_DEFAULT_TENANT"] == "acme"
+
+
+def test_without_cloud_sql(tmp_path):
+    status, out, _ = dry_run(tmp_path, with_sql=False)
+    assert status == 0
+    deploy = the(script_commands(out), "gcloud", "run", "deploy")
+    (raw,) = flag_values(deploy, "--set-env-vars")
+    assert "PGHOST" not in raw and "--add-cloudsql-instances" not in " ".join(deploy)
+    assert "PGPASSWORD" not in flag_values(deploy, "--set-secrets")[0]
+    assert "WARNING: no --cloudsql-instance" in out
+    assert "sqladmin.googleapis.com" not in out and "cloudsql.client" not in out
+
+
+def test_skips_and_only(tmp_path):
+    status, out, _ = dry_run(tmp_path / "a", "--skip-monitoring", "--skip-bigquery", "--skip-build")
+    assert status == 0
+    assert "gcloud run deploy" in out
+    for absent in ("logging metrics", "monitoring dashboards", "monitoring policies", "logging sinks",
+                   "bq ", "builds submit", "bigquery.googleapis.com"):
+        assert absent not in out
+    status, out, _ = dry_run(tmp_path / "b", "--only", "metrics,alerts")
+    assert status == 0
+    commands = script_commands(out)
+    assert {c[1] for c in commands} == {"logging", "monitoring"}
+    assert not (tmp_path / "b" / "dashboard.json").exists()
+
+
+def test_rendered_files_carry_the_options(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--service", "gw-staging", "--alert-5xx-ratio", "0.05",
+                             "--notification-channel", f"projects/{PROJECT}/notificationChannels/42")
+    assert status == 0
+    ratio = json.loads((tmp_path / "alerts" / "error_ratio_5xx.json").read_text())
+    assert ratio["conditions"][0]["conditionThreshold"]["thresholdValue"] == 0.05
+    assert ratio["notificationChannels"] == [f"projects/{PROJECT}/notificationChannels/42"]
+    assert 'service_name="gw-staging"' in ratio["conditions"][0]["conditionThreshold"]["filter"]
+    metric = (tmp_path / "metrics" / "litellm_total_tokens.yaml").read_text()
+    assert 'resource.labels.service_name="gw-staging"' in metric
+    assert "${" not in metric
+    assert "gw-staging-openai-api-key:1" in out
+    assert f"gw-staging-run@{PROJECT}.iam.gserviceaccount.com" in out
+
+
+def test_cli_entry_point_prints_the_same_script(tmp_path):
+    """`tallygate deploy cloudrun` (as wired in the CLI) runs this module."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDSDK_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "tallygate", "deploy", "cloudrun", "--project", PROJECT, "--image-tag", "abc123",
+         "--render-dir", str(tmp_path), "--dry-run"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    if result.returncode == 2 and "invalid choice" in result.stderr:
+        pytest.skip("the CLI does not wire `deploy cloudrun` yet")
+    assert result.returncode == 0, result.stderr
+    assert "gcloud run deploy litellm-proxy" in result.stdout
+
+
+# ----------------------------------------------------------------------------- running
+
+FAKE_GCLOUD = r"""#!PYTHON -S
+import json, os, sys
+log = os.environ["FAKE_CLOUD_LOG"]
+argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
+stdin = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+with open(log, "a") as f:
+    f.write(json.dumps({"argv": argv, "stdin": stdin}) + "\n")
+line = " ".join(argv)
+exists = os.environ.get("FAKE_EXISTS", "")
+if " describe " in f" {line} " or line.startswith("bq --project_id") and " show " in line:
+    if "--format=value(writerIdentity)" in line:
+        print("serviceAccount:service-123@gcp-sa-logging.iam.gserviceaccount.com")
+        sys.exit(0)
+    sys.exit(0 if any(e and e in line for e in exists.split(",")) else 1)
+if " list " in f" {line} ":
+    sys.exit(0)
+fail = os.environ.get("FAKE_FAIL")
+if fail and fail in line:
+    print("ERROR: (gcloud) simulated failure", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.fixture
+def fake_cloud(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("gcloud", "bq"):
+        path = bindir / tool
+        path.write_text(FAKE_GCLOUD.replace("PYTHON", sys.executable, 1))
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_CLOUD_LOG", str(log))
+    for env in SECRET_ENVS:
+        monkeypatch.setenv(env, f"secret-value-of-{env.lower()}")
+
+    def calls() -> list[dict]:
+        return [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+
+    return calls
+
+
+def run_for_real(tmp_path, *extra) -> int:
+    argv = ["--project", PROJECT, "--image-tag", "abc123", "--source", str(ROOT),
+            "--cloudsql-instance", SQL_INSTANCE, "--render-dir", str(tmp_path / "rendered"), *extra]
+    return cloudrun.run(parse_args(*argv))
+
+
+def test_run_executes_every_step_and_feeds_secrets_on_stdin(tmp_path, fake_cloud, capsys):
+    assert run_for_real(tmp_path) == 0
+    calls = fake_cloud()
+    argvs = [" ".join(c["argv"]) for c in calls]
+    for env in SECRET_ENVS:
+        value = f"secret-value-of-{env.lower()}"
+        assert not any(value in a for a in argvs)  # never on a command line
+        assert [c for c in calls if c["stdin"] == value and "versions add" in " ".join(c["argv"])]
+    grant = [a for a in argvs if "roles/bigquery.dataEditor" in a]
+    assert grant and "--member=serviceAccount:service-123@gcp-sa-logging.iam.gserviceaccount.com" in grant[0]
+    assert any(a.startswith("gcloud run deploy litellm-proxy") for a in argvs)
+    out = capsys.readouterr().out
+    assert "secret-value-of" not in out and out.rstrip().endswith("done")
+
+
+def test_run_skips_what_exists_and_updates_metrics(tmp_path, fake_cloud, monkeypatch):
+    monkeypatch.setenv("FAKE_EXISTS", "repositories describe,secrets describe,versions describe,metrics describe")
+    assert run_for_real(tmp_path) == 0
+    argvs = [" ".join(c["argv"]) for c in fake_cloud()]
+    assert not any("repositories create" in a or "secrets create" in a or "versions add" in a for a in argvs)
+    assert any("logging metrics update" in a for a in argvs)
+    assert not any("logging metrics create" in a for a in argvs)
+
+
+def test_run_stops_at_the_first_failure(tmp_path, fake_cloud, capsys):
+    os.environ["FAKE_FAIL"] = "gcloud run deploy"
+    try:
+        status = run_for_real(tmp_path)
+    finally:
+        del os.environ["FAKE_FAIL"]
+    assert status == 3
+    argvs = [" ".join(c["argv"]) for c in fake_cloud()]
+    assert argvs[-1].startswith("gcloud run deploy")
+    assert not any("logging metrics" in a for a in argvs)
+    err = capsys.readouterr().err
+    assert "failed with exit status 3" in err and "gcloud run deploy litellm-proxy" in err
+
+
+def test_run_refuses_a_missing_secret_value(tmp_path, fake_cloud, monkeypatch, capsys):
+    monkeypatch.delenv("PROXY_MASTER_KEY")
+    assert run_for_real(tmp_path) == 2
+    assert "$PROXY_MASTER_KEY is not set" in capsys.readouterr().err
+    assert not any("run deploy" in " ".join(c["argv"]) for c in fake_cloud())
+
+
+def test_run_reads_a_secret_from_a_file(tmp_path, fake_cloud, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    secret = tmp_path / "openai.key"
+    secret.write_text("sk-from-file")
+    assert run_for_real(tmp_path, "--secret-file", f"OPENAI_API_KEY={secret}",
+                        "--skip-monitoring", "--skip-bigquery", "--skip-build") == 0
+    adds = [c for c in fake_cloud() if "litellm-proxy-openai-api-key" in c["argv"] and "add" in c["argv"]]
+    assert adds[0]["argv"][-2:] == [f"--data-file={secret}", f"--project={PROJECT}"]
+    assert adds[0]["stdin"] == ""

@@ -1,0 +1,135 @@
+"""Each log-based metric's filter, value extractor and label extractors, evaluated against
+LogEntries built the way Cloud Run builds them: from the contract's example line, and from
+the lines a real gateway printed for one non-streaming and one streaming request."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from deploy_support import PROJECT, cloudrun, contract_line, metric_files, parse_args, rendered_metric
+from logfilter import cloud_run_entry, compile_filter, evaluate_metric
+
+METRICS = {p.stem: rendered_metric(p) for p in metric_files()}
+SINK_FILTER = cloudrun.sink_filter(cloudrun.build_config(parse_args("--project", PROJECT, "--image-tag", "x")))
+
+
+def points(name: str, entries: list[dict]) -> list[tuple[dict, float]]:
+    return [(dict(p.labels), p.value) for p in evaluate_metric(METRICS[name], entries)]
+
+
+def entry(line: dict | str, **kw) -> dict:
+    return cloud_run_entry(line if isinstance(line, str) else json.dumps(line), project=PROJECT, **kw)
+
+
+# ----------------------------------------------------------------------------- contract lines
+
+def test_contract_line_feeds_every_metric():
+    line = contract_line()
+    non_stream = entry(line)
+    stream = entry({**line, "request_id": "req_stream", "stream": True, "ttft_ms": 4.2})
+    entries = [non_stream, stream]
+    assert points("litellm_total_tokens", entries) == [({"tenant_id": "acme", "model": "gpt-4o-mini"}, 1200.0)] * 2
+    assert points("litellm_prompt_tokens", entries)[0][1] == 1000.0
+    assert points("litellm_completion_tokens", entries)[0][1] == 200.0
+    assert points("litellm_cost_usd", entries)[0][1] == pytest.approx(0.00027)
+    assert [v for _, v in points("litellm_latency_ms", entries)] == [12.345, 12.345]
+    assert [l["stream"] for l, _ in points("litellm_latency_ms", entries)] == ["false", "true"]
+    assert points("litellm_ttft_ms", entries) == [({"tenant_id": "acme", "model": "gpt-4o-mini"}, 4.2)]
+    assert points("litellm_requests", entries) == [
+        ({"tenant_id": "acme", "model": "gpt-4o-mini", "status": "ok", "status_code": "200", "stream": s}, 1.0)
+        for s in ("false", "true")]
+
+
+def test_zero_cost_and_failed_requests_still_count():
+    line = {**contract_line(), "cost_usd": 0.0, "status": "upstream_error", "status_code": 502,
+            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert points("litellm_cost_usd", [entry(line)]) == [({"tenant_id": "acme", "model": "gpt-4o-mini"}, 0.0)]
+    ((labels, _),) = points("litellm_requests", [entry(line)])
+    assert labels["status"] == "upstream_error" and labels["status_code"] == "502"
+
+
+def test_lines_that_must_not_count():
+    line = contract_line()
+    others = [
+        entry(line, service="another-service"),  # same project, other service
+        entry({"severity": "INFO", "message": "gateway started", "port": 8080}),
+        entry({"severity": "ERROR", "message": "ledger write failed", "records": 3}),
+        entry("Traceback (most recent call last):"),
+        {**entry(line), "resource": {"type": "gce_instance", "labels": {}}},
+    ]
+    for name in METRICS:
+        assert points(name, others) == [], name
+    # TTFT only for streams
+    assert points("litellm_ttft_ms", [entry(line)]) == []
+
+
+def test_sink_filter_takes_only_this_services_stdout_request_lines():
+    line = contract_line()
+    sink = compile_filter(SINK_FILTER)
+    assert sink(entry(line))
+    assert not sink(entry(line, stream="stderr"))
+    assert not sink(entry(line, service="another-service"))
+    assert not sink(entry({"severity": "INFO", "message": "gateway started", "port": 8080}))
+
+
+# ----------------------------------------------------------------------------- real gateway
+
+FAKE = {"prompt_tokens": 1000, "completion_tokens": 200}
+
+
+def _post(gw, body: dict) -> bytes:
+    req = urllib.request.Request(gw.base_url + "/chat/completions", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json", **gw.headers("acme")})
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        assert resp.status == 200
+        return resp.read()
+
+
+def test_metrics_against_lines_the_gateway_really_printed(gateway):
+    gw = gateway()
+    messages = [{"role": "user", "content": "Say hello"}]
+    _post(gw, {"model": "gpt-4o-mini", "messages": messages, "fake": FAKE})
+    body = _post(gw, {"model": "gpt-4o-mini", "messages": messages, "stream": True, "fake": FAKE})
+    assert body.rstrip().endswith(b"data: [DONE]")
+    records = gw.wait_records(2)
+    by_stream = {r["stream"]: r for r in records}
+    assert set(by_stream) == {False, True}
+
+    # every line the process wrote, as Cloud Run would ingest it (startup lines included)
+    raw_lines = [l for l in gw.output().splitlines() if l.strip()]
+    assert len(raw_lines) > len(records)
+    entries = [entry(l) for l in raw_lines]
+
+    labels = {"tenant_id": "acme", "model": "gpt-4o-mini"}
+    for name, field in (("litellm_total_tokens", "total_tokens"), ("litellm_prompt_tokens", "prompt_tokens"),
+                        ("litellm_completion_tokens", "completion_tokens"), ("litellm_cost_usd", "cost_usd")):
+        got = points(name, entries)
+        assert sorted(v for _, v in got) == sorted(float(r[field]) for r in records), name
+        assert all(l == labels for l, _ in got), name
+    assert sorted(v for _, v in points("litellm_total_tokens", entries)) == [1200.0, 1200.0]
+    assert sum(v for _, v in points("litellm_cost_usd", entries)) == pytest.approx(
+        sum(r["cost_usd"] for r in records))
+    assert sum(v for _, v in points("litellm_cost_usd", entries)) > 0
+
+    latency = points("litellm_latency_ms", entries)
+    assert sorted((l["stream"], v) for l, v in latency) == sorted(
+        (str(r["stream"]).lower(), r["latency_ms"]) for r in records)
+
+    ((ttft_labels, ttft),) = points("litellm_ttft_ms", entries)
+    assert ttft_labels == labels and ttft == by_stream[True]["ttft_ms"] and ttft > 0
+
+    requests = points("litellm_requests", entries)
+    assert sorted(l["stream"] for l, _ in requests) == ["false", "true"]
+    assert all(l["status"] == "ok" and l["status_code"] == "200" for l, _ in requests)
+
+    # the BigQuery sink exports exactly the request lines
+    sink = compile_filter(SINK_FILTER)
+    exported = [e for e in entries if sink(e)]
+    assert sorted(e["jsonPayload"]["request_id"] for e in exported) == sorted(r["request_id"] for r in records)
+    # and Cloud Run's special fields left the payload
+    for e in exported:
+        assert not {"severity", "time", "logging.googleapis.com/labels"} & set(e["jsonPayload"])
+        assert e["labels"]["tenant_id"] == "acme"

@@ -1,0 +1,291 @@
+"""The usage ledger: exactly one row per request, on Postgres and on SQLite."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import openai
+import psycopg
+import pytest
+
+from conftest import MASTER, ROOT
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def conninfo(env: dict) -> str:
+    return (f"host={env['PGHOST']} port={env.get('PGPORT', '5432')} user={env['PGUSER']} "
+            f"dbname={env['PGDATABASE']}")
+
+
+def pg_rows(env: dict, where: str = "true", params=()) -> list[dict]:
+    with psycopg.connect(conninfo(env)) as conn:
+        cur = conn.execute(f"SELECT * FROM litellm_usage WHERE {where} ORDER BY created_at", params)
+        cols = [d.name for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+def sqlite_rows(path: Path, where: str = "1", params=()) -> list[dict]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    rows = [dict(r) for r in conn.execute(f"SELECT * FROM litellm_usage WHERE {where}", params)]
+    conn.close()
+    return rows
+
+
+def send_mixed(gw, n: int, tenants=("t1", "t2", "t3")) -> None:
+    """n requests, streamed and not, over several tenants, 8 at a time."""
+    def one(i: int) -> None:
+        c = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0,
+                          default_headers={"X-Tenant-ID": tenants[i % len(tenants)]})
+        fake = {"prompt_tokens": 100 + i, "completion_tokens": 10 + i % 7, "cached_tokens": i % 3}
+        model = ("gpt-4o-mini", "gpt-4o", "my-unpriced-model")[i % 3]
+        if i % 2:
+            list(c.chat.completions.create(model=model, messages=MESSAGES, stream=True, extra_body={"fake": fake}))
+        else:
+            c.chat.completions.create(model=model, messages=MESSAGES, extra_body={"fake": fake})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(n)))
+
+
+def assert_rows_match_logs(rows: list[dict], logs: list[dict]) -> None:
+    assert len(rows) == len(logs)
+    assert len({r["request_id"] for r in rows}) == len(rows)
+    assert {r["request_id"] for r in rows} == {l["request_id"] for l in logs}
+    for field in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
+        assert sum(r[field] for r in rows) == sum(l[field] for l in logs)
+    row_cost = sum(Decimal(str(r["cost_usd"])) for r in rows)
+    log_cost = sum(Decimal(l["cost_usd_exact"]) for l in logs)
+    assert row_cost == log_cost and row_cost > 0
+    by_id = {l["request_id"]: l for l in logs}
+    for r in rows:
+        l = by_id[r["request_id"]]
+        assert Decimal(str(r["cost_usd"])) == Decimal(l["cost_usd_exact"])
+        assert (r["tenant_id"], r["model"], bool(r["stream"])) == (l["tenant_id"], l["model"], l["stream"])
+
+
+def test_schema_file_is_generated_and_idempotent(postgres_env):
+    from tallygate.store.migrations import schema_sql
+
+    assert (ROOT / "db" / "schema.sql").read_text() == schema_sql("postgres")
+    url = f"postgres://postgres@127.0.0.1:5432/{postgres_env['PGDATABASE']}"
+    for _ in range(2):  # the guide's way, twice
+        subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(ROOT / "db/schema.sql")],
+                       check=True, capture_output=True)
+    with psycopg.connect(conninfo(postgres_env)) as conn:
+        cols = {r[0]: r[1] for r in conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name='litellm_usage'")}
+    assert cols["cost_usd"] == "numeric" and cols["created_at"] == "timestamp with time zone"
+    for c in ("request_id", "tenant_id", "api_key_id", "model", "upstream_model", "provider", "endpoint",
+              "stream", "status_code", "status", "prompt_tokens", "completion_tokens", "total_tokens",
+              "cached_tokens", "reasoning_tokens", "price_source", "usage_source", "latency_ms", "ttft_ms"):
+        assert c in cols
+
+
+def test_postgres_concurrent_requests_exactly_n_rows(gateway, postgres_env):
+    gw = gateway(**postgres_env)
+    send_mixed(gw, 60)
+    logs = gw.wait_records(60)
+    assert gw.stop() == 0
+    rows = pg_rows(postgres_env, "request_id = ANY(%s)", ([l["request_id"] for l in logs],))
+    assert_rows_match_logs(rows, logs)
+    assert {r["status"] for r in rows} == {"ok"}
+    assert {r["usage_source"] for r in rows} == {"provider"}
+    assert {r["price_source"] for r in rows} == {"genai-prices", "unknown"}
+
+
+def test_sqlite_concurrent_requests_exactly_n_rows(gateway, tmp_path):
+    gw = gateway()
+    send_mixed(gw, 40)
+    logs = gw.wait_records(40)
+    assert gw.stop() == 0
+    assert_rows_match_logs(sqlite_rows(tmp_path / "ledger.db"), logs)
+
+
+def test_sigterm_right_after_burst_loses_nothing(gateway, postgres_env):
+    gw = gateway(**postgres_env, TALLYGATE_LEDGER_FLUSH_INTERVAL=5, TALLYGATE_LEDGER_BATCH_SIZE=10000)
+    send_mixed(gw, 30, tenants=("burst",))
+    assert gw.stop(signal.SIGTERM) == 0
+    logs = gw.records()
+    assert len(logs) == 30
+    rows = pg_rows(postgres_env, "request_id = ANY(%s)", ([l["request_id"] for l in logs],))
+    assert_rows_match_logs(rows, logs)
+
+
+def test_postgres_down_then_up_all_rows_arrive_once(gateway, private_postgres):
+    private_postgres.start()
+    env = private_postgres.env()
+    gw = gateway(**env, TALLYGATE_LEDGER_FLUSH_INTERVAL=0.05)
+    send_mixed(gw, 10, tenants=("before",))
+    gw.wait_records(10)
+    private_postgres.stop()
+    send_mixed(gw, 20, tenants=("during",))  # requests still succeed
+    metrics = urllib.request.urlopen(urllib.request.Request(
+        gw.url + "/metrics", headers={"Authorization": f"Bearer {MASTER}"})).read().decode()
+    assert "tallygate_ledger_buffer_depth" in metrics
+    time.sleep(0.5)
+    private_postgres.start()
+    send_mixed(gw, 10, tenants=("after",))
+    logs = gw.wait_records(40)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if len(pg_rows(env)) >= 40:
+                break
+        except psycopg.OperationalError:
+            pass
+        time.sleep(0.2)
+    assert gw.stop() == 0
+    rows = pg_rows(env)
+    assert_rows_match_logs(rows, logs)
+    out = gw.output()
+    assert "ledger write failed, will retry" in out and "ledger writes recovered" in out
+
+
+def test_buffer_overflow_is_counted_and_named(gateway, private_postgres):
+    private_postgres.start()
+    env = private_postgres.env()
+    gw = gateway(**env, TALLYGATE_LEDGER_BUFFER_LIMIT=5, TALLYGATE_SHUTDOWN_GRACE=1)
+    private_postgres.stop()
+    try:
+        send_mixed(gw, 12, tenants=("overflow",))
+        logs = gw.wait_records(12)
+        errors = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sum(e.get("records_not_written", 0) for e in errors) < 7:
+            errors = [l for l in gw.lines() if l.get("severity") == "ERROR" and "records_not_written" in l]
+            time.sleep(0.05)
+        lost = sum(e["records_not_written"] for e in errors)
+        assert lost == 7
+        named = {rid for e in errors for rid in e["request_ids"]}
+        assert named <= {l["request_id"] for l in logs} and len(named) == 7
+        metrics = urllib.request.urlopen(urllib.request.Request(
+            gw.url + "/metrics", headers={"Authorization": f"Bearer {MASTER}"})).read().decode()
+        assert "tallygate_ledger_records_not_written_total 7.0" in metrics
+    finally:
+        gw.stop()
+        private_postgres.start()
+
+
+def run_cli(args: list[str], env: dict, stdin: str | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "TALLYGATE_", "DATABASE_URL"))}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", "tallygate", *args], env=full, capture_output=True, text=True,
+                          input=stdin, timeout=60)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_replay_rebuilds_missing_rows_once(gateway, postgres_env, tmp_path, backend):
+    env = dict(postgres_env) if backend == "postgres" else {"TALLYGATE_SQLITE_PATH": str(tmp_path / "ledger.db")}
+    gw = gateway(**env)
+    tenant = f"replay-{backend}"
+    send_mixed(gw, 12, tenants=(tenant,))
+    logs = gw.wait_records(12)
+    gw.stop()
+    lost = [l["request_id"] for l in logs[::3]]
+    if backend == "postgres":
+        with psycopg.connect(conninfo(env)) as conn:
+            conn.execute("DELETE FROM litellm_usage WHERE request_id = ANY(%s)", (lost,))
+    else:
+        conn = sqlite3.connect(env["TALLYGATE_SQLITE_PATH"])
+        conn.executemany("DELETE FROM litellm_usage WHERE request_id = ?", [(r,) for r in lost])
+        conn.commit()
+        conn.close()
+    # a Cloud Logging export wraps the payload: replay reads both shapes
+    log_file = tmp_path / "export.jsonl"
+    with open(log_file, "w") as fh:
+        fh.write(gw.output())
+        for l in logs[:2]:
+            fh.write(json.dumps({"jsonPayload": l, "timestamp": l["time"], "severity": "INFO"}) + "\n")
+        fh.write("not json\n")
+    first = run_cli(["ledger", "replay", str(log_file)], env)
+    assert first.returncode == 0, first.stderr
+    assert f"{len(lost)} inserted" in first.stdout and "1 unparseable" in first.stdout
+    second = run_cli(["ledger", "replay", str(log_file)], env)
+    assert "0 inserted" in second.stdout and "12 already present" in second.stdout
+    rows = (pg_rows(env, "tenant_id = %s", (tenant,)) if backend == "postgres"
+            else sqlite_rows(Path(env["TALLYGATE_SQLITE_PATH"]), "tenant_id = ?", (tenant,)))
+    assert_rows_match_logs(rows, logs)
+
+
+def test_usage_report_cli_and_admin_api(gateway, postgres_env):
+    gw = gateway(**postgres_env)
+    send_mixed(gw, 9, tenants=("rep-a", "rep-b", "rep-c"))
+    logs = gw.wait_records(9)
+    req = urllib.request.Request(gw.url + "/admin/usage?group_by=tenant,model&start=1h",
+                                 headers={"Authorization": f"Bearer {MASTER}"})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # rows land within the ledger's flush interval
+        data = json.loads(urllib.request.urlopen(req).read())["data"]
+        mine = [d for d in data if d["tenant_id"].startswith("rep-")]
+        if sum(d["requests"] for d in mine) >= 9:
+            break
+        time.sleep(0.1)
+    assert sum(d["requests"] for d in mine) == 9
+    assert sum(Decimal(d["cost_usd"]) for d in mine) == sum(Decimal(l["cost_usd_exact"]) for l in logs)
+    assert sum(d["total_tokens"] for d in mine) == sum(l["total_tokens"] for l in logs)
+    for bad in ("group_by=nope", "start=yesterday"):
+        req = urllib.request.Request(gw.url + "/admin/usage?" + bad, headers={"Authorization": f"Bearer {MASTER}"})
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req)
+        assert exc.value.code == 400
+    req = urllib.request.Request(gw.url + "/admin/usage", headers=gw.headers())
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req)
+    assert exc.value.code == 403
+    gw.stop()
+    out = run_cli(["usage", "--since", "1h", "--tenant", "rep-a", "--by", "tenant,model"], postgres_env)
+    assert out.returncode == 0, out.stderr
+    assert "rep-a" in out.stdout and "TOTAL" in out.stdout and "rep-b" not in out.stdout
+    js = json.loads(run_cli(["usage", "--since", "1h", "--tenant", "rep-a", "--json"], postgres_env).stdout)
+    assert js[0]["requests"] == 3
+
+
+def test_pgssl_require_against_server_without_tls_says_so(gateway, postgres_env):
+    env = {**postgres_env, "PGSSL": "require"}
+    out = run_cli(["db", "init"], env)
+    assert out.returncode == 1
+    assert "does not accept TLS" in out.stderr and "PGSSL=disable" in out.stderr
+    gw = gateway(**env)
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(gw.url + "/ready")
+    assert exc.value.code == 503
+    assert urllib.request.urlopen(gw.url + "/health").status == 200
+    assert "does not accept TLS" in gw.output()
+
+
+def test_db_init_is_idempotent(postgres_env, tmp_path):
+    for env in (postgres_env, {"TALLYGATE_SQLITE_PATH": str(tmp_path / "x.db")}):
+        for _ in range(2):
+            out = run_cli(["db", "init"], env)
+            assert out.returncode == 0, out.stderr
+            assert "schema up to date" in out.stdout
+
+
+def test_ready_waits_for_ledger_and_auto_migrate_off(gateway, postgres_env):
+    import uuid
+
+    name = f"tallygate_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        gw = gateway(**{**postgres_env, "PGDATABASE": name}, TALLYGATE_AUTO_MIGRATE="false")
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(gw.url + "/ready")
+        assert exc.value.code == 503
+        assert "tallygate db init" in gw.output()
+        gw.stop()
+    finally:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
