@@ -39,3 +39,36 @@ CREATE INDEX IF NOT EXISTS litellm_usage_key_time ON litellm_usage (api_key_id, 
 
 INSERT INTO tallygate_schema_migrations (version, name) VALUES (1, 'usage')
     ON CONFLICT (version) DO NOTHING;
+
+-- 0002: tenant keys (stored only as a hash) and per-tenant limits.
+CREATE TABLE IF NOT EXISTS tallygate_keys (
+    key_id         text PRIMARY KEY,
+    key_hash       text NOT NULL UNIQUE,
+    key_prefix     text NOT NULL,
+    tenant_id      text NOT NULL,
+    name           text,
+    rpm_limit      integer,
+    tpm_limit      integer,
+    budget_usd     numeric(20, 12),
+    budget_period  text NOT NULL DEFAULT 'month',
+    models         text,
+    expires_at     timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    revoked_at     timestamptz
+);
+CREATE INDEX IF NOT EXISTS tallygate_keys_updated ON tallygate_keys (updated_at);
+CREATE INDEX IF NOT EXISTS tallygate_keys_tenant ON tallygate_keys (tenant_id);
+
+CREATE TABLE IF NOT EXISTS tallygate_tenants (
+    tenant_id      text PRIMARY KEY,
+    rpm_limit      integer,
+    tpm_limit      integer,
+    budget_usd     numeric(20, 12),
+    budget_period  text NOT NULL DEFAULT 'month',
+    models         text,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO tallygate_schema_migrations (version, name) VALUES (2, 'keys_tenants')
+    ON CONFLICT (version) DO NOTHING;

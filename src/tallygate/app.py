@@ -113,7 +113,20 @@ class Gateway:
                                    flush_interval=s.ledger_flush_interval,
                                    buffer_limit=s.ledger_buffer_limit)
         self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
-        hooks = []
+        from .keys import KeyCache, KeyStore
+        from .limits import Guard, MemoryCounters
+
+        self.keystore = KeyStore(self.store)
+        self.keys = KeyCache(self.keystore, s.keys_refresh)
+        self.auth.keys = self.keys
+        if s.redis_url:
+            from .limits import RedisCounters
+
+            counters = RedisCounters(s.redis_url)
+        else:
+            counters = MemoryCounters()
+        self.guard = Guard(self.keys, self.keystore, self.prices, counters)
+        hooks = [self.guard]
         self.pipeline = Pipeline(self.prices, JsonLogSink(), self.metrics, self.ledger, hooks)
         self.pipeline.start()
         from .routes.admin import Admin
@@ -134,6 +147,8 @@ class Gateway:
                                    "and TALLYGATE_AUTO_MIGRATE is off: run `tallygate db init`")
             applied = await self.store.migrate()
             log.info("ledger schema applied", extra={"fields": {"migrations": applied}})
+        await self.keys.refresh()
+        self.keys.start()
         self.ledger_ready = True
         log.info("ledger ready", extra={"fields": {"ledger": self.store.description,
                                                    "ledger_mode": self.settings.ledger_mode}})
@@ -154,8 +169,12 @@ class Gateway:
         deadline = max(began + 9.5, time.monotonic() + 0.5)
         for task in self._background:
             task.cancel()
+        if self.keys is not None:
+            self.keys.stop()
         if self.pipeline is not None:
             await self.pipeline.close(deadline)
+        if self.guard is not None:
+            await self.guard.close()
         if self.session is not None:
             await self.session.close()
         if self.store is not None:
@@ -275,7 +294,7 @@ class App:
             if not g.auth.is_master(authz):
                 from .errors import forbidden, unauthorized
 
-                if not authz:
+                if not g.auth.is_known(authz):
                     raise unauthorized("/metrics needs the master key (or TALLYGATE_METRICS=public).")
                 raise forbidden("/metrics needs the master key.")
         body = g.metrics.render()

@@ -87,6 +87,19 @@ class Authenticator:
                               "invalid_tenant")
         return tenant
 
+    def is_known(self, authorization: bytes | None) -> bool:
+        """A valid credential of any kind (for telling 403 from 401)."""
+        try:
+            token = self.credential(authorization)
+        except Exception:
+            return False
+        if self._gateway is not None and hmac.compare_digest(token, self._gateway):
+            return True
+        if self._master is not None and hmac.compare_digest(token, self._master):
+            return True
+        return (self.keys is not None and token.startswith(b"tg-")
+                and self.keys.lookup(token.decode("ascii", "replace")) is not None)
+
     def is_master(self, authorization: bytes | None) -> bool:
         if not authorization or self._master is None:
             return False

@@ -9,8 +9,19 @@ it with an extra body field the gateway forwards untouched:
              "status": 500, "delay": 0.5, "chunk_delay": 0.1, "chunks": 5,
              "cut_after": 2, "no_usage": true}
 
+Fault behaviours (all optional):
+
+    "fake": {"key": "t1", "fail_first": 2, "fail_status": 503,  # the first 2 calls with key t1 fail
+             "drop_first": 1,            # ... or are dropped: connection closed, no answer
+             "retry_after": "0.1",       # Retry-After header on error answers
+             "first_event_delay": 2,     # streams: headers at once, first event after 2 s
+             "done_delay": 1,            # streams: wait before the final [DONE]
+             "by_model": {"gpt-4o": {"status": 503}}}  # overrides for one model name
+
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
-received is listed at GET /_fake/requests (cleared by POST /_fake/reset).
+received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
+/_fake/stats counts calls and lists streams whose reader hung up
+(`disconnects`: path, events sent, events planned).
 """
 
 from __future__ import annotations
@@ -54,6 +65,10 @@ class FakeUpstream:
         self.requests: list[dict] = []
         self.calls = 0
         self.fail_every = int(round(1 / fail_rate)) if fail_rate > 0 else 0
+        self.failed = 0  # answers that were --fail-rate errors
+        self.by_key: dict[str, int] = {}  # calls per fake "key", for fail_first / drop_first
+        self.disconnects: list[dict] = []
+        self.completed_streams = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -64,6 +79,7 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)
+        app.router.add_get("/_fake/stats", self.stats)
         return app
 
     async def _begin(self, request: web.Request):
@@ -76,18 +92,33 @@ class FakeUpstream:
         if not isinstance(doc, dict):
             doc = {}
         fake = doc.get("fake") if isinstance(doc.get("fake"), dict) else {}
+        by_model = fake.get("by_model")
+        if isinstance(by_model, dict) and isinstance(by_model.get(doc.get("model")), dict):
+            fake = {**fake, **by_model[doc.get("model")]}
         self.requests.append({"path": request.path, "authorization": request.headers.get("Authorization"),
                               "body": raw.decode("utf-8", "replace")})
         del self.requests[:-200]
         if fake.get("delay"):
             await asyncio.sleep(float(fake["delay"]))
         status = int(fake.get("status", 0))
+        if "key" in fake and ("fail_first" in fake or "drop_first" in fake):
+            key = str(fake["key"])
+            n = self.by_key[key] = self.by_key.get(key, 0) + 1
+            if n <= int(fake.get("drop_first", 0)):
+                request.transport.close()  # no answer at all: a connection error for the caller
+                return None, None, web.Response(status=599)
+            if not status and n <= int(fake.get("drop_first", 0)) + int(fake.get("fail_first", 0)):
+                status = int(fake.get("fail_status", 503))
         if not status and self.fail_every and self.calls % self.fail_every == 0:
             status = 500
+            self.failed += 1
         if status:
             body = {"error": {"message": f"fake upstream error {status}", "type": "server_error"
                               if status >= 500 else "invalid_request_error", "param": None, "code": None}}
-            return None, None, web.json_response(body, status=status, headers={"x-request-id": "req_fake_err"},
+            headers = {"x-request-id": "req_fake_err"}
+            if fake.get("retry_after") is not None:
+                headers["retry-after"] = str(fake["retry_after"])
+            return None, None, web.json_response(body, status=status, headers=headers,
                                                  dumps=lambda o: orjson.dumps(o).decode())
         return doc, fake, None
 
@@ -101,15 +132,33 @@ class FakeUpstream:
         await resp.prepare(request)
         cut = fake.get("cut_after")
         delay = float(fake.get("chunk_delay", 0))
+        first_delay = float(fake.get("first_event_delay", 0))
+        done_delay = float(fake.get("done_delay", 0))
         for i, event in enumerate(events):
             if cut is not None and i >= int(cut):
                 request.transport.close()  # cut off mid-stream, no [DONE]
                 return resp
+            if first_delay and not i:
+                await asyncio.sleep(first_delay)
             if delay and i:
                 await asyncio.sleep(delay)
-            await resp.write(event)
+            if done_delay and event == b"data: [DONE]\n\n":
+                await asyncio.sleep(done_delay)
+            if request.transport is None or request.transport.is_closing():
+                self._disconnected(request, i, len(events))
+                return resp
+            try:
+                await resp.write(event)
+            except (ConnectionError, RuntimeError):
+                self._disconnected(request, i, len(events))
+                return resp
         await resp.write_eof()
+        self.completed_streams += 1
         return resp
+
+    def _disconnected(self, request, sent: int, planned: int) -> None:
+        self.disconnects.append({"path": request.path, "sent_events": sent, "planned_events": planned})
+        del self.disconnects[:-1000]
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._chat_like(request, "chat.completion")
@@ -223,9 +272,18 @@ class FakeUpstream:
     async def list_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)
 
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"calls": self.calls, "failed": self.failed, "by_key": self.by_key,
+                                  "completed_streams": self.completed_streams,
+                                  "disconnects": self.disconnects})
+
     async def reset(self, request: web.Request) -> web.Response:
         self.requests.clear()
         self.calls = 0
+        self.failed = 0
+        self.by_key.clear()
+        self.disconnects.clear()
+        self.completed_streams = 0
         return web.json_response({"ok": True})
 
 

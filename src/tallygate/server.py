@@ -42,7 +42,7 @@ def app_factory():
     return create_app()
 
 
-def start_demo_upstream() -> "subprocess.Popen":
+def start_demo_upstream():
     """--demo: the built-in fake upstream on a free loopback port, as OPENAI_BASE_URL."""
     import atexit
     import socket

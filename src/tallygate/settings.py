@@ -86,6 +86,10 @@ class Settings:
     prices_file: str | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    first_byte_timeout: float | None = None  # None: the read timeout covers the wait for headers
+    retries: int = 2
+    retry_backoff: float = 0.25
+    retry_max_backoff: float = 4.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     postgres: PostgresSettings | None = None
     sqlite_path: str = "tallygate.db"
@@ -100,6 +104,7 @@ class Settings:
     google_cloud_project: str | None = None
     redis_url: str | None = None
     metrics_mode: str = "auth"
+    keys_refresh: float = 2.0
     metrics_tenant_cap: int = 100
     dev_token_generated: bool = field(default=False, compare=False)
 
@@ -171,6 +176,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         prices_file=env.get("TALLYGATE_PRICES_FILE") or None,
         connect_timeout=_float(env, "TALLYGATE_CONNECT_TIMEOUT", 10.0),
         read_timeout=_float(env, "TALLYGATE_READ_TIMEOUT", 600.0),
+        first_byte_timeout=_float(env, "TALLYGATE_FIRST_BYTE_TIMEOUT", 0.0) or None,
+        retries=_int(env, "TALLYGATE_RETRIES", 2, minimum=0),
+        retry_backoff=_float(env, "TALLYGATE_RETRY_BACKOFF", 0.25),
+        retry_max_backoff=_float(env, "TALLYGATE_RETRY_MAX_BACKOFF", 4.0),
         max_body_bytes=_int(env, "TALLYGATE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         postgres=postgres_from_env(env),
         sqlite_path=env.get("TALLYGATE_SQLITE_PATH") or "tallygate.db",
@@ -184,6 +193,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace=_float(env, "TALLYGATE_SHUTDOWN_GRACE", 8.0),
         google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT") or None,
         redis_url=env.get("REDIS_URL") or None,
+        keys_refresh=_float(env, "TALLYGATE_KEYS_REFRESH", 2.0),
         metrics_mode=_choice(env, "TALLYGATE_METRICS", "auth", ("auth", "public", "off")),
         metrics_tenant_cap=_int(env, "TALLYGATE_METRICS_TENANT_CAP", 100),
     )

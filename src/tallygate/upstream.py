@@ -13,11 +13,20 @@ The default route is OpenAI (`OPENAI_BASE_URL`, `OPENAI_API_KEY`). A TOML file
     auth = "bearer"                        # bearer | api-key (Azure) | none
     query = { "api-version" = "2024-10-21" }
     fallbacks = ["gpt-4o-mini"]            # tried in order when this one fails
+
+Reliability (docs/reliability.md): an attempt that fails with a connection error, 429
+or a 5xx is retried with exponential backoff and jitter (`TALLYGATE_RETRIES`, default
+2) while nothing has been sent to the client; when a route's attempts are used up (or
+it timed out), the route's fallbacks are tried in order. Timeouts: connect
+(`TALLYGATE_CONNECT_TIMEOUT`), first byte (`TALLYGATE_FIRST_BYTE_TIMEOUT`: until the
+response headers) and read (`TALLYGATE_READ_TIMEOUT`: the longest silence on the
+upstream socket, so also the idle time between stream chunks).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -140,6 +149,56 @@ class Router:
 
     def models(self) -> list[str]:
         return sorted(self.exact)
+
+    def chain(self, model: str) -> list[tuple[str, Route]]:
+        """The model's route, then its fallbacks in order: [(model name, route), ...].
+        Fallbacks are not followed transitively, and a name is tried once."""
+        route = self.resolve(model)
+        if not route.fallbacks:
+            return [(model, route)]
+        out = [(model, route)]
+        seen = {model}
+        for name in route.fallbacks:
+            if name not in seen:
+                seen.add(name)
+                out.append((name, self.resolve(name)))
+        return out
+
+
+# statuses worth another attempt: rate limited, or the upstream failed
+def retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def retry_after(headers) -> float | None:
+    """Seconds the upstream asked us to wait (`retry-after-ms` or `retry-after` in
+    seconds); None when absent or not a number (HTTP dates are ignored)."""
+    raw = headers.get("retry-after-ms")
+    if raw:
+        try:
+            return max(0.0, float(raw) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            return None
+    return None
+
+
+def backoff_delay(attempt: int, base: float, cap: float, asked: float | None = None,
+                  rng: random.Random | None = None) -> float | None:
+    """Delay before retry number `attempt + 1`: exponential (base * 2**attempt, at most
+    `cap`) with jitter (between half and all of it). An upstream's Retry-After is
+    honoured when it is within `cap`; a longer one returns None: do not retry this
+    route (a fallback, or the upstream's own answer, is better than a long wait)."""
+    if asked is not None and asked > cap:
+        return None
+    ceiling = min(cap, base * (2 ** attempt))
+    delay = ceiling * (0.5 + (rng or random).random() / 2)
+    return max(delay, asked or 0.0)
 
 
 def client_session(settings: Settings) -> aiohttp.ClientSession:

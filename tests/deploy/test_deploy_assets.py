@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_support import (ALERTS_DIR, DEPLOY, METRICS_DIR, MONITORING, PROJECT, ROOT,
-                            alert_files, api_messages, cloudrun, default_values, load_yaml,
-                            metric_files, promql_selectors, rendered_json, rendered_metric,
-                            unknown_fields)
+from deploy_support import (ALERTS_DIR, DEPLOY, MONITORING, PROJECT, alert_files, api_messages,
+                            cloudrun, default_values, load_yaml, metric_files, promql_selectors,
+                            rendered_json, rendered_metric, unknown_fields)
 
 CONTRACT_FIELDS = {  # docs/contracts.md: the log line's fields and their JSON types
     "request_id": str, "tenant_id": str, "api_key_id": (str, type(None)), "model": str,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -428,3 +427,20 @@ def test_run_reads_a_secret_from_a_file(tmp_path, fake_cloud, monkeypatch):
     adds = [c for c in fake_cloud() if "litellm-proxy-openai-api-key" in c["argv"] and "add" in c["argv"]]
     assert adds[0]["argv"][-2:] == [f"--data-file={secret}", f"--project={PROJECT}"]
     assert adds[0]["stdin"] == ""
+
+
+# ----------------------------------------------------------------------------- the guide
+
+def test_deployment_guide_commands_are_clean_shell():
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        assert "--allow-unauthenticated=false" not in block and "gcr.io" not in block
+        assert not re.search(r"\bPGSSL=|--value-extractor|--metric-type|:latest\b", block)
+        assert not re.search(r"--set-env-vars[= ][^ ]*\bPORT=", block)
+        subprocess.run(["bash", "-n"], input=block, text=True, check=True)
+    # every correction of the brief is in the guide's table
+    for fixed in ("--allow-unauthenticated=false", "PORT=8080", "gcr.io", "projects/$PROJECT_ID/secrets",
+                  "PGSSL=require", "--value-extractor", "--use-partitioned-tables", "X-Serverless-Authorization"):
+        assert fixed in text

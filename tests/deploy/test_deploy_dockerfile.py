@@ -98,8 +98,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(os.environ.get("TALLYGATE_DOCKERFILE_TEST") != "1",
-                    reason="slow (creates a virtualenv and installs the lock file): set TALLYGATE_DOCKERFILE_TEST=1")
 def test_dockerfile_steps_in_a_clean_virtualenv(tmp_path):
     """Replay COPY and RUN with the image paths mapped into tmp_path, then start the CMD."""
     image = tmp_path / "image"

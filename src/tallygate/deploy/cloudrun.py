@@ -37,7 +37,7 @@ import string
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TextIO
 
@@ -719,8 +719,8 @@ def write_script(config: Config, rendered: Rendered, steps: Sequence[Step], out:
     out.write(f"#   gcloud run services describe {config.service} --region={config.region} "
               f"--project={config.project} --format='value(status.url)'\n")
     if "bigquery" in config.phases:
-        out.write(f"#   bq query --use_legacy_sql=false < deploy/bigquery/tokens_cost_per_tenant_day.sql "
-                  f"(after replacing ${{PROJECT}} and ${{BQ_DATASET}})\n")
+        out.write(f"#   PROJECT={config.project} BQ_DATASET={config.bq_dataset} envsubst "
+                  "< deploy/bigquery/tokens_cost_per_tenant_day.sql | bq query --use_legacy_sql=false\n")
     if "alerts" in config.phases:
         out.write("#   Cloud SDKs older than the GA 'monitoring policies' group: "
                   "use 'gcloud alpha monitoring policies'\n")
@@ -819,11 +819,13 @@ def plan(args: argparse.Namespace, render_dir: Path) -> tuple[Config, Rendered, 
 def run(args: argparse.Namespace) -> int:
     """`tallygate deploy cloudrun`; returns the process exit status."""
     try:
+        config = build_config(args)
         if args.render_dir:
             render_dir = Path(args.render_dir)
         else:
             render_dir = Path(tempfile.mkdtemp(prefix="tallygate-deploy-"))
-        config, rendered, steps = plan(args, render_dir)
+        rendered = render(config, render_dir)
+        steps = build_steps(config, rendered)
         if args.dry_run:
             write_script(config, rendered, steps, sys.stdout)
             return 0

@@ -33,6 +33,7 @@ class UsageRecord:
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     trace: str | None = None
+    submitted: bool = False  # handed to the pipeline (set by Pipeline.submit)
 
     def ledger_row(self) -> tuple:
         """Column values in LEDGER_COLUMNS order."""

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from ..errors import GatewayError, bad_request, forbidden, not_found, unauthorized
+from .openai import read_body
 from ..reports import ReportError, parse_group_by, parse_since, parse_time, usage_report
 
 
@@ -28,10 +29,8 @@ class Admin:
             raise forbidden("The admin API is disabled: set PROXY_MASTER_KEY to enable it.")
         if not self.g.auth.is_master(authz):
             # a valid non-master credential is a 403, anything else a 401
-            try:
-                self.g.auth.credential(authz)
-            except GatewayError:
-                raise
+            if not self.g.auth.is_known(authz):
+                raise unauthorized("Invalid credentials.")
             raise forbidden("The admin API needs the master key.")
 
     async def handle(self, scope, receive, send, method: bytes, path: bytes) -> None:
@@ -53,12 +52,78 @@ class Admin:
                                      key=params.get("api_key_id") or None)
             await send_json(send, 200, {"object": "list", "data": rows})
             return
-        extra = getattr(self.g, "admin_extra", None)
-        if extra is not None:
-            handled = await extra(scope, receive, send, method, path)
-            if handled:
+        if path == b"/admin/keys":
+            if method == b"POST":
+                await self._create_key(receive, send)
                 return
+            if method == b"GET":
+                params = query_params(scope)
+                keys = await self.g.keystore.keys(params.get("tenant_id") or None)
+                await send_json(send, 200, {"object": "list", "data": [k.as_json() for k in keys]})
+                return
+            raise _method_not_allowed(b"GET, POST")
+        if path.startswith(b"/admin/keys/"):
+            if method != b"DELETE":
+                raise _method_not_allowed(b"DELETE")
+            key_id = path[len(b"/admin/keys/"):].decode("latin-1")
+            if not await self.g.keystore.revoke_key(key_id):
+                raise not_found(f"No key {key_id[:100]!r}.")
+            self.g.keys.revoke_local(key_id)
+            await send_json(send, 200, {"key_id": key_id, "revoked": True})
+            return
+        if path == b"/admin/tenants":
+            if method != b"GET":
+                raise _method_not_allowed(b"GET")
+            tenants = await self.g.keystore.tenants()
+            await send_json(send, 200, {"object": "list", "data": [
+                {"tenant_id": t, **lim.as_json()} for t, lim in tenants.items()]})
+            return
+        if path.startswith(b"/admin/tenants/"):
+            if method != b"PUT":
+                raise _method_not_allowed(b"PUT")
+            tenant_id = path[len(b"/admin/tenants/"):].decode("latin-1")
+            await self._put_tenant(tenant_id, receive, send)
+            return
         raise not_found(f"Unknown admin path {path.decode('latin-1')[:200]!r}.")
+
+    async def _create_key(self, receive, send) -> None:
+        from ..app import send_json
+        from ..keys import InvalidInput, check_tenant, parse_limits, parse_time
+
+        self._require_ledger()
+        doc = json_body(await read_body(receive, 1 << 20, None))
+        try:
+            tenant = check_tenant(doc.get("tenant_id"))
+            limits = parse_limits(doc, ("tenant_id", "name", "expires_at"))
+            name = doc.get("name")
+            if name is not None and (not isinstance(name, str) or len(name) > 200):
+                raise InvalidInput("name must be a string of at most 200 characters")
+            expires = parse_time(doc.get("expires_at"), "expires_at")
+        except InvalidInput as exc:
+            raise bad_request(str(exc), "invalid_parameter") from None
+        secret, key = await self.g.keystore.create_key(tenant, limits, name, expires)
+        self.g.keys.add(secret, key)
+        await send_json(send, 201, {"key": secret, **key.as_json()})
+
+    async def _put_tenant(self, tenant_id: str, receive, send) -> None:
+        from ..app import send_json
+        from ..keys import InvalidInput, check_tenant, parse_limits
+
+        self._require_ledger()
+        doc = json_body(await read_body(receive, 1 << 20, None))
+        try:
+            check_tenant(tenant_id)
+            limits = parse_limits(doc)
+        except InvalidInput as exc:
+            raise bad_request(str(exc), "invalid_parameter") from None
+        await self.g.keystore.put_tenant(tenant_id, limits)
+        self.g.keys.tenants[tenant_id] = limits  # in force here at once, elsewhere on refresh
+        await send_json(send, 200, {"tenant_id": tenant_id, **limits.as_json()})
+
+    def _require_ledger(self) -> None:
+        if not self.g.ledger_ready:
+            raise GatewayError(503, "The database is not reachable yet.", "service_unavailable",
+                               "ledger_unavailable")
 
     async def _usage(self, params: dict, tenant: str | None, key: str | None) -> list[dict]:
         if not self.g.ledger_ready:
@@ -70,6 +135,11 @@ class Admin:
         except ReportError as exc:
             raise bad_request(str(exc), "invalid_parameter") from None
         return await usage_report(self.g.store, start, end, tenant, key, group_by)
+
+
+def _method_not_allowed(allow: bytes) -> GatewayError:
+    return GatewayError(405, "Method not allowed.", "invalid_request_error", "method_not_allowed",
+                        [(b"allow", allow)])
 
 
 def json_body(raw: bytes) -> dict:

@@ -3,12 +3,19 @@
 Bodies go upstream as the client sent them; the one change is adding
 `stream_options.include_usage` to streams that did not ask for usage (the usage
 chunk is then removed on the way back). Upstream bytes are relayed as they
-arrive. Metering ends in one UsageRecord handed to the pipeline.
+arrive. Metering ends in exactly one UsageRecord handed to the pipeline, whatever
+happens: retries, fallbacks, timeouts, a client that hangs up, a server stopping.
+
+Failed attempts (connection errors, 429, 5xx) are retried with backoff and jitter, then
+the route's fallbacks are tried, all while nothing has been sent to the client: a
+stream's response starts with its first event, so a stream that fails before it can
+still be retried. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -18,7 +25,9 @@ import orjson
 from ..errors import GatewayError, bad_request
 from ..metering.extract import SSEMeter, from_json_body
 from ..metering.record import UsageRecord, utcnow
-from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Route
+from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Route, backoff_delay, retry_after, retryable_status
+
+log = logging.getLogger("tallygate.upstream")
 
 ENDPOINTS = {
     b"/v1/chat/completions": "/chat/completions",
@@ -33,6 +42,53 @@ SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 class ClientGone(Exception):
     pass
+
+
+class Failure:
+    """One attempt that did not produce an answer for the client (yet)."""
+
+    __slots__ = ("status_code", "status", "message", "code", "retryable", "retry_after", "resp", "data")
+
+    def __init__(self, status_code: int, status: str, message: str, code: str | None, *,
+                 retryable: bool, retry_after: float | None = None, resp=None, data: bytes | None = None) -> None:
+        self.status_code = status_code
+        self.status = status  # the record's status if this is the last word
+        self.message = message
+        self.code = code
+        self.retryable = retryable  # worth another attempt on the same route
+        self.retry_after = retry_after
+        self.resp = resp  # an upstream answer (429/5xx), relayed as is when nothing else works
+        self.data = data
+
+    @property
+    def reason(self) -> str:
+        return f"status {self.status_code}" if self.resp is not None else (self.code or self.status)
+
+
+class ClientWatch:
+    """Notices a streaming client that hangs up, and closes the upstream response then:
+    the upstream stops generating for nobody."""
+
+    __slots__ = ("gone", "resp", "task")
+
+    def __init__(self, receive) -> None:
+        self.gone = False
+        self.resp = None
+        self.task = asyncio.ensure_future(receive())
+        self.task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        if task.result().get("type") == "http.disconnect":
+            self.gone = True
+            if self.resp is not None:
+                self.resp.close()
+
+    def stop(self) -> None:
+        self.task.remove_done_callback(self._done)
+        if not self.task.done():
+            self.task.cancel()
 
 
 def new_request_id() -> str:
@@ -76,8 +132,10 @@ def parse_request(body: bytes) -> tuple[dict, str, bool]:
         raise bad_request("'model' is required and must be a non-empty string.", "invalid_model", "model")
     if len(model) > 256:
         raise bad_request("'model' is too long.", "invalid_model", "model")
-    stream = doc.get("stream", False)
-    if not isinstance(stream, bool):
+    stream = doc.get("stream")
+    if stream is None:  # absent or null: not a stream
+        stream = False
+    elif not isinstance(stream, bool):
         raise bad_request("'stream' must be true or false.", "invalid_stream", "stream")
     return doc, model, stream
 
@@ -113,11 +171,28 @@ class OpenAIProxy:
             model=model, endpoint="/v1" + endpoint, stream=stream, api_key_id=principal.key_id,
             provider=route.provider, trace=g.trace_for(headers),
         )
+        if reservation is not None:
+            # registered before forwarding: the pipeline may price the record at any await
+            g.guard.settle_later(reservation, record)
 
+        extra = [(k, v) for k, v in headers.items() if k in FORWARD_HEADERS]
+        try:
+            await self._forward(send, receive, endpoint, model, route, doc, body, extra, record, started)
+        finally:
+            if reservation is not None and not record.submitted:
+                g.guard.cancel(reservation, record)  # never reached the pipeline: free the reservation
+
+    @staticmethod
+    def _prepare(route: Route, name: str, model: str, endpoint: str, doc: dict, body: bytes,
+                 stream: bool) -> tuple[bytes, bool]:
+        """(payload, strip_usage) for one route: the client's own bytes unless the model
+        name changes (upstream_model, a fallback) or stream usage is added."""
+        changed = False
+        target = route.upstream_model or (name if name != model else None)
+        if target is not None:
+            doc["model"] = target
+            changed = True
         strip_usage = False
-        payload = body
-        if route.upstream_model is not None:
-            doc["model"] = route.upstream_model
         if stream and endpoint in STREAM_USAGE_ENDPOINTS and route.stream_usage:
             opts = doc.get("stream_options")
             if not (isinstance(opts, dict) and opts.get("include_usage") is True):
@@ -125,43 +200,118 @@ class OpenAIProxy:
                 opts["include_usage"] = True
                 doc["stream_options"] = opts
                 strip_usage = True
-        if strip_usage or route.upstream_model is not None:
-            payload = orjson.dumps(doc)
+        return (orjson.dumps(doc) if changed or strip_usage else body), strip_usage
 
-        req_headers = route.headers
-        extra = [(k, v) for k, v in headers.items() if k in FORWARD_HEADERS]
-        if extra:
-            req_headers = dict(req_headers)
-            for k, v in extra:
-                req_headers[k.decode()] = v.decode("latin-1")
+    @staticmethod
+    def _request_headers(route: Route, extra: list) -> dict:
+        if not extra:
+            return route.headers
+        req_headers = dict(route.headers)
+        for k, v in extra:
+            req_headers[k.decode()] = v.decode("latin-1")
+        return req_headers
 
-        try:
-            await self._forward(send, receive, route, endpoint, payload, req_headers, record,
-                                strip_usage, started, len(body))
-        finally:
-            if reservation is not None:
-                g.guard.settle_later(reservation, record)
-
-    async def _forward(self, send, receive, route: Route, endpoint: str, payload: bytes,
-                       req_headers, record: UsageRecord, strip_usage: bool, started: float,
-                       body_len: int) -> None:
+    async def _forward(self, send, receive, endpoint: str, model: str, route: Route, doc: dict,
+                       body: bytes, extra: list, record: UsageRecord, started: float) -> None:
+        """Attempts, retries and fallbacks until one answer reaches the client."""
         g = self.g
+        s = g.settings
+        chain = g.router.chain(model) if route.fallbacks else [(model, route)]
+        watch = ClientWatch(receive) if record.stream else None
+        failure: Failure | None = None
         try:
-            resp = await g.session.post(route.url(endpoint), data=payload, headers=req_headers)
-        except asyncio.TimeoutError:
-            await self._fail(send, record, started, 504, "timeout",
-                             "The upstream did not answer in time.", "upstream_timeout")
-            return
-        except aiohttp.ClientError as exc:
-            await self._fail(send, record, started, 502, "upstream_error",
-                             f"Could not reach the upstream: {type(exc).__name__}.", "upstream_unreachable")
-            return
-        try:
-            ctype = resp.headers.get("Content-Type", "")
-            if record.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
-                await self._relay_stream(send, receive, resp, record, strip_usage, started, body_len)
+            for index, (name, route) in enumerate(chain):
+                if index:
+                    doc = orjson.loads(body)  # a fresh copy: the previous route may have changed it
+                    log.warning("upstream failed, trying a fallback", extra={"fields": {
+                        "request_id": record.request_id, "model": record.model, "fallback_model": name,
+                        "reason": failure.reason}})
+                    record.model = name  # the model that serves (and prices) the request
+                    record.provider = route.provider
+                payload, strip_usage = self._prepare(route, name, model, endpoint, doc, body, record.stream)
+                url = route.url(endpoint)
+                req_headers = self._request_headers(route, extra)
+                last_route = index == len(chain) - 1
+                for attempt in range(s.retries + 1):
+                    if watch is not None and watch.gone:
+                        self._client_left_early(record, started, len(body))
+                        return
+                    failure = await self._attempt(send, url, payload, req_headers, record, strip_usage,
+                                                  started, len(body), watch)
+                    if failure is None:
+                        return
+                    delay = None
+                    if failure.retryable and attempt < s.retries:
+                        delay = backoff_delay(attempt, s.retry_backoff, s.retry_max_backoff,
+                                              failure.retry_after)
+                    if delay is None:
+                        break  # this route is done: next fallback, or the last word below
+                    log.warning("upstream attempt failed, retrying", extra={"fields": {
+                        "request_id": record.request_id, "model": record.model, "attempt": attempt + 1,
+                        "reason": failure.reason, "retry_in_ms": round(delay * 1000, 1)}})
+                    await asyncio.sleep(delay)
+                if last_route:
+                    break
+            if watch is not None and watch.gone:
+                self._client_left_early(record, started, len(body))
+                return
+            # nothing left to try: the upstream's own answer, or an OpenAI-style 502/504
+            if failure.resp is not None:
+                await self._answer(send, failure.resp, failure.data, record, started)
             else:
-                await self._relay_json(send, resp, record, started)
+                await self._fail(send, record, started, failure.status_code, failure.status,
+                                 failure.message, failure.code)
+        except asyncio.CancelledError:
+            # the server stopped past its grace period while this request was in flight
+            if record.status_code == 0:
+                self._estimate(record, None, len(body))
+                self._finish(record, started, 503, "timeout")
+                g.pipeline.submit(record)
+            raise
+        finally:
+            if watch is not None:
+                watch.stop()
+
+    async def _attempt(self, send, url: str, payload: bytes, req_headers, record: UsageRecord,
+                       strip_usage: bool, started: float, body_len: int,
+                       watch: ClientWatch | None) -> Failure | None:
+        """One upstream call. None: the client got its answer (and the record is
+        submitted); a Failure: nothing was sent, the caller may try again."""
+        g = self.g
+        first_byte = g.settings.first_byte_timeout
+        try:
+            if first_byte is None:
+                resp = await g.session.post(url, data=payload, headers=req_headers)
+            else:
+                async with asyncio.timeout(first_byte):
+                    resp = await g.session.post(url, data=payload, headers=req_headers)
+        except aiohttp.ConnectionTimeoutError:
+            return Failure(504, "timeout", "The upstream did not accept a connection in time.",
+                           "upstream_connect_timeout", retryable=True)
+        except TimeoutError:  # first byte (or read) timeout: the upstream may still be working
+            return Failure(504, "timeout", "The upstream did not answer in time.", "upstream_timeout",
+                           retryable=False)
+        except (aiohttp.ClientError, OSError) as exc:
+            return Failure(502, "upstream_error", f"Could not reach the upstream: {type(exc).__name__}.",
+                           "upstream_unreachable", retryable=True)
+        try:
+            if (record.stream and resp.status == 200
+                    and resp.headers.get("Content-Type", "").startswith("text/event-stream")):
+                return await self._relay_stream(send, resp, record, strip_usage, started, body_len, watch)
+            try:
+                data = await resp.read()
+            except TimeoutError:
+                return Failure(504, "timeout", "The upstream stopped answering mid-response.",
+                               "upstream_timeout", retryable=False)
+            except (aiohttp.ClientError, OSError) as exc:
+                return Failure(502, "upstream_error",
+                               f"The upstream connection failed mid-response: {type(exc).__name__}.",
+                               "upstream_disconnected", retryable=True)
+            if retryable_status(resp.status):
+                return Failure(resp.status, "upstream_error", "", None, retryable=True,
+                               retry_after=retry_after(resp.headers), resp=resp, data=data)
+            await self._answer(send, resp, data, record, started)
+            return None
         finally:
             resp.release()
 
@@ -173,19 +323,9 @@ class OpenAIProxy:
                 out.append((lname, value))
         return out
 
-    async def _relay_json(self, send, resp, record: UsageRecord, started: float) -> None:
+    async def _answer(self, send, resp, data: bytes, record: UsageRecord, started: float) -> None:
+        """Relay a whole (non-streamed) upstream answer: success or the upstream's own error."""
         g = self.g
-        try:
-            data = await resp.read()
-        except asyncio.TimeoutError:
-            await self._fail(send, record, started, 504, "timeout",
-                             "The upstream stopped answering mid-response.", "upstream_timeout")
-            return
-        except aiohttp.ClientError as exc:
-            await self._fail(send, record, started, 502, "upstream_error",
-                             f"The upstream connection failed mid-response: {type(exc).__name__}.",
-                             "upstream_disconnected")
-            return
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         record.status_code = resp.status
         if resp.status < 400:
@@ -204,57 +344,57 @@ class OpenAIProxy:
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _relay_stream(self, send, receive, resp, record: UsageRecord, strip_usage: bool,
-                            started: float, body_len: int) -> None:
+    async def _relay_stream(self, send, resp, record: UsageRecord, strip_usage: bool,
+                            started: float, body_len: int, watch: ClientWatch) -> Failure | None:
         g = self.g
-        headers = self._response_headers(resp, record)
-        headers.extend(SSE_HEADERS)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
         meter = SSEMeter(strip_usage)
-        gone = False
-
-        def client_left(task: asyncio.Task) -> None:
-            nonlocal gone
-            if not task.cancelled() and task.result().get("type") == "http.disconnect":
-                gone = True
-                resp.close()  # stops the upstream read below: nobody is listening
-
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(client_left)
+        sent = False  # the response starts with the first event: until then a retry is possible
         status = "ok"
+        watch.resp = resp
         try:
-            async for chunk in resp.content.iter_any():
-                out = meter.feed(chunk)
-                if out:
-                    if record.ttft_ms is None:
-                        record.ttft_ms = round((time.perf_counter() - started) * 1000, 3)
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-                if gone:
-                    break
-        except asyncio.TimeoutError:
+            if watch.gone:
+                resp.close()
+            else:
+                async for chunk in resp.content.iter_any():
+                    out = meter.feed(chunk)
+                    if out:
+                        if not sent:
+                            record.ttft_ms = round((time.perf_counter() - started) * 1000, 3)
+                            await send({"type": "http.response.start", "status": 200,
+                                        "headers": self._stream_headers(resp, record)})
+                            sent = True
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if watch.gone:
+                        break
+        except TimeoutError:
             status = "timeout"
-        except (aiohttp.ClientError, ConnectionError):
+        except (aiohttp.ClientError, OSError):
             status = "upstream_error"
+        except asyncio.CancelledError:
+            # the server stopped past its grace period: meter what was delivered, then go
+            self._estimate(record, meter, body_len)
+            self._finish(record, started, 200 if sent else 503, "timeout")
+            record.upstream_model = meter.model
+            g.pipeline.submit(record)
+            raise
         finally:
-            watcher.remove_done_callback(client_left)
-            if not watcher.done():
-                watcher.cancel()
-        if gone:
+            watch.resp = None
+        if watch.gone:
             status = "client_disconnected"
         elif status == "ok" and not meter.done:
             status = "upstream_error"  # the upstream closed before [DONE]
-        record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        record.status_code = 200
-        record.status = status
+        if not sent and status != "client_disconnected" and status != "ok":
+            if status == "timeout":
+                return Failure(504, "timeout", "The upstream stream sent nothing in time.", "upstream_timeout",
+                               retryable=False)
+            return Failure(502, "upstream_error", "The upstream ended the stream before its first event.",
+                           "upstream_disconnected", retryable=True)
+        self._finish(record, started, 200 if sent or status == "ok" else 499, status)
         record.upstream_model = meter.model
         if meter.usage is not None:
             self._set_usage(record, meter.usage, "provider")
         else:
-            # no usage from the provider: estimate from what was delivered
-            record.prompt_tokens = estimate_prompt_tokens(body_len)
-            record.completion_tokens = meter.content_events
-            record.total_tokens = record.prompt_tokens + record.completion_tokens
-            record.usage_source = "estimated"
+            self._estimate(record, meter, body_len)
         if status == "ok":
             tail = meter.flush()
         elif status == "client_disconnected":
@@ -266,11 +406,46 @@ class OpenAIProxy:
             tail = b"data: " + orjson.dumps({"error": {
                 "message": message, "type": "upstream_error", "param": None,
                 "code": "upstream_timeout" if status == "timeout" else "upstream_disconnected"}}) + b"\n\n"
-        if g.sync_ledger and not gone:
+        if g.sync_ledger and status != "client_disconnected":
             await g.commit(record)
         else:
             g.pipeline.submit(record)
+        if status == "client_disconnected":
+            return None  # nobody to send to
+        if not sent:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": self._stream_headers(resp, record)})
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+        return None
+
+    def _stream_headers(self, resp, record: UsageRecord) -> list:
+        headers = self._response_headers(resp, record)
+        headers.extend(SSE_HEADERS)
+        return headers
+
+    @staticmethod
+    def _finish(record: UsageRecord, started: float, status_code: int, status: str) -> None:
+        record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        record.status_code = status_code
+        record.status = status
+
+    @staticmethod
+    def _estimate(record: UsageRecord, meter: SSEMeter | None, body_len: int) -> None:
+        """No usage from the provider: the prompt from the body size, the completion from
+        the content events delivered."""
+        if meter is not None and meter.usage is not None:
+            OpenAIProxy._set_usage(record, meter.usage, "provider")
+            return
+        record.prompt_tokens = estimate_prompt_tokens(body_len)
+        record.completion_tokens = meter.content_events if meter is not None else 0
+        record.total_tokens = record.prompt_tokens + record.completion_tokens
+        record.usage_source = "estimated"
+
+    def _client_left_early(self, record: UsageRecord, started: float, body_len: int) -> None:
+        """A streaming client hung up before its stream started (499, as nginx logs it)."""
+        self._estimate(record, None, body_len)
+        self._finish(record, started, 499, "client_disconnected")
+        self.g.pipeline.submit(record)
 
     @staticmethod
     def _set_usage(record: UsageRecord, usage, source: str) -> None:
@@ -283,9 +458,7 @@ class OpenAIProxy:
 
     async def _fail(self, send, record: UsageRecord, started: float, status_code: int,
                     status: str, message: str, code: str) -> None:
-        record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        record.status_code = status_code
-        record.status = status
+        self._finish(record, started, status_code, status)
         self.g.pipeline.submit(record)
         error = GatewayError(status_code, message, "upstream_error", code)
         body = error.body()

@@ -39,6 +39,7 @@ class Pipeline:
             self.ledger.start()
 
     def submit(self, record: UsageRecord) -> None:
+        record.submitted = True
         self._queue.append((record, None))
         if not self._wakeup.is_set():
             self._wakeup.set()
@@ -46,6 +47,7 @@ class Pipeline:
     def submit_and_wait(self, record: UsageRecord) -> asyncio.Future:
         """Sync ledger mode: the future resolves once the record's row committed."""
         fut = asyncio.get_running_loop().create_future()
+        record.submitted = True
         self._queue.append((record, fut))
         if not self._wakeup.is_set():
             self._wakeup.set()

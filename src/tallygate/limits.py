@@ -1,0 +1,354 @@
+"""Rate limits and budgets, enforced before the upstream is called.
+
+Every limit is a counter checked and incremented atomically, all of a request's
+counters together (one Redis script call, or one step of the event loop in
+process):
+
+- rpm: requests in the current minute, `count + 1 <= limit`;
+- tpm: tokens in the current minute, reserved as prompt estimate + max_tokens,
+  then corrected to the real total when the request is metered;
+- budget: USD (in nano-dollars) spent plus reserved in the period (day, month
+  or total). A request is admitted while `spent + reserved < budget`, and
+  reserves its worst-case cost; the reservation is replaced by the real cost
+  once metered. Concurrent requests therefore overshoot a budget by at most one
+  request's worst case: only a request admitted while budget remained can cross
+  it, and every request admitted after it sees the crossing.
+
+With REDIS_URL the counters are shared by every instance; without it they are
+per process. Budget counters start from the ledger's spend for the period, so
+spend survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from .errors import GatewayError, forbidden
+from .keys import KeyCache, KeyStore, Limits, period_end, period_start
+
+log = logging.getLogger("tallygate.limits")
+
+NANO = Decimal(1_000_000_000)
+MODE_WINDOW = 1  # count + amount <= limit
+MODE_BUDGET = 2  # count < limit, then add amount
+
+
+@dataclass(slots=True)
+class Check:
+    key: str
+    limit: int
+    amount: int
+    ttl: int  # seconds; 0: never expires
+    mode: int
+    kind: str  # rpm | tpm | budget
+    scope: str  # "tenant acme" / "key key_123", for messages
+    init: tuple | None = None  # budget: (column, id, period start) to rebuild from the ledger
+    reset_at: float | None = None  # epoch seconds when the window/period ends
+
+
+@dataclass(slots=True)
+class Reservation:
+    checks: list[Check]
+    tokens: int
+    cost_nanos: int
+    settled: bool = False
+    created: float = field(default_factory=time.time)
+
+
+class Rejected(Exception):
+    def __init__(self, check: Check, current: int) -> None:
+        self.check = check
+        self.current = current
+
+
+class MemoryCounters:
+    """Per-process counters (no REDIS_URL)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[int, float]] = {}  # key -> (value, expires_at or 0)
+
+    def _get(self, key: str, now: float) -> int | None:
+        item = self._values.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires and expires <= now:
+            del self._values[key]
+            return None
+        return value
+
+    async def admit(self, checks: list[Check]) -> list[int] | str:
+        now = time.time()
+        for c in checks:
+            cur = self._get(c.key, now)
+            if cur is None:
+                if c.mode == MODE_BUDGET:
+                    return c.key  # needs its start value from the ledger
+                cur = 0
+            if (c.mode == MODE_WINDOW and cur + c.amount > c.limit) or (c.mode == MODE_BUDGET and cur >= c.limit):
+                raise Rejected(c, cur)
+        out = []
+        for c in checks:
+            value = (self._get(c.key, now) or 0) + c.amount
+            expires = self._values.get(c.key, (0, now + c.ttl if c.ttl else 0))[1]
+            self._values[c.key] = (value, expires)
+            out.append(value)
+        if len(self._values) > 100_000:
+            self._values = {k: v for k, v in self._values.items() if not v[1] or v[1] > now}
+        return out
+
+    async def init(self, key: str, value: int, ttl: int) -> None:
+        if self._get(key, time.time()) is None:
+            self._values[key] = (value, time.time() + ttl if ttl else 0)
+
+    async def add(self, key: str, delta: int) -> None:
+        item = self._values.get(key)
+        if item is not None:
+            self._values[key] = (item[0] + delta, item[1])
+
+    async def close(self) -> None:
+        pass
+
+
+ADMIT_LUA = """
+local n = #KEYS
+for i = 1, n do
+  local b = (i - 1) * 4
+  local limit, amount, mode = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 4])
+  local cur = redis.call('GET', KEYS[i])
+  if cur == false then
+    if mode == 2 then return {-2, i, 0} end
+    cur = 0
+  else
+    cur = tonumber(cur)
+  end
+  if (mode == 1 and cur + amount > limit) or (mode == 2 and cur >= limit) then
+    return {-1, i, cur}
+  end
+end
+local out = {0}
+for i = 1, n do
+  local b = (i - 1) * 4
+  out[i + 1] = redis.call('INCRBY', KEYS[i], ARGV[b + 2])
+  local ttl = tonumber(ARGV[b + 3])
+  if ttl > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return out
+"""
+
+ADD_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return false
+"""
+
+
+class RedisCounters:
+    """Counters shared by every instance through Redis (atomic scripts)."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        self.redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._admit = self.redis.register_script(ADMIT_LUA)
+        self._add = self.redis.register_script(ADD_LUA)
+
+    async def admit(self, checks: list[Check]) -> list[int] | str:
+        args: list = []
+        for c in checks:
+            args += [c.limit, c.amount, c.ttl, c.mode]
+        result = await self._admit(keys=[c.key for c in checks], args=args)
+        status = int(result[0])
+        if status == -2:
+            return checks[int(result[1]) - 1].key
+        if status == -1:
+            raise Rejected(checks[int(result[1]) - 1], int(result[2]))
+        return [int(v) for v in result[1:]]
+
+    async def init(self, key: str, value: int, ttl: int) -> None:
+        if ttl:
+            await self.redis.set(key, value, nx=True, ex=ttl)
+        else:
+            await self.redis.set(key, value, nx=True)
+
+    async def add(self, key: str, delta: int) -> None:
+        await self._add(keys=[key], args=[delta])
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _nanos(cost: Decimal) -> int:
+    return int((cost * NANO).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def _period_key(period: str, now: datetime) -> str:
+    if period == "day":
+        return now.strftime("d%Y%m%d")
+    if period == "month":
+        return now.strftime("m%Y%m")
+    return "total"
+
+
+class Guard:
+    def __init__(self, cache: KeyCache, keystore: KeyStore, prices, counters,
+                 default_max_tokens: int = 4096, prefix: str = "tg") -> None:
+        self.cache = cache
+        self.keystore = keystore
+        self.prices = prices
+        self.counters = counters
+        self.default_max_tokens = default_max_tokens
+        self.prefix = prefix
+        self._pending: dict[str, Reservation] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- admission --------------------------------------------------------------
+    def _scopes(self, principal) -> list[tuple[str, str, str, Limits]]:
+        scopes = []
+        limits = self.cache.tenants.get(principal.tenant_id)
+        if limits is not None and not limits.empty:
+            scopes.append(("tenant", principal.tenant_id, "tenant_id", limits))
+        key = principal.key
+        if key is not None and not key.limits.empty:
+            scopes.append(("key", key.key_id, "api_key_id", key.limits))
+        return scopes
+
+    async def admit(self, principal, model: str, doc: dict, body: bytes) -> Reservation | None:
+        scopes = self._scopes(principal)
+        if not scopes:
+            return None  # the common case: nothing to enforce, no I/O
+        for kind, ident, _, limits in scopes:
+            if limits.models is not None and model not in limits.models:
+                raise forbidden(f"Model {model!r} is not allowed for {kind} {ident}.", "model_not_allowed")
+        prompt_estimate = max(1, len(body) // 4)
+        max_out = None
+        for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+            value = doc.get(name)
+            if type(value) is int and value > 0:
+                max_out = value
+                break
+        tokens = prompt_estimate + (max_out or 0)
+        worst = self._worst_cost(principal, model, prompt_estimate, max_out or self.default_max_tokens)
+        now = time.time()
+        minute = int(now // 60)
+        utc = datetime.fromtimestamp(now, timezone.utc)
+        checks: list[Check] = []
+        for kind, ident, column, limits in scopes:
+            base = f"{self.prefix}:{kind}:{ident}"
+            scope = f"{kind} {ident}"
+            if limits.rpm_limit is not None:
+                checks.append(Check(f"{base}:rpm:{minute}", limits.rpm_limit, 1, 120, MODE_WINDOW, "rpm",
+                                    scope, reset_at=(minute + 1) * 60))
+            if limits.tpm_limit is not None:
+                if tokens > limits.tpm_limit:
+                    raise GatewayError(
+                        429, f"Request too large for {scope}: about {tokens} tokens (prompt estimate plus "
+                        f"max_tokens), the limit is {limits.tpm_limit} tokens per minute.",
+                        "tokens", "rate_limit_exceeded")
+                checks.append(Check(f"{base}:tpm:{minute}", limits.tpm_limit, tokens, 120, MODE_WINDOW, "tpm",
+                                    scope, reset_at=(minute + 1) * 60))
+            if limits.budget_usd is not None:
+                period = limits.budget_period
+                end = period_end(period, utc)
+                ttl = int(end.timestamp() - now) + 86400 if end else 0
+                checks.append(Check(
+                    f"{base}:budget:{_period_key(period, utc)}", _nanos(limits.budget_usd), worst, ttl,
+                    MODE_BUDGET, "budget", scope, init=(column, ident, period_start(period, utc)),
+                    reset_at=end.timestamp() if end else None))
+        for _ in range(3):
+            try:
+                result = await self.counters.admit(checks)
+            except Rejected as r:
+                raise self._rejection(r, now) from None
+            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                raise GatewayError(503, f"Limits are unavailable: {type(exc).__name__}.", "service_unavailable",
+                                   "limits_unavailable") from None
+            except Exception as exc:  # redis errors
+                if type(exc).__module__.startswith("redis"):
+                    raise GatewayError(503, f"Limits are unavailable: {type(exc).__name__}.",
+                                       "service_unavailable", "limits_unavailable") from None
+                raise
+            if isinstance(result, str):  # a budget counter to start from the ledger
+                check = next(c for c in checks if c.key == result)
+                column, ident, since = check.init
+                spent = await self.keystore.spend_since(column, ident, since)
+                await self.counters.init(check.key, _nanos(spent), check.ttl)
+                continue
+            return Reservation(checks, tokens, worst)
+        raise GatewayError(503, "Limits could not be initialised.", "service_unavailable", "limits_unavailable")
+
+    def _worst_cost(self, principal, model: str, prompt_tokens: int, out_tokens: int) -> int:
+        try:
+            price = self.prices.price(None, model)
+        except Exception:
+            return 0
+        cost = (prompt_tokens * price.input_mtok + out_tokens * price.output_mtok) / Decimal(1_000_000)
+        return _nanos(cost)
+
+    def _rejection(self, r: Rejected, now: float) -> GatewayError:
+        c = r.check
+        retry = max(1, math.ceil(c.reset_at - now)) if c.reset_at else None
+        headers = []
+        if retry is not None:
+            headers.append((b"retry-after", str(retry).encode()))
+        if c.kind == "budget":
+            spent = Decimal(r.current) / NANO
+            message = (f"Budget exceeded for {c.scope}: ${spent.quantize(Decimal('0.000001'))} of "
+                       f"${(Decimal(c.limit) / NANO).normalize()} used this period.")
+            return GatewayError(429, message, "insufficient_quota", "budget_exceeded", headers)
+        unit = "requests" if c.kind == "rpm" else "tokens"
+        headers += [(f"x-ratelimit-limit-{unit}".encode(), str(c.limit).encode()),
+                    (f"x-ratelimit-remaining-{unit}".encode(), str(max(0, c.limit - r.current)).encode()),
+                    (f"x-ratelimit-reset-{unit}".encode(), f"{retry}s".encode())]
+        message = f"Rate limit reached for {c.scope}: {c.limit} {unit} per minute. Retry in {retry}s."
+        return GatewayError(429, message, unit, "rate_limit_exceeded", headers)
+
+    # -- settlement ----------------------------------------------------------------
+    def settle_later(self, reservation: Reservation, record) -> None:
+        self._pending[record.request_id] = reservation
+
+    def cancel(self, reservation: Reservation, record) -> None:
+        """The request never reached metering: give back what it reserved."""
+        self._pending.pop(record.request_id, None)
+        self._apply(reservation, 0, 0)
+
+    def write(self, records) -> None:
+        """Pipeline hook: records are priced; replace reservations by real usage."""
+        if not self._pending:
+            return
+        for rec in records:
+            res = self._pending.pop(rec.request_id, None)
+            if res is not None:
+                self._apply(res, rec.total_tokens, _nanos(rec.cost_usd))
+
+    def _apply(self, res: Reservation, tokens: int, cost_nanos: int) -> None:
+        if res.settled:
+            return
+        res.settled = True
+        deltas = []
+        for c in res.checks:
+            if c.kind == "tpm" and tokens != res.tokens:
+                deltas.append((c.key, tokens - res.tokens))
+            elif c.kind == "budget" and cost_nanos != res.cost_nanos:
+                deltas.append((c.key, cost_nanos - res.cost_nanos))
+        if deltas:
+            task = asyncio.get_running_loop().create_task(self._add(deltas))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _add(self, deltas) -> None:
+        for key, delta in deltas:
+            try:
+                await self.counters.add(key, delta)
+            except Exception as exc:
+                log.warning("limit settlement failed: %s", type(exc).__name__, extra={"fields": {"counter": key}})
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        await self.counters.close()
