@@ -60,6 +60,10 @@ def responses_usage(doc, fake) -> dict:
             "output_tokens_details": {"reasoning_tokens": reasoning}}
 
 
+def _closed(request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
 class FakeUpstream:
     def __init__(self, fail_rate: float = 0.0) -> None:
         self.requests: list[dict] = []
@@ -138,13 +142,8 @@ class FakeUpstream:
             if cut is not None and i >= int(cut):
                 request.transport.close()  # cut off mid-stream, no [DONE]
                 return resp
-            if first_delay and not i:
-                await asyncio.sleep(first_delay)
-            if delay and i:
-                await asyncio.sleep(delay)
-            if done_delay and event == b"data: [DONE]\n\n":
-                await asyncio.sleep(done_delay)
-            if request.transport is None or request.transport.is_closing():
+            wait = (first_delay if not i else delay) + (done_delay if event == b"data: [DONE]\n\n" else 0)
+            if wait and not await self._sleep_while_connected(request, wait) or _closed(request):
                 self._disconnected(request, i, len(events))
                 return resp
             try:
@@ -155,6 +154,18 @@ class FakeUpstream:
         await resp.write_eof()
         self.completed_streams += 1
         return resp
+
+    @staticmethod
+    async def _sleep_while_connected(request, seconds: float) -> bool:
+        """Sleep, but notice a reader that hangs up meanwhile (False)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, 0.05))
+            if _closed(request):
+                return False
 
     def _disconnected(self, request, sent: int, planned: int) -> None:
         self.disconnects.append({"path": request.path, "sent_events": sent, "planned_events": planned})
