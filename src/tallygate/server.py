@@ -80,7 +80,9 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
         return 2
     logs.setup(settings.secrets)
     port = port or settings.port
-    common = dict(host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+    # httptools, answering unparseable requests with OpenAI-style JSON (http_errors.py)
+    common = dict(host=host, port=port, loop="uvloop", http="tallygate.http_errors:HttpToolsProtocol",
+                  lifespan="on",
                   access_log=False, log_config=logs.uvicorn_log_config(), server_header=False,
                   timeout_graceful_shutdown=int(round(settings.shutdown_grace)),
                   timeout_keep_alive=75)
