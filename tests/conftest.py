@@ -69,7 +69,7 @@ class FakeUpstream:
 
 
 class GatewayProcess:
-    def __init__(self, env: dict, log_path: Path, args: list[str] | None = None) -> None:
+    def __init__(self, env: dict, log_path: Path, args: list[str] | None = None, ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = self.url + "/v1"
@@ -84,6 +84,8 @@ class GatewayProcess:
             env=env, stdout=self._log, stderr=subprocess.STDOUT)
         try:
             wait_http(self.url + "/health", proc=self.proc)
+            if ready:  # the ledger connects in the background; most tests want it there
+                wait_http(self.url + "/ready", proc=self.proc)
         except Exception:
             self._log.close()
             raise RuntimeError(f"gateway did not start:\n{self.output()}") from None
@@ -173,9 +175,10 @@ def base_env(upstream_url: str, tmp_path: Path, **overrides) -> dict:
 def gateway(fake_upstream, tmp_path):
     started: list[GatewayProcess] = []
 
-    def start(upstream: str | None = None, args: list[str] | None = None, **env) -> GatewayProcess:
+    def start(upstream: str | None = None, args: list[str] | None = None, ready: bool = True,
+              **env) -> GatewayProcess:
         full = base_env(upstream or fake_upstream.base_url, tmp_path, **env)
-        gw = GatewayProcess(full, tmp_path / f"gateway-{len(started)}.log", args)
+        gw = GatewayProcess(full, tmp_path / f"gateway-{len(started)}.log", args, ready)
         started.append(gw)
         return gw
 

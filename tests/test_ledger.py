@@ -257,11 +257,14 @@ def test_pgssl_require_against_server_without_tls_says_so(gateway, postgres_env)
     out = run_cli(["db", "init"], env)
     assert out.returncode == 1
     assert "does not accept TLS" in out.stderr and "PGSSL=disable" in out.stderr
-    gw = gateway(**env)
+    gw = gateway(**env, ready=False)
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(gw.url + "/ready")
     assert exc.value.code == 503
     assert urllib.request.urlopen(gw.url + "/health").status == 200
+    deadline = time.monotonic() + 5
+    while "does not accept TLS" not in gw.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "does not accept TLS" in gw.output()
 
 
@@ -280,10 +283,13 @@ def test_ready_waits_for_ledger_and_auto_migrate_off(gateway, postgres_env):
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        gw = gateway(**{**postgres_env, "PGDATABASE": name}, TALLYGATE_AUTO_MIGRATE="false")
+        gw = gateway(**{**postgres_env, "PGDATABASE": name}, TALLYGATE_AUTO_MIGRATE="false", ready=False)
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(gw.url + "/ready")
         assert exc.value.code == 503
+        deadline = time.monotonic() + 5
+        while "tallygate db init" not in gw.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert "tallygate db init" in gw.output()
         gw.stop()
     finally:

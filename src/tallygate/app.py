@@ -132,12 +132,9 @@ class Gateway:
         from .routes.admin import Admin
 
         self.admin = Admin(self)
-        try:
-            await self._connect_store()
-        except Exception as exc:
-            log.error("ledger unavailable at start-up; serving, records are buffered and "
-                      "/ready answers 503 until it is reachable: %s", exc)
-            self._background.append(asyncio.create_task(self._connect_store_until_ready()))
+        # the database connects in the background: /health answers at once, /ready
+        # (Cloud Run's startup probe) once the ledger is reachable and migrated
+        self._background.append(asyncio.create_task(self._connect_store_until_ready()))
 
     async def _connect_store(self) -> None:
         await self.store.connect()
@@ -155,13 +152,21 @@ class Gateway:
 
     async def _connect_store_until_ready(self) -> None:
         delay = 0.5
+        first = True
         while not self.ledger_ready:
-            await asyncio.sleep(delay)
             try:
                 await self._connect_store()
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
+                if first:
+                    log.error("ledger unavailable; serving, records are buffered and /ready "
+                              "answers 503 until it is reachable: %s", exc)
+                    first = False
+                else:
+                    log.warning("ledger still unavailable: %s", exc)
+                await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-                log.warning("ledger still unavailable: %s", exc)
 
     async def shutdown(self) -> None:
         # Cloud Run sends SIGKILL 10 s after SIGTERM: finish inside that window

@@ -9,7 +9,9 @@ import sys
 from . import __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; `command` (the first argument) lets `serve` skip importing
+    what only other commands need (start-up time matters on Cloud Run)."""
     parser = argparse.ArgumentParser(prog="tallygate", description="A multi-tenant, metering OpenAI-compatible gateway.")
     parser.add_argument("--version", action="version", version=f"tallygate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -60,22 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="deploy to a cloud")
     dsub = p.add_subparsers(dest="deploy_target", metavar="TARGET", required=True)
-    try:
+    p = dsub.add_parser("cloudrun", help="Google Cloud Run: build, deploy, observability")
+    if command in (None, "deploy", "-h", "--help"):
         from .deploy import cloudrun
-    except ImportError:
-        cloudrun = None
-    if cloudrun is not None:
-        cloudrun.add_arguments(dsub.add_parser("cloudrun", help="Google Cloud Run: build, deploy, observability"))
+
+        cloudrun.add_arguments(p)
 
     p = sub.add_parser("fake-upstream", help="a fake OpenAI upstream for demos and tests")
-    from .fake_upstream import add_arguments
+    if command in (None, "fake-upstream", "-h", "--help"):
+        from .fake_upstream import add_arguments
 
-    add_arguments(p)
+        add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     cmd = args.command
     if cmd is None:

@@ -233,6 +233,8 @@ class Guard:
                 max_out = value
                 break
         tokens = prompt_estimate + (max_out or 0)
+        if any(limits.budget_usd is not None for *_, limits in scopes):
+            await self.prices.ensure_warm()
         worst = self._worst_cost(principal, model, prompt_estimate, max_out or self.default_max_tokens)
         now = time.time()
         minute = int(now // 60)

@@ -121,12 +121,11 @@ def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
     The guide's `PGSSL=require|disable` is honoured (libpq ignores it, so it is
     translated to sslmode); `PGSSLMODE` wins when both are set.
     """
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
     url = env.get("DATABASE_URL", "").strip()
     host = env.get("PGHOST", "").strip()
     if not url and not host:
         return None
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # only when Postgres is used
     sslmode = env.get("PGSSLMODE", "").strip()
     if not sslmode:
         pgssl = env.get("PGSSL", "require").strip().lower() or "require"

@@ -9,6 +9,7 @@ the data does not know; unknown models cost 0 with price_source "unknown".
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import tomllib
@@ -104,7 +105,17 @@ class PriceBook:
         self._overrides = overrides or {}
         self._cache: dict[tuple[str | None, str], Price] = {}
         self._snapshot = None
+        self._warming = None
         self._lock = threading.Lock()
+
+    async def ensure_warm(self) -> None:
+        """Load the price data in a thread, once; callers on the event loop await this
+        instead of importing the library on the loop."""
+        if self._snapshot is not None:
+            return
+        if self._warming is None:
+            self._warming = asyncio.get_running_loop().run_in_executor(None, self.warm)
+        await self._warming
 
     def warm(self) -> None:
         """Load the price data (slow import); safe to call from a thread, more than once."""

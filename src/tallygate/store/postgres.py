@@ -108,6 +108,8 @@ class PostgresStore:
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
         """Insert a batch idempotently; returns how many rows were new."""
+        if self._pool is None:
+            raise StoreUnavailable(f"{self.description}: not connected yet")
         columns = list(zip(*(r.ledger_row() for r in records)))
         async with self._pool.connection() as conn:
             cur = await conn.execute(INSERT_SQL, [list(c) for c in columns])

@@ -129,6 +129,8 @@ class SqliteStore:
         return self._conn.total_changes - before
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
+        if self._conn is None:
+            raise StoreUnavailable(f"{self.description}: not open yet")
         try:
             return await self._run(self._write, [_row(r) for r in records])
         except sqlite3.Error as exc:
