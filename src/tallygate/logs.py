@@ -43,6 +43,8 @@ class JsonFormatter(logging.Formatter):
             # Error Reporting picks up stack traces found in `stack_trace`
             entry["stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
         line = orjson.dumps(entry, default=str).decode()
+        if "\u2028" in line or "\u2029" in line or "\x85" in line:  # line breaks to many readers
+            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
         for secret in self.secrets:
             if secret in line:
                 line = line.replace(secret, "[redacted]")

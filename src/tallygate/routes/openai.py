@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 
 import aiohttp
@@ -37,6 +38,8 @@ ENDPOINTS = {
 }
 # endpoints whose streams accept stream_options.include_usage
 STREAM_USAGE_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
+# control characters an upstream header value must not carry on to the client
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -319,7 +322,7 @@ class OpenAIProxy:
         out = [(b"x-tallygate-request-id", record.request_id.encode())]
         for name, value in resp.raw_headers:
             lname = name.lower()
-            if lname in PASS_HEADERS or lname.startswith(b"x-ratelimit-"):
+            if (lname in PASS_HEADERS or lname.startswith(b"x-ratelimit-")) and not _BAD_VALUE.search(value):
                 out.append((lname, value))
         return out
 

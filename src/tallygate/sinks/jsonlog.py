@@ -50,6 +50,13 @@ def log_entry(record: UsageRecord) -> dict:
     return entry
 
 
+def escape_line_breaks(data: bytes) -> bytes:
+    """JSON allows U+2028, U+2029 and U+0085 raw, but many line readers split on them:
+    escaped, a model name from a request cannot cut a log line in two."""
+    return (data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+            .replace(b"\xc2\x85", b"\\u0085"))
+
+
 class JsonLogSink:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
@@ -57,6 +64,8 @@ class JsonLogSink:
     def write(self, records: Iterable[UsageRecord]) -> None:
         # one write per batch: a syscall per line is measurable on the hot path
         data = b"".join(orjson.dumps(log_entry(r)) + b"\n" for r in records)
+        if b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data or b"\xc2\x85" in data:
+            data = escape_line_breaks(data)
         if data:
             self.stream.write(data.decode())
             self.stream.flush()
