@@ -159,3 +159,24 @@ def test_tenant_label_cardinality_is_bounded(gateway):
     tenants = set(re.findall(r'tallygate_requests_total\{[^}]*tenant_id="([^"]+)"', text))
     assert tenants == {"card-0", "card-1", "card-2", "other"}
     assert _metric(text, "tallygate_requests_total", tenant_id="other") == 3
+
+
+def test_private_metrics_port(gateway):
+    port = free_port()
+    gw = gateway(TALLYGATE_METRICS_PORT=port)
+    openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", messages=[], extra_headers={"X-Tenant-ID": "side"})
+    gw.wait_records(1)
+    time.sleep(0.2)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert _metric(text, "tallygate_requests_total", tenant_id="side") == 1
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models")
+        raise AssertionError("the metrics port served another path")
+    except urllib.error.HTTPError as err:
+        assert err.code == 404
+    try:  # the public port still wants the master key
+        urllib.request.urlopen(gw.url + "/metrics")
+        raise AssertionError("public /metrics without a key")
+    except urllib.error.HTTPError as err:
+        assert err.code == 401

@@ -67,6 +67,7 @@ class Gateway:
         self.proxy = OpenAIProxy(self)
         self._background: list[asyncio.Task] = []
         self.admin = None
+        self.metrics_server = None
         self.started_at = time.monotonic()
         self.shutdown_started: float | None = None
 
@@ -127,6 +128,11 @@ class Gateway:
             counters = MemoryCounters()
         self.guard = Guard(self.keys, self.keystore, self.prices, counters)
         hooks = [self.guard]
+        if s.metrics_port:
+            from .sinks.metrics_server import MetricsServer
+
+            self.metrics_server = MetricsServer(self.metrics.render, s.metrics_host, s.metrics_port)
+            await self.metrics_server.start()
         self.pipeline = Pipeline(self.prices, JsonLogSink(), self.metrics, self.ledger, hooks)
         self.pipeline.start()
         from .routes.admin import Admin
@@ -176,6 +182,8 @@ class Gateway:
             task.cancel()
         if self.keys is not None:
             self.keys.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         if self.pipeline is not None:
             await self.pipeline.close(deadline)
         if self.guard is not None:

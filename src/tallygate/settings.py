@@ -105,6 +105,8 @@ class Settings:
     redis_url: str | None = None
     metrics_mode: str = "auth"
     keys_refresh: float = 2.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     metrics_tenant_cap: int = 100
     dev_token_generated: bool = field(default=False, compare=False)
 
@@ -193,6 +195,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT") or None,
         redis_url=env.get("REDIS_URL") or None,
         keys_refresh=_float(env, "TALLYGATE_KEYS_REFRESH", 2.0),
+        metrics_port=_int(env, "TALLYGATE_METRICS_PORT", 0, minimum=0) or None,
+        metrics_host=env.get("TALLYGATE_METRICS_HOST") or "127.0.0.1",
         metrics_mode=_choice(env, "TALLYGATE_METRICS", "auth", ("auth", "public", "off")),
         metrics_tenant_cap=_int(env, "TALLYGATE_METRICS_TENANT_CAP", 100),
     )

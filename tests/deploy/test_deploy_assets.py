@@ -302,17 +302,18 @@ def test_gmp_sidecar_example():
     volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
     assert mount["mountPath"] == "/etc/rungmp"
     assert volume["secret"]["items"] == [{"key": "1", "path": "config.yaml"}]
-    assert _env(spec["containers"][0])["TALLYGATE_METRICS"]["value"] == "public"
+    assert "TALLYGATE_METRICS" not in _env(spec["containers"][0])  # the public port keeps its key
+    metrics_port = _env(spec["containers"][0])["TALLYGATE_METRICS_PORT"]["value"]
 
     config = load_yaml(MONITORING / "gmp-sidecar" / "run-monitoring.yaml")
     assert config["apiVersion"] == "monitoring.googleapis.com/v1beta" and config["kind"] == "RunMonitoring"
     (endpoint,) = config["spec"]["endpoints"]
-    assert str(endpoint["port"]) == "8080" and endpoint["path"] == "/metrics"
+    assert str(endpoint["port"]) == metrics_port and endpoint["path"] == "/metrics"
     assert set(endpoint) <= {"port", "scheme", "path", "params", "proxyUrl", "interval", "timeout",
                              "metricRelabeling"}  # the sidecar parses this strictly
     assert set(config["spec"]["targetLabels"]["metadata"]) <= {"instance", "revision", "service", "configuration"}
     readme = (MONITORING / "gmp-sidecar" / "README.md").read_text()
-    assert "TALLYGATE_METRICS=public" in readme
+    assert "TALLYGATE_METRICS_PORT=9464" in readme
 
 
 # ----------------------------------------------------------------------------- BigQuery
