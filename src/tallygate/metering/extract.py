@@ -6,6 +6,7 @@ includes `reasoning_tokens`. The Responses API names them input/output tokens.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -14,6 +15,9 @@ import orjson
 # tail and head (embedding responses can be megabytes of floats).
 WHOLE_PARSE_LIMIT = 64 * 1024
 
+
+# the end of a chat stream: an event whose data is [DONE] (never the text inside a chunk)
+_DONE_EVENT = re.compile(rb"(?:^|\n)data: ?\[DONE\][ \t]*\n")
 
 RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
@@ -163,7 +167,7 @@ class SSEMeter:
         count = complete.count(b"\n\n")
         self.events += count
         self.content_events += count
-        if b"[DONE]" in complete:
+        if b"[DONE]" in complete and _DONE_EVENT.search(complete):  # not "[DONE]" inside a text
             self.done = True
             self.content_events -= 1
         return complete
