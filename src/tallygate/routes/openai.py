@@ -69,14 +69,20 @@ class Failure:
 
 
 class ClientWatch:
-    """Notices a streaming client that hangs up, and closes the upstream response then:
-    the upstream stops generating for nobody."""
+    """Notices a streaming client that hangs up and stops the relay then, so the upstream
+    stops generating for nobody.
 
-    __slots__ = ("gone", "resp", "task")
+    The relay is stopped by cancelling its task, and the relay closes the upstream
+    response itself: closing it from this callback, under a waiting reader, leaks about
+    8 KB of the HTTP client's buffers per disconnect.
+    """
+
+    __slots__ = ("gone", "resp", "task", "owner")
 
     def __init__(self, receive) -> None:
         self.gone = False
-        self.resp = None
+        self.resp = None  # set while the relay reads the upstream
+        self.owner = asyncio.current_task()
         self.task = asyncio.ensure_future(receive())
         self.task.add_done_callback(self._done)
 
@@ -85,8 +91,8 @@ class ClientWatch:
             return
         if task.result().get("type") == "http.disconnect":
             self.gone = True
-            if self.resp is not None:
-                self.resp.close()
+            if self.resp is not None and self.owner is not None:
+                self.owner.cancel()
 
     def stop(self) -> None:
         self.task.remove_done_callback(self._done)
@@ -374,15 +380,21 @@ class OpenAIProxy:
         except (aiohttp.ClientError, OSError):
             status = "upstream_error"
         except asyncio.CancelledError:
-            # the server stopped past its grace period: meter what was delivered, then go
-            self._estimate(record, meter, body_len)
-            self._finish(record, started, 200 if sent else 503, "timeout")
-            record.upstream_model = meter.model
-            g.pipeline.submit(record)
-            raise
+            if watch.gone:  # our own cancellation: the client hung up
+                asyncio.current_task().uncancel()
+            else:
+                # the server stopped past its grace period: meter what was delivered, then go
+                watch.resp = None
+                resp.close()
+                self._estimate(record, meter, body_len)
+                self._finish(record, started, 200 if sent else 503, "timeout")
+                record.upstream_model = meter.model
+                g.pipeline.submit(record)
+                raise
         finally:
             watch.resp = None
         if watch.gone:
+            resp.close()  # the upstream stops generating for nobody
             status = "client_disconnected"
         elif status == "ok" and not meter.done:
             status = "upstream_error"  # the upstream closed before [DONE]
