@@ -19,8 +19,19 @@ _SEVERITY = {
 }
 
 
+_iso_second: tuple = (None, "")
+
+
 def utc_iso(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds; the part up to the second is cached (strftime
+    costs more than the rest of the log line)."""
+    global _iso_second
+    if ts.tzinfo is not timezone.utc:
+        ts = ts.astimezone(timezone.utc)
+    second = (ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second)
+    if _iso_second[0] != second:
+        _iso_second = (second, ts.strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{_iso_second[1]}{ts.microsecond:06d}Z"
 
 
 class JsonFormatter(logging.Formatter):

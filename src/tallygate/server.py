@@ -85,7 +85,7 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
                   lifespan="on",
                   access_log=False, log_config=logs.uvicorn_log_config(), server_header=False,
                   timeout_graceful_shutdown=int(round(settings.shutdown_grace)),
-                  timeout_keep_alive=75)
+                  timeout_keep_alive=75, proxy_headers=False)
     if workers > 1:
         uvicorn.run("tallygate.server:app_factory", factory=True, workers=workers, **common)
         return 0

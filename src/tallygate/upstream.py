@@ -203,10 +203,11 @@ def backoff_delay(attempt: int, base: float, cap: float, asked: float | None = N
 
 def client_session(settings: Settings) -> aiohttp.ClientSession:
     """One pooled keep-alive client for every upstream."""
-    connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60,
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,
                                      ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout,
-                                    sock_connect=settings.connect_timeout,
+    # sock_connect bounds new connections; a pool-wide `connect` timeout would add a timer
+    # to every request, and with no pool limit there is no queue to wait in
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                  skip_auto_headers=("User-Agent",), raise_for_status=False)

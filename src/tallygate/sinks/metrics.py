@@ -7,6 +7,7 @@ value, later ones are counted under `other` (models likewise).
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..metering.record import UsageRecord
 
+ZERO = Decimal(0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -57,6 +59,7 @@ class MetricsSink:
     def __init__(self, tenant_cap: int = 100, model_cap: int = 200,
                  ledger_stats: Callable[[], dict] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[int, dict[tuple, object]] = {}
         self.tenant = BoundedLabel(tenant_cap)
         self.model = BoundedLabel(model_cap)
         r = self.registry
@@ -75,21 +78,43 @@ class MetricsSink:
             r.register(_LedgerCollector(ledger_stats))
 
     def write(self, records: Iterable[UsageRecord]) -> None:
+        # sums per label set first, then one increment each: label lookups and the
+        # client's locks cost more than the arithmetic
+        requests: dict[tuple, int] = {}
+        tokens: dict[tuple, int] = {}
+        cost: dict[tuple, Decimal] = {}
+        errors: dict[tuple, int] = {}
         for rec in records:
             tenant = self.tenant(rec.tenant_id)
             model = self.model(rec.model)
-            self.requests.labels(tenant, model, rec.status).inc()
+            key = (tenant, model, rec.status)
+            requests[key] = requests.get(key, 0) + 1
             if rec.prompt_tokens:
-                self.tokens.labels(tenant, model, "prompt").inc(rec.prompt_tokens)
+                key = (tenant, model, "prompt")
+                tokens[key] = tokens.get(key, 0) + rec.prompt_tokens
             if rec.completion_tokens:
-                self.tokens.labels(tenant, model, "completion").inc(rec.completion_tokens)
+                key = (tenant, model, "completion")
+                tokens[key] = tokens.get(key, 0) + rec.completion_tokens
             if rec.cost_usd:
-                self.cost.labels(tenant, model).inc(float(rec.cost_usd))
-            self.latency.labels(model).observe(rec.latency_ms / 1000.0)
+                key = (tenant, model)
+                cost[key] = cost.get(key, ZERO) + rec.cost_usd
+            self._child(self.latency, (model,)).observe(rec.latency_ms / 1000.0)
             if rec.ttft_ms is not None:
-                self.ttft.labels(model).observe(rec.ttft_ms / 1000.0)
+                self._child(self.ttft, (model,)).observe(rec.ttft_ms / 1000.0)
             if rec.status not in ("ok", "client_disconnected"):
-                self.upstream_errors.labels(model, rec.status).inc()
+                key = (model, rec.status)
+                errors[key] = errors.get(key, 0) + 1
+        for metric, sums in ((self.requests, requests), (self.tokens, tokens), (self.cost, cost),
+                             (self.upstream_errors, errors)):
+            for key, value in sums.items():
+                self._child(metric, key).inc(float(value))
+
+    def _child(self, metric, labels: tuple):
+        cache = self._children.setdefault(id(metric), {})
+        child = cache.get(labels)
+        if child is None:
+            child = cache[labels] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,6 +4,7 @@ times the pool size must fit Cloud SQL's connection limit)."""
 from __future__ import annotations
 
 import logging
+import weakref
 from decimal import Decimal
 from typing import Sequence
 
@@ -14,15 +15,15 @@ from .migrations import migrations
 
 log = logging.getLogger("tallygate.store")
 
-_TYPES = ("text", "timestamptz", "text", "text", "text", "text", "text", "text", "bool", "int4",
-          "text", "int4", "int4", "int4", "int4", "int4", "numeric", "text", "text", "float8",
-          "float8")
-# One round trip per batch: every column goes as an array and unnest() makes rows.
-INSERT_SQL = (
-    f"INSERT INTO litellm_usage ({', '.join(LEDGER_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"%s::{t}[]" for t in _TYPES)
-    + ") ON CONFLICT (request_id) DO NOTHING"
-)
+_COLUMNS = ", ".join(LEDGER_COLUMNS)
+# A batch goes in by COPY into a per-connection temporary table, then one INSERT ... SELECT
+# with ON CONFLICT DO NOTHING: the cheapest path on both sides (parameter arrays are
+# dumped in Python, about 70 us a row; COPY rows are formatted in C).
+BATCH_TABLE_SQL = ("CREATE TEMP TABLE IF NOT EXISTS tallygate_batch (LIKE litellm_usage) "
+                   "ON COMMIT DELETE ROWS")
+COPY_SQL = f"COPY tallygate_batch ({_COLUMNS}) FROM STDIN"
+INSERT_SQL = (f"INSERT INTO litellm_usage ({_COLUMNS}) SELECT {_COLUMNS} FROM tallygate_batch "
+              "ON CONFLICT (request_id) DO NOTHING")
 MIGRATION_LOCK = 7301265  # pg_advisory_xact_lock key: one instance migrates at a time
 
 
@@ -42,6 +43,7 @@ class PostgresStore:
         self.settings = settings
         self.pool_max = pool_max
         self._pool = None
+        self._with_batch_table: weakref.WeakSet = weakref.WeakSet()
 
     @property
     def description(self) -> str:
@@ -110,10 +112,16 @@ class PostgresStore:
         """Insert a batch idempotently; returns how many rows were new."""
         if self._pool is None:
             raise StoreUnavailable(f"{self.description}: not connected yet")
-        columns = list(zip(*(r.ledger_row() for r in records)))
         async with self._pool.connection() as conn:
-            cur = await conn.execute(INSERT_SQL, [list(c) for c in columns])
-            return cur.rowcount
+            async with conn.transaction():
+                if conn not in self._with_batch_table:
+                    await conn.execute(BATCH_TABLE_SQL)
+                    self._with_batch_table.add(conn)
+                async with conn.cursor().copy(COPY_SQL) as copy:
+                    for r in records:
+                        await copy.write_row(r.ledger_row())
+                cur = await conn.execute(INSERT_SQL)
+                return cur.rowcount
 
     async def existing_ids(self, ids: Sequence[str]) -> set[str]:
         async with self._pool.connection() as conn:
