@@ -295,3 +295,18 @@ def test_ready_waits_for_ledger_and_auto_migrate_off(gateway, postgres_env):
     finally:
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_sync_mode_commits_the_row_before_the_last_byte(gateway, postgres_env):
+    # a long flush interval: in async mode the rows would still be buffered
+    gw = gateway(**postgres_env, TALLYGATE_LEDGER_MODE="sync", TALLYGATE_LEDGER_FLUSH_INTERVAL=30)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0,
+                      default_headers={"X-Tenant-ID": "sync-mode"})
+    reply = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    rid = reply.headers["x-tallygate-request-id"]
+    assert [r["request_id"] for r in pg_rows(postgres_env, "request_id = %s", (rid,))] == [rid]
+    stream = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    rid = stream.headers["x-tallygate-request-id"]
+    list(stream.parse())  # the stream's last byte arrives after its row committed
+    assert [r["request_id"] for r in pg_rows(postgres_env, "request_id = %s", (rid,))] == [rid]
+
