@@ -127,7 +127,6 @@ def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
     host = env.get("PGHOST", "").strip()
     if not url and not host:
         return None
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # only when Postgres is used
     sslmode = env.get("PGSSLMODE", "").strip()
     if not sslmode:
         pgssl = env.get("PGSSL", "require").strip().lower() or "require"
@@ -136,6 +135,8 @@ def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
         sslmode = pgssl
     params: dict[str, object] = {}
     if url:
+        from psycopg.conninfo import conninfo_to_dict  # a URL needs libpq's own parser
+
         try:
             params = conninfo_to_dict(url)
         except Exception as exc:  # psycopg raises ProgrammingError with a clear text
@@ -154,8 +155,17 @@ def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
     params.setdefault("application_name", "tallygate")
     params.setdefault("connect_timeout", "5")
     description = f"{host_value or 'localhost'}:{params.get('port')}/{params.get('dbname', '')}"
-    return PostgresSettings(conninfo=make_conninfo(**params), sslmode=str(params["sslmode"]),
+    return PostgresSettings(conninfo=make_conninfo(params), sslmode=str(params["sslmode"]),
                             description=description)
+
+
+def make_conninfo(params: Mapping[str, object]) -> str:
+    """libpq keyword/value string (`key='value' ...`, quotes and backslashes escaped),
+    built here so start-up needs no psycopg import when PG* variables are used."""
+    def quote(value: object) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{key}={quote(value)}" for key, value in params.items() if value is not None)
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
