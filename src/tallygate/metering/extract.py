@@ -18,6 +18,9 @@ WHOLE_PARSE_LIMIT = 64 * 1024
 
 # the end of a chat stream: an event whose data is [DONE] (never the text inside a chunk)
 _DONE_EVENT = re.compile(rb"(?:^|\n)data: ?\[DONE\][ \t]*\n")
+# events worth parsing when bytes pass through; "usage": null is skipped
+_READ_MARKERS = (b'"usage"', b"response.completed", b"response.failed", b"response.incomplete")
+_USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
 
 RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
@@ -161,16 +164,38 @@ class SSEMeter:
         end += 2
         self._buf = data[end:]
         complete = data[:end]
-        if self.model is None or b'"usage"' in complete or self.strip_usage:
+        if self.strip_usage:
             return self._inspect(complete)
-        # the common case: plain content chunks, passed through untouched
-        count = complete.count(b"\n\n")
-        self.events += count
-        self.content_events += count
-        if b"[DONE]" in complete and _DONE_EVENT.search(complete):  # not "[DONE]" inside a text
-            self.done = True
-            self.content_events -= 1
-        return complete
+        self._scan(complete)
+        return complete  # passed through untouched
+
+    def _scan(self, complete: bytes) -> None:
+        """Count the events of bytes passed through, and read only those that matter:
+        the first (the model), any with a usage object, a final Responses event. An
+        upstream often sends a whole short stream in one read: parsing every event
+        cost more than relaying it."""
+        starts = set()
+        if self.model is None:
+            starts.add(0)
+        for needle in _READ_MARKERS:
+            i = complete.find(needle)
+            while i >= 0:
+                if needle != b'"usage"' or not _USAGE_NULL.match(complete, i):
+                    j = complete.rfind(b"\n\n", 0, i)
+                    starts.add(0 if j < 0 else j + 2)
+                i = complete.find(needle, i + len(needle))
+        for start in starts:
+            self._event(complete[start:complete.find(b"\n\n", start)])
+        rest = complete.count(b"\n\n") - len(starts)
+        self.events += rest
+        self.content_events += rest
+        if not self.done and b"[DONE]" in complete:
+            m = _DONE_EVENT.search(complete)  # an event, not "[DONE]" inside a text
+            if m is not None:
+                self.done = True
+                j = m.start() + (1 if complete[m.start():m.start() + 1] == b"\n" else 0)
+                if j not in starts:
+                    self.content_events -= 1
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream closes (a stream cut mid-event)."""
