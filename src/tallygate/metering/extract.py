@@ -17,7 +17,17 @@ WHOLE_PARSE_LIMIT = 64 * 1024
 
 
 # the end of a chat stream: an event whose data is [DONE] (never the text inside a chunk)
-_DONE_EVENT = re.compile(rb"(?:^|\n)data: ?\[DONE\][ \t]*\n")
+def _done_line(data: bytes) -> int:
+    """Start of a `data: [DONE]` line in `data`, or -1 (never "[DONE]" inside a text).
+    A plain search: an alternation regex here cost 40 us per chunk."""
+    i = data.find(b"[DONE]")
+    while i >= 0:
+        start = data.rfind(b"\n", 0, i) + 1
+        end = data.find(b"\n", i)
+        if data[start:end if end >= 0 else len(data)].strip() in (b"data: [DONE]", b"data:[DONE]"):
+            return start
+        i = data.find(b"[DONE]", i + 6)
+    return -1
 # events worth parsing when bytes pass through; "usage": null is skipped
 _READ_MARKERS = (b'"usage"', b"response.completed", b"response.failed", b"response.incomplete")
 _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
@@ -190,10 +200,9 @@ class SSEMeter:
         self.events += rest
         self.content_events += rest
         if not self.done and b"[DONE]" in complete:
-            m = _DONE_EVENT.search(complete)  # an event, not "[DONE]" inside a text
-            if m is not None:
+            j = _done_line(complete)
+            if j >= 0:
                 self.done = True
-                j = m.start() + (1 if complete[m.start():m.start() + 1] == b"\n" else 0)
                 if j not in starts:
                     self.content_events -= 1
 
