@@ -59,6 +59,7 @@ class Gateway:
                                   settings.default_tenant)
         self.sync_ledger = settings.ledger_mode == "sync"
         self.session = None
+        self.client_ready: asyncio.Event | None = None
         self.store = None
         self.ledger = None
         self.pipeline: Pipeline | None = None
@@ -108,7 +109,8 @@ class Gateway:
         from .store import open_store
 
         s = self.settings
-        self.session = client_session(s)
+        self.client_ready = asyncio.Event()
+        self._background.append(asyncio.create_task(self.start_client()))
         self.store = open_store(s)
         self.ledger = LedgerWriter(self.store, batch_size=s.ledger_batch_size,
                                    flush_interval=s.ledger_flush_interval,
@@ -147,6 +149,22 @@ class Gateway:
         # the database connects in the background: /health answers at once, /ready
         # (Cloud Run's startup probe) once the ledger is reachable and migrated
         self._background.append(asyncio.create_task(self._connect_store_until_ready()))
+
+    async def start_client(self) -> None:
+        """Import the HTTP client in a thread after the server listens, then open the pool."""
+        import importlib
+
+        from .routes import openai as openai_routes
+
+        module = await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "aiohttp")
+        openai_routes.aiohttp = module
+        self.session = client_session(self.settings)
+        self.client_ready.set()
+
+    async def client(self):
+        if self.session is None:
+            await self.client_ready.wait()
+        return self.session
 
     async def _connect_store(self) -> None:
         await self.store.connect()
@@ -296,7 +314,7 @@ class App:
 
     async def ready(self, scope, receive, send) -> None:
         g = self.g
-        if g.ledger_ready:
+        if g.ledger_ready and g.session is not None:
             await send_json(send, 200, {"status": "ready", "ledger": g.store.description})
         else:
             await send_json(send, 503, {"status": "starting", "ledger": g.store.description if g.store else None,
@@ -332,10 +350,11 @@ class App:
         headers = dict(scope["headers"])
         g.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
         route = g.router.default
+        session = await g.client()
         import aiohttp
 
         try:
-            async with g.session.get(route.url("/models"), headers=route.headers) as resp:
+            async with session.get(route.url("/models"), headers=route.headers) as resp:
                 data = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:

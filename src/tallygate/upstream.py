@@ -31,8 +31,6 @@ import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-import aiohttp
-
 from .settings import Settings, SettingsError
 
 # response headers worth passing back to the client
@@ -201,8 +199,10 @@ def backoff_delay(attempt: int, base: float, cap: float, asked: float | None = N
     return max(delay, asked or 0.0)
 
 
-def client_session(settings: Settings) -> aiohttp.ClientSession:
+def client_session(settings: Settings) -> "aiohttp.ClientSession":
     """One pooled keep-alive client for every upstream."""
+    import aiohttp
+
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,
                                      ttl_dns_cache=300)
     # sock_connect bounds new connections; a pool-wide `connect` timeout would add a timer

@@ -21,7 +21,6 @@ import random
 import re
 import time
 
-import aiohttp
 import orjson
 
 from ..errors import GatewayError, bad_request
@@ -30,6 +29,10 @@ from ..metering.record import UsageRecord, utcnow
 from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Route, backoff_delay, retry_after, retryable_status
 
 log = logging.getLogger("tallygate.upstream")
+
+# The HTTP client library (aiohttp, ~0.25 s to import) is loaded in a thread once the server
+# listens (Gateway.start_client); requests wait for it, /health does not.
+aiohttp = None
 
 ENDPOINTS = {
     b"/v1/chat/completions": "/chat/completions",
@@ -292,12 +295,13 @@ class OpenAIProxy:
         submitted); a Failure: nothing was sent, the caller may try again."""
         g = self.g
         first_byte = g.settings.first_byte_timeout
+        session = g.session or await g.client()  # only the first requests after start-up wait
         try:
             if first_byte is None:
-                resp = await g.session.post(url, data=payload, headers=req_headers)
+                resp = await session.post(url, data=payload, headers=req_headers)
             else:
                 async with asyncio.timeout(first_byte):
-                    resp = await g.session.post(url, data=payload, headers=req_headers)
+                    resp = await session.post(url, data=payload, headers=req_headers)
         except aiohttp.ConnectionTimeoutError:
             return Failure(504, "timeout", "The upstream did not accept a connection in time.",
                            "upstream_connect_timeout", retryable=True)

@@ -50,6 +50,12 @@ class PostgresStore:
         return f"postgres {self.settings.description}"
 
     async def connect(self, timeout: float = 10.0) -> None:
+        import asyncio
+        import importlib
+
+        # psycopg takes ~0.15 s to import: in a thread, so the event loop keeps answering
+        # /health while the ledger comes up
+        await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "psycopg_pool")
         import psycopg
         from psycopg_pool import AsyncConnectionPool
 
