@@ -11,10 +11,6 @@ from . import logs, settings as settings_module
 from .settings import Settings, SettingsError
 
 
-class GatewayRefusesToStart(SystemExit):
-    pass
-
-
 def resolve_token(settings: Settings, dev: bool) -> Settings:
     """Never serve unauthenticated by accident: no token and no --dev is an error;
     a token in the environment always wins over --dev."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -108,7 +108,6 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_tenant_cap: int = 100
-    dev_token_generated: bool = field(default=False, compare=False)
 
     @property
     def secrets(self) -> tuple[str, ...]:

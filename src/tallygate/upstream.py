@@ -31,7 +31,12 @@ import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from typing import TYPE_CHECKING
+
 from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # response headers worth passing back to the client
 PASS_HEADERS = frozenset({
