@@ -61,7 +61,8 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
 def meter_run(chunks: list[bytes], strip: bool) -> tuple:
     m = SSEMeter(strip)
     out = b"".join(m.feed(c) for c in chunks) + m.flush()
-    return out, m.usage, m.model, m.done, m.content_events
+    # content events are the basis of an estimate only: counted while usage is unknown
+    return out, m.usage, m.model, m.done, m.content_events if m.usage is None else None
 
 
 @FAST

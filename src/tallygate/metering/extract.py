@@ -29,9 +29,10 @@ def _done_line(data: bytes) -> int:
         i = data.find(b"[DONE]", i + 6)
     return -1
 # events worth parsing when bytes pass through; "usage": null is skipped
-_READ_MARKERS = (b'"usage"', b"response.completed", b"response.failed", b"response.incomplete")
+_USAGE = b'"usage"'
 _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
-
+# Responses API streams end with one of these events (and carry usage in them)
+_RESPONSES_MARKERS = (b"response.completed", b"response.failed", b"response.incomplete")
 RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
 
@@ -152,14 +153,17 @@ class SSEMeter:
     dropped and the `"usage":null` fields the upstream then adds are removed.
     """
 
-    __slots__ = ("_buf", "strip_usage", "usage", "model", "events", "content_events", "done")
+    __slots__ = ("_buf", "strip_usage", "responses", "usage", "model", "events", "content_events", "done")
 
-    def __init__(self, strip_usage: bool = False) -> None:
+    def __init__(self, strip_usage: bool = False, responses: bool = False) -> None:
         self._buf = b""
         self.strip_usage = strip_usage
+        self.responses = responses  # a Responses API stream: its final events matter too
         self.usage: Usage | None = None
         self.model: str | None = None
         self.events = 0
+        # content events, the basis of an estimate when the provider sends no usage;
+        # once usage is known they are no longer counted
         self.content_events = 0
         self.done = False
 
@@ -172,8 +176,12 @@ class SSEMeter:
             self._buf = data
             return b""
         end += 2
-        self._buf = data[end:]
-        complete = data[:end]
+        if end == len(data):
+            self._buf = b""
+            complete = data
+        else:
+            self._buf = data[end:]
+            complete = data[:end]
         if self.strip_usage:
             return self._inspect(complete)
         self._scan(complete)
@@ -184,27 +192,44 @@ class SSEMeter:
         the first (the model), any with a usage object, a final Responses event. An
         upstream often sends a whole short stream in one read: parsing every event
         cost more than relaying it."""
-        starts = set()
+        starts = []
         if self.model is None:
-            starts.add(0)
-        for needle in _READ_MARKERS:
-            i = complete.find(needle)
-            while i >= 0:
-                if needle != b'"usage"' or not _USAGE_NULL.match(complete, i):
-                    j = complete.rfind(b"\n\n", 0, i)
-                    starts.add(0 if j < 0 else j + 2)
-                i = complete.find(needle, i + len(needle))
+            starts.append(0)
+        i = complete.find(_USAGE)
+        while i >= 0:
+            # '"usage":null' (every chunk of a stream with include_usage) is not worth a parse
+            if not (complete.startswith(b'"usage":null', i) or _USAGE_NULL.match(complete, i)):
+                self._mark(complete, i, starts)
+            i = complete.find(_USAGE, i + 7)
+        if self.responses:
+            for needle in _RESPONSES_MARKERS:
+                i = complete.find(needle)
+                while i >= 0:
+                    self._mark(complete, i, starts)
+                    i = complete.find(needle, i + len(needle))
         for start in starts:
             self._event(complete[start:complete.find(b"\n\n", start)])
-        rest = complete.count(b"\n\n") - len(starts)
-        self.events += rest
-        self.content_events += rest
+        if self.usage is None:
+            rest = complete.count(b"\n\n") - len(starts)
+            self.events += rest
+            self.content_events += rest
         if not self.done and b"[DONE]" in complete:
-            j = _done_line(complete)
+            if complete.endswith(b"\n\ndata: [DONE]\n\n"):  # the usual place: last
+                j = len(complete) - 14
+            else:
+                j = _done_line(complete)
             if j >= 0:
                 self.done = True
-                if j not in starts:
+                if j not in starts and self.usage is None:
                     self.content_events -= 1
+
+    @staticmethod
+    def _mark(complete: bytes, i: int, starts: list) -> None:
+        """Note the start of the event holding position i (once)."""
+        j = complete.rfind(b"\n\n", 0, i)
+        start = 0 if j < 0 else j + 2
+        if start not in starts:
+            starts.append(start)
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream closes (a stream cut mid-event)."""
@@ -222,10 +247,13 @@ class SSEMeter:
 
     def _event(self, event: bytes) -> bytes | None:
         self.events += 1
-        data = None
-        for line in event.split(b"\n"):
-            if line.startswith(b"data:"):
-                data = line[5:].strip()
+        if event.startswith(b"data: ") and b"\n" not in event:  # the usual one-line event
+            data = event[6:].strip()
+        else:
+            data = None
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    data = line[5:].strip()
         if data is None:  # comments, bare `event:` lines
             return event
         if data == b"[DONE]":

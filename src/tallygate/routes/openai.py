@@ -364,17 +364,22 @@ class OpenAIProxy:
     async def _relay_stream(self, send, resp, record: UsageRecord, strip_usage: bool,
                             started: float, body_len: int, watch: ClientWatch) -> Failure | None:
         g = self.g
-        meter = SSEMeter(strip_usage)
+        meter = SSEMeter(strip_usage, record.endpoint == "/v1/responses")
         sent = False  # the response starts with the first event: until then a retry is possible
         status = "ok"
+        last = b""  # the stream's final bytes, sent with the end of the response
         watch.resp = resp
         try:
             if watch.gone:
                 resp.close()
             else:
-                async for chunk in resp.content.iter_any():
+                content = resp.content
+                async for chunk in content.iter_any():
                     out = meter.feed(chunk)
                     if out:
+                        if meter.done and content.at_eof():
+                            last = out  # the upstream has finished: one write for the rest
+                            break
                         if not sent:
                             record.ttft_ms = round((time.perf_counter() - started) * 1000, 3)
                             await send({"type": "http.response.start", "status": 200,
@@ -413,13 +418,15 @@ class OpenAIProxy:
             return Failure(502, "upstream_error", "The upstream ended the stream before its first event.",
                            "upstream_disconnected", retryable=True)
         self._finish(record, started, 200 if sent or status == "ok" else 499, status)
+        if last and not sent:
+            record.ttft_ms = record.latency_ms  # the whole stream came in one read
         record.upstream_model = meter.model
         if meter.usage is not None:
             self._set_usage(record, meter.usage, "provider")
         else:
             self._estimate(record, meter, body_len)
         if status == "ok":
-            tail = meter.flush()
+            tail = last + meter.flush()
         elif status == "client_disconnected":
             tail = b""
         else:
