@@ -21,7 +21,7 @@ from .routes.openai import ENDPOINTS, ClientGone, OpenAIProxy
 from .settings import Settings
 from .sinks.jsonlog import JsonLogSink
 from .sinks.metrics import MetricsSink
-from .sinks.pipeline import Pipeline
+from .sinks.pipeline import LINGER, Pipeline
 from .upstream import Router, client_session
 
 log = logging.getLogger("tallygate")
@@ -135,7 +135,8 @@ class Gateway:
 
             self.metrics_server = MetricsServer(self.metrics.render, s.metrics_host, s.metrics_port)
             await self.metrics_server.start()
-        self.pipeline = Pipeline(self.prices, JsonLogSink(), self.metrics, self.ledger, hooks)
+        self.pipeline = Pipeline(self.prices, JsonLogSink(), self.metrics, self.ledger, hooks,
+                                 linger=0.0 if self.sync_ledger else LINGER)
         self.pipeline.start()
         from .routes.admin import Admin
 
@@ -282,8 +283,8 @@ class App:
         if b"?" in path:
             path = path.split(b"?", 1)[0]
         method = scope["method"].encode()
+        endpoint = ENDPOINTS.get(path)
         try:
-            endpoint = ENDPOINTS.get(path)
             if endpoint is not None and method == b"POST":
                 headers = dict(scope["headers"])
                 principal = self.g.auth.authenticate(headers.get(b"authorization"),
@@ -304,6 +305,8 @@ class App:
                                    [(b"allow", b", ".join(allowed))])
             raise not_found(f"Unknown path {scope['path'][:200]!r}.")
         except GatewayError as err:
+            if endpoint is not None and self.g.metrics is not None:
+                self.g.metrics.rejected(err.code or str(err.status))
             await send_error(send, err)
         except ClientGone:
             return

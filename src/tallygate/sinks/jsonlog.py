@@ -63,9 +63,16 @@ class JsonLogSink:
 
     def write(self, records: Iterable[UsageRecord]) -> None:
         # one write per batch: a syscall per line is measurable on the hot path
-        data = b"".join(orjson.dumps(log_entry(r)) + b"\n" for r in records)
+        data = b"".join([orjson.dumps(log_entry(r), option=orjson.OPT_APPEND_NEWLINE) for r in records])
         if b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data or b"\xc2\x85" in data:
             data = escape_line_breaks(data)
         if data:
-            self.stream.write(data.decode())
-            self.stream.flush()
+            stream = self.stream
+            raw = getattr(stream, "buffer", None)
+            if raw is not None:  # the bytes as they are, without a decode and an encode
+                stream.flush()  # whatever the text layer holds goes first
+                raw.write(data)
+                raw.flush()
+            else:
+                stream.write(data.decode())
+                stream.flush()

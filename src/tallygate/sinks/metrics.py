@@ -1,22 +1,29 @@
 """Prometheus counters and histograms, derived from the same UsageRecords as the
 log line and the ledger row.
 
+The sink keeps plain sums in dicts (no locks: everything runs on the event loop) and
+turns them into metric families only when /metrics is scraped; prometheus_client's
+own Counter/Histogram objects cost a lock and a label lookup per update, more than
+the rest of a record's metering. Costs are summed as exact decimals.
+
 Label cardinality is bounded: the first `tenant_cap` tenants get their own label
 value, later ones are counted under `other` (models likewise).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from decimal import Decimal
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..metering.record import UsageRecord
 
 ZERO = Decimal(0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_BUCKET_LABELS = [str(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
 
 
 class BoundedLabel:
@@ -33,57 +40,55 @@ class BoundedLabel:
         return "other"
 
 
-class _LedgerCollector:
-    def __init__(self, stats: Callable[[], dict]) -> None:
-        self.stats = stats
+class _Histograms:
+    """One latency histogram per label value: bucket counts (not cumulative) and a sum."""
 
-    def collect(self):
-        s = self.stats()
-        if not s:
-            return
-        g = GaugeMetricFamily("tallygate_ledger_buffer_depth", "Records waiting to be written to the ledger")
-        g.add_metric([], s["depth"])
-        yield g
-        for name, key, doc in (
-            ("tallygate_ledger_rows_written", "rows_written", "Rows inserted into the ledger"),
-            ("tallygate_ledger_rows_duplicate", "rows_duplicate", "Rows already present (idempotent retries)"),
-            ("tallygate_ledger_records_not_written", "records_dropped", "Records that could not be written (buffer overflow or shutdown deadline)"),
-            ("tallygate_ledger_write_failures", "write_failures", "Failed ledger write attempts (retried)"),
-        ):
-            c = CounterMetricFamily(name, doc)
-            c.add_metric([], s[key])
-            yield c
+    def __init__(self) -> None:
+        self.series: dict[str, list] = {}  # label -> [counts per bucket (+Inf last), sum]
+
+    def observe(self, label: str, seconds: float) -> None:
+        s = self.series.get(label)
+        if s is None:
+            s = self.series[label] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0]
+        s[0][bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bucket with le >= value
+        s[1] += seconds
+
+    def family(self, name: str, doc: str, label: str) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, doc, labels=[label])
+        for value, (counts, total) in self.series.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip(_BUCKET_LABELS, counts):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            fam.add_metric([value], buckets, total)
+        return fam
+
+
+def _counter(name: str, doc: str, labels: list[str], sums: dict) -> CounterMetricFamily:
+    fam = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sums.items():
+        fam.add_metric(list(key), float(value))
+    return fam
 
 
 class MetricsSink:
     def __init__(self, tenant_cap: int = 100, model_cap: int = 200,
                  ledger_stats: Callable[[], dict] | None = None) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[int, dict[tuple, object]] = {}
         self.tenant = BoundedLabel(tenant_cap)
         self.model = BoundedLabel(model_cap)
-        r = self.registry
-        self.requests = Counter("tallygate_requests", "Requests metered", ["tenant_id", "model", "status"], registry=r)
-        self.tokens = Counter("tallygate_tokens", "Tokens metered", ["tenant_id", "model", "kind"], registry=r)
-        self.cost = Counter("tallygate_cost_usd", "Cost in USD", ["tenant_id", "model"], registry=r)
-        self.latency = Histogram("tallygate_request_latency_seconds", "Request latency (whole stream for streams)",
-                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("tallygate_ttft_seconds", "Time to first token (streams)",
-                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.upstream_errors = Counter("tallygate_upstream_errors", "Upstream failures",
-                                       ["model", "status"], registry=r)
-        self.rejected = Counter("tallygate_rejected_requests", "Requests refused before the upstream",
-                                ["reason"], registry=r)
-        if ledger_stats is not None:
-            r.register(_LedgerCollector(ledger_stats))
+        self.ledger_stats = ledger_stats
+        self.requests: dict[tuple, int] = {}  # (tenant, model, status)
+        self.tokens: dict[tuple, int] = {}  # (tenant, model, kind)
+        self.cost: dict[tuple, Decimal] = {}  # (tenant, model)
+        self.errors: dict[tuple, int] = {}  # (model, status)
+        self.rejections: dict[tuple, int] = {}  # (reason,)
+        self.latency = _Histograms()
+        self.ttft = _Histograms()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def write(self, records: Iterable[UsageRecord]) -> None:
-        # sums per label set first, then one increment each: label lookups and the
-        # client's locks cost more than the arithmetic
-        requests: dict[tuple, int] = {}
-        tokens: dict[tuple, int] = {}
-        cost: dict[tuple, Decimal] = {}
-        errors: dict[tuple, int] = {}
+        requests, tokens, cost, errors = self.requests, self.tokens, self.cost, self.errors
         for rec in records:
             tenant = self.tenant(rec.tenant_id)
             model = self.model(rec.model)
@@ -98,23 +103,49 @@ class MetricsSink:
             if rec.cost_usd:
                 key = (tenant, model)
                 cost[key] = cost.get(key, ZERO) + rec.cost_usd
-            self._child(self.latency, (model,)).observe(rec.latency_ms / 1000.0)
+            self.latency.observe(model, rec.latency_ms / 1000.0)
             if rec.ttft_ms is not None:
-                self._child(self.ttft, (model,)).observe(rec.ttft_ms / 1000.0)
-            if rec.status not in ("ok", "client_disconnected"):
+                self.ttft.observe(model, rec.ttft_ms / 1000.0)
+            if rec.status != "ok" and rec.status != "client_disconnected":
                 key = (model, rec.status)
                 errors[key] = errors.get(key, 0) + 1
-        for metric, sums in ((self.requests, requests), (self.tokens, tokens), (self.cost, cost),
-                             (self.upstream_errors, errors)):
-            for key, value in sums.items():
-                self._child(metric, key).inc(float(value))
 
-    def _child(self, metric, labels: tuple):
-        cache = self._children.setdefault(id(metric), {})
-        child = cache.get(labels)
-        if child is None:
-            child = cache[labels] = metric.labels(*labels)
-        return child
+    def rejected(self, reason: str) -> None:
+        """A request refused before it reached an upstream (auth, limits, bad input)."""
+        key = (reason,)
+        self.rejections[key] = self.rejections.get(key, 0) + 1
+
+    def collect(self):
+        """Called by the registry on each scrape."""
+        yield _counter("tallygate_requests", "Requests metered", ["tenant_id", "model", "status"], self.requests)
+        yield _counter("tallygate_tokens", "Tokens metered", ["tenant_id", "model", "kind"], self.tokens)
+        yield _counter("tallygate_cost_usd", "Cost in USD", ["tenant_id", "model"], self.cost)
+        yield self.latency.family("tallygate_request_latency_seconds",
+                                  "Request latency (whole stream for streams)", "model")
+        yield self.ttft.family("tallygate_ttft_seconds", "Time to first token (streams)", "model")
+        yield _counter("tallygate_upstream_errors", "Upstream failures", ["model", "status"], self.errors)
+        yield _counter("tallygate_rejected_requests", "Requests refused before the upstream", ["reason"],
+                       self.rejections)
+        if self.ledger_stats is not None:
+            yield from _ledger_families(self.ledger_stats())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _ledger_families(s: dict):
+    if not s:
+        return
+    g = GaugeMetricFamily("tallygate_ledger_buffer_depth", "Records waiting to be written to the ledger")
+    g.add_metric([], s["depth"])
+    yield g
+    for name, key, doc in (
+        ("tallygate_ledger_rows_written", "rows_written", "Rows inserted into the ledger"),
+        ("tallygate_ledger_rows_duplicate", "rows_duplicate", "Rows already present (idempotent retries)"),
+        ("tallygate_ledger_records_not_written", "records_dropped",
+         "Records that could not be written (buffer overflow or shutdown deadline)"),
+        ("tallygate_ledger_write_failures", "write_failures", "Failed ledger write attempts (retried)"),
+    ):
+        c = CounterMetricFamily(name, doc)
+        c.add_metric([], s[key])
+        yield c
