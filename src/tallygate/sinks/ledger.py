@@ -25,7 +25,7 @@ log = logging.getLogger("tallygate.ledger")
 
 
 class LedgerWriter:
-    def __init__(self, store, *, batch_size: int = 500, flush_interval: float = 0.2,
+    def __init__(self, store, *, batch_size: int = 100, flush_interval: float = 0.02,
                  buffer_limit: int = 100_000, max_backoff: float = 5.0) -> None:
         self.store = store
         self.batch_size = batch_size
