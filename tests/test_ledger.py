@@ -310,3 +310,67 @@ def test_sync_mode_commits_the_row_before_the_last_byte(gateway, postgres_env):
     list(stream.parse())  # the stream's last byte arrives after its row committed
     assert [r["request_id"] for r in pg_rows(postgres_env, "request_id = %s", (rid,))] == [rid]
 
+
+
+def test_a_refused_row_is_set_aside_and_the_rest_written(postgres_env, monkeypatch, caplog):
+    """A value the database refuses (here a token count past its 32-bit column) must not
+    block the ledger: the batch is halved until that row stands alone, the others land,
+    and the refused one is dropped with an ERROR line that holds it whole."""
+    import asyncio
+
+    from tallygate.metering.record import UsageRecord, utcnow
+    from tallygate.settings import load
+    from tallygate.sinks.ledger import LedgerWriter
+    from tallygate.store import open_store
+
+    for k, v in postgres_env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PROXY_GATEWAY_TOKEN", "x")
+
+    async def run():
+        store = open_store(load())
+        await store.connect()
+        await store.migrate()
+        writer = LedgerWriter(store, batch_size=100, flush_interval=0.01)
+        writer.start()
+        loop = asyncio.get_running_loop()
+        records, futures = [], []
+        for i in range(7):
+            rec = UsageRecord(request_id=f"req_refused_{i}", created_at=utcnow(), tenant_id="refused",
+                              model="gpt-4o-mini", endpoint="/v1/chat/completions", stream=False,
+                              status_code=200, prompt_tokens=10 + i, total_tokens=10 + i)
+            if i == 4:
+                rec.prompt_tokens = rec.total_tokens = 10**12
+            records.append(rec)
+            futures.append(loop.create_future())
+        writer.add(records, futures)
+        done = await asyncio.wait_for(asyncio.gather(*futures), 10)
+        await writer.close(time.monotonic() + 5)
+        await store.close()
+        return writer, done
+
+    with caplog.at_level("ERROR", logger="tallygate.ledger"):
+        writer, committed = asyncio.run(run())
+    assert committed == [True, True, True, True, False, True, True]  # sync waiters learn the truth
+    rows = pg_rows(postgres_env, "tenant_id = 'refused'")
+    assert sorted(r["request_id"] for r in rows) == [f"req_refused_{i}" for i in (0, 1, 2, 3, 5, 6)]
+    assert (writer.rows_written, writer.records_dropped, writer.rows_duplicate) == (6, 1, 0)
+    [line] = [r for r in caplog.records if "refused a record" in r.getMessage()]
+    assert line.fields["request_id"] == "req_refused_4" and line.fields["record"]["prompt_tokens"] == 10**12
+    assert "out of range" in line.fields["ledger_error"]
+
+
+def test_absurd_usage_is_capped_and_nul_in_model_refused(gateway, postgres_env):
+    gw = gateway(**postgres_env)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0,
+                      default_headers={"X-Tenant-ID": "absurd"})
+    reply = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_body={"fake": {"prompt_tokens": 10**13, "completion_tokens": 3}})
+    rid = reply.headers["x-tallygate-request-id"]
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model="gpt\x00-4o", messages=MESSAGES)
+    assert err.value.code == "invalid_model" and "NUL" in err.value.message
+    deadline = time.monotonic() + 10
+    while not (rows := pg_rows(postgres_env, "request_id = %s", (rid,))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rows and rows[0]["prompt_tokens"] == 2**31 - 1 and rows[0]["completion_tokens"] == 3

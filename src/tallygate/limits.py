@@ -314,6 +314,11 @@ class Guard:
     def settle_later(self, reservation: Reservation, record) -> None:
         self._pending[record.request_id] = reservation
 
+    @property
+    def pending(self) -> bool:
+        """Reservations wait for settlement: the pipeline should not linger."""
+        return bool(self._pending)
+
     def cancel(self, reservation: Reservation, record) -> None:
         """The request never reached metering: give back what it reserved."""
         self._pending.pop(record.request_id, None)

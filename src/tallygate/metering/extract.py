@@ -45,13 +45,26 @@ class Usage:
     reasoning_tokens: int = 0
 
 
+# the ledger's token columns are 32-bit: no real count comes near, a broken upstream might
+TOKENS_MAX = 2**31 - 1
+
+
 def _int(value: object) -> int:
     # bool is an int subclass: never count True as a token
     if type(value) is int and value >= 0:
-        return value
+        return value if value <= TOKENS_MAX else TOKENS_MAX
     if type(value) is float and value >= 0 and value.is_integer():
-        return int(value)
+        return min(int(value), TOKENS_MAX)
     return 0
+
+
+def model_name(value: object) -> str | None:
+    """An upstream's model name as the ledger can hold it (no NUL, at most 256 chars)."""
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    return value[:256]
 
 
 def usage_from_object(usage: object) -> Usage | None:
@@ -70,7 +83,7 @@ def usage_from_object(usage: object) -> Usage | None:
         out_details = usage.get("completion_tokens_details")
     cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    total = _int(usage.get("total_tokens")) or prompt + completion
+    total = _int(usage.get("total_tokens")) or min(prompt + completion, TOKENS_MAX)
     return Usage(prompt, completion, total, min(cached, prompt), min(reasoning, completion))
 
 
@@ -124,7 +137,7 @@ def _head_model(body: bytes) -> str | None:
     end = head.find(b'"', start + 1)
     if start < 0 or end < 0:
         return None
-    return head[start + 1:end].decode("utf-8", "replace")
+    return model_name(head[start + 1:end].decode("utf-8", "replace"))
 
 
 def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
@@ -141,7 +154,7 @@ def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
         model = doc.get("model")
     else:
         model = doc.get("model")
-    return usage_from_object(doc.get("usage")), model if isinstance(model, str) else None
+    return usage_from_object(doc.get("usage")), model_name(model)
 
 
 class SSEMeter:
@@ -277,7 +290,7 @@ class SSEMeter:
         response = doc.get("response")
         if isinstance(response, dict):  # Responses API events carry the response object
             if self.model is None and isinstance(response.get("model"), str):
-                self.model = response["model"]
+                self.model = model_name(response["model"])
             usage = usage_from_object(response.get("usage"))
             if usage is not None:
                 self.usage = usage
@@ -285,7 +298,7 @@ class SSEMeter:
                 self.done = True  # Responses streams end here, with no [DONE]
             return event
         if self.model is None and isinstance(doc.get("model"), str):
-            self.model = doc["model"]
+            self.model = model_name(doc["model"])
         usage = usage_from_object(doc.get("usage"))
         if usage is not None:
             self.usage = usage

@@ -72,6 +72,11 @@ class Failure:
         return f"status {self.status_code}" if self.resp is not None else (self.code or self.status)
 
 
+# A stream shorter than this never starts a watcher (a task per stream costs more than
+# the rest of its relay); a longer one notices a client that hangs up this much later.
+WATCH_AFTER = 0.05
+
+
 class ClientWatch:
     """Notices a streaming client that hangs up and stops the relay then, so the upstream
     stops generating for nobody.
@@ -81,13 +86,19 @@ class ClientWatch:
     8 KB of the HTTP client's buffers per disconnect.
     """
 
-    __slots__ = ("gone", "resp", "task", "owner")
+    __slots__ = ("gone", "resp", "task", "owner", "receive", "timer")
 
     def __init__(self, receive) -> None:
         self.gone = False
         self.resp = None  # set while the relay reads the upstream
         self.owner = asyncio.current_task()
-        self.task = asyncio.ensure_future(receive())
+        self.receive = receive
+        self.task = None
+        self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self.timer = None
+        self.task = asyncio.ensure_future(self.receive())
         self.task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task) -> None:
@@ -99,6 +110,9 @@ class ClientWatch:
                 self.owner.cancel()
 
     def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            return
         self.task.remove_done_callback(self._done)
         if not self.task.done():
             self.task.cancel()
@@ -148,6 +162,8 @@ def parse_request(body: bytes) -> tuple[dict, str, bool]:
         raise bad_request("'model' is required and must be a non-empty string.", "invalid_model", "model")
     if len(model) > 256:
         raise bad_request("'model' is too long.", "invalid_model", "model")
+    if "\x00" in model:  # no database text column can hold it
+        raise bad_request("'model' must not contain NUL characters.", "invalid_model", "model")
     stream = doc.get("stream")
     if stream is None:  # absent or null: not a stream
         stream = False

@@ -19,7 +19,8 @@ import random
 import time
 from collections import deque
 
-from ..metering.record import UsageRecord
+from ..metering.record import LEDGER_COLUMNS, UsageRecord
+from ..store import RowsRefused
 
 log = logging.getLogger("tallygate.ledger")
 
@@ -105,8 +106,9 @@ class LedgerWriter:
     async def _write_batch(self) -> bool:
         n = min(self.batch_size, len(self._buffer))
         batch = [self._buffer[i] for i in range(n)]
+        refused: list[UsageRecord] = []
         try:
-            inserted = await self.store.write([r for r, _ in batch])
+            inserted = await self._write_isolating([r for r, _ in batch], refused)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # database down or slow: keep the records, retry
@@ -123,11 +125,31 @@ class LedgerWriter:
             log.info("ledger writes recovered", extra={"fields": {"buffered_records": len(self._buffer)}})
             self.last_error = None
         self.rows_written += inserted
-        self.rows_duplicate += n - inserted
-        for _, fut in batch:
+        self.rows_duplicate += n - inserted - len(refused)
+        refused_ids = {id(r) for r in refused}
+        for rec, fut in batch:
             if fut is not None and not fut.done():
-                fut.set_result(True)
+                fut.set_result(id(rec) not in refused_ids)
         return True
+
+    async def _write_isolating(self, records: list[UsageRecord], refused: list[UsageRecord]) -> int:
+        """Write records; when the database refuses a batch's data (not an outage), halve
+        it until the refused rows stand alone, write the rest, and drop those with an
+        ERROR line that holds them whole: one bad row never blocks the ledger."""
+        try:
+            return await self.store.write(records)
+        except RowsRefused as exc:
+            if len(records) == 1:
+                rec = records[0]
+                refused.append(rec)
+                self.records_dropped += 1
+                log.error("the ledger refused a record: not written (the record is in this line)",
+                          extra={"fields": {"request_id": rec.request_id, "ledger_error": str(exc),
+                                            "record": _describe(rec)}})
+                return 0
+            half = len(records) // 2
+            return (await self._write_isolating(records[:half], refused)
+                    + await self._write_isolating(records[half:], refused))
 
     async def flush(self, deadline: float) -> bool:
         """Write everything buffered, giving up at `deadline` (time.monotonic()).
@@ -162,3 +184,8 @@ class LedgerWriter:
                 if fut is not None and not fut.done():
                     fut.set_result(False)
             self._buffer.clear()
+
+
+def _describe(record: UsageRecord) -> dict:
+    return {name: (str(value) if value is not None and not isinstance(value, (int, float, str)) else value)
+            for name, value in zip(LEDGER_COLUMNS, record.ledger_row())}

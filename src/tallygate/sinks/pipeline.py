@@ -31,7 +31,7 @@ class Pipeline:
         self.jsonlog = jsonlog
         self.metrics = metrics
         self.ledger = ledger
-        self.hooks = list(hooks)  # callables(records) run after pricing (e.g. budgets)
+        self.hooks = list(hooks)  # .write(records) after pricing, .pending (e.g. budgets)
         self._queue: list[tuple[UsageRecord, asyncio.Future | None]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -61,7 +61,9 @@ class Pipeline:
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
-            if self.linger and not self._closing:
+            # records that settle a limit reservation go at once: a tenant's next request
+            # should see its real usage, not the worst case it reserved
+            if self.linger and not self._closing and not any(getattr(h, "pending", False) for h in self.hooks):
                 await asyncio.sleep(self.linger)
             self._wakeup.clear()
             if self._queue:

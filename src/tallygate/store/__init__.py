@@ -9,6 +9,11 @@ class StoreUnavailable(Exception):
     """The database cannot be reached; the message says why, without secrets."""
 
 
+class RowsRefused(Exception):
+    """The database refused the data of a batch (a value out of range, say), not an
+    outage: retrying the same batch cannot succeed, smaller ones may."""
+
+
 def open_store(settings: Settings):
     """The configured store (not yet connected): Postgres when PG*/DATABASE_URL is set."""
     if settings.postgres is not None:
