@@ -83,6 +83,8 @@ def test_sse_meter_finds_usage_and_relays_or_strips_exactly(stream):
     out, got, model, done, content = meter_run([raw], False)
     assert out == raw.replace(b"\r\n", b"\n")  # the client asked for usage: every byte relayed
     assert done == raw.rstrip().endswith(b"[DONE]")
+    first = raw.replace(b"\r\n", b"\n").split(b"\n\n")[0]
+    assert model == orjson.loads(first.split(b":", 1)[1])["model"]  # with or without a usage event
     if usage is None:
         assert got is None
     else:

@@ -157,6 +157,17 @@ def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
     return usage_from_object(doc.get("usage")), model_name(model)
 
 
+def _event_data(event: bytes) -> bytes | None:
+    """The data of one SSE event; None without a `data:` line."""
+    if event.startswith(b"data: ") and b"\n" not in event:  # the usual one-line event
+        return event[6:].strip()
+    data = None
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+    return data
+
+
 class SSEMeter:
     """Watches an SSE stream as it is relayed: finds usage, model and content events.
 
@@ -166,19 +177,36 @@ class SSEMeter:
     dropped and the `"usage":null` fields the upstream then adds are removed.
     """
 
-    __slots__ = ("_buf", "strip_usage", "responses", "usage", "model", "events", "content_events", "done")
+    __slots__ = ("_buf", "strip_usage", "responses", "usage", "_model", "_first", "content_events", "done")
 
     def __init__(self, strip_usage: bool = False, responses: bool = False) -> None:
         self._buf = b""
         self.strip_usage = strip_usage
         self.responses = responses  # a Responses API stream: its final events matter too
         self.usage: Usage | None = None
-        self.model: str | None = None
-        self.events = 0
+        self._model: str | None = None
+        self._first: bytes | None = None  # the first event, read for the model only if needed
         # content events, the basis of an estimate when the provider sends no usage;
         # once usage is known they are no longer counted
         self.content_events = 0
         self.done = False
+
+    @property
+    def model(self) -> str | None:
+        """The upstream's model: from the usage event when there is one (every chat chunk
+        names it), else from the first event."""
+        if self._model is None and self._first is not None:
+            first, self._first = self._first, None
+            data = _event_data(first)
+            if data:
+                try:
+                    doc = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    doc = None
+                if isinstance(doc, dict):
+                    response = doc.get("response")
+                    self._model = model_name((response if isinstance(response, dict) else doc).get("model"))
+        return self._model
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._buf + chunk if self._buf else chunk
@@ -201,31 +229,31 @@ class SSEMeter:
         return complete  # passed through untouched
 
     def _scan(self, complete: bytes) -> None:
-        """Count the events of bytes passed through, and read only those that matter:
-        the first (the model), any with a usage object, a final Responses event. An
-        upstream often sends a whole short stream in one read: parsing every event
+        """Read only the events of passing bytes that matter: the last one with a usage
+        object, a final Responses event; keep the first (for the model); count the rest.
+        An upstream often sends a whole short stream in one read: parsing every event
         cost more than relaying it."""
-        starts = []
-        if self.model is None:
-            starts.append(0)
-        i = complete.find(_USAGE)
-        while i >= 0:
+        if self._model is None and self._first is None:
+            self._first = complete[:complete.find(b"\n\n")]
+        parsed: list[int] = []
+        i = complete.rfind(_USAGE)
+        while i >= 0:  # the last usage object is the one that counts
             # '"usage":null' (every chunk of a stream with include_usage) is not worth a parse
             if not (complete.startswith(b'"usage":null', i) or _USAGE_NULL.match(complete, i)):
-                self._mark(complete, i, starts)
-            i = complete.find(_USAGE, i + 7)
+                self._mark(complete, i, parsed)
+                break
+            i = complete.rfind(_USAGE, 0, i)
         if self.responses:
             for needle in _RESPONSES_MARKERS:
                 i = complete.find(needle)
                 while i >= 0:
-                    self._mark(complete, i, starts)
+                    self._mark(complete, i, parsed)
                     i = complete.find(needle, i + len(needle))
-        for start in starts:
+            parsed.sort()
+        for start in parsed:
             self._event(complete[start:complete.find(b"\n\n", start)])
         if self.usage is None:
-            rest = complete.count(b"\n\n") - len(starts)
-            self.events += rest
-            self.content_events += rest
+            self.content_events += complete.count(b"\n\n") - len(parsed)
         if not self.done and b"[DONE]" in complete:
             if complete.endswith(b"\n\ndata: [DONE]\n\n"):  # the usual place: last
                 j = len(complete) - 14
@@ -233,7 +261,7 @@ class SSEMeter:
                 j = _done_line(complete)
             if j >= 0:
                 self.done = True
-                if j not in starts and self.usage is None:
+                if j not in parsed and self.usage is None:
                     self.content_events -= 1
 
     @staticmethod
@@ -259,21 +287,14 @@ class SSEMeter:
         return b"".join(out)
 
     def _event(self, event: bytes) -> bytes | None:
-        self.events += 1
-        if event.startswith(b"data: ") and b"\n" not in event:  # the usual one-line event
-            data = event[6:].strip()
-        else:
-            data = None
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    data = line[5:].strip()
+        data = _event_data(event)
         if data is None:  # comments, bare `event:` lines
             return event
         if data == b"[DONE]":
             self.done = True
             return event
         has_usage = b'"usage"' in data
-        if self.model is not None:
+        if self._model is not None:
             if not has_usage:
                 self.content_events += 1
                 return event
@@ -289,16 +310,16 @@ class SSEMeter:
             return event
         response = doc.get("response")
         if isinstance(response, dict):  # Responses API events carry the response object
-            if self.model is None and isinstance(response.get("model"), str):
-                self.model = model_name(response["model"])
+            if self._model is None and isinstance(response.get("model"), str):
+                self._model = model_name(response["model"])
             usage = usage_from_object(response.get("usage"))
             if usage is not None:
                 self.usage = usage
             if doc.get("type") in RESPONSES_FINAL_EVENTS:
                 self.done = True  # Responses streams end here, with no [DONE]
             return event
-        if self.model is None and isinstance(doc.get("model"), str):
-            self.model = model_name(doc["model"])
+        if self._model is None and isinstance(doc.get("model"), str):
+            self._model = model_name(doc["model"])
         usage = usage_from_object(doc.get("usage"))
         if usage is not None:
             self.usage = usage
