@@ -249,3 +249,44 @@ def test_keys_cli(postgres_env, tmp_path):
     assert cli("revoke", "key_missing").returncode == 1
     bad = cli("create", "bad tenant!")
     assert bad.returncode == 1 and "tenant_id" in bad.stderr
+
+
+def test_fallbacks_respect_the_callers_model_list(gateway, postgres_env, fake_upstream, tmp_path):
+    base = fake_upstream.base_url
+    (tmp_path / "routes.toml").write_text(f'''
+[[routes]]
+model = "primary"
+base_url = "{base}"
+fallbacks = ["backup"]
+
+[[routes]]
+model = "backup"
+base_url = "{base}"
+''')
+    gw = gateway(**postgres_env, TALLYGATE_CONFIG=tmp_path / "routes.toml", TALLYGATE_RETRIES="0")
+    failing = {"by_model": {"primary": {"status": 503}}}
+    narrow = new_key(gw, unique("fb"), models=["primary"])["key"]
+    wide = new_key(gw, unique("fb"), models=["primary", "backup"])["key"]
+    fake_upstream.reset()
+    status, _, doc = chat(gw, narrow, model="primary", fake=failing)
+    assert status == 503  # the fallback is not on this key's list: the upstream's own answer
+    assert [json.loads(r["body"])["model"] for r in fake_upstream.requests()] == ["primary"]
+    status, _, doc = chat(gw, wide, model="primary", fake=failing)
+    assert status == 200 and doc["model"] == "backup"
+    status, _, doc = chat(gw, TOKEN, tenant=unique("fb"), model="primary", fake=failing)
+    assert status == 200 and doc["model"] == "backup"  # no list: every fallback may serve
+    assert any(l.get("message", "").startswith("fallbacks outside") and l["skipped"] == ["backup"]
+               for l in gw.lines())
+
+
+def test_budget_worst_case_is_priced_like_the_record():
+    """An alias routed to an upstream model is reserved at that model's price (it was
+    priced as an unknown model, i.e. free, before)."""
+    from tallygate.limits import Guard, _nanos
+    from tallygate.metering.pricing import PriceBook
+
+    guard = Guard(None, None, PriceBook(), None)
+    worst = guard._worst_cost("openai", "team-default", "gpt-4o", 1000, 1000)
+    # gpt-4o: $2.50 in, $10 out per million tokens
+    assert worst == _nanos(Decimal("0.0125"))
+    assert guard._worst_cost("openai", "gpt-4o-mini", None, 1000, 1000) == _nanos(Decimal("0.00075"))

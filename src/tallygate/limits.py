@@ -218,7 +218,13 @@ class Guard:
             scopes.append(("key", key.key_id, "api_key_id", key.limits))
         return scopes
 
-    async def admit(self, principal, model: str, doc: dict, body: bytes) -> Reservation | None:
+    def allows(self, principal, model: str) -> bool:
+        """Whether the key's and the tenant's model lists (if any) include `model`; a
+        fallback model is checked against them like the one asked for."""
+        return all(limits.models is None or model in limits.models for *_, limits in self._scopes(principal))
+
+    async def admit(self, principal, model: str, doc: dict, body: bytes,
+                    provider: str | None = None, upstream_model: str | None = None) -> Reservation | None:
         scopes = self._scopes(principal)
         if not scopes:
             return None  # the common case: nothing to enforce, no I/O
@@ -235,7 +241,8 @@ class Guard:
         tokens = prompt_estimate + (max_out or 0)
         if any(limits.budget_usd is not None for *_, limits in scopes):
             await self.prices.ensure_warm()
-        worst = self._worst_cost(principal, model, prompt_estimate, max_out or self.default_max_tokens)
+        worst = self._worst_cost(provider, model, upstream_model, prompt_estimate,
+                                 max_out or self.default_max_tokens)
         now = time.time()
         minute = int(now // 60)
         utc = datetime.fromtimestamp(now, timezone.utc)
@@ -284,12 +291,17 @@ class Guard:
             return Reservation(checks, tokens, worst)
         raise GatewayError(503, "Limits could not be initialised.", "service_unavailable", "limits_unavailable")
 
-    def _worst_cost(self, principal, model: str, prompt_tokens: int, out_tokens: int) -> int:
+    def _worst_cost(self, provider: str | None, model: str, upstream_model: str | None,
+                    prompt_tokens: int, out_tokens: int) -> int:
+        """The most the request can cost: priced like its record will be (the route's
+        provider and upstream model; tiered prices through the library), no cache discount."""
+        from .metering.extract import Usage
+
         try:
-            price = self.prices.price(None, model)
+            price = self.prices.price(provider, model, upstream_model)
+            cost = price.cost(Usage(prompt_tokens, out_tokens, prompt_tokens + out_tokens))
         except Exception:
             return 0
-        cost = (prompt_tokens * price.input_mtok + out_tokens * price.output_mtok) / Decimal(1_000_000)
         return _nanos(cost)
 
     def _rejection(self, r: Rejected, now: float) -> GatewayError:

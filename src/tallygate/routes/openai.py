@@ -196,7 +196,7 @@ class OpenAIProxy:
 
         reservation = None
         if g.guard is not None:
-            reservation = await g.guard.admit(principal, model, doc, body)
+            reservation = await g.guard.admit(principal, model, doc, body, route.provider, route.upstream_model)
 
         record = UsageRecord(
             request_id=new_request_id(), created_at=created, tenant_id=principal.tenant_id,
@@ -209,7 +209,8 @@ class OpenAIProxy:
 
         extra = [(k, v) for k, v in headers.items() if k in FORWARD_HEADERS]
         try:
-            await self._forward(send, receive, endpoint, model, route, doc, body, extra, record, started)
+            await self._forward(send, receive, endpoint, model, route, doc, body, extra, record, started,
+                                principal)
         finally:
             if reservation is not None and not record.submitted:
                 g.guard.cancel(reservation, record)  # never reached the pipeline: free the reservation
@@ -244,11 +245,11 @@ class OpenAIProxy:
         return req_headers
 
     async def _forward(self, send, receive, endpoint: str, model: str, route: Route, doc: dict,
-                       body: bytes, extra: list, record: UsageRecord, started: float) -> None:
+                       body: bytes, extra: list, record: UsageRecord, started: float, principal) -> None:
         """Attempts, retries and fallbacks until one answer reaches the client."""
         g = self.g
         s = g.settings
-        chain = g.router.chain(model) if route.fallbacks else [(model, route)]
+        chain = self._chain(model, route, principal) if route.fallbacks else [(model, route)]
         watch = ClientWatch(receive) if record.stream else None
         failure: Failure | None = None
         try:
@@ -303,6 +304,18 @@ class OpenAIProxy:
         finally:
             if watch is not None:
                 watch.stop()
+
+    def _chain(self, model: str, route: Route, principal) -> list:
+        """The model asked for, then its fallbacks that the key and tenant may use."""
+        chain = self.g.router.chain(model)
+        guard = self.g.guard
+        if guard is None:
+            return chain
+        allowed = [chain[0]] + [(name, r) for name, r in chain[1:] if guard.allows(principal, name)]
+        if len(allowed) < len(chain):
+            log.info("fallbacks outside the caller's model list are skipped", extra={"fields": {
+                "model": model, "skipped": [name for name, _ in chain[1:] if not guard.allows(principal, name)]}})
+        return allowed
 
     async def _attempt(self, send, url: str, payload: bytes, req_headers, record: UsageRecord,
                        strip_usage: bool, started: float, body_len: int,
