@@ -180,3 +180,17 @@ def test_stream_headers_from_a_hostile_upstream_do_not_break_the_response(gatewa
     assert gw.proc.poll() is None
     gw.proc.send_signal(signal.SIGTERM)
     assert gw.proc.wait(10) == 0
+
+
+def test_upstream_cookies_never_cross_to_another_request(gateway, fake_upstream):
+    """One upstream client serves every tenant: a Set-Cookie from the upstream must not
+    come back on a later request (another tenant's). (A host name: a cookie jar ignores
+    cookies from IP addresses.)"""
+    gw = gateway(OPENAI_BASE_URL=fake_upstream.base_url.replace("127.0.0.1", "localhost"))
+    url = gw.base_url + "/chat/completions"
+    fake_upstream.reset()
+    assert post(url, {"model": "gpt-4o-mini", "messages": MESSAGES, "fake": {"set_cookie": "__cf_bm=tenant-a"}},
+                {**gw.headers(), "X-Tenant-ID": "tenant-a"})[0] == 200
+    assert post(url, {"model": "gpt-4o-mini", "messages": MESSAGES}, {**gw.headers(), "X-Tenant-ID": "tenant-b"})[0] == 200
+    seen = fake_upstream.requests()
+    assert len(seen) == 2 and [r["cookie"] for r in seen] == [None, None]

@@ -16,7 +16,8 @@ Fault behaviours (all optional):
              "retry_after": "0.1",       # Retry-After header on error answers
              "first_event_delay": 2,     # streams: headers at once, first event after 2 s
              "done_delay": 1,            # streams: wait before the final [DONE]
-             "by_model": {"gpt-4o": {"status": 503}}}  # overrides for one model name
+             "by_model": {"gpt-4o": {"status": 503}},  # overrides for one model name
+             "set_cookie": "__cf_bm=abc"}  # a Set-Cookie header on the answer
 
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
 received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
@@ -81,6 +82,7 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
+        app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)
         app.router.add_get("/_fake/stats", self.stats)
@@ -100,7 +102,9 @@ class FakeUpstream:
         if isinstance(by_model, dict) and isinstance(by_model.get(doc.get("model")), dict):
             fake = {**fake, **by_model[doc.get("model")]}
         self.requests.append({"path": request.path, "authorization": request.headers.get("Authorization"),
-                              "body": raw.decode("utf-8", "replace")})
+                              "cookie": request.headers.get("Cookie"), "body": raw.decode("utf-8", "replace")})
+        if fake.get("set_cookie"):
+            request["set_cookie"] = str(fake["set_cookie"])  # added to the answer (_cookie)
         del self.requests[:-200]
         if fake.get("delay"):
             await asyncio.sleep(float(fake["delay"]))
@@ -125,6 +129,11 @@ class FakeUpstream:
             return None, None, web.json_response(body, status=status, headers=headers,
                                                  dumps=lambda o: orjson.dumps(o).decode())
         return doc, fake, None
+
+    @staticmethod
+    async def _cookie(request, response) -> None:
+        if request.get("set_cookie"):
+            response.headers["Set-Cookie"] = request["set_cookie"] + "; Path=/"
 
     def _model(self, doc, fake) -> str:
         return str(fake.get("upstream_model", doc.get("model", "gpt-4o-mini")))

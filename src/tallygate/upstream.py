@@ -214,5 +214,8 @@ def client_session(settings: Settings) -> "aiohttp.ClientSession":
     # to every request, and with no pool limit there is no queue to wait in
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout)
+    # no cookie jar: one client serves every tenant, and an upstream's cookies (OpenAI sets
+    # Cloudflare ones) must not travel from one tenant's request to another's
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 skip_auto_headers=("User-Agent",), raise_for_status=False)
+                                 skip_auto_headers=("User-Agent",), raise_for_status=False,
+                                 cookie_jar=aiohttp.DummyCookieJar())

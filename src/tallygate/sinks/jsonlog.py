@@ -57,6 +57,10 @@ def escape_line_breaks(data: bytes) -> bytes:
             .replace(b"\xc2\x85", b"\\u0085"))
 
 
+def _ascii(record: UsageRecord) -> bool:
+    return record.model.isascii() and (record.upstream_model is None or record.upstream_model.isascii())
+
+
 class JsonLogSink:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
@@ -64,7 +68,9 @@ class JsonLogSink:
     def write(self, records: Iterable[UsageRecord]) -> None:
         # one write per batch: a syscall per line is measurable on the hot path
         data = b"".join([orjson.dumps(log_entry(r), option=orjson.OPT_APPEND_NEWLINE) for r in records])
-        if b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data or b"\xc2\x85" in data:
+        # only the model names come from outside unchecked (tenant ids and trace ids are
+        # validated ASCII); isascii() is a flag check, a scan of the batch is not
+        if not all(_ascii(r) for r in records):
             data = escape_line_breaks(data)
         if data:
             stream = self.stream
