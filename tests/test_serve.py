@@ -179,3 +179,26 @@ def test_private_metrics_port(gateway):
         raise AssertionError("public /metrics without a key")
     except urllib.error.HTTPError as err:
         assert err.code == 401
+
+
+def test_refused_requests_are_counted_by_reason(gateway):
+    gw = gateway(TALLYGATE_METRICS="public")
+    bad = openai.OpenAI(base_url=gw.base_url, api_key="not-the-token", max_retries=0)
+    good = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0)
+    for _ in range(2):
+        try:
+            bad.chat.completions.create(model="gpt-4o-mini", messages=[])
+            raise AssertionError("a wrong token was accepted")
+        except openai.AuthenticationError:
+            pass
+    try:
+        good.chat.completions.create(model="gpt-\x00", messages=[])
+        raise AssertionError("a NUL in the model was accepted")
+    except openai.BadRequestError:
+        pass
+    good.chat.completions.create(model="gpt-4o-mini", messages=[])
+    gw.wait_records(1)
+    text = urllib.request.urlopen(gw.url + "/metrics").read().decode()
+    assert _metric(text, "tallygate_rejected_requests_total", reason="invalid_api_key") == 2
+    assert _metric(text, "tallygate_rejected_requests_total", reason="invalid_model") == 1
+    assert _metric(text, "tallygate_requests_total") == 1  # refused requests are not metered usage
