@@ -183,8 +183,9 @@ def test_private_metrics_port(gateway):
 
 def test_refused_requests_are_counted_by_reason(gateway):
     gw = gateway(TALLYGATE_METRICS="public")
-    bad = openai.OpenAI(base_url=gw.base_url, api_key="not-the-token", max_retries=0)
-    good = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0)
+    tenant = {"X-Tenant-ID": "refused"}
+    bad = openai.OpenAI(base_url=gw.base_url, api_key="not-the-token", max_retries=0, default_headers=tenant)
+    good = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0, default_headers=tenant)
     for _ in range(2):
         try:
             bad.chat.completions.create(model="gpt-4o-mini", messages=[])
