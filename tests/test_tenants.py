@@ -290,3 +290,31 @@ def test_budget_worst_case_is_priced_like_the_record():
     # gpt-4o: $2.50 in, $10 out per million tokens
     assert worst == _nanos(Decimal("0.0125"))
     assert guard._worst_cost("openai", "gpt-4o-mini", None, 1000, 1000) == _nanos(Decimal("0.00075"))
+
+
+def test_budget_reserves_for_the_dearest_fallback(gateway, postgres_env, fake_upstream, tmp_path):
+    """A cheap model whose fallback is dear reserves the dear worst case: while one request
+    is in flight, a second one that only the cheap price would let through is refused."""
+    base = fake_upstream.base_url
+    (tmp_path / "routes.toml").write_text(f'''
+[[routes]]
+model = "cheap"
+base_url = "{base}"
+upstream_model = "gpt-4o-mini"
+fallbacks = ["dear"]
+
+[[routes]]
+model = "dear"
+base_url = "{base}"
+upstream_model = "gpt-4o"
+''')
+    gw = gateway(**postgres_env, TALLYGATE_CONFIG=tmp_path / "routes.toml")
+    # worst cases for max_tokens=1000: gpt-4o-mini ~$0.0006, gpt-4o ~$0.01; the budget sits between
+    key = new_key(gw, unique("dear"), budget_usd="0.005", budget_period="day")["key"]
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(chat, gw, key, model="cheap", max_tokens=1000,
+                           fake={"delay": 1.5, "prompt_tokens": 5, "completion_tokens": 5})
+        time.sleep(0.5)  # the first request is admitted and waiting on the upstream
+        status, _, doc = chat(gw, key, model="cheap", max_tokens=1000)
+        assert status == 429 and doc["error"]["code"] == "budget_exceeded", doc
+        assert slow.result()[0] == 200

@@ -224,7 +224,11 @@ class Guard:
         return all(limits.models is None or model in limits.models for *_, limits in self._scopes(principal))
 
     async def admit(self, principal, model: str, doc: dict, body: bytes,
-                    provider: str | None = None, upstream_model: str | None = None) -> Reservation | None:
+                    provider: str | None = None, upstream_model: str | None = None,
+                    fallbacks: list[tuple[str | None, str, str | None]] = ()) -> Reservation | None:
+        """Check the caller's limits and reserve the request's worst case. `fallbacks`
+        are the (provider, model, upstream model) that may serve it instead: the worst
+        case is the dearest of them all."""
         scopes = self._scopes(principal)
         if not scopes:
             return None  # the common case: nothing to enforce, no I/O
@@ -241,8 +245,8 @@ class Guard:
         tokens = prompt_estimate + (max_out or 0)
         if any(limits.budget_usd is not None for *_, limits in scopes):
             await self.prices.ensure_warm()
-        worst = self._worst_cost(provider, model, upstream_model, prompt_estimate,
-                                 max_out or self.default_max_tokens)
+        worst = max(self._worst_cost(p, m, u, prompt_estimate, max_out or self.default_max_tokens)
+                    for p, m, u in [(provider, model, upstream_model), *fallbacks])
         now = time.time()
         minute = int(now // 60)
         utc = datetime.fromtimestamp(now, timezone.utc)

@@ -195,8 +195,13 @@ class OpenAIProxy:
         route: Route = g.router.resolve(model)
 
         reservation = None
+        chain = None
         if g.guard is not None:
-            reservation = await g.guard.admit(principal, model, doc, body, route.provider, route.upstream_model)
+            if route.fallbacks:
+                chain = self._chain(model, route, principal)
+            alternatives = [(r.provider, name, r.upstream_model) for name, r in chain[1:]] if chain else []
+            reservation = await g.guard.admit(principal, model, doc, body, route.provider, route.upstream_model,
+                                              alternatives)
 
         record = UsageRecord(
             request_id=new_request_id(), created_at=created, tenant_id=principal.tenant_id,
@@ -210,7 +215,7 @@ class OpenAIProxy:
         extra = [(k, v) for k, v in headers.items() if k in FORWARD_HEADERS]
         try:
             await self._forward(send, receive, endpoint, model, route, doc, body, extra, record, started,
-                                principal)
+                                principal, chain)
         finally:
             if reservation is not None and not record.submitted:
                 g.guard.cancel(reservation, record)  # never reached the pipeline: free the reservation
@@ -245,11 +250,13 @@ class OpenAIProxy:
         return req_headers
 
     async def _forward(self, send, receive, endpoint: str, model: str, route: Route, doc: dict,
-                       body: bytes, extra: list, record: UsageRecord, started: float, principal) -> None:
+                       body: bytes, extra: list, record: UsageRecord, started: float, principal,
+                       chain: list | None) -> None:
         """Attempts, retries and fallbacks until one answer reaches the client."""
         g = self.g
         s = g.settings
-        chain = self._chain(model, route, principal) if route.fallbacks else [(model, route)]
+        if chain is None:
+            chain = self._chain(model, route, principal) if route.fallbacks else [(model, route)]
         watch = ClientWatch(receive) if record.stream else None
         failure: Failure | None = None
         try:
