@@ -33,6 +33,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def routes_file(path: Path, *routes: dict) -> Path:
+    """A TALLYGATE_CONFIG file with one [[routes]] table per dict (strings, lists of strings)."""
+    path.write_text("".join("[[routes]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in r.items()) + "\n"
+                            for r in routes))
+    return path
+
+
 def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

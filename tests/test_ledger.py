@@ -370,7 +370,14 @@ def test_absurd_usage_is_capped_and_nul_in_model_refused(gateway, postgres_env):
     with pytest.raises(openai.BadRequestError) as err:
         c.chat.completions.create(model="gpt\x00-4o", messages=MESSAGES)
     assert err.value.code == "invalid_model" and "NUL" in err.value.message
+    # an upstream naming its model with a NUL: the row still lands, the NUL replaced
+    nul = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_body={"fake": {"upstream_model": "gpt\x00-x" + "y" * 300}})
+    nul_id = nul.headers["x-tallygate-request-id"]
     deadline = time.monotonic() + 10
-    while not (rows := pg_rows(postgres_env, "request_id = %s", (rid,))) and time.monotonic() < deadline:
+    while len(rows := pg_rows(postgres_env, "request_id = ANY(%s)", ([rid, nul_id],))) < 2 \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert rows and rows[0]["prompt_tokens"] == 2**31 - 1 and rows[0]["completion_tokens"] == 3
+    by_id = {r["request_id"]: r for r in rows}
+    assert by_id[rid]["prompt_tokens"] == 2**31 - 1 and by_id[rid]["completion_tokens"] == 3
+    assert by_id[nul_id]["upstream_model"] == ("gpt\ufffd-x" + "y" * 300)[:256]

@@ -14,7 +14,7 @@ import uuid
 import openai
 import pytest
 
-from conftest import FakeUpstream
+from conftest import FakeUpstream, routes_file
 from faultkit import StreamReader, fake_stats, post, wait_for
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -105,27 +105,11 @@ def test_retries_are_configurable(gateway, fake_upstream):
 
 def test_fallbacks_in_order(gateway, fake_upstream, tmp_path):
     base = fake_upstream.base_url
-    (tmp_path / "routes.toml").write_text(f'''
-[[routes]]
-model = "primary"
-base_url = "{base}"
-fallbacks = ["backup-a", "backup-b"]
-
-[[routes]]
-model = "backup-b"
-base_url = "{base}"
-upstream_model = "backup-b-2025"
-
-[[routes]]
-model = "dead"
-base_url = "http://127.0.0.1:9/v1"
-fallbacks = ["gpt-4o-mini"]
-
-[[routes]]
-model = "picky"
-base_url = "{base}"
-fallbacks = ["gpt-4o-mini"]
-''')
+    routes_file(tmp_path / "routes.toml",
+                {"model": "primary", "base_url": base, "fallbacks": ["backup-a", "backup-b"]},
+                {"model": "backup-b", "base_url": base, "upstream_model": "backup-b-2025"},
+                {"model": "dead", "base_url": "http://127.0.0.1:9/v1", "fallbacks": ["gpt-4o-mini"]},
+                {"model": "picky", "base_url": base, "fallbacks": ["gpt-4o-mini"]})
     gw = gateway(TALLYGATE_CONFIG=tmp_path / "routes.toml", TALLYGATE_RETRIES="1", **FAST_RETRIES)
     fake_upstream.reset()
     failing = {"by_model": {"primary": {"status": 503}, "backup-a": {"status": 500}},

@@ -15,7 +15,7 @@ import openai
 import psycopg
 import pytest
 
-from conftest import MASTER, TOKEN
+from conftest import MASTER, TOKEN, routes_file
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 REDIS = "redis://127.0.0.1:6379/0"
@@ -253,17 +253,9 @@ def test_keys_cli(postgres_env, tmp_path):
 
 def test_fallbacks_respect_the_callers_model_list(gateway, postgres_env, fake_upstream, tmp_path):
     base = fake_upstream.base_url
-    (tmp_path / "routes.toml").write_text(f'''
-[[routes]]
-model = "primary"
-base_url = "{base}"
-fallbacks = ["backup"]
-
-[[routes]]
-model = "backup"
-base_url = "{base}"
-''')
-    gw = gateway(**postgres_env, TALLYGATE_CONFIG=tmp_path / "routes.toml", TALLYGATE_RETRIES="0")
+    config = routes_file(tmp_path / "routes.toml", {"model": "primary", "base_url": base, "fallbacks": ["backup"]},
+                         {"model": "backup", "base_url": base})
+    gw = gateway(**postgres_env, TALLYGATE_CONFIG=config, TALLYGATE_RETRIES="0")
     failing = {"by_model": {"primary": {"status": 503}}}
     narrow = new_key(gw, unique("fb"), models=["primary"])["key"]
     wide = new_key(gw, unique("fb"), models=["primary", "backup"])["key"]
@@ -296,19 +288,11 @@ def test_budget_reserves_for_the_dearest_fallback(gateway, postgres_env, fake_up
     """A cheap model whose fallback is dear reserves the dear worst case: while one request
     is in flight, a second one that only the cheap price would let through is refused."""
     base = fake_upstream.base_url
-    (tmp_path / "routes.toml").write_text(f'''
-[[routes]]
-model = "cheap"
-base_url = "{base}"
-upstream_model = "gpt-4o-mini"
-fallbacks = ["dear"]
-
-[[routes]]
-model = "dear"
-base_url = "{base}"
-upstream_model = "gpt-4o"
-''')
-    gw = gateway(**postgres_env, TALLYGATE_CONFIG=tmp_path / "routes.toml")
+    config = routes_file(
+        tmp_path / "routes.toml",
+        {"model": "cheap", "base_url": base, "upstream_model": "gpt-4o-mini", "fallbacks": ["dear"]},
+        {"model": "dear", "base_url": base, "upstream_model": "gpt-4o"})
+    gw = gateway(**postgres_env, TALLYGATE_CONFIG=config)
     # worst cases for max_tokens=1000: gpt-4o-mini ~$0.0006, gpt-4o ~$0.01; the budget sits between
     key = new_key(gw, unique("dear"), budget_usd="0.005", budget_period="day")["key"]
     with ThreadPoolExecutor(1) as pool:

@@ -31,6 +31,7 @@ from decimal import Decimal
 
 from .errors import GatewayError, forbidden
 from .keys import KeyCache, KeyStore, Limits, period_end, period_start
+from .metering.extract import Usage
 
 log = logging.getLogger("tallygate.limits")
 
@@ -299,8 +300,6 @@ class Guard:
                     prompt_tokens: int, out_tokens: int) -> int:
         """The most the request can cost: priced like its record will be (the route's
         provider and upstream model; tiered prices through the library), no cache discount."""
-        from .metering.extract import Usage
-
         try:
             price = self.prices.price(provider, model, upstream_model)
             cost = price.cost(Usage(prompt_tokens, out_tokens, prompt_tokens + out_tokens))

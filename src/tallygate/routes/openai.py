@@ -194,14 +194,12 @@ class OpenAIProxy:
         doc, model, stream = parse_request(body)
         route: Route = g.router.resolve(model)
 
+        # the model asked for, then the fallbacks that may serve it (the budget reserves for the dearest)
+        chain = self._chain(model, route, principal) if route.fallbacks else [(model, route)]
         reservation = None
-        chain = None
         if g.guard is not None:
-            if route.fallbacks:
-                chain = self._chain(model, route, principal)
-            alternatives = [(r.provider, name, r.upstream_model) for name, r in chain[1:]] if chain else []
             reservation = await g.guard.admit(principal, model, doc, body, route.provider, route.upstream_model,
-                                              alternatives)
+                                              [(r.provider, name, r.upstream_model) for name, r in chain[1:]])
 
         record = UsageRecord(
             request_id=new_request_id(), created_at=created, tenant_id=principal.tenant_id,
@@ -214,8 +212,7 @@ class OpenAIProxy:
 
         extra = [(k, v) for k, v in headers.items() if k in FORWARD_HEADERS]
         try:
-            await self._forward(send, receive, endpoint, model, route, doc, body, extra, record, started,
-                                principal, chain)
+            await self._forward(send, receive, endpoint, model, doc, body, extra, record, started, chain)
         finally:
             if reservation is not None and not record.submitted:
                 g.guard.cancel(reservation, record)  # never reached the pipeline: free the reservation
@@ -249,14 +246,11 @@ class OpenAIProxy:
             req_headers[k.decode()] = v.decode("latin-1")
         return req_headers
 
-    async def _forward(self, send, receive, endpoint: str, model: str, route: Route, doc: dict,
-                       body: bytes, extra: list, record: UsageRecord, started: float, principal,
-                       chain: list | None) -> None:
-        """Attempts, retries and fallbacks until one answer reaches the client."""
+    async def _forward(self, send, receive, endpoint: str, model: str, doc: dict, body: bytes,
+                       extra: list, record: UsageRecord, started: float, chain: list) -> None:
+        """Attempts, retries and fallbacks along `chain` until one answer reaches the client."""
         g = self.g
         s = g.settings
-        if chain is None:
-            chain = self._chain(model, route, principal) if route.fallbacks else [(model, route)]
         watch = ClientWatch(receive) if record.stream else None
         failure: Failure | None = None
         try:
@@ -318,11 +312,11 @@ class OpenAIProxy:
         guard = self.g.guard
         if guard is None:
             return chain
-        allowed = [chain[0]] + [(name, r) for name, r in chain[1:] if guard.allows(principal, name)]
-        if len(allowed) < len(chain):
-            log.info("fallbacks outside the caller's model list are skipped", extra={"fields": {
-                "model": model, "skipped": [name for name, _ in chain[1:] if not guard.allows(principal, name)]}})
-        return allowed
+        skipped = [name for name, _ in chain[1:] if not guard.allows(principal, name)]
+        if skipped:
+            log.info("fallbacks outside the caller's model list are skipped",
+                     extra={"fields": {"model": model, "skipped": skipped}})
+        return [chain[0]] + [(name, r) for name, r in chain[1:] if name not in skipped]
 
     async def _attempt(self, send, url: str, payload: bytes, req_headers, record: UsageRecord,
                        strip_usage: bool, started: float, body_len: int,

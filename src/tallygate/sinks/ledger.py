@@ -19,8 +19,9 @@ import random
 import time
 from collections import deque
 
-from ..metering.record import LEDGER_COLUMNS, UsageRecord
+from ..metering.record import UsageRecord
 from ..store import RowsRefused
+from .jsonlog import log_entry
 
 log = logging.getLogger("tallygate.ledger")
 
@@ -145,7 +146,7 @@ class LedgerWriter:
                 self.records_dropped += 1
                 log.error("the ledger refused a record: not written (the record is in this line)",
                           extra={"fields": {"request_id": rec.request_id, "ledger_error": str(exc),
-                                            "record": _describe(rec)}})
+                                            "record": log_entry(rec)}})
                 return 0
             half = len(records) // 2
             return (await self._write_isolating(records[:half], refused)
@@ -185,7 +186,3 @@ class LedgerWriter:
                     fut.set_result(False)
             self._buffer.clear()
 
-
-def _describe(record: UsageRecord) -> dict:
-    return {name: (str(value) if value is not None and not isinstance(value, (int, float, str)) else value)
-            for name, value in zip(LEDGER_COLUMNS, record.ledger_row())}
