@@ -59,6 +59,7 @@ class Gateway:
                                   settings.default_tenant)
         self.sync_ledger = settings.ledger_mode == "sync"
         self.session = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set in startup
         self.client_ready: asyncio.Event | None = None
         self.store = None
         self.ledger = None
@@ -109,6 +110,7 @@ class Gateway:
         from .store import open_store
 
         s = self.settings
+        self.loop = asyncio.get_running_loop()
         self.client_ready = asyncio.Event()
         self._background.append(asyncio.create_task(self.start_client()))
         self.store = open_store(s)

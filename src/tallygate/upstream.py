@@ -37,6 +37,8 @@ from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     import aiohttp
+    import multidict
+    import yarl
 
 # response headers worth passing back to the client
 PASS_HEADERS = frozenset({
@@ -71,6 +73,8 @@ class Route:
         headers.update(self.extra_headers)
         self.headers = headers  # built once, reused by every request
         self._urls: dict[str, str] = {}
+        self._targets: dict = {}
+        self._client_headers = None
 
     def url(self, endpoint: str) -> str:
         """`endpoint` is the path after /v1, e.g. "/chat/completions"."""
@@ -81,6 +85,25 @@ class Route:
                 url += "?" + urlencode(self.query)
             self._urls[endpoint] = url
         return url
+
+    # The HTTP client takes these as they are; given strings and a dict it parses the
+    # URL and copies the headers into its own type on every request.
+    def target(self, endpoint: str) -> "yarl.URL":
+        """url(endpoint) as the client's URL object, parsed once."""
+        target = self._targets.get(endpoint)
+        if target is None:
+            from yarl import URL
+
+            target = self._targets[endpoint] = URL(self.url(endpoint))
+        return target
+
+    def client_headers(self) -> "multidict.CIMultiDict":
+        """The route's headers as the client's header type, built once."""
+        if self._client_headers is None:
+            from multidict import CIMultiDict
+
+            self._client_headers = CIMultiDict(self.headers)
+        return self._client_headers
 
 
 def _route_from_table(entry: dict, where: str) -> tuple[str, Route]:

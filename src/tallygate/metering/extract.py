@@ -71,20 +71,26 @@ def usage_from_object(usage: object) -> Usage | None:
     """Normalise a usage object of any OpenAI endpoint; None when absent or not an object."""
     if not isinstance(usage, dict):
         return None
-    if "input_tokens" in usage or "output_tokens" in usage:  # Responses API
-        prompt = _int(usage.get("input_tokens"))
-        completion = _int(usage.get("output_tokens"))
+    prompt = usage.get("prompt_tokens")
+    if prompt is not None:  # chat and completions (the common case)
+        completion = usage.get("completion_tokens")
+        in_details = usage.get("prompt_tokens_details")
+        out_details = usage.get("completion_tokens_details")
+    elif "input_tokens" in usage or "output_tokens" in usage:  # Responses API
+        prompt = usage.get("input_tokens")
+        completion = usage.get("output_tokens")
         in_details = usage.get("input_tokens_details")
         out_details = usage.get("output_tokens_details")
     else:
-        prompt = _int(usage.get("prompt_tokens"))
-        completion = _int(usage.get("completion_tokens"))
-        in_details = usage.get("prompt_tokens_details")
-        out_details = usage.get("completion_tokens_details")
+        completion = usage.get("completion_tokens")
+        in_details = out_details = None
+    prompt = _int(prompt)
+    completion = _int(completion)
     cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     total = _int(usage.get("total_tokens")) or min(prompt + completion, TOKENS_MAX)
-    return Usage(prompt, completion, total, min(cached, prompt), min(reasoning, completion))
+    return Usage(prompt, completion, total, cached if cached <= prompt else prompt,
+                 reasoning if reasoning <= completion else completion)
 
 
 def _balanced_object(data: bytes, start: int) -> bytes | None:
@@ -159,7 +165,7 @@ def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
 
 def _event_data(event: bytes) -> bytes | None:
     """The data of one SSE event; None without a `data:` line."""
-    if event.startswith(b"data: ") and b"\n" not in event:  # the usual one-line event
+    if event.startswith(b"data: ") and event.find(b"\n") < 0:  # the usual one-line event
         return event[6:].strip()
     data = None
     for line in event.split(b"\n"):
@@ -197,7 +203,7 @@ class SSEMeter:
         names it), else from the first event."""
         if self._model is None and self._first is not None:
             first, self._first = self._first, None
-            data = _event_data(first)
+            data = _event_data(first[:first.find(b"\n\n")])
             if data:
                 try:
                     doc = orjson.loads(data)
@@ -210,7 +216,7 @@ class SSEMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._buf + chunk if self._buf else chunk
-        if b"\r" in data:
+        if data.find(b"\r") >= 0:
             data = data.replace(b"\r\n", b"\n")
         end = data.rfind(b"\n\n")
         if end < 0:
@@ -234,7 +240,7 @@ class SSEMeter:
         An upstream often sends a whole short stream in one read: parsing every event
         cost more than relaying it."""
         if self._model is None and self._first is None:
-            self._first = complete[:complete.find(b"\n\n")]
+            self._first = complete  # its first event is cut out only if it is ever needed
         parsed: list[int] = []
         i = complete.rfind(_USAGE)
         while i >= 0:  # the last usage object is the one that counts
@@ -251,18 +257,57 @@ class SSEMeter:
                     i = complete.find(needle, i + len(needle))
             parsed.sort()
         for start in parsed:
-            self._event(complete[start:complete.find(b"\n\n", start)])
+            self._parse(complete[start:complete.find(b"\n\n", start)])
         if self.usage is None:
             self.content_events += complete.count(b"\n\n") - len(parsed)
-        if not self.done and b"[DONE]" in complete:
+        if not self.done:
+            # `bytes in bytes` is slow on CPython 3.11 (it first tries the needle as an int)
             if complete.endswith(b"\n\ndata: [DONE]\n\n"):  # the usual place: last
                 j = len(complete) - 14
-            else:
+            elif complete.find(b"[DONE]") >= 0:
                 j = _done_line(complete)
+            else:
+                j = -1
             if j >= 0:
                 self.done = True
                 if j not in parsed and self.usage is None:
                     self.content_events -= 1
+
+    def _parse(self, event: bytes) -> None:
+        """Read one event that passes through unchanged (it names usage or ends a
+        Responses stream): usage, model, the end of a Responses stream."""
+        data = _event_data(event)
+        if data is None:
+            return
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.content_events += 1
+            return
+        if not isinstance(doc, dict):
+            return
+        response = doc.get("response")
+        if isinstance(response, dict):  # Responses API events carry the response object
+            self._response_event(doc, response)
+            return
+        if self._model is None:
+            model = doc.get("model")
+            if isinstance(model, str):
+                self._model = model_name(model)
+        usage = usage_from_object(doc.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        else:
+            self.content_events += 1
+
+    def _response_event(self, doc: dict, response: dict) -> None:
+        if self._model is None and isinstance(response.get("model"), str):
+            self._model = model_name(response["model"])
+        usage = usage_from_object(response.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        if doc.get("type") in RESPONSES_FINAL_EVENTS:
+            self.done = True  # Responses streams end here, with no [DONE]
 
     @staticmethod
     def _mark(complete: bytes, i: int, starts: list) -> None:
@@ -310,13 +355,7 @@ class SSEMeter:
             return event
         response = doc.get("response")
         if isinstance(response, dict):  # Responses API events carry the response object
-            if self._model is None and isinstance(response.get("model"), str):
-                self._model = model_name(response["model"])
-            usage = usage_from_object(response.get("usage"))
-            if usage is not None:
-                self.usage = usage
-            if doc.get("type") in RESPONSES_FINAL_EVENTS:
-                self.done = True  # Responses streams end here, with no [DONE]
+            self._response_event(doc, response)
             return event
         if self._model is None and isinstance(doc.get("model"), str):
             self._model = model_name(doc["model"])
