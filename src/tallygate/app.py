@@ -263,17 +263,17 @@ class App:
                 await self.lifespan(receive, send)
             return
         path = scope["raw_path"] or scope["path"].encode()
-        if b"?" in path:
+        if path.find(b"?") >= 0:  # uvicorn's raw_path has no query; other servers' may
             path = path.split(b"?", 1)[0]
-        method = scope["method"].encode()
         endpoint = ENDPOINTS.get(path)
         try:
-            if endpoint is not None and method == b"POST":
+            if endpoint is not None and scope["method"] == "POST":
                 headers = dict(scope["headers"])
                 principal = self.g.auth.authenticate(headers.get(b"authorization"),
                                                      headers.get(b"x-tenant-id"))
                 await self.g.proxy.handle(scope, receive, send, endpoint, principal, headers)
                 return
+            method = scope["method"].encode()
             handler = self._routes.get((method, path))
             if handler is not None:
                 await handler(scope, receive, send)

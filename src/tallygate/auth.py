@@ -42,6 +42,7 @@ class Authenticator:
         self._master = master_key.encode() if master_key else None
         self.default_tenant = default_tenant
         self.keys = keys  # KeyCache (tenant keys), or None
+        self._tenants: dict[bytes, str] = {}  # X-Tenant-ID values already checked
 
     def credential(self, authorization: bytes | None) -> bytes:
         if not authorization:
@@ -73,6 +74,15 @@ class Authenticator:
         raise unauthorized("Invalid credentials.")
 
     def _tenant(self, header: bytes | None) -> str:
+        tenant = self._tenants.get(header)  # the same few tenants ask again and again
+        if tenant is not None:
+            return tenant
+        tenant = self._check_tenant(header)
+        if header is not None and len(self._tenants) < 10_000:
+            self._tenants[header] = tenant
+        return tenant
+
+    def _check_tenant(self, header: bytes | None) -> str:
         if header is None:
             if self.default_tenant:
                 return self.default_tenant

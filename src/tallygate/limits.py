@@ -219,6 +219,10 @@ class Guard:
             scopes.append(("key", key.key_id, "api_key_id", key.limits))
         return scopes
 
+    def applies(self, principal) -> bool:
+        """Whether the caller has any limit or model list to check (most have none)."""
+        return bool(self._scopes(principal))
+
     def allows(self, principal, model: str) -> bool:
         """Whether the key's and the tenant's model lists (if any) include `model`; a
         fallback model is checked against them like the one asked for."""
