@@ -381,3 +381,50 @@ def test_absurd_usage_is_capped_and_nul_in_model_refused(gateway, postgres_env):
     by_id = {r["request_id"]: r for r in rows}
     assert by_id[rid]["prompt_tokens"] == 2**31 - 1 and by_id[rid]["completion_tokens"] == 3
     assert by_id[nul_id]["upstream_model"] == ("gpt\ufffd-x" + "y" * 300)[:256]
+
+
+def test_batches_gather_for_the_interval_and_sync_records_go_at_once():
+    """The first record of a batch starts its interval: records arriving within it share
+    one write (a write's fixed cost is most of its cost); a record whose response waits
+    for its row (sync mode) is written without waiting for the interval."""
+    import asyncio
+
+    from tallygate.metering.record import UsageRecord, utcnow
+    from tallygate.sinks.ledger import LedgerWriter
+
+    class RecordingStore:
+        def __init__(self):
+            self.batches = []
+
+        async def write(self, records):
+            self.batches.append([r.request_id for r in records])
+            await asyncio.sleep(0.005)  # a round trip
+            return len(records)
+
+    def recs(prefix, n):
+        return [UsageRecord(request_id=f"{prefix}{i}", created_at=utcnow(), tenant_id="t", model="m",
+                            endpoint="/v1/chat/completions", stream=False) for i in range(n)]
+
+    async def run():
+        store = RecordingStore()
+        writer = LedgerWriter(store, batch_size=100, flush_interval=0.2)
+        writer.start()
+        await asyncio.sleep(0.01)  # the writer waits on an empty buffer
+        for k in range(4):  # four pipeline passes, 20 ms apart, inside one interval
+            writer.add(recs(f"a{k}-", 10))
+            await asyncio.sleep(0.02)
+        assert store.batches == []  # still gathering
+        await asyncio.sleep(0.3)
+        assert [len(b) for b in store.batches] == [40]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fut = loop.create_future()
+        writer.add(recs("sync-", 1), [fut])
+        assert await asyncio.wait_for(fut, 1) is True
+        assert loop.time() - started < 0.1  # not the 200 ms interval
+        writer.add(recs("full-", 100))  # a full batch goes at once too
+        await asyncio.sleep(0.05)
+        assert [len(b) for b in store.batches] == [40, 1, 100]
+        await writer.close(loop.time() + 1)
+
+    asyncio.run(run())
