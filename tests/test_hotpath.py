@@ -35,3 +35,14 @@ def test_tenant_header_is_checked_every_time_it_is_bad_and_cached_when_good():
     assert auth.authenticate(b"Bearer tok", b"acme").tenant_id == "acme"
     with pytest.raises(GatewayError):
         auth.authenticate(b"Bearer tok", None)  # no default tenant: still an error
+
+
+def test_price_cache_stays_bounded_whatever_model_names_clients_send(monkeypatch):
+    from tallygate.metering import pricing
+
+    monkeypatch.setattr(pricing, "CACHE_LIMIT", 50)
+    book = pricing.PriceBook({"known": pricing.Price(pricing.Decimal("1"), pricing.Decimal("2"), None, "override")})
+    for i in range(500):
+        assert book.price("openai", "known", f"snapshot-{i}").source == "override"
+        assert len(book._cache) <= 50
+    assert book.price("openai", "known", None).input_mtok == 1

@@ -99,12 +99,13 @@ def load_overrides(path: str) -> dict[str, Price]:
 
 
 UNKNOWN = Price(ZERO, ZERO, None, "unknown")
+CACHE_LIMIT = 10_000  # resolved (provider, model, upstream model) prices kept
 
 
 class PriceBook:
     def __init__(self, overrides: dict[str, Price] | None = None) -> None:
         self._overrides = overrides or {}
-        self._cache: dict[tuple[str | None, str], Price] = {}
+        self._cache: dict[tuple[str | None, str, str | None], Price] = {}
         self._snapshot = None
         self._warming = None
         self._lock = threading.Lock()
@@ -130,9 +131,11 @@ class PriceBook:
                 gc.freeze()
 
     def price(self, provider: str | None, model: str, upstream_model: str | None = None) -> Price:
-        key = (provider, model if upstream_model is None else f"{model}\0{upstream_model}")
+        key = (provider, model, upstream_model)
         cached = self._cache.get(key)
         if cached is None:
+            if len(self._cache) >= CACHE_LIMIT:  # model names come from clients: stay bounded
+                self._cache.clear()
             cached = self._cache[key] = self._resolve(provider, model, upstream_model)
         return cached
 
