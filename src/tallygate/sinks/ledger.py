@@ -38,7 +38,6 @@ class LedgerWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._urgent = False  # a sync-mode record waits in the buffer
         # counters, exported as metrics
         self.rows_written = 0
         self.rows_duplicate = 0
@@ -78,8 +77,6 @@ class LedgerWriter:
             self._buffer.extend((r, None) for r in records)
         # an empty buffer starts the writer's interval timer; a full batch or a
         # waiting (sync) request ends it early
-        if futures:
-            self._urgent = True  # a response waits for its row: no interval
         if was_empty or len(self._buffer) >= self.batch_size or futures:
             self._wakeup.set()
 
@@ -91,20 +88,16 @@ class LedgerWriter:
                 if self._closing:
                     return
                 await self._wakeup.wait()
-                continue
-            if (len(self._buffer) < self.batch_size and backoff == 0.0 and not self._closing
-                    and not self._urgent):
-                # a full batch or the interval, whichever first: the first record of a
-                # batch starts its interval (writing at once made batches of a pipeline
-                # pass or two, and the fixed cost of a write is most of its cost)
+            elif len(self._buffer) < self.batch_size and backoff == 0.0 and not self._closing:
+                # wait for a full batch or the interval, whichever first
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), self.flush_interval)
                 except asyncio.TimeoutError:
                     pass
+            if not self._buffer:
+                continue
             ok = await self._write_batch()
-            if self._urgent and not any(fut is not None for _, fut in self._buffer):
-                self._urgent = False
             if ok:
                 backoff = 0.0
             else:
