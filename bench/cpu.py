@@ -1,0 +1,92 @@
+"""CPU per request of each system in place: user and system microseconds per request of
+the server process, measured at c=15 with the systems taking turns.
+
+Throughput swings with the VM; the CPU a process spends per request swings less, and
+measuring the systems alternately over several rounds cancels the slow drift. A system
+may be a variant source tree (`tallygate-pg@/path/to/checkout`, whose `src/` goes first
+on PYTHONPATH): an ablation (a sink switched off) or a candidate change, measured
+beside the current build. This is how the in-place costs in docs/DESIGN.md were found.
+
+    .venv/bin/python bench/cpu.py --mode stream floor tallygate-pg tallygate-pg@/tmp/variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+from statistics import median
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as R  # noqa: E402  (the benchmark's fake upstream and system definitions)
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK, int(fields[12]) / CLK
+
+
+def start(spec: str, index: int, stream: bool) -> dict:
+    name, _, src = spec.partition("@")
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", spec)
+    sysd = R.make_system(name, stream, 1, "cpu-" + label)
+    proc = sysd["proc"]
+    if src:
+        proc.env["PYTHONPATH"] = str(Path(src).resolve() / "src")
+    sysd["port"] += index  # every system runs for the whole measurement: one port each
+    proc.cmd[proc.cmd.index("--port") + 1] = str(sysd["port"])
+    proc.start()
+    if proc.wait_healthy(sysd["port"], sysd["health"], 120) is None:
+        raise RuntimeError(f"{spec} did not start: {proc.log_tail()}")
+    sysd["label"] = label
+    return sysd
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("systems", nargs="+", help="floor, tallygate-pg, tallygate-sqlite, optionally @SRC")
+    ap.add_argument("--mode", choices=("json", "stream"), default="stream")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    a = ap.parse_args()
+    stream = a.mode == "stream"
+    R.WORK.mkdir(parents=True, exist_ok=True)
+    nginx = R.Nginx()
+    nginx.start()
+    systems: list[dict] = []
+    results: dict[str, list[tuple[float, float, float]]] = {s: [] for s in a.systems}
+    try:
+        for i, spec in enumerate(a.systems):
+            systems.append(start(spec, i, stream))
+            R.run_wrk(systems[-1]["port"], 15, 2, f"cpu-warm-{i}", stream, systems[-1]["token"], "warm")
+        for r in range(a.rounds):
+            for spec, sysd in zip(a.systems, systems):
+                pid = sysd["proc"].p.pid
+                u0, s0 = cpu_seconds(pid)
+                res = R.run_wrk(sysd["port"], 15, a.seconds, f"cpu-{sysd['label']}-{r}", stream,
+                                sysd["token"], "cpu")
+                u1, s1 = cpu_seconds(pid)
+                n = res["requests"]
+                if res.get("errors", {}).get("status"):
+                    raise RuntimeError(f"{spec}: {res['errors']['status']} error responses")
+                results[spec].append((res["rps"], 1e6 * (u1 - u0) / n, 1e6 * (s1 - s0) / n))
+                print(f"round {r + 1} {spec:40s} {res['rps']:8.0f} req/s  user {results[spec][-1][1]:6.1f} "
+                      f"sys {results[spec][-1][2]:5.1f} us/request", flush=True)
+    finally:
+        for sysd in systems:
+            sysd["proc"].stop(30)
+        nginx.stop()
+    print(f"\nmedians over {a.rounds} rounds ({a.mode}, c=15):")
+    for spec, rows in results.items():
+        print(f"{spec:40s} {median(x[0] for x in rows):8.0f} req/s  user {median(x[1] for x in rows):6.1f} "
+              f"sys {median(x[2] for x in rows):5.1f} us/request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
