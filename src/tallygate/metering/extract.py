@@ -275,21 +275,32 @@ class SSEMeter:
 
     def _parse(self, event: bytes) -> None:
         """Read one event that passes through unchanged (it names usage or ends a
-        Responses stream): usage, model, the end of a Responses stream."""
+        Responses stream)."""
         data = _event_data(event)
-        if data is None:
-            return
+        if data is not None:
+            self._read(data)
+
+    def _read(self, data: bytes) -> tuple[dict | None, Usage | None]:
+        """Take what one event's JSON says: the model, usage (an event without it counts
+        as content), the end of a Responses stream. Returns (the document, its usage);
+        the document is None when the data is not a JSON object or is a Responses event."""
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
             self.content_events += 1
-            return
+            return None, None
         if not isinstance(doc, dict):
-            return
+            return None, None
         response = doc.get("response")
         if isinstance(response, dict):  # Responses API events carry the response object
-            self._response_event(doc, response)
-            return
+            if self._model is None and isinstance(response.get("model"), str):
+                self._model = model_name(response["model"])
+            usage = usage_from_object(response.get("usage"))
+            if usage is not None:
+                self.usage = usage
+            if doc.get("type") in RESPONSES_FINAL_EVENTS:
+                self.done = True  # Responses streams end here, with no [DONE]
+            return None, usage
         if self._model is None:
             model = doc.get("model")
             if isinstance(model, str):
@@ -299,15 +310,7 @@ class SSEMeter:
             self.usage = usage
         else:
             self.content_events += 1
-
-    def _response_event(self, doc: dict, response: dict) -> None:
-        if self._model is None and isinstance(response.get("model"), str):
-            self._model = model_name(response["model"])
-        usage = usage_from_object(response.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        if doc.get("type") in RESPONSES_FINAL_EVENTS:
-            self.done = True  # Responses streams end here, with no [DONE]
+        return doc, usage
 
     @staticmethod
     def _mark(complete: bytes, i: int, starts: list) -> None:
@@ -346,26 +349,11 @@ class SSEMeter:
             if b'"usage":null' in data or b'"usage": null' in data:
                 self.content_events += 1
                 return self._strip_null(event) if self.strip_usage else event
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.content_events += 1
+        doc, usage = self._read(data)
+        if doc is None:
             return event
-        if not isinstance(doc, dict):
-            return event
-        response = doc.get("response")
-        if isinstance(response, dict):  # Responses API events carry the response object
-            self._response_event(doc, response)
-            return event
-        if self._model is None and isinstance(doc.get("model"), str):
-            self._model = model_name(doc["model"])
-        usage = usage_from_object(doc.get("usage"))
-        if usage is not None:
-            self.usage = usage
-            if self.strip_usage and not doc.get("choices"):
-                return None  # the usage-only chunk the client did not ask for
-        else:
-            self.content_events += 1
+        if usage is not None and self.strip_usage and not doc.get("choices"):
+            return None  # the usage-only chunk the client did not ask for
         if self.strip_usage and has_usage:
             event = self._strip_null(event)
         return event
