@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import time
 import sys
 from pathlib import Path
 from statistics import median
@@ -56,6 +57,7 @@ def main() -> int:
     a = ap.parse_args()
     stream = a.mode == "stream"
     R.WORK.mkdir(parents=True, exist_ok=True)
+    R.fresh_ledgers(a.systems)
     nginx = R.Nginx()
     nginx.start()
     systems: list[dict] = []
@@ -68,15 +70,17 @@ def main() -> int:
             for spec, sysd in zip(a.systems, systems):
                 pid = sysd["proc"].p.pid
                 u0, s0 = cpu_seconds(pid)
+                t0 = time.monotonic()
                 res = R.run_wrk(sysd["port"], 15, a.seconds, f"cpu-{sysd['label']}-{r}", stream,
                                 sysd["token"], "cpu")
                 u1, s1 = cpu_seconds(pid)
+                busy = (u1 - u0 + s1 - s0) / (time.monotonic() - t0)
                 n = res["requests"]
                 if res.get("errors", {}).get("status"):
                     raise RuntimeError(f"{spec}: {res['errors']['status']} error responses")
-                results[spec].append((res["rps"], 1e6 * (u1 - u0) / n, 1e6 * (s1 - s0) / n))
+                results[spec].append((res["rps"], 1e6 * (u1 - u0) / n, 1e6 * (s1 - s0) / n, busy))
                 print(f"round {r + 1} {spec:40s} {res['rps']:8.0f} req/s  user {results[spec][-1][1]:6.1f} "
-                      f"sys {results[spec][-1][2]:5.1f} us/request", flush=True)
+                      f"sys {results[spec][-1][2]:5.1f} us/request  core busy {busy:4.2f}", flush=True)
     finally:
         for sysd in systems:
             sysd["proc"].stop(30)
@@ -84,7 +88,7 @@ def main() -> int:
     print(f"\nmedians over {a.rounds} rounds ({a.mode}, c=15):")
     for spec, rows in results.items():
         print(f"{spec:40s} {median(x[0] for x in rows):8.0f} req/s  user {median(x[1] for x in rows):6.1f} "
-              f"sys {median(x[2] for x in rows):5.1f} us/request")
+              f"sys {median(x[2] for x in rows):5.1f} us/request  core busy {median(x[3] for x in rows):4.2f}")
     return 0
 
 

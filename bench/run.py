@@ -42,7 +42,11 @@ FLOOR_PORT, TG_PORT, LITELLM_PORT = 18201, 18301, 18401
 
 GATEWAY_TOKEN = "bench-gateway-token"
 MASTER_KEY = "sk-bench-master-key"
-PG_ENV = {"PGHOST": HOST, "PGUSER": "postgres", "PGDATABASE": "test", "PGSSL": "disable", "PGPORT": "5432"}
+# The Postgres ledger goes to a database of its own, created empty at the start of every run:
+# runs are comparable (inserts into a table of millions of rows cost Postgres more), and
+# the benchmark's rows never pile up in a database anything else uses.
+BENCH_DB = "tallygate_bench"
+PG_ENV = {"PGHOST": HOST, "PGUSER": "postgres", "PGDATABASE": BENCH_DB, "PGSSL": "disable", "PGPORT": "5432"}
 LEDGER_TABLE = "litellm_usage"
 
 MODEL = "gpt-4o-mini"
@@ -386,7 +390,7 @@ for n in ("tallygate", "uvicorn", "aiohttp", "uvloop", "httptools", "orjson", "p
 print(json.dumps(out))
 """
     proj = json.loads(sh([str(VENV_PY), "-c", code]).stdout)
-    pg = sh(["psql", "-h", HOST, "-U", "postgres", "-d", "test", "-Atc", "show server_version"]).stdout.strip()
+    pg = sh(["psql", "-h", HOST, "-U", "postgres", "-d", "postgres", "-Atc", "show server_version"]).stdout.strip()
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     return {
         "nproc": os.cpu_count(),
@@ -555,12 +559,36 @@ def run_wrk(port: int, c: int, seconds: float, tenant: str, stream: bool, token:
 # --------------------------------------------------------------------------- ledger
 
 
+def fresh_bench_db() -> None:
+    """Drop and create the benchmark's ledger database (tallygate migrates it on start)."""
+    for sql in (f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)", f"CREATE DATABASE {BENCH_DB}"):
+        r = sh(["psql", "-h", HOST, "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        if r.returncode != 0:
+            raise RuntimeError(f"{sql}: {r.stderr.strip()}")
+
+
+def empty_pg_ledger() -> None:
+    """Empty the ledger table once its rows are counted: Postgres shares core 1 with the fake
+    upstream and wrk here, and an insert into a table of millions of rows costs it about half
+    as much again as one into a small table, so every system's rows start from the same state."""
+    sh(["psql", "-h", HOST, "-U", "postgres", "-d", BENCH_DB, "-qc", f"TRUNCATE {LEDGER_TABLE}"])
+
+
+def fresh_ledgers(systems) -> None:
+    """Every run starts with empty ledgers."""
+    if any(s.startswith("tallygate-pg") for s in systems):
+        fresh_bench_db()
+    if any(s.startswith("tallygate-sqlite") for s in systems):
+        for suffix in ("", "-wal", "-shm"):
+            (WORK / f"tallygate-bench.db{suffix}").unlink(missing_ok=True)
+
+
 def count_pg(tenants: list[str]) -> dict[str, int] | str:
     sql = f"SELECT tenant_id, count(*) FROM {LEDGER_TABLE} WHERE tenant_id = ANY(%s) GROUP BY tenant_id"
     code = (
         "import json,sys,psycopg\n"
         "t=json.loads(sys.argv[1])\n"
-        f"c=psycopg.connect(host='{HOST}',user='postgres',dbname='test',sslmode='disable')\n"
+        f"c=psycopg.connect(host='{HOST}',user='postgres',dbname='{BENCH_DB}',sslmode='disable')\n"
         f"print(json.dumps(dict(c.execute({sql!r},(t,)).fetchall())))\n"
     )
     r = sh([str(VENV_PY), "-c", code, json.dumps(tenants)], timeout=60)
@@ -760,6 +788,8 @@ def bench_system(name: str, stream: bool, concs: list[int], a, run_id: str, work
         if sysd["ledger"]:
             kind, path = sysd["ledger"]
             counts = count_pg(tenants) if kind == "pg" else count_sqlite(path, tenants)
+            if kind == "pg" and isinstance(counts, dict):
+                empty_pg_ledger()
             logs = count_log_lines(proc.logfile, tenants)
             if isinstance(counts, str):
                 res["ledger_error"] = counts
@@ -830,6 +860,8 @@ def paired_pass(stream: bool, rounds: int, a, run_id: str) -> dict:
     for sysd in sysds.values():
         sysd["proc"].stop(a.stop_timeout)
     counts = count_pg(tenants)
+    if isinstance(counts, dict):
+        empty_pg_ledger()
     logs = count_log_lines(tg.logfile, tenants)
     for pair in out["rounds"]:
         row = pair["tallygate-pg"]
@@ -1100,7 +1132,8 @@ def render_doc(table: str, targets, meta: dict, a, results) -> str:
         "- Clients send `Authorization: Bearer <token>` and `X-Tenant-ID: bench-<run>-<system>-<mode>-c<N>` (unique per row). "
         "`floor` is `bench/floor_proxy.py` (uvicorn + httptools + uvloop, aiohttp client, bearer check, usage found in the tail).",
         "- tallygate-pg: auth, metering, JSON log line (stdout to a file), Postgres ledger in async mode "
-        "(`PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=test PGSSL=disable`). tallygate-sqlite: the SQLite default "
+        f"(`PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE={BENCH_DB} PGSSL=disable`; the database is dropped and created "
+        "empty at the start of the run). tallygate-sqlite: the SQLite default "
         "(`TALLYGATE_SQLITE_PATH=bench/.work/tallygate-bench.db`).",
         "- Start to healthy: spawn to the first 200 from `/health` (LiteLLM: `/health/liveliness`), polled every 2 ms. "
         "RSS: VmRSS of the process and all its children from /proc.",
@@ -1248,6 +1281,7 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     ensure_tools()
+    fresh_ledgers(systems)
     li_info = None
     if "litellm" in systems:
         if ensure_litellm():
