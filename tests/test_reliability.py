@@ -330,3 +330,22 @@ def test_sigterm_waits_for_non_streamed_request(gateway, tmp_path):
     assert result["answer"][0] == 200
     assert gw.proc.wait(10) == 0
     assert [r[1] for r in _ledger_rows(tmp_path / "ledger.db")] == ["ok"]
+
+
+def test_upstream_redirect_is_not_followed(gateway, fresh_upstream):
+    """A 3xx from an upstream (a moved API, a wrong base_url) is a clear 502, not a GET to
+    somewhere else: the HTTP client would repeat a 301/302 POST as a GET without the body."""
+    gw = gateway(upstream=fresh_upstream.base_url, **FAST_RETRIES)
+    for stream in (False, True):
+        before = fake_stats(fresh_upstream)["calls"]
+        s, h, data = chat(gw, {"redirect": "/internal/moved-here"}, model=f"moved-{stream}", stream=stream)
+        assert s == 502, data
+        err = json.loads(data)["error"]
+        assert err["code"] == "upstream_redirect" and "HTTP 307" in err["message"]
+        assert "/internal/moved-here" not in data.decode()  # where it points is for the operator only
+        assert fake_stats(fresh_upstream)["calls"] == before + 1  # asked once, not followed, not retried
+        rec = wait_for(lambda: [x for x in gw.records() if x["model"] == f"moved-{stream}"])[0]
+        assert rec["status_code"] == 502 and rec["status"] == "upstream_error" and rec["stream"] is stream
+        warn = wait_for(lambda: [x for x in gw.lines() if x.get("request_id") == rec["request_id"]
+                                 and x.get("upstream_status") == 307])[0]
+        assert warn["location"].endswith("/internal/moved-here") and warn["severity"] == "WARNING"

@@ -108,6 +108,8 @@ class FakeUpstream:
         del self.requests[:-200]
         if fake.get("delay"):
             await asyncio.sleep(float(fake["delay"]))
+        if fake.get("redirect"):  # a moved API: 307 to the given path, which answers normally
+            raise web.HTTPTemporaryRedirect(str(fake["redirect"]))
         status = int(fake.get("status", 0))
         if "key" in fake and ("fail_first" in fake or "drop_first" in fake):
             key = str(fake["key"])

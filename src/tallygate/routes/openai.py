@@ -395,11 +395,13 @@ class OpenAIProxy:
         first_byte = g.settings.first_byte_timeout
         session = g.session or await g.client()  # only the first requests after start-up wait
         try:
+            # redirects are not followed: the HTTP client would repeat a 301/302 as a GET
+            # without the body, and a POST to an API that moved is a misconfigured base_url
             if first_byte is None:
-                resp = await session.post(url, data=payload, headers=req_headers)
+                resp = await session.post(url, data=payload, headers=req_headers, allow_redirects=False)
             else:
                 async with asyncio.timeout(first_byte):
-                    resp = await session.post(url, data=payload, headers=req_headers)
+                    resp = await session.post(url, data=payload, headers=req_headers, allow_redirects=False)
         except aiohttp.ConnectionTimeoutError:
             return Failure(504, "timeout", "The upstream did not accept a connection in time.",
                            "upstream_connect_timeout", retryable=True)
@@ -410,6 +412,8 @@ class OpenAIProxy:
             return Failure(502, "upstream_error", f"Could not reach the upstream: {type(exc).__name__}.",
                            "upstream_unreachable", retryable=True)
         try:
+            if 300 <= resp.status < 400:
+                return self._redirected(resp, record)
             if (record.stream and resp.status == 200
                     and resp.headers.get("Content-Type", "").startswith("text/event-stream")):
                 return await self._relay_stream(send, resp, record, strip_usage, started, body_len, watch)
@@ -429,6 +433,18 @@ class OpenAIProxy:
             return None
         finally:
             resp.release()
+
+    @staticmethod
+    def _redirected(resp, record: UsageRecord) -> Failure:
+        """An upstream that answers an API call with a redirect: where it points goes to the
+        gateway's log (it may name hosts the client should not see), a 502 to the client."""
+        log.warning("the upstream answered with a redirect, which is not followed: check the route's base_url",
+                    extra={"fields": {"request_id": record.request_id, "model": record.model,
+                                      "upstream_status": resp.status,
+                                      "location": resp.headers.get("Location", "")[:500]}})
+        return Failure(502, "upstream_error", f"The upstream answered with a redirect (HTTP {resp.status}), "
+                       "which the gateway does not follow; the route's base_url may be wrong.",
+                       "upstream_redirect", retryable=False)
 
     def _response_headers(self, resp, record: UsageRecord) -> list:
         out = [(b"x-tallygate-request-id", record.request_id.encode())]
