@@ -48,12 +48,27 @@ def start(spec: str, index: int, stream: bool) -> dict:
     return sysd
 
 
+def prefill(rows: int) -> None:
+    """Synthetic rows in the benchmark's ledger table (created by the gateway at start-up)."""
+    sql = ("INSERT INTO litellm_usage (request_id, created_at, tenant_id, model, provider, endpoint, status_code, "
+           "status, price_source, usage_source, latency_ms) SELECT 'req_' || left(md5(i::text), 24), "
+           "now() - i * interval '1 second', 'bench-prefill-' || (i % 100), 'gpt-4o-mini', 'openai', "
+           f"'/v1/chat/completions', 200, 'ok', 'genai-prices', 'provider', 1.5 FROM generate_series(1, {rows}) i")
+    r = R.sh(["psql", "-h", R.HOST, "-U", "postgres", "-d", R.BENCH_DB, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    R.sh(["psql", "-h", R.HOST, "-U", "postgres", "-d", R.BENCH_DB, "-qc", "VACUUM ANALYZE litellm_usage"])
+    print(f"ledger table holds {rows:,} rows", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("systems", nargs="+", help="floor, tallygate-pg, tallygate-sqlite, optionally @SRC")
     ap.add_argument("--mode", choices=("json", "stream"), default="stream")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--ledger-rows", type=int, default=0,
+                    help="rows put into the Postgres ledger table before measuring (a ledger that has grown)")
     a = ap.parse_args()
     stream = a.mode == "stream"
     R.WORK.mkdir(parents=True, exist_ok=True)
@@ -66,6 +81,8 @@ def main() -> int:
         for i, spec in enumerate(a.systems):
             systems.append(start(spec, i, stream))
             R.run_wrk(systems[-1]["port"], 15, 2, f"cpu-warm-{i}", stream, systems[-1]["token"], "warm")
+        if a.ledger_rows:
+            prefill(a.ledger_rows)
         for r in range(a.rounds):
             for spec, sysd in zip(a.systems, systems):
                 pid = sysd["proc"].p.pid
