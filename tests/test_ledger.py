@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -381,3 +382,44 @@ def test_absurd_usage_is_capped_and_nul_in_model_refused(gateway, postgres_env):
     by_id = {r["request_id"]: r for r in rows}
     assert by_id[rid]["prompt_tokens"] == 2**31 - 1 and by_id[rid]["completion_tokens"] == 3
     assert by_id[nul_id]["upstream_model"] == ("gpt\ufffd-x" + "y" * 300)[:256]
+
+
+def test_writer_connection_closed_between_batches_is_replaced(postgres_env, monkeypatch):
+    """The ledger writer keeps its connection between batches; when the database closes it
+    meanwhile (a restart, an idle timeout on the way), the next batch goes through on a
+    fresh one at once, without a failed write, and an idempotent rewrite counts nothing twice."""
+    import asyncio
+
+    from tallygate.metering.record import UsageRecord, utcnow
+    from tallygate.settings import load
+    from tallygate.store import open_store
+
+    for k, v in postgres_env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PROXY_GATEWAY_TOKEN", "x")
+    tenant = "kept-" + uuid.uuid4().hex[:8]
+
+    def batch(n: int) -> list:
+        return [UsageRecord(request_id=f"req_{uuid.uuid4().hex[:24]}", created_at=utcnow(), tenant_id=tenant,
+                            model="gpt-4o-mini", endpoint="/v1/chat/completions", stream=False,
+                            status_code=200, prompt_tokens=3, total_tokens=3) for _ in range(n)]
+
+    async def run():
+        store = open_store(load())
+        await store.connect()
+        await store.migrate()
+        first = await store.write(batch(2))
+        pid = store._writer_conn.info.backend_pid
+        again = await store.write(batch(3))
+        assert store._writer_conn.info.backend_pid == pid  # kept between batches
+        await store.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        second = batch(4)
+        after_kill = await store.write(second)
+        new_pid = store._writer_conn.info.backend_pid
+        rewrite = await store.write(second)
+        await store.close()
+        return first, again, after_kill, rewrite, pid, new_pid
+
+    first, again, after_kill, rewrite, pid, new_pid = asyncio.run(run())
+    assert (first, again, after_kill, rewrite) == (2, 3, 4, 0) and new_pid != pid
+    assert len(pg_rows(postgres_env, f"tenant_id = '{tenant}'")) == 9
