@@ -393,6 +393,7 @@ def test_writer_connection_closed_between_batches_is_replaced(postgres_env, monk
     from tallygate.metering.record import UsageRecord, utcnow
     from tallygate.settings import load
     from tallygate.store import open_store
+    from tallygate.store import postgres as postgres_store
 
     for k, v in postgres_env.items():
         monkeypatch.setenv(k, v)
@@ -407,19 +408,29 @@ def test_writer_connection_closed_between_batches_is_replaced(postgres_env, monk
     async def run():
         store = open_store(load())
         await store.connect()
-        await store.migrate()
-        first = await store.write(batch(2))
-        pid = store._writer_conn.info.backend_pid
-        again = await store.write(batch(3))
-        assert store._writer_conn.info.backend_pid == pid  # kept between batches
-        await store.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        second = batch(4)
-        after_kill = await store.write(second)
-        new_pid = store._writer_conn.info.backend_pid
-        rewrite = await store.write(second)
-        await store.close()
+        try:  # an unclosed pool would keep asyncio.run from returning if an assertion fails
+            await store.migrate()
+            first = await store.write(batch(2))
+            pid = store._writer_conn.info.backend_pid
+            again = await store.write(batch(3))
+            assert store._writer_conn.info.backend_pid == pid  # kept between batches
+            await store.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            second = batch(4)
+            after_kill = await store.write(second)
+            new_pid = store._writer_conn.info.backend_pid
+            rewrite = await store.write(second)
+            # kept no longer than WRITER_CONN_MAX_AGE: then back to the pool, which renews it
+            requests = store._pool.get_stats().get("requests_num", 0)
+            await store.write(batch(1))
+            assert store._pool.get_stats().get("requests_num", 0) == requests  # kept: no pool request
+            monkeypatch.setattr(postgres_store, "WRITER_CONN_MAX_AGE", 0.0)
+            await store.write(batch(1))
+            await store.write(batch(1))
+            assert store._pool.get_stats().get("requests_num", 0) == requests + 2  # one per write now
+        finally:
+            await store.close()
         return first, again, after_kill, rewrite, pid, new_pid
 
     first, again, after_kill, rewrite, pid, new_pid = asyncio.run(run())
     assert (first, again, after_kill, rewrite) == (2, 3, 4, 0) and new_pid != pid
-    assert len(pg_rows(postgres_env, f"tenant_id = '{tenant}'")) == 9
+    assert len(pg_rows(postgres_env, f"tenant_id = '{tenant}'")) == 12

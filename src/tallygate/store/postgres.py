@@ -141,7 +141,9 @@ class PostgresStore:
         import psycopg
 
         payload = orjson.dumps([r.ledger_row() for r in records], default=_json_default).decode()
-        kept = self._writer_conn is not None and time.monotonic() - self._writer_since < WRITER_CONN_MAX_AGE
+        if self._writer_conn is not None and time.monotonic() - self._writer_since >= WRITER_CONN_MAX_AGE:
+            await self._release_writer_conn()  # the pool renews the connections it gets back
+        kept = self._writer_conn is not None
         try:
             return await self._insert(payload)
         except psycopg.OperationalError:
@@ -154,8 +156,6 @@ class PostgresStore:
     async def _insert(self, payload: str) -> int:
         import psycopg
 
-        if self._writer_conn is not None and time.monotonic() - self._writer_since >= WRITER_CONN_MAX_AGE:
-            await self._release_writer_conn()  # the pool renews the connections it gets back
         if self._writer_conn is None:
             self._writer_conn = await self._pool.getconn()
             self._writer_since = time.monotonic()
