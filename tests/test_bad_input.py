@@ -43,6 +43,8 @@ def test_malformed_bodies_are_400_or_413(gateway):
             err = assert_openai_error(status, body, (endpoint, data[:40]))
             assert err["code"] == code, (endpoint, data[:40], err)
             assert status == (413 if code == "request_too_large" else 400)
+            # the field at fault is named, as OpenAI's errors do
+            assert err["param"] == {"invalid_model": "model", "invalid_stream": "stream"}.get(code), err
     # the body limit holds without a Content-Length too (chunked)
     chunk = b"a" * 1000
     raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"

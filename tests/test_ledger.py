@@ -236,6 +236,12 @@ def test_usage_report_cli_and_admin_api(gateway, postgres_env):
     assert sum(d["requests"] for d in mine) == 9
     assert sum(Decimal(d["cost_usd"]) for d in mine) == sum(Decimal(l["cost_usd_exact"]) for l in logs)
     assert sum(d["total_tokens"] for d in mine) == sum(l["total_tokens"] for l in logs)
+    # the ledger's column names group like the short names the filters' counterparts use
+    req = urllib.request.Request(gw.url + "/admin/usage?group_by=tenant_id,model&start=1h",
+                                 headers={"Authorization": f"Bearer {MASTER}"})
+    by_column = [d for d in json.loads(urllib.request.urlopen(req).read())["data"]
+                 if d["tenant_id"].startswith("rep-")]
+    assert by_column == mine
     for bad in ("group_by=nope", "start=yesterday"):
         req = urllib.request.Request(gw.url + "/admin/usage?" + bad, headers={"Authorization": f"Bearer {MASTER}"})
         with pytest.raises(urllib.error.HTTPError) as exc:

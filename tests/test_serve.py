@@ -203,3 +203,19 @@ def test_refused_requests_are_counted_by_reason(gateway):
     assert _metric(text, "tallygate_rejected_requests_total", reason="invalid_api_key") == 2
     assert _metric(text, "tallygate_rejected_requests_total", reason="invalid_model") == 1
     assert _metric(text, "tallygate_requests_total") == 1  # refused requests are not metered usage
+
+
+def test_start_without_an_openai_key_says_so(tmp_path):
+    env = base_env("unused", tmp_path, OPENAI_BASE_URL=None, OPENAI_API_KEY=None)
+    gw = GatewayProcess(env, tmp_path / "nokey.log")
+    try:
+        assert "OPENAI_API_KEY is not set" in gw.output() and "make run DEMO=1" in gw.output()
+    finally:
+        gw.stop()
+    # with a key (or another upstream) nothing is said
+    env = base_env("http://127.0.0.1:9/v1", tmp_path, OPENAI_API_KEY=None)
+    gw = GatewayProcess(env, tmp_path / "otherupstream.log")
+    try:
+        assert "OPENAI_API_KEY is not set" not in gw.output()
+    finally:
+        gw.stop()

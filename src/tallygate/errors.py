@@ -9,16 +9,17 @@ class GatewayError(Exception):
     """An error answered to the client as OpenAI-style JSON."""
 
     def __init__(self, status: int, message: str, type_: str, code: str | None,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                 headers: list[tuple[bytes, bytes]] | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.code = code
         self.headers = headers or []
+        self.param = param  # the request field at fault, when one is
 
     def body(self) -> bytes:
-        return error_body(self.message, self.type, self.code)
+        return error_body(self.message, self.type, self.code, self.param)
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -35,7 +36,7 @@ def forbidden(message: str, code: str = "forbidden") -> GatewayError:
 
 
 def bad_request(message: str, code: str = "invalid_request", param: str | None = None) -> GatewayError:
-    return GatewayError(400, message, "invalid_request_error", code)
+    return GatewayError(400, message, "invalid_request_error", code, param=param)
 
 
 def not_found(message: str) -> GatewayError:

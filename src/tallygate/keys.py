@@ -21,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 import orjson
 
 from .auth import hash_key
+from .money import usd_text
 from .settings import TENANT_RE
 
 log = logging.getLogger("tallygate.keys")
@@ -48,7 +49,7 @@ class Limits:
 
     def as_json(self) -> dict:
         return {"rpm_limit": self.rpm_limit, "tpm_limit": self.tpm_limit,
-                "budget_usd": None if self.budget_usd is None else str(self.budget_usd),
+                "budget_usd": None if self.budget_usd is None else usd_text(self.budget_usd),
                 "budget_period": self.budget_period,
                 "models": None if self.models is None else list(self.models)}
 

@@ -32,6 +32,7 @@ from decimal import Decimal
 from .errors import GatewayError, forbidden
 from .keys import KeyCache, KeyStore, Limits, period_end, period_start
 from .metering.extract import Usage
+from .money import usd_text
 
 log = logging.getLogger("tallygate.limits")
 
@@ -319,8 +320,8 @@ class Guard:
             headers.append((b"retry-after", str(retry).encode()))
         if c.kind == "budget":
             spent = Decimal(r.current) / NANO
-            message = (f"Budget exceeded for {c.scope}: ${spent.quantize(Decimal('0.000001'))} of "
-                       f"${(Decimal(c.limit) / NANO).normalize()} used this period.")
+            message = (f"Budget exceeded for {c.scope}: ${usd_text(spent)} of "
+                       f"${usd_text(Decimal(c.limit) / NANO)} used this period.")
             return GatewayError(429, message, "insufficient_quota", "budget_exceeded", headers)
         unit = "requests" if c.kind == "rpm" else "tokens"
         headers += [(f"x-ratelimit-limit-{unit}".encode(), str(c.limit).encode()),

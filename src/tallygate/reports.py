@@ -9,9 +9,12 @@ import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+from .money import usd_text
+
 GROUPS = ("tenant", "model", "day", "key", "endpoint", "status")
 _COLUMN = {"tenant": "tenant_id", "model": "model", "key": "api_key_id",
            "endpoint": "endpoint", "status": "status"}
+_ALIASES = {"tenant_id": "tenant", "api_key_id": "key", "key_id": "key"}
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -40,7 +43,8 @@ def parse_time(text: str) -> datetime:
 def parse_group_by(text: str | None) -> list[str]:
     if not text:
         return ["tenant"]
-    groups = [g.strip() for g in text.split(",") if g.strip()]
+    # the ledger's column names are accepted too (`tenant_id`, `api_key_id`): the filters use them
+    groups = [_ALIASES.get(g, g) for g in (g.strip() for g in text.split(",")) if g]
     for g in groups:
         if g not in GROUPS:
             raise ReportError(f"cannot group by {g!r}: choose from {', '.join(GROUPS)}")
@@ -85,7 +89,7 @@ async def usage_report(store, start: datetime, end: datetime | None = None,
         item.update(requests=int(row[n]), prompt_tokens=int(row[n + 1] or 0),
                     completion_tokens=int(row[n + 2] or 0), total_tokens=int(row[n + 3] or 0),
                     cached_tokens=int(row[n + 4] or 0),
-                    cost_usd=str(Decimal(str(row[n + 5] or 0)).normalize() if row[n + 5] else Decimal(0)))
+                    cost_usd=usd_text(Decimal(str(row[n + 5] or 0))))
         out.append(item)
     return out
 
@@ -105,7 +109,7 @@ def format_table(rows: list[dict]) -> str:
               "completion_tokens": sum(r["completion_tokens"] for r in rows),
               "total_tokens": sum(r["total_tokens"] for r in rows),
               "cached_tokens": sum(r["cached_tokens"] for r in rows),
-              "cost_usd": str(total_cost)}
+              "cost_usd": usd_text(total_cost)}
     cells.append([str(totals.get(c, "TOTAL" if i == 0 else "")) for i, c in enumerate(columns)])
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     numeric = {"requests", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cost_usd"}

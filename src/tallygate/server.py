@@ -31,6 +31,18 @@ def resolve_token(settings: Settings, dev: bool) -> Settings:
     return settings_module.load()
 
 
+def warn_missing_upstream_key(settings: Settings) -> None:
+    """The default route is OpenAI itself: without a key every request would fail upstream."""
+    if settings.openai_api_key or settings.openai_base_url != settings_module.DEFAULT_OPENAI_BASE_URL:
+        return
+    sys.stderr.write(
+        "\n  tallygate: OPENAI_API_KEY is not set, so requests routed to OpenAI "
+        f"({settings.openai_base_url}) will be refused there (401).\n"
+        "  Set OPENAI_API_KEY, point OPENAI_BASE_URL at another upstream, or run `make run DEMO=1`\n"
+        "  to try the gateway against its built-in fake upstream.\n\n")
+    sys.stderr.flush()
+
+
 def app_factory():
     """Import string for uvicorn workers (each worker builds its own app)."""
     from .app import create_app
@@ -75,6 +87,7 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
         sys.stderr.write(f"tallygate: {exc}\n")
         return 2
     logs.setup(settings.secrets)
+    warn_missing_upstream_key(settings)
     port = port or settings.port
     # httptools, answering unparseable requests with OpenAI-style JSON (http_errors.py)
     common = dict(host=host, port=port, loop="uvloop", http="tallygate.http_errors:HttpToolsProtocol",

@@ -14,6 +14,7 @@ import orjson
 
 from ..logs import utc_iso
 from ..metering.record import UsageRecord
+from ..money import usd_text
 
 
 def log_entry(record: UsageRecord) -> dict:
@@ -37,7 +38,7 @@ def log_entry(record: UsageRecord) -> dict:
         "cached_tokens": record.cached_tokens,
         "reasoning_tokens": record.reasoning_tokens,
         "cost_usd": float(record.cost_usd),
-        "cost_usd_exact": str(record.cost_usd),
+        "cost_usd_exact": usd_text(record.cost_usd),
         "price_source": record.price_source,
         "usage_source": record.usage_source,
         "latency_ms": float(record.latency_ms),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..metering.record import LEDGER_COLUMNS, UsageRecord
+from ..money import usd_text
 from . import StoreUnavailable
 from .migrations import migrations
 
@@ -41,7 +42,7 @@ def _row(r: UsageRecord) -> tuple:
     row = list(r.ledger_row())
     row[1] = r.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     row[8] = int(r.stream)
-    row[16] = str(r.cost_usd)
+    row[16] = usd_text(r.cost_usd)
     return tuple(row)
 
 
