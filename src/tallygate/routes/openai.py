@@ -9,7 +9,10 @@ happens: retries, fallbacks, timeouts, a client that hangs up, a server stopping
 Failed attempts (connection errors, 429, 5xx) are retried with backoff and jitter, then
 the route's fallbacks are tried, all while nothing has been sent to the client: a
 stream's response starts with its first event, so a stream that fails before it can
-still be retried. See docs/reliability.md.
+still be retried. Once an upstream has answered 2xx, a body that breaks off is not retried
+(the provider did, and bills, the work): it is answered 502/504 and metered from an
+estimate. Error answers tell the SDKs not to retry on top (`x-should-retry: false`). See
+docs/reliability.md.
 """
 
 from __future__ import annotations
