@@ -17,7 +17,12 @@ Fault behaviours (all optional):
              "first_event_delay": 2,     # streams: headers at once, first event after 2 s
              "done_delay": 1,            # streams: wait before the final [DONE]
              "by_model": {"gpt-4o": {"status": 503}},  # overrides for one model name
-             "set_cookie": "__cf_bm=abc"}  # a Set-Cookie header on the answer
+             "set_cookie": "__cf_bm=abc",  # a Set-Cookie header on the answer
+             "cut_body": 20,             # non-streamed answers: the status, headers and full
+                                         # Content-Length, 20 bytes of the body, then the
+                                         # connection closed
+             "cut_errors": true,         # ... only error answers are cut
+             "stall_body": 5}            # ... the rest is never sent: 5 s of silence, then the close
 
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
 received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
@@ -128,6 +133,8 @@ class FakeUpstream:
             headers = {"x-request-id": "req_fake_err"}
             if fake.get("retry_after") is not None:
                 headers["retry-after"] = str(fake["retry_after"])
+            if fake.get("cut_body") is not None:
+                return None, None, await self._cut(request, status, orjson.dumps(body), headers, fake)
             return None, None, web.json_response(body, status=status, headers=headers,
                                                  dumps=lambda o: orjson.dumps(o).decode())
         return doc, fake, None
@@ -136,6 +143,20 @@ class FakeUpstream:
     async def _cookie(request, response) -> None:
         if request.get("set_cookie"):
             response.headers["Set-Cookie"] = request["set_cookie"] + "; Path=/"
+
+    async def _cut(self, request, status: int, body: bytes, headers: dict, fake: dict) -> web.StreamResponse:
+        """An answer that breaks off: the status and headers (with the full Content-Length),
+        `cut_body` bytes of the body, then (after `stall_body` seconds) the connection closed."""
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_type = "application/json"
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[:int(fake["cut_body"])])
+        if fake.get("stall_body"):
+            await self._sleep_while_connected(request, float(fake["stall_body"]))
+        if request.transport is not None:
+            request.transport.close()
+        return resp
 
     def _model(self, doc, fake) -> str:
         return str(fake.get("upstream_model", doc.get("model", "gpt-4o-mini")))
@@ -207,9 +228,11 @@ class FakeUpstream:
                     "choices": [choice], "system_fingerprint": "fp_fake"}
             if not fake.get("no_usage"):
                 body["usage"] = usage
-            return web.Response(body=orjson.dumps(body), content_type="application/json",
-                                headers={"x-request-id": "req_fake", "x-ratelimit-limit-requests": "100",
-                                         "x-ratelimit-remaining-requests": "99", "x-fake-secret-header": "x"})
+            headers = {"x-request-id": "req_fake", "x-ratelimit-limit-requests": "100",
+                       "x-ratelimit-remaining-requests": "99", "x-fake-secret-header": "x"}
+            if fake.get("cut_body") is not None and not fake.get("cut_errors"):
+                return await self._cut(request, 200, orjson.dumps(body), headers, fake)
+            return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
         include = isinstance(doc.get("stream_options"), dict) and doc["stream_options"].get("include_usage") is True
         include = include and not fake.get("no_usage")
         chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"

@@ -9,7 +9,10 @@ happens: retries, fallbacks, timeouts, a client that hangs up, a server stopping
 Failed attempts (connection errors, 429, 5xx) are retried with backoff and jitter, then
 the route's fallbacks are tried, all while nothing has been sent to the client: a
 stream's response starts with its first event, so a stream that fails before it can
-still be retried. See docs/reliability.md.
+still be retried. Once an upstream has answered 2xx, a body that breaks off is not retried
+(the provider did, and bills, the work): it is answered 502/504 and metered from an
+estimate. Error answers tell the SDKs not to retry on top (`x-should-retry: false`). See
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ STREAM_USAGE_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 # control characters an upstream header value must not carry on to the client
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+# on an error answer the gateway has already retried what is safe to retry (or judged it
+# unsafe): the official SDKs honour this and do not repeat the call on top
+NO_SDK_RETRY = (b"x-should-retry", b"false")
 # upstream response header names as sent -> the name passed on (lower case), or None:
 # an upstream sends the same few names every time
 _PASSED: dict[bytes, bytes | None] = {}
@@ -60,6 +66,15 @@ def _passed_name(name: bytes) -> bytes | None:
 
 class ClientGone(Exception):
     pass
+
+
+def _no_sdk_retry(send):
+    """`send` that adds `x-should-retry: false` to the response head (error answers only)."""
+    async def send_no_retry(message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message["headers"], NO_SDK_RETRY]
+        await send(message)
+    return send_no_retry
 
 
 class Failure:
@@ -357,12 +372,17 @@ class OpenAIProxy:
             if watch is not None and watch.gone:
                 self._client_left_early(record, started, len(body))
                 return
-            # nothing left to try: the upstream's own answer, or an OpenAI-style 502/504
+            # nothing left to try: the upstream's own answer, or an OpenAI-style 502/504. The
+            # SDKs are told not to retry on top of the gateway's retries; only when the gateway
+            # made one attempt at a failure it would have retried (TALLYGATE_RETRIES=0, no
+            # fallback) are they left to their own rules.
+            no_retry = s.retries > 0 or index > 0 or not failure.retryable
             if failure.resp is not None:
-                await self._answer(send, failure.resp, failure.data, record, started)
+                await self._answer(_no_sdk_retry(send) if no_retry else send, failure.resp, failure.data,
+                                   record, started)
             else:
                 await self._fail(send, record, started, failure.status_code, failure.status,
-                                 failure.message, failure.code)
+                                 failure.message, failure.code, should_retry=False if no_retry else None)
         except asyncio.CancelledError:
             # the server stopped past its grace period while this request was in flight
             if record.status_code == 0:
@@ -420,19 +440,49 @@ class OpenAIProxy:
             try:
                 data = await resp.read()
             except TimeoutError:
+                if not retryable_status(resp.status):
+                    await self._broke_after_status(send, resp, record, started, body_len, True)
+                    return None
                 return Failure(504, "timeout", "The upstream stopped answering mid-response.",
                                "upstream_timeout", retryable=False)
             except (aiohttp.ClientError, OSError) as exc:
+                if not retryable_status(resp.status):
+                    await self._broke_after_status(send, resp, record, started, body_len, False)
+                    return None
+                # a 429/5xx whose body broke off: the upstream did no billable work, try again
                 return Failure(502, "upstream_error",
                                f"The upstream connection failed mid-response: {type(exc).__name__}.",
                                "upstream_disconnected", retryable=True)
             if retryable_status(resp.status):
                 return Failure(resp.status, "upstream_error", "", None, retryable=True,
                                retry_after=retry_after(resp.headers), resp=resp, data=data)
-            await self._answer(send, resp, data, record, started)
+            # a 4xx is passed through and never retried: the SDKs are told so too
+            await self._answer(send if resp.status < 400 else _no_sdk_retry(send), resp, data, record, started)
             return None
         finally:
             resp.release()
+
+    async def _broke_after_status(self, send, resp, record: UsageRecord, started: float, body_len: int,
+                                  timed_out: bool) -> None:
+        """The upstream answered with a status (2xx, or a 4xx), then its body broke off
+        (connection closed or silent past the read timeout). A 2xx means the provider did
+        the work and bills for it: the call is not repeated (not on this route, not on a
+        fallback, and the SDK is told not to), and it is metered from an estimate so the
+        ledger and the budget count it. A 4xx is not retried either, as when it arrives whole."""
+        billed = resp.status < 300
+        if billed:
+            self._estimate(record, None, body_len)
+        log.warning("the upstream connection broke after the upstream began answering: not retried",
+                    extra={"fields": {"request_id": record.request_id, "model": record.model,
+                                      "upstream_status": resp.status, "timed_out": timed_out}})
+        what = "stopped sending" if timed_out else "connection broke"
+        message = (f"The upstream {what} after it began answering (HTTP {resp.status}), before the "
+                   "response was complete." + (" The request may have been processed and billed, so the "
+                                               "gateway did not repeat it." if billed else ""))
+        if timed_out:
+            await self._fail(send, record, started, 504, "timeout", message, "upstream_timeout")
+        else:
+            await self._fail(send, record, started, 502, "upstream_error", message, "upstream_disconnected")
 
     @staticmethod
     def _redirected(resp, record: UsageRecord) -> Failure:
@@ -604,12 +654,16 @@ class OpenAIProxy:
         record.usage_source = source
 
     async def _fail(self, send, record: UsageRecord, started: float, status_code: int,
-                    status: str, message: str, code: str) -> None:
+                    status: str, message: str, code: str, should_retry: bool | None = False) -> None:
+        """An OpenAI-style error answer; `should_retry` is sent as `x-should-retry` (None:
+        no header, the SDK's own rules apply)."""
         self._finish(record, started, status_code, status)
         self.g.pipeline.submit(record)
         error = GatewayError(status_code, message, "upstream_error", code)
         body = error.body()
-        await send({"type": "http.response.start", "status": status_code, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"x-tallygate-request-id", record.request_id.encode())]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"x-tallygate-request-id", record.request_id.encode())]
+        if should_retry is not None:
+            headers.append((b"x-should-retry", b"true" if should_retry else b"false"))
+        await send({"type": "http.response.start", "status": status_code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
