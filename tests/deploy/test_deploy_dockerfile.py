@@ -56,6 +56,7 @@ def test_installs_from_the_lock_file_then_the_package_without_deps():
     runs = [rest for word, rest in instructions() if word == "RUN"]
     joined = " ".join(runs)
     assert "-r /tmp/requirements.lock" in joined
+    assert re.search(r"pip install [^&]*--require-hashes -r /tmp/requirements\.lock", joined)
     assert re.search(r"pip install [^&]*--no-deps \.", joined)
     assert joined.index("requirements.lock") < joined.index("--no-deps")
 
