@@ -34,8 +34,19 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import Config, SecretSpec, build_config
-from .constants import (ALERT_THRESHOLDS, CONTAINER_PORT, LIVENESS_PROBE, LOG_MESSAGE, MONITORING_PHASES, PHASES,
-                        RESERVED_ENVS, SECRET_ENVS, SECRET_LIKE_ENVS, STARTUP_PROBE, DeployError)
+from .constants import (
+    ALERT_THRESHOLDS,
+    CONTAINER_PORT,
+    LIVENESS_PROBE,
+    LOG_MESSAGE,
+    MONITORING_PHASES,
+    PHASES,
+    RESERVED_ENVS,
+    SECRET_ENVS,
+    SECRET_LIKE_ENVS,
+    STARTUP_PROBE,
+    DeployError,
+)
 from .execute import Runner, execute
 from .options import add_arguments
 from .script import command_line, shell_quote, write_script

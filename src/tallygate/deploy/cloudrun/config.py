@@ -10,9 +10,26 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import (_DATASET_RE, _ENV_NAME_RE, _MEMORY_RE, _PROJECT_RE, _REGION_RE, _REPO_RE, _SA_ID_RE,
-                        _SERVICE_RE, _SQL_INSTANCE_RE, _TAG_RE, ALERT_THRESHOLDS, CONTAINER_PORT,
-                        MONITORING_PHASES, PHASES, RESERVED_ENVS, SECRET_ENVS, SECRET_LIKE_ENVS, DeployError)
+from .constants import (
+    _DATASET_RE,
+    _ENV_NAME_RE,
+    _MEMORY_RE,
+    _PROJECT_RE,
+    _REGION_RE,
+    _REPO_RE,
+    _SA_ID_RE,
+    _SERVICE_RE,
+    _SQL_INSTANCE_RE,
+    _TAG_RE,
+    ALERT_THRESHOLDS,
+    CONTAINER_PORT,
+    MONITORING_PHASES,
+    PHASES,
+    RESERVED_ENVS,
+    SECRET_ENVS,
+    SECRET_LIKE_ENVS,
+    DeployError,
+)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-
 CONTAINER_PORT = 8080
 LOG_MESSAGE = "litellm_request"
 STARTUP_PROBE = {  # /ready answers 503 until the ledger is reachable; up to 2 minutes

@@ -11,7 +11,6 @@ from .constants import _VAR_REF
 from .script import command_line
 from .steps import Step
 
-
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
