@@ -73,7 +73,7 @@ class _Session:
     def __init__(self, body: bytes, stream: bool) -> None:
         self.body, self.stream = body, stream
 
-    async def post(self, url, data, headers):
+    async def post(self, url, data, headers, **options):  # allow_redirects=False etc.
         return _Response(self.body, self.stream)
 
 
@@ -87,6 +87,8 @@ async def measure(stream: bool, n: int, warm: int, pipeline: bool) -> tuple[floa
     app = App(load())
     g = app.g
     await g.startup()
+    await g.client_ready.wait()  # the HTTP client library loads in the background first
+    await g.session.close()  # the canned session below replaces the real one
     g.session = _Session((SSE_BODY if stream else CHAT_JSON).encode(), stream)
     doc = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello from the benchmark."}]}
     if stream:
