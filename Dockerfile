@@ -18,10 +18,12 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 tallygate \
  && useradd --system --uid 10001 --gid tallygate --no-create-home --shell /usr/sbin/nologin tallygate
 
-# Dependencies first, from the pinned lock file, so code changes reuse this layer.
+# Dependencies first, from the pinned lock file, so code changes reuse this layer. Every file
+# pip downloads must match a sha256 in the lock file (--require-hashes): a re-uploaded or
+# tampered release fails the build instead of entering the image.
 COPY requirements.lock /tmp/requirements.lock
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.lock \
+ && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock \
  && rm /tmp/requirements.lock
 
 # Then the package itself, without resolving anything again.

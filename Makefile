@@ -11,7 +11,7 @@ PORT   ?= 8080
 
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-*; touch $@
 
@@ -36,15 +36,20 @@ test: $(STAMP) tools
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-# Re-pin: resolve the newest allowed versions into the two lock files.
+# Re-pin with pip-compile (pip-tools): every pin carries the sha256 of each file PyPI has for it,
+# and pip installs with --require-hashes. Existing pins are kept (new dependencies are added);
+# `make lock UPGRADE=1` moves everything to the newest allowed versions. The dev lock holds the
+# runtime pins too (hash-checking mode cannot follow -r into a file), constrained to the same versions.
+LOCK_VENV  := /tmp/tallygate-lock
+PIP_TOOLS  := pip-tools==7.6.2
+LOCK_FLAGS := -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+              --no-header $(if $(UPGRADE),--upgrade,)
 lock:
-	rm -rf /tmp/tallygate-lock && $(PYTHON) -m venv /tmp/tallygate-lock
-	/tmp/tallygate-lock/bin/pip install -q . && /tmp/tallygate-lock/bin/pip freeze --exclude tallygate > /tmp/tallygate-runtime.txt
-	/tmp/tallygate-lock/bin/pip install -q '.[test]' && /tmp/tallygate-lock/bin/pip freeze --exclude tallygate > /tmp/tallygate-all.txt
-	{ echo "# Runtime dependencies, pinned (the Dockerfile and make run install exactly these)."; \
-	  echo "# Regenerate: make lock"; cat /tmp/tallygate-runtime.txt; } > requirements.lock
-	{ echo "# Test and development tools, pinned, on top of requirements.lock."; echo "# Regenerate: make lock"; \
-	  echo "-r requirements.lock"; comm -23 <(sort /tmp/tallygate-all.txt) <(sort /tmp/tallygate-runtime.txt); } > requirements-dev.lock
+	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q "$(PIP_TOOLS)"; }
+	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) -o requirements.lock pyproject.toml
+	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --extra test --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
+	sed -i '1i # Runtime dependencies, pinned with hashes (the Dockerfile installs exactly these).\n# Regenerate: make lock' requirements.lock
+	sed -i '1i # Runtime, test and development tools, pinned with hashes (make test / make run install these).\n# Regenerate: make lock' requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache tallygate.db tallygate.db-*

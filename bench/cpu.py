@@ -15,13 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import time
 import sys
+import time
 from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as R  # noqa: E402  (the benchmark's fake upstream and system definitions)
+from benchlib.config import BENCH_DB, HOST, WORK  # noqa: E402  (the benchmark's library)
+from benchlib.host import sh  # noqa: E402
+from benchlib.ledger import fresh_ledgers  # noqa: E402
+from benchlib.load import run_wrk  # noqa: E402
+from benchlib.processes import Nginx  # noqa: E402
+from benchlib.systems import make_system  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -35,7 +40,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 def start(spec: str, index: int, stream: bool) -> dict:
     name, _, src = spec.partition("@")
     label = re.sub(r"[^A-Za-z0-9._-]", "_", spec)
-    sysd = R.make_system(name, stream, 1, "cpu-" + label)
+    sysd = make_system(name, stream, 1, "cpu-" + label)
     proc = sysd["proc"]
     if src:
         proc.env["PYTHONPATH"] = str(Path(src).resolve() / "src")
@@ -54,10 +59,10 @@ def prefill(rows: int) -> None:
            "status, price_source, usage_source, latency_ms) SELECT 'req_' || left(md5(i::text), 24), "
            "now() - i * interval '1 second', 'bench-prefill-' || (i % 100), 'gpt-4o-mini', 'openai', "
            f"'/v1/chat/completions', 200, 'ok', 'genai-prices', 'provider', 1.5 FROM generate_series(1, {rows}) i")
-    r = R.sh(["psql", "-h", R.HOST, "-U", "postgres", "-d", R.BENCH_DB, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+    r = sh(["psql", "-h", HOST, "-U", "postgres", "-d", BENCH_DB, "-v", "ON_ERROR_STOP=1", "-qc", sql])
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
-    R.sh(["psql", "-h", R.HOST, "-U", "postgres", "-d", R.BENCH_DB, "-qc", "VACUUM ANALYZE litellm_usage"])
+    sh(["psql", "-h", HOST, "-U", "postgres", "-d", BENCH_DB, "-qc", "VACUUM ANALYZE litellm_usage"])
     print(f"ledger table holds {rows:,} rows", flush=True)
 
 
@@ -71,16 +76,16 @@ def main() -> int:
                     help="rows put into the Postgres ledger table before measuring (a ledger that has grown)")
     a = ap.parse_args()
     stream = a.mode == "stream"
-    R.WORK.mkdir(parents=True, exist_ok=True)
-    R.fresh_ledgers(a.systems)
-    nginx = R.Nginx()
+    WORK.mkdir(parents=True, exist_ok=True)
+    fresh_ledgers(a.systems)
+    nginx = Nginx()
     nginx.start()
     systems: list[dict] = []
     results: dict[str, list[tuple[float, float, float]]] = {s: [] for s in a.systems}
     try:
         for i, spec in enumerate(a.systems):
             systems.append(start(spec, i, stream))
-            R.run_wrk(systems[-1]["port"], 15, 2, f"cpu-warm-{i}", stream, systems[-1]["token"], "warm")
+            run_wrk(systems[-1]["port"], 15, 2, f"cpu-warm-{i}", stream, systems[-1]["token"], "warm")
         if a.ledger_rows:
             prefill(a.ledger_rows)
         for r in range(a.rounds):
@@ -88,7 +93,7 @@ def main() -> int:
                 pid = sysd["proc"].p.pid
                 u0, s0 = cpu_seconds(pid)
                 t0 = time.monotonic()
-                res = R.run_wrk(sysd["port"], 15, a.seconds, f"cpu-{sysd['label']}-{r}", stream,
+                res = run_wrk(sysd["port"], 15, a.seconds, f"cpu-{sysd['label']}-{r}", stream,
                                 sysd["token"], "cpu")
                 u1, s1 = cpu_seconds(pid)
                 busy = (u1 - u0 + s1 - s0) / (time.monotonic() - t0)

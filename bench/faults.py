@@ -31,9 +31,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the repository root: the devtools package
 
-from pgcluster import PrivatePostgres  # noqa: E402
+from devtools.pgcluster import PrivatePostgres  # noqa: E402
 
 TOKEN = "bench-faults-token-7f3a"
 MESSAGES = [{"role": "user", "content": "Count to five, slowly."}]

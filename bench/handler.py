@@ -73,12 +73,13 @@ class _Session:
     def __init__(self, body: bytes, stream: bool) -> None:
         self.body, self.stream = body, stream
 
-    async def post(self, url, data, headers):
+    async def post(self, url, data, headers, **options):  # allow_redirects=False etc.
         return _Response(self.body, self.stream)
 
 
 async def measure(stream: bool, n: int, warm: int, pipeline: bool) -> tuple[float, float]:
-    import run as R  # the benchmark's request and upstream bodies
+    from benchlib.config import MODEL  # the benchmark's request and upstream bodies
+    from benchlib.upstream import CHAT_JSON, SSE_BODY
 
     from tallygate.app import App
     from tallygate.settings import load
@@ -86,8 +87,10 @@ async def measure(stream: bool, n: int, warm: int, pipeline: bool) -> tuple[floa
     app = App(load())
     g = app.g
     await g.startup()
-    g.session = _Session((R.SSE_BODY if stream else R.CHAT_JSON).encode(), stream)
-    doc = {"model": R.MODEL, "messages": [{"role": "user", "content": "Say hello from the benchmark."}]}
+    await g.client_ready.wait()  # the HTTP client library loads in the background first
+    await g.session.close()  # the canned session below replaces the real one
+    g.session = _Session((SSE_BODY if stream else CHAT_JSON).encode(), stream)
+    doc = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello from the benchmark."}]}
     if stream:
         doc.update(stream=True, stream_options={"include_usage": True})
     body = json.dumps(doc).encode()

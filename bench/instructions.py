@@ -26,13 +26,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as R  # noqa: E402  (the benchmark's fake upstream and system definitions)
+from benchlib.config import BENCH, HOST, MODEL, VENV_PY, WORK  # noqa: E402  (the benchmark's library)
+from benchlib.processes import Nginx  # noqa: E402
+from benchlib.systems import make_system  # noqa: E402
 
 
 async def load(port: int, token: str, n: int, c: int, stream: bool) -> None:
     import aiohttp
 
-    body = {"model": R.MODEL, "messages": [{"role": "user", "content": "Say hello from the benchmark."}]}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello from the benchmark."}]}
     if stream:
         body.update(stream=True, stream_options={"include_usage": True})
     data = json.dumps(body).encode()
@@ -43,7 +45,7 @@ async def load(port: int, token: str, n: int, c: int, stream: bool) -> None:
         async def worker() -> None:
             while left[0] > 0:
                 left[0] -= 1
-                async with session.post(f"http://{R.HOST}:{port}/v1/chat/completions", data=data,
+                async with session.post(f"http://{HOST}:{port}/v1/chat/completions", data=data,
                                         headers=headers) as resp:
                     await resp.read()
                     if resp.status != 200:
@@ -54,19 +56,19 @@ async def load(port: int, token: str, n: int, c: int, stream: bool) -> None:
 def measure(src: str | None, label: str, a) -> float:
     """Instructions per request for one build (src None: the floor proxy)."""
     stream = a.mode == "stream"
-    out = R.WORK / f"callgrind.{label}.out"
+    out = WORK / f"callgrind.{label}.out"
     for f in glob.glob(f"{out}*"):
         os.remove(f)
     name = "floor" if src is None else "tallygate-pg"
-    sysd = R.make_system(name, stream, 1, "instructions")
+    sysd = make_system(name, stream, 1, "instructions")
     proc, port = sysd["proc"], sysd["port"]
     if src is None:
-        args = [str(R.BENCH / "floor_proxy.py"), "--port", str(port)]
+        args = [str(BENCH / "floor_proxy.py"), "--port", str(port)]
     else:
         proc.env["PYTHONPATH"] = str(Path(src).resolve() / "src")
-        args = ["-m", "tallygate", "serve", "--host", R.HOST, "--port", str(port)]
+        args = ["-m", "tallygate", "serve", "--host", HOST, "--port", str(port)]
     proc.cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-                str(R.VENV_PY), *args]
+                str(VENV_PY), *args]
     proc.start()
     try:
         if proc.wait_healthy(port, "/health", 240) is None:
@@ -98,8 +100,8 @@ def main() -> int:
     a = ap.parse_args()
     if not subprocess.run(["which", "valgrind"], capture_output=True).returncode == 0:
         sys.exit("valgrind is missing: apt-get install valgrind")
-    R.WORK.mkdir(parents=True, exist_ok=True)
-    nginx = R.Nginx()
+    WORK.mkdir(parents=True, exist_ok=True)
+    nginx = Nginx()
     nginx.start()
     try:
         if a.floor:

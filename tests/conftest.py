@@ -196,7 +196,7 @@ def gateway(fake_upstream, tmp_path):
 
 @pytest.fixture(scope="session")
 def private_postgres():
-    from pgcluster import PrivatePostgres
+    from devtools.pgcluster import PrivatePostgres
 
     pg = PrivatePostgres(free_port())
     pg.start()

@@ -13,7 +13,8 @@ from decimal import Decimal
 import pytest
 
 from deploy_support import DEPLOY, PROJECT, cloudrun, parse_args
-from logfilter import cloud_run_entry, compile_filter
+from cloud_run_logs import cloud_run_entry
+from logfilter import compile_filter
 
 duckdb = pytest.importorskip("duckdb")
 sqlglot = pytest.importorskip("sqlglot")

@@ -56,8 +56,35 @@ def test_installs_from_the_lock_file_then_the_package_without_deps():
     runs = [rest for word, rest in instructions() if word == "RUN"]
     joined = " ".join(runs)
     assert "-r /tmp/requirements.lock" in joined
+    assert re.search(r"pip install [^&]*--require-hashes -r /tmp/requirements\.lock", joined)
     assert re.search(r"pip install [^&]*--no-deps \.", joined)
     assert joined.index("requirements.lock") < joined.index("--no-deps")
+
+
+def _lock_pins(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, sha256 hashes) of a pip-compile lock file; fails on anything else."""
+    text = re.sub(r"\\\n", " ", path.read_text())  # join continuation lines
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)(?:\s*;[^-]*)?((?:\s+--hash=sha256:[0-9a-f]{64})+)", line)
+        assert m, f"{path.name}: not a pinned, hashed requirement: {line[:120]}"
+        name = re.sub(r"[-_.]+", "-", m.group(1)).lower()
+        pins[name] = (m.group(2), re.findall(r"[0-9a-f]{64}", m.group(3)))
+    return pins
+
+
+def test_lock_files_pin_every_package_with_hashes():
+    """pip --require-hashes accepts only exact pins with hashes, and cannot follow -r/-e: the
+    dev lock holds the runtime pins too, at the same versions and with the same hashes."""
+    runtime = _lock_pins(ROOT / "requirements.lock")
+    dev = _lock_pins(ROOT / "requirements-dev.lock")
+    assert {"aiohttp", "uvicorn", "psycopg"} <= runtime.keys()
+    assert {"pytest", "ruff", "mypy"} <= dev.keys() and not {"pytest", "ruff", "mypy"} & runtime.keys()
+    for name, pin in runtime.items():
+        assert dev.get(name) == pin, name
 
 
 def test_copied_files_exist_and_are_not_ignored():

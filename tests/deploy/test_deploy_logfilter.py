@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from logfilter import (MISSING, LogFilterError, cloud_run_entry, compile_filter, extract,
-                       extract_label, extract_value, matches)
+from cloud_run_logs import cloud_run_entry
+from logfilter import MISSING, LogFilterError, compile_filter, extract, extract_label, extract_value, matches
 
 ENTRY = {
     "logName": "projects/p/logs/run.googleapis.com%2Fstdout",

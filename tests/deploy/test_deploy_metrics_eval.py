@@ -10,7 +10,8 @@ import urllib.request
 import pytest
 
 from deploy_support import PROJECT, cloudrun, contract_line, metric_files, parse_args, rendered_metric
-from logfilter import cloud_run_entry, compile_filter, evaluate_metric
+from cloud_run_logs import cloud_run_entry, evaluate_metric
+from logfilter import compile_filter
 
 METRICS = {p.stem: rendered_metric(p) for p in metric_files()}
 SINK_FILTER = cloudrun.sink_filter(cloudrun.build_config(parse_args("--project", PROJECT, "--image-tag", "x")))

@@ -1,0 +1,30 @@
+"""Paths, ports, tokens and the ledger database the benchmark uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"
+RESULTS = BENCH / "results"
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+LITELLM_VENV = WORK / "litellm-venv"
+LITELLM_REQ = BENCH / "litellm-requirements.txt"
+LUA = BENCH / "post.lua"
+
+HOST = "127.0.0.1"
+NGINX_JSON, NGINX_SSE, NGINX_STATUS = 18101, 18102, 18103
+FLOOR_PORT, TG_PORT, LITELLM_PORT = 18201, 18301, 18401
+
+GATEWAY_TOKEN = "bench-gateway-token"
+MASTER_KEY = "sk-bench-master-key"
+# The Postgres ledger goes to a database of its own, created empty at the start of every run:
+# runs are comparable (inserts into a table of millions of rows cost Postgres more), and
+# the benchmark's rows never pile up in a database anything else uses.
+BENCH_DB = "tallygate_bench"
+PG_ENV = {"PGHOST": HOST, "PGUSER": "postgres", "PGDATABASE": BENCH_DB, "PGSSL": "disable", "PGPORT": "5432"}
+LEDGER_TABLE = "litellm_usage"
+
+MODEL = "gpt-4o-mini"
+UPSTREAM_MODEL = "gpt-4o-mini-2024-07-18"

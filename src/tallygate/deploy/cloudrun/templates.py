@@ -1,0 +1,98 @@
+"""The monitoring files of deploy/monitoring/, filled in with the Config's values."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .constants import MONITORING_PHASES, DeployError
+
+
+def template_values(config: Config) -> dict[str, str]:
+    values = {"PROJECT": config.project, "REGION": config.region, "SERVICE": config.service,
+              "BQ_DATASET": config.bq_dataset}
+    for key, value in config.thresholds.items():
+        values[key] = _number(value)
+    return values
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def substitute(text: str, values: dict[str, str], where: str = "template") -> str:
+    """${NAME} placeholders; an unknown one is an error, not a silent leftover."""
+    try:
+        return string.Template(text).substitute(values)
+    except KeyError as exc:
+        raise DeployError(f"{where}: unknown placeholder ${{{exc.args[0]}}}") from None
+    except ValueError as exc:
+        raise DeployError(f"{where}: {exc}") from None
+
+
+def _substitute_json(node: object, values: dict[str, str], where: str) -> object:
+    """Fill placeholders inside a parsed JSON document; a string that is exactly one
+    numeric placeholder (e.g. "${ERROR_RATIO_5XX}") becomes a JSON number."""
+    if isinstance(node, dict):
+        return {k: _substitute_json(v, values, where) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_json(v, values, where) for v in node]
+    if isinstance(node, str):
+        whole = re.fullmatch(r"\$\{([A-Z][A-Z0-9_]*)\}", node)
+        filled = substitute(node, values, where)
+        if whole and re.fullmatch(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?", filled):
+            return float(filled) if any(c in filled for c in ".eE") else int(filled)
+        return filled
+    return node
+
+
+@dataclass(frozen=True)
+class Rendered:
+    metrics: tuple[tuple[str, Path], ...]  # (metric name, rendered file)
+    dashboard: Path | None
+    dashboard_name: str
+    alerts: tuple[tuple[str, Path], ...]  # (display name, rendered file)
+    directory: Path
+
+
+def render(config: Config, out_dir: Path) -> Rendered:
+    """Write filled-in copies of deploy/monitoring/* into out_dir."""
+    values = template_values(config)
+    mon = config.assets / "monitoring"
+    need_monitoring = any(p in config.phases for p in MONITORING_PHASES)
+    if need_monitoring and not mon.is_dir():
+        raise DeployError(f"cannot find {mon}: run from a tallygate checkout or pass --source")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: list[tuple[str, Path]] = []
+    alerts: list[tuple[str, Path]] = []
+    dashboard: Path | None = None
+    dashboard_name = ""
+    if "metrics" in config.phases:
+        (out_dir / "metrics").mkdir(exist_ok=True)
+        for src in sorted((mon / "metrics").glob("*.yaml")):
+            text = substitute(src.read_text(), values, str(src))
+            dst = out_dir / "metrics" / src.name
+            dst.write_text(text)
+            metrics.append((src.stem, dst))
+    if "dashboard" in config.phases:
+        src = mon / "dashboard.json"
+        doc = _substitute_json(json.loads(src.read_text()), values, str(src))
+        assert isinstance(doc, dict)
+        dashboard_name = str(doc.get("displayName", ""))
+        dashboard = out_dir / "dashboard.json"
+        dashboard.write_text(json.dumps(doc, indent=2) + "\n")
+    if "alerts" in config.phases:
+        (out_dir / "alerts").mkdir(exist_ok=True)
+        for src in sorted((mon / "alerts").glob("*.json")):
+            doc = _substitute_json(json.loads(src.read_text()), values, str(src))
+            assert isinstance(doc, dict)
+            if config.notification_channels:
+                doc["notificationChannels"] = list(config.notification_channels)
+            dst = out_dir / "alerts" / src.name
+            dst.write_text(json.dumps(doc, indent=2) + "\n")
+            alerts.append((str(doc["displayName"]), dst))
+    return Rendered(tuple(metrics), dashboard, dashboard_name, tuple(alerts), out_dir)
