@@ -5,13 +5,11 @@ a response waits for its row."""
 from __future__ import annotations
 
 import signal
-import time
-import urllib.request
 from decimal import Decimal
 
 import openai
 
-from support import MASTER, metric, sdk_client
+from support import metric, metrics_text, sdk_client, wait_until
 from support.ledger import assert_rows_match_logs, pg_rows, send_mixed
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -30,13 +28,12 @@ def test_metrics_equal_the_ledger(gateway, postgres_env):
             c.chat.completions.create(model="gpt-4o-mini", messages=[], extra_body={"fake": fake},
                                       extra_headers={"X-Tenant-ID": tenant})
     logs = gw.wait_records(12)
-    req = urllib.request.Request(gw.url + "/metrics", headers={"Authorization": f"Bearer {MASTER}"})
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        text = urllib.request.urlopen(req).read().decode()
-        if metric(text, "tallygate_ledger_rows_written_total") >= 12:
-            break
-        time.sleep(0.1)
+
+    def written():
+        text = metrics_text(gw.url + "/metrics")
+        return text if metric(text, "tallygate_ledger_rows_written_total") >= 12 else None
+
+    text = wait_until(written, message="12 ledger rows written")
     import psycopg
 
     with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={postgres_env['PGDATABASE']}") as conn:
