@@ -8,8 +8,7 @@ import random
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import MASTER, TOKEN
-from faultkit import body_of, post, raw_exchange, request_bytes, status_of
+from support import MASTER, TOKEN, body_of, post, raw_exchange, request_bytes, status_of
 
 LIMIT = 4096
 

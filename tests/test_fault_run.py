@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_short_fault_run_loses_and_duplicates_nothing():

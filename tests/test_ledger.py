@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,60 +16,8 @@ import openai
 import psycopg
 import pytest
 
-from conftest import MASTER, ROOT
-
-MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def conninfo(env: dict) -> str:
-    return (f"host={env['PGHOST']} port={env.get('PGPORT', '5432')} user={env['PGUSER']} "
-            f"dbname={env['PGDATABASE']}")
-
-
-def pg_rows(env: dict, where: str = "true", params=()) -> list[dict]:
-    with psycopg.connect(conninfo(env)) as conn:
-        cur = conn.execute(f"SELECT * FROM litellm_usage WHERE {where} ORDER BY created_at", params)
-        cols = [d.name for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
-
-
-def sqlite_rows(path: Path, where: str = "1", params=()) -> list[dict]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    rows = [dict(r) for r in conn.execute(f"SELECT * FROM litellm_usage WHERE {where}", params)]
-    conn.close()
-    return rows
-
-
-def send_mixed(gw, n: int, tenants=("t1", "t2", "t3")) -> None:
-    """n requests, streamed and not, over several tenants, 8 at a time."""
-    def one(i: int) -> None:
-        c = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0,
-                          default_headers={"X-Tenant-ID": tenants[i % len(tenants)]})
-        fake = {"prompt_tokens": 100 + i, "completion_tokens": 10 + i % 7, "cached_tokens": i % 3}
-        model = ("gpt-4o-mini", "gpt-4o", "my-unpriced-model")[i % 3]
-        if i % 2:
-            list(c.chat.completions.create(model=model, messages=MESSAGES, stream=True, extra_body={"fake": fake}))
-        else:
-            c.chat.completions.create(model=model, messages=MESSAGES, extra_body={"fake": fake})
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(n)))
-
-
-def assert_rows_match_logs(rows: list[dict], logs: list[dict]) -> None:
-    assert len(rows) == len(logs)
-    assert len({r["request_id"] for r in rows}) == len(rows)
-    assert {r["request_id"] for r in rows} == {l["request_id"] for l in logs}
-    for field in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
-        assert sum(r[field] for r in rows) == sum(l[field] for l in logs)
-    row_cost = sum(Decimal(str(r["cost_usd"])) for r in rows)
-    log_cost = sum(Decimal(l["cost_usd_exact"]) for l in logs)
-    assert row_cost == log_cost and row_cost > 0
-    by_id = {l["request_id"]: l for l in logs}
-    for r in rows:
-        l = by_id[r["request_id"]]
-        assert Decimal(str(r["cost_usd"])) == Decimal(l["cost_usd_exact"])
-        assert (r["tenant_id"], r["model"], bool(r["stream"])) == (l["tenant_id"], l["model"], l["stream"])
+from support import MASTER, ROOT, admin_call, metrics_text, wait_until
+from support.ledger import MESSAGES, assert_rows_match_logs, conninfo, pg_rows, send_mixed, sqlite_rows
 
 
 def test_schema_file_is_generated_and_idempotent(postgres_env):
@@ -112,16 +58,6 @@ def test_sqlite_concurrent_requests_exactly_n_rows(gateway, tmp_path):
     assert_rows_match_logs(sqlite_rows(tmp_path / "ledger.db"), logs)
 
 
-def test_sigterm_right_after_burst_loses_nothing(gateway, postgres_env):
-    gw = gateway(**postgres_env, TALLYGATE_LEDGER_FLUSH_INTERVAL=5, TALLYGATE_LEDGER_BATCH_SIZE=10000)
-    send_mixed(gw, 30, tenants=("burst",))
-    assert gw.stop(signal.SIGTERM) == 0
-    logs = gw.records()
-    assert len(logs) == 30
-    rows = pg_rows(postgres_env, "request_id = ANY(%s)", ([l["request_id"] for l in logs],))
-    assert_rows_match_logs(rows, logs)
-
-
 def test_postgres_down_then_up_all_rows_arrive_once(gateway, private_postgres):
     private_postgres.start()
     env = private_postgres.env()
@@ -130,21 +66,20 @@ def test_postgres_down_then_up_all_rows_arrive_once(gateway, private_postgres):
     gw.wait_records(10)
     private_postgres.stop()
     send_mixed(gw, 20, tenants=("during",))  # requests still succeed
-    metrics = urllib.request.urlopen(urllib.request.Request(
-        gw.url + "/metrics", headers={"Authorization": f"Bearer {MASTER}"})).read().decode()
+    metrics = metrics_text(gw.url + "/metrics")
     assert "tallygate_ledger_buffer_depth" in metrics
-    time.sleep(0.5)
+    wait_until(lambda: "ledger write failed, will retry" in gw.output(), message="a ledger write failing")
     private_postgres.start()
     send_mixed(gw, 10, tenants=("after",))
     logs = gw.wait_records(40)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def all_rows() -> bool:
         try:
-            if len(pg_rows(env)) >= 40:
-                break
-        except psycopg.OperationalError:
-            pass
-        time.sleep(0.2)
+            return len(pg_rows(env)) >= 40
+        except psycopg.OperationalError:  # the database is still starting
+            return False
+
+    wait_until(all_rows, timeout=20, message="40 rows in the restarted database")
     assert gw.stop() == 0
     rows = pg_rows(env)
     assert_rows_match_logs(rows, logs)
@@ -160,17 +95,18 @@ def test_buffer_overflow_is_counted_and_named(gateway, private_postgres):
     try:
         send_mixed(gw, 12, tenants=("overflow",))
         logs = gw.wait_records(12)
-        errors = []
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and sum(e.get("records_not_written", 0) for e in errors) < 7:
-            errors = [l for l in gw.lines() if l.get("severity") == "ERROR" and "records_not_written" in l]
-            time.sleep(0.05)
+
+        def error_lines() -> list[dict]:
+            return [l for l in gw.lines() if l.get("severity") == "ERROR" and "records_not_written" in l]
+
+        wait_until(lambda: sum(e["records_not_written"] for e in error_lines()) >= 7, timeout=5,
+                   message="7 records named as not written")
+        errors = error_lines()
         lost = sum(e["records_not_written"] for e in errors)
         assert lost == 7
         named = {rid for e in errors for rid in e["request_ids"]}
         assert named <= {l["request_id"] for l in logs} and len(named) == 7
-        metrics = urllib.request.urlopen(urllib.request.Request(
-            gw.url + "/metrics", headers={"Authorization": f"Bearer {MASTER}"})).read().decode()
+        metrics = metrics_text(gw.url + "/metrics")
         assert "tallygate_ledger_records_not_written_total 7.0" in metrics
     finally:
         gw.stop()
@@ -224,15 +160,14 @@ def test_usage_report_cli_and_admin_api(gateway, postgres_env):
     gw = gateway(**postgres_env)
     send_mixed(gw, 9, tenants=("rep-a", "rep-b", "rep-c"))
     logs = gw.wait_records(9)
-    req = urllib.request.Request(gw.url + "/admin/usage?group_by=tenant,model&start=1h",
-                                 headers={"Authorization": f"Bearer {MASTER}"})
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # rows land within the ledger's flush interval
-        data = json.loads(urllib.request.urlopen(req).read())["data"]
-        mine = [d for d in data if d["tenant_id"].startswith("rep-")]
-        if sum(d["requests"] for d in mine) >= 9:
-            break
-        time.sleep(0.1)
+
+    def usage_rows() -> list[dict]:
+        data = admin_call(gw.url + "/admin/usage?group_by=tenant,model&start=1h")[2]["data"]
+        return [d for d in data if d["tenant_id"].startswith("rep-")]
+
+    # rows land within the ledger's flush interval
+    wait_until(lambda: sum(d["requests"] for d in usage_rows()) >= 9, message="the 9 requests in /admin/usage")
+    mine = usage_rows()
     assert sum(d["requests"] for d in mine) == 9
     assert sum(Decimal(d["cost_usd"]) for d in mine) == sum(Decimal(l["cost_usd_exact"]) for l in logs)
     assert sum(d["total_tokens"] for d in mine) == sum(l["total_tokens"] for l in logs)
@@ -269,10 +204,7 @@ def test_pgssl_require_against_server_without_tls_says_so(gateway, postgres_env)
         urllib.request.urlopen(gw.url + "/ready")
     assert exc.value.code == 503
     assert urllib.request.urlopen(gw.url + "/health").status == 200
-    deadline = time.monotonic() + 5
-    while "does not accept TLS" not in gw.output() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "does not accept TLS" in gw.output()
+    wait_until(lambda: "does not accept TLS" in gw.output(), timeout=5, message="the TLS refusal logged")
 
 
 def test_db_init_is_idempotent(postgres_env, tmp_path):
@@ -294,29 +226,11 @@ def test_ready_waits_for_ledger_and_auto_migrate_off(gateway, postgres_env):
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(gw.url + "/ready")
         assert exc.value.code == 503
-        deadline = time.monotonic() + 5
-        while "tallygate db init" not in gw.output() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "tallygate db init" in gw.output()
+        wait_until(lambda: "tallygate db init" in gw.output(), timeout=5, message="the hint to run db init")
         gw.stop()
     finally:
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def test_sync_mode_commits_the_row_before_the_last_byte(gateway, postgres_env):
-    # a long flush interval: in async mode the rows would still be buffered
-    gw = gateway(**postgres_env, TALLYGATE_LEDGER_MODE="sync", TALLYGATE_LEDGER_FLUSH_INTERVAL=30)
-    c = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0,
-                      default_headers={"X-Tenant-ID": "sync-mode"})
-    reply = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
-    rid = reply.headers["x-tallygate-request-id"]
-    assert [r["request_id"] for r in pg_rows(postgres_env, "request_id = %s", (rid,))] == [rid]
-    stream = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
-    rid = stream.headers["x-tallygate-request-id"]
-    list(stream.parse())  # the stream's last byte arrives after its row committed
-    assert [r["request_id"] for r in pg_rows(postgres_env, "request_id = %s", (rid,))] == [rid]
-
 
 
 def test_a_refused_row_is_set_aside_and_the_rest_written(postgres_env, monkeypatch, caplog):
@@ -381,10 +295,11 @@ def test_absurd_usage_is_capped_and_nul_in_model_refused(gateway, postgres_env):
     nul = c.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=MESSAGES, extra_body={"fake": {"upstream_model": "gpt\x00-x" + "y" * 300}})
     nul_id = nul.headers["x-tallygate-request-id"]
-    deadline = time.monotonic() + 10
-    while len(rows := pg_rows(postgres_env, "request_id = ANY(%s)", ([rid, nul_id],))) < 2 \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def both_rows():
+        rows = pg_rows(postgres_env, "request_id = ANY(%s)", ([rid, nul_id],))
+        return rows if len(rows) >= 2 else None
+
+    rows = wait_until(both_rows, message="both rows in the ledger")
     by_id = {r["request_id"]: r for r in rows}
     assert by_id[rid]["prompt_tokens"] == 2**31 - 1 and by_id[rid]["completion_tokens"] == 3
     assert by_id[nul_id]["upstream_model"] == ("gpt\ufffd-x" + "y" * 300)[:256]

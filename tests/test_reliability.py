@@ -14,8 +14,7 @@ import uuid
 import openai
 import pytest
 
-from conftest import FakeUpstream, routes_file
-from faultkit import StreamReader, fake_stats, post, wait_for
+from support import FakeUpstream, StreamReader, post, routes_file, wait_until
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 FAST_RETRIES = {"TALLYGATE_RETRY_BACKOFF": "0.01", "TALLYGATE_RETRY_MAX_BACKOFF": "0.5"}
@@ -47,7 +46,7 @@ def fresh_upstream():
 
 def test_retries_on_5xx_429_and_dropped_connections(gateway, fake_upstream):
     gw = gateway(**FAST_RETRIES)
-    stats = lambda: fake_stats(fake_upstream)["by_key"]  # noqa: E731
+    stats = lambda: fake_upstream.stats()["by_key"]  # noqa: E731
 
     k = key()  # two 503s, then an answer
     s, h, data = chat(gw, {"key": k, "fail_first": 2, "prompt_tokens": 10, "completion_tokens": 2})
@@ -86,7 +85,7 @@ def test_retries_on_5xx_429_and_dropped_connections(gateway, fake_upstream):
     assert s == 429 and h["retry-after"] == "60" and stats()[k] == 1 and time.monotonic() - started < 2
 
     recs = gw.wait_records(7)
-    time.sleep(0.3)
+    time.sleep(0.3)  # not a wait for something: a second record of a retried request would show by now
     assert len(gw.records()) == 7, "one record per request, however many attempts"
     rec = by_id(gw, failed_id)
     assert rec["status"] == "upstream_error" and rec["status_code"] == 503
@@ -100,7 +99,7 @@ def test_retries_are_configurable(gateway, fake_upstream):
     gw = gateway(TALLYGATE_RETRIES="0")
     k = key()
     s, _, _ = chat(gw, {"key": k, "fail_first": 1})
-    assert s == 503 and fake_stats(fake_upstream)["by_key"][k] == 1
+    assert s == 503 and fake_upstream.stats()["by_key"][k] == 1
 
 
 def test_fallbacks_in_order(gateway, fake_upstream, tmp_path):
@@ -154,7 +153,7 @@ def _stalled_listener() -> tuple[socket.socket, list[socket.socket]]:
         except BlockingIOError:
             pass
         fillers.append(c)
-    time.sleep(0.1)
+    time.sleep(0.1)  # the kernel settles the fillers' handshakes; nothing the test could ask about
     return srv, fillers
 
 
@@ -210,9 +209,9 @@ def test_client_disconnects_cancel_upstream_and_meter_once(gateway, fresh_upstre
         "fake": {"chunks": 100, "chunk_delay": 0.05}}, h)
     r.read_until(b"data: ", 3)
     r.hang_up()
-    gone = wait_for(lambda: fake_stats(fresh_upstream)["disconnects"], timeout=5)
+    gone = wait_until(lambda: fresh_upstream.stats()["disconnects"], timeout=5)
     assert gone[0]["sent_events"] < 20 and gone[0]["planned_events"] == 103, gone
-    rec = wait_for(lambda: [x for x in gw.records() if x["model"] == "disc-estimated"])[0]
+    rec = wait_until(lambda: [x for x in gw.records() if x["model"] == "disc-estimated"])[0]
     assert rec["status"] == "client_disconnected" and rec["status_code"] == 200
     assert rec["usage_source"] == "estimated" and 3 <= rec["completion_tokens"] < 20 and rec["prompt_tokens"] > 0
 
@@ -223,33 +222,35 @@ def test_client_disconnects_cancel_upstream_and_meter_once(gateway, fresh_upstre
         "fake": {"prompt_tokens": 70, "completion_tokens": 7, "done_delay": 3}}, h)
     r.read_until(b'"usage":{')
     r.hang_up()
-    rec = wait_for(lambda: [x for x in gw.records() if x["model"] == "disc-provider"], timeout=5)[0]
+    rec = wait_until(lambda: [x for x in gw.records() if x["model"] == "disc-provider"], timeout=5)[0]
     assert rec["status"] == "client_disconnected" and rec["usage_source"] == "provider"
     assert (rec["prompt_tokens"], rec["completion_tokens"]) == (70, 7)
 
     # 3. before the first event: 499, nothing delivered
     r = StreamReader(gw.port, "/v1/chat/completions", {
         "model": "disc-early", "messages": MESSAGES, "stream": True, "fake": {"first_event_delay": 3}}, h)
-    time.sleep(0.3)
+    wait_until(lambda: any("disc-early" in x["body"] for x in fresh_upstream.requests()),
+               message="the request at the upstream")
     r.hang_up()
-    rec = wait_for(lambda: [x for x in gw.records() if x["model"] == "disc-early"], timeout=5)[0]
+    rec = wait_until(lambda: [x for x in gw.records() if x["model"] == "disc-early"], timeout=5)[0]
     assert rec["status"] == "client_disconnected" and rec["status_code"] == 499
     assert rec["completion_tokens"] == 0 and rec["usage_source"] == "estimated"
 
     # 4. not streamed: metered when the upstream answers, with the provider's usage
     r = StreamReader(gw.port, "/v1/chat/completions", {
         "model": "disc-json", "messages": MESSAGES, "fake": {"delay": 1, "prompt_tokens": 5}}, h)
-    time.sleep(0.2)
+    wait_until(lambda: any("disc-json" in x["body"] for x in fresh_upstream.requests()),
+               message="the request at the upstream")
     r.hang_up()
-    time.sleep(0.5)
+    time.sleep(0.5)  # part of the scenario: the upstream is still working (1 s); nothing may be metered yet
     assert not [x for x in gw.records() if x["model"] == "disc-json"]
-    rec = wait_for(lambda: [x for x in gw.records() if x["model"] == "disc-json"], timeout=5)[0]
+    rec = wait_until(lambda: [x for x in gw.records() if x["model"] == "disc-json"], timeout=5)[0]
     assert rec["usage_source"] == "provider" and rec["prompt_tokens"] == 5
 
-    time.sleep(0.5)
+    time.sleep(0.5)  # not a wait for something: a duplicate record would show by now
     models = [x["model"] for x in gw.records()]
     assert sorted(models) == ["disc-early", "disc-estimated", "disc-json", "disc-provider"], models
-    wait_for(lambda: len(fake_stats(fresh_upstream)["disconnects"]) == 3)  # the upstream saw each stream closed
+    wait_until(lambda: len(fresh_upstream.stats()["disconnects"]) == 3)  # the upstream saw each stream closed
 
 
 def test_openai_sdk_stream_closed_early_is_metered_once(gateway, fresh_upstream):
@@ -265,7 +266,7 @@ def test_openai_sdk_stream_closed_early_is_metered_once(gateway, fresh_upstream)
     c.close()
     rec = gw.wait_records(1)[0]
     assert rec["status"] == "client_disconnected" and rec["usage_source"] == "estimated"
-    assert wait_for(lambda: fake_stats(fresh_upstream)["disconnects"], timeout=5)[0]["sent_events"] < 50
+    assert wait_until(lambda: fresh_upstream.stats()["disconnects"], timeout=5)[0]["sent_events"] < 50
 
 
 def _ledger_rows(path) -> list[tuple]:
@@ -282,9 +283,15 @@ def test_sigterm_lets_in_flight_stream_finish(gateway, tmp_path):
     r.read_until(b"data: ", 1)
     sent_at = time.monotonic()
     gw.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    with pytest.raises(OSError):  # no new connections once stopping
-        socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+        except OSError:
+            return True
+        return False
+
+    wait_until(refused, timeout=3, message="no new connections once stopping")
     data = r.read_all()
     assert data.count(b"data: ") == 10 and b"data: [DONE]" in data  # 8 words, the finish chunk, [DONE]
     assert gw.proc.wait(10) == 0
@@ -313,8 +320,9 @@ def test_sigterm_grace_exceeded_still_meters_the_cut_stream(gateway, tmp_path):
     assert len(recs) == 1 and recs[0]["request_id"] == rows[0][0]
 
 
-def test_sigterm_waits_for_non_streamed_request(gateway, tmp_path):
+def test_sigterm_waits_for_non_streamed_request(gateway, fake_upstream, tmp_path):
     gw = gateway()
+    fake_upstream.reset()
     result = {}
 
     def call():
@@ -324,7 +332,7 @@ def test_sigterm_waits_for_non_streamed_request(gateway, tmp_path):
 
     t = threading.Thread(target=call)
     t.start()
-    time.sleep(0.4)
+    wait_until(fake_upstream.requests, message="the request at the upstream")
     gw.proc.send_signal(signal.SIGTERM)
     t.join(10)
     assert result["answer"][0] == 200
@@ -337,15 +345,15 @@ def test_upstream_redirect_is_not_followed(gateway, fresh_upstream):
     somewhere else: the HTTP client would repeat a 301/302 POST as a GET without the body."""
     gw = gateway(upstream=fresh_upstream.base_url, **FAST_RETRIES)
     for stream in (False, True):
-        before = fake_stats(fresh_upstream)["calls"]
+        before = fresh_upstream.stats()["calls"]
         s, h, data = chat(gw, {"redirect": "/internal/moved-here"}, model=f"moved-{stream}", stream=stream)
         assert s == 502, data
         err = json.loads(data)["error"]
         assert err["code"] == "upstream_redirect" and "HTTP 307" in err["message"]
         assert "/internal/moved-here" not in data.decode()  # where it points is for the operator only
-        assert fake_stats(fresh_upstream)["calls"] == before + 1  # asked once, not followed, not retried
-        rec = wait_for(lambda: [x for x in gw.records() if x["model"] == f"moved-{stream}"])[0]
+        assert fresh_upstream.stats()["calls"] == before + 1  # asked once, not followed, not retried
+        rec = wait_until(lambda: [x for x in gw.records() if x["model"] == f"moved-{stream}"])[0]
         assert rec["status_code"] == 502 and rec["status"] == "upstream_error" and rec["stream"] is stream
-        warn = wait_for(lambda: [x for x in gw.lines() if x.get("request_id") == rec["request_id"]
+        warn = wait_until(lambda: [x for x in gw.lines() if x.get("request_id") == rec["request_id"]
                                  and x.get("upstream_status") == 307])[0]
         assert warn["location"].endswith("/internal/moved-here") and warn["severity"] == "WARNING"

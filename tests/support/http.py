@@ -1,5 +1,5 @@
-"""Small helpers for the fault, security and fuzz tests: raw HTTP over sockets, so a
-test can send what no client library would, and hang up whenever it likes."""
+"""HTTP for tests: JSON calls through urllib, and raw bytes over sockets, so a test can
+send what no client library would, and hang up whenever it likes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from typing import Any
+
+import openai
+
+from .processes import MASTER
 
 
-def post(url: str, body, headers: dict | None = None, timeout: float = 15.0) -> tuple[int, dict, bytes]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
+def request(method: str, url: str, body=None, headers: dict | None = None,
+            timeout: float = 15.0) -> tuple[int, dict, bytes]:
+    """One request; `body` is bytes as they are, None for none, anything else as JSON.
+    Returns (status, headers with lower-case names, body bytes); an HTTP error is a status too."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -20,6 +28,60 @@ def post(url: str, body, headers: dict | None = None, timeout: float = 15.0) -> 
     except urllib.error.HTTPError as err:
         return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
+
+def post(url: str, body, headers: dict | None = None, timeout: float = 15.0) -> tuple[int, dict, bytes]:
+    return request("POST", url, body, headers, timeout)
+
+
+def bearer(token: str | None, headers: dict | None = None) -> dict:
+    """`headers` plus an Authorization header for `token` (none when token is None)."""
+    return {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+
+
+def call(url: str, method: str = "GET", body=None, token: str | None = None, headers: dict | None = None,
+         timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """`request` with a bearer token."""
+    return request(method, url, body, bearer(token, headers), timeout)
+
+
+def call_json(url: str, method: str = "GET", body=None, token: str | None = None, headers: dict | None = None,
+              timeout: float = 10.0) -> tuple[int, dict, Any]:
+    """`call`, the answer parsed as JSON (None for an empty body)."""
+    status, h, data = call(url, method, body, token, headers, timeout)
+    return status, h, json.loads(data or b"null")
+
+
+def admin_call(url: str, method: str = "GET", body=None, token: str | None = MASTER,
+               headers: dict | None = None) -> tuple[int, dict, Any]:
+    """`call_json` with the master key unless `token` names another credential (None: none)."""
+    return call_json(url, method, body, token, headers)
+
+
+def sdk_client(gw, tenant: str | None = "acme", **kw) -> openai.OpenAI:
+    """The official openai client for gateway `gw`: its token, X-Tenant-ID `tenant`, no retries."""
+    return openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0,
+                         default_headers={"X-Tenant-ID": tenant} if tenant else None, **kw)
+
+
+def metrics_text(url: str, token: str | None = MASTER) -> str:
+    """The Prometheus text of `url` (a gateway's /metrics or a private metrics port)."""
+    status, _, data = call(url, token=token)
+    assert status == 200, (status, data[:300])
+    return data.decode()
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# -- raw bytes over a socket ----------------------------------------------------
 
 def request_bytes(method: str, path: str, body: bytes = b"", headers: dict | None = None,
                   host: str = "127.0.0.1") -> bytes:
@@ -134,18 +196,3 @@ class StreamReader:
         except OSError:
             pass
         self.sock.close()
-
-
-def fake_stats(fake) -> dict:
-    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{fake.port}/_fake/stats").read())
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
