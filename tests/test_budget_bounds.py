@@ -10,16 +10,20 @@ the budget plus the largest single request's worst case.
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+
+import pytest
 
 from conftest import MASTER, routes_file
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 MINI_IN, MINI_OUT = Decimal("0.15"), Decimal("0.6")  # gpt-4o-mini, USD per million tokens
 MILLION = Decimal(1_000_000)
+REDIS = "redis://127.0.0.1:6379/0"
 
 
 def call(url: str, method: str = "GET", body=None, token: str | None = MASTER, headers=None):
@@ -152,3 +156,43 @@ def test_unpriced_alias_is_reserved_at_the_configured_price(gateway, postgres_en
     assert spent <= budget + worst
     # gpt-4o: $2.50 in, $10 out per million
     assert spent == statuses.count(200) * (10 * Decimal("2.5") + 100 * Decimal(10)) / MILLION
+
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis-two-instances"])
+def test_overshoot_is_at_most_one_worst_case(gateway, postgres_env, shared):
+    """100 concurrent requests that each use exactly their worst case (the prompt as many
+    tokens as body bytes, max_tokens x n out), finishing at staggered times so settlements
+    and admissions interleave: the spend ends within one worst case over the budget."""
+    env = {**postgres_env, "TALLYGATE_KEYS_REFRESH": "0.3", **({"REDIS_URL": REDIS} if shared else {})}
+    gws = [gateway(**env), gateway(**env)] if shared else [gateway(**env)]
+    budget = Decimal("0.002")
+    key = new_key(gws[0], budget_usd=str(budget), budget_period="day")
+    if shared:
+        time.sleep(1.0)  # the second instance loads the new key
+
+    def body_for(i: int) -> dict:
+        body = chat_body(max_tokens=50, n=2, fake={"prompt_tokens": 1000, "completion_tokens": 100,
+                                                   "delay": f"0.{(i * 7) % 60 + 10:02d}"})
+        body["fake"]["prompt_tokens"] = body_len(body)  # 4 digits either way: the length holds
+        return body
+
+    bodies = [body_for(i) for i in range(100)]
+    worst = max((b["fake"]["prompt_tokens"] * MINI_IN + 100 * MINI_OUT) / MILLION for b in bodies)
+
+    def one(i):
+        return call(gws[i % len(gws)].base_url + "/chat/completions", "POST", bodies[i], token=key["key"])[0]
+    with ThreadPoolExecutor(100) as pool:
+        statuses = list(pool.map(one, range(100)))
+    assert set(statuses) <= {200, 429}
+    n = statuses.count(200)
+    for gw in gws:
+        gw.stop()
+    recs = [r for gw in gws for r in gw.records() if r["api_key_id"] == key["key_id"]]
+    assert len(recs) == n and all(r["usage_source"] == "provider" for r in recs)
+    spent = sum((Decimal(r["cost_usd_exact"]) for r in recs), Decimal(0))
+    report(f"exact worst cases, {'2 instances + Redis' if shared else '1 instance'}", budget, spent, worst,
+           statuses)
+    print(f"overshoot ${max(Decimal(0), spent - budget)} = {max(Decimal(0), spent - budget) / worst:.2f} "
+          "worst cases")
+    assert spent <= budget + worst
