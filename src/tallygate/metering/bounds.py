@@ -51,7 +51,8 @@ def input_bound(body_len: int, context_window: int | None, default_context: int)
 
 
 def hold_to_bounds(rec, context_window: int | None, default_out: int, default_context: int) -> bool:
-    """Clamp a record's usage to what its request can use; True (and flagged) if it had to."""
+    """Clamp a record's usage to what its request can use; True if it had to. Usage the
+    provider reported is then flagged; an estimate of ours is only held to the bound."""
     out_max = output_bound(rec.endpoint, rec.out_cap, rec.choices, context_window, default_out)
     in_max = input_bound(rec.body_len, context_window, default_context)
     prompt, completion = rec.prompt_tokens, rec.completion_tokens
@@ -62,6 +63,8 @@ def hold_to_bounds(rec, context_window: int | None, default_out: int, default_co
     rec.total_tokens = rec.prompt_tokens + rec.completion_tokens
     rec.cached_tokens = min(rec.cached_tokens, rec.prompt_tokens)
     rec.reasoning_tokens = min(rec.reasoning_tokens, rec.completion_tokens)
+    if rec.usage_source != "provider":
+        return True  # our own estimate (content events, answer bytes) held to the bound: no alarm
     rec.usage_source = "clamped"
     rec.usage_flag = "implausible"
     log.warning("implausible usage from the upstream: billed at the request's bounds", extra={"fields": {
