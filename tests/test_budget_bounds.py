@@ -196,3 +196,17 @@ def test_overshoot_is_at_most_one_worst_case(gateway, postgres_env, shared):
     print(f"overshoot ${max(Decimal(0), spent - budget)} = {max(Decimal(0), spent - budget) / worst:.2f} "
           "worst cases")
     assert spent <= budget + worst
+
+
+def test_bound_settings_are_validated():
+    from tallygate.settings import SettingsError, load
+
+    s = load({"TALLYGATE_UNPRICED_RESERVE_MTOK": "12.5", "TALLYGATE_DEFAULT_MAX_OUTPUT_TOKENS": "8192",
+              "TALLYGATE_SSE_MAX_EVENT_BYTES": "1048576"})
+    assert s.unpriced_reserve_mtok == Decimal("12.5") and s.default_max_output_tokens == 8192
+    assert s.sse_max_event_bytes == 1048576 and load({}).unpriced_reserve_mtok is None
+    for env in ({"TALLYGATE_UNPRICED_RESERVE_MTOK": "cheap"}, {"TALLYGATE_UNPRICED_RESERVE_MTOK": "-1"},
+                {"TALLYGATE_UNPRICED_RESERVE_MTOK": "NaN"}, {"TALLYGATE_DEFAULT_MAX_OUTPUT_TOKENS": "0"},
+                {"TALLYGATE_SSE_MAX_EVENT_BYTES": "10"}):
+        with pytest.raises(SettingsError):
+            load(env)

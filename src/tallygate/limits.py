@@ -320,25 +320,25 @@ class Guard:
         provider and upstream model; tiered prices through the library), no cache discount.
         `out_tokens` None: the output bound the record is held to (metering/bounds.py).
         A model with no known price is reserved at `unpriced_reserve_mtok`, or refused."""
-        price = self.prices.price(provider, model, upstream_model)
-        if price.source == "unknown":
-            rate = self.unpriced_reserve_mtok
-            if rate is None:
-                raise forbidden(
-                    f"Model {model!r} has no known price, so its cost cannot be held to a budget: the route "
-                    "needs an upstream_model or an entry in the price file (TALLYGATE_PRICES_FILE), or the "
-                    "gateway a TALLYGATE_UNPRICED_RESERVE_MTOK.", "model_price_unknown")
-            price = Price(rate, rate, None, "reserve")
-        if out_tokens is None:
-            out_tokens = output_bound(endpoint, cap, choices, price.context_window, self.default_max_tokens)
+        def worst(price: Price) -> int:
+            out = out_tokens
+            if out is None:
+                out = output_bound(endpoint, cap, choices, price.context_window, self.default_max_tokens)
+            return _nanos(price.cost(Usage(prompt_tokens, out, prompt_tokens + out)))
+
         try:
-            cost = price.cost(Usage(prompt_tokens, out_tokens, prompt_tokens + out_tokens))
+            price = self.prices.price(provider, model, upstream_model)
+            if price.source != "unknown":
+                return worst(price)
         except Exception:
             log.exception("worst-case pricing failed", extra={"fields": {"model": model}})
-            price = Price(self.unpriced_reserve_mtok or Decimal(0), self.unpriced_reserve_mtok or Decimal(0),
-                          None, "reserve")
-            cost = price.cost(Usage(prompt_tokens, out_tokens, prompt_tokens + out_tokens))
-        return _nanos(cost)
+        rate = self.unpriced_reserve_mtok
+        if rate is None:
+            raise forbidden(
+                f"Model {model!r} has no known price, so its cost cannot be held to a budget: the route "
+                "needs an upstream_model or an entry in the price file (TALLYGATE_PRICES_FILE), or the "
+                "gateway a TALLYGATE_UNPRICED_RESERVE_MTOK.", "model_price_unknown")
+        return worst(Price(rate, rate, None, "reserve"))
 
     def _rejection(self, r: Rejected, now: float) -> GatewayError:
         c = r.check
