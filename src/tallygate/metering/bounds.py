@@ -25,11 +25,10 @@ EMBEDDINGS = "/v1/embeddings"
 def request_caps(doc: dict) -> tuple[int, int]:
     """(output cap per choice the request names, 0 if none; choices generated)."""
     cap = 0
-    for name in _CAPS:
+    for name in _CAPS:  # more than one: the largest (providers differ in which one they honour)
         value = doc.get(name)
-        if type(value) is int and value > 0:
+        if type(value) is int and value > cap:
             cap = value
-            break
     choices = 1
     n = doc.get("n")
     if type(n) is int and n > 1:
