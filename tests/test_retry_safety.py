@@ -17,8 +17,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from conftest import FakeUpstream, free_port, routes_file
-from faultkit import fake_stats, post
+from support import FakeUpstream, free_port, post, routes_file
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 FAST_RETRIES = {"TALLYGATE_RETRY_BACKOFF": "0.01", "TALLYGATE_RETRY_MAX_BACKOFF": "0.5"}
@@ -36,7 +35,7 @@ def upstream():
 
 
 def calls(fake) -> int:
-    return fake_stats(fake)["calls"]
+    return fake.stats()["calls"]
 
 
 def chat(gw, fake: dict, model: str = "gpt-4o-mini") -> tuple[int, dict, bytes]:
@@ -130,7 +129,7 @@ def test_cut_error_bodies_429_5xx_are_retried_4xx_is_not(gateway, upstream, tmp_
     routes_file(tmp_path / "routes.toml",
                 {"model": "primary", "base_url": upstream.base_url, "fallbacks": ["backup"]})
     gw = gateway(upstream=upstream.base_url, TALLYGATE_CONFIG=tmp_path / "routes.toml", **FAST_RETRIES)
-    by_key = lambda: fake_stats(upstream)["by_key"]  # noqa: E731
+    by_key = lambda: upstream.stats()["by_key"]  # noqa: E731
 
     for status in (503, 429):
         k = key()

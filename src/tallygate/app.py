@@ -130,7 +130,9 @@ class Gateway:
             counters = RedisCounters(s.redis_url)
         else:
             counters = MemoryCounters()
-        self.guard = Guard(self.keys, self.keystore, self.prices, counters)
+        self.guard = Guard(self.keys, self.keystore, self.prices, counters,
+                           default_max_tokens=s.default_max_output_tokens,
+                           unpriced_reserve_mtok=s.unpriced_reserve_mtok)
         hooks = [self.guard]
         if s.metrics_port:
             from .sinks.metrics_server import MetricsServer
@@ -138,7 +140,9 @@ class Gateway:
             self.metrics_server = MetricsServer(self.metrics.render, s.metrics_host, s.metrics_port)
             await self.metrics_server.start()
         self.pipeline = Pipeline(self.prices, JsonLogSink(), self.metrics, self.ledger, hooks,
-                                 linger=0.0 if self.sync_ledger else LINGER)
+                                 linger=0.0 if self.sync_ledger else LINGER,
+                                 default_max_output_tokens=s.default_max_output_tokens,
+                                 default_context_tokens=s.default_context_tokens)
         self.pipeline.start()
         from .routes.admin import Admin
 

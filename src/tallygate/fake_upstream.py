@@ -24,6 +24,11 @@ Fault behaviours (all optional):
              "cut_errors": true,         # ... only error answers are cut
              "stall_body": 5}            # ... the rest is never sent: 5 s of silence, then the close
 
+Untrustworthy answers (chat and completions):
+
+    "fake": {"raw_body": "<html>...", "content_type": "text/html",  # a 200 with this body, not JSON
+             "sse_blob": 100000000}  # streams: first an event of this many bytes, written in 64 KB pieces
+
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
 received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
 /_fake/stats counts calls and lists streams whose reader hung up
@@ -64,6 +69,26 @@ def responses_usage(doc, fake) -> dict:
     return {"input_tokens": p, "output_tokens": c, "total_tokens": p + c,
             "input_tokens_details": {"cached_tokens": cached},
             "output_tokens_details": {"reasoning_tokens": reasoning}}
+
+
+BLOB_PIECE = 64 * 1024
+
+
+def _raw_answer(fake: dict) -> web.Response:
+    """A 200 whose body is whatever the test says (HTML, garbage, JSON without usage)."""
+    return web.Response(body=str(fake["raw_body"]).encode("utf-8", "surrogateescape"),
+                        headers={"Content-Type": str(fake.get("content_type", "text/html"))})
+
+
+def _blob_event(size: int) -> bytes:
+    """One SSE event of `size` bytes (no blank line until its very end)."""
+    return b"data: " + b"x" * max(0, size - 8) + b"\n\n"
+
+
+async def _write_pieces(resp, event: bytes) -> None:
+    view = memoryview(event)
+    for start in range(0, len(event), BLOB_PIECE):
+        await resp.write(bytes(view[start:start + BLOB_PIECE]))
 
 
 def _closed(request) -> bool:
@@ -179,7 +204,10 @@ class FakeUpstream:
                 self._disconnected(request, i, len(events))
                 return resp
             try:
-                await resp.write(event)
+                if len(event) > BLOB_PIECE:
+                    await _write_pieces(resp, event)
+                else:
+                    await resp.write(event)
             except (ConnectionError, RuntimeError):
                 self._disconnected(request, i, len(events))
                 return resp
@@ -218,6 +246,8 @@ class FakeUpstream:
         words = [WORDS[i % len(WORDS)] for i in range(n)]
         created = CREATED
         usage = chat_usage(doc, fake)
+        if fake.get("raw_body") is not None and not doc.get("stream"):
+            return _raw_answer(fake)
         if not doc.get("stream"):
             if kind == "chat.completion":
                 choice = {"index": 0, "message": {"role": "assistant", "content": "".join(words), "refusal": None},
@@ -260,6 +290,8 @@ class FakeUpstream:
                 "id": "chatcmpl-fake", "object": chunk_kind, "created": created, "model": model,
                 "system_fingerprint": "fp_fake", "choices": [], "usage": usage}) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
+        if fake.get("sse_blob"):
+            events.insert(0, _blob_event(int(fake["sse_blob"])))
         return await self._sse(request, events, fake)
 
     async def embeddings(self, request: web.Request) -> web.Response:

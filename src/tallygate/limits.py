@@ -14,6 +14,14 @@ process):
   request's worst case: only a request admitted while budget remained can cross
   it, and every request admitted after it sees the crossing.
 
+  The worst case (metering/bounds.py) is the body size in tokens (one a byte)
+  plus the output cap (the request's max_tokens, else the model's context
+  window, else TALLYGATE_DEFAULT_MAX_OUTPUT_TOKENS) times the choices (`n`,
+  `best_of`), at the dearest price of the models that may serve it. The record
+  is billed at most at those bounds, so the reservation is a true bound (images
+  and files aside: see docs/reliability.md). A route with no known price is
+  reserved at TALLYGATE_UNPRICED_RESERVE_MTOK, or refused to budgeted callers.
+
 With REDIS_URL the counters are shared by every instance; without it they are
 per process. Budget counters start from the ledger's spend for the period, so
 spend survives restarts.
@@ -31,7 +39,9 @@ from decimal import Decimal
 
 from .errors import GatewayError, forbidden
 from .keys import KeyCache, KeyStore, Limits, period_end, period_start
+from .metering.bounds import output_bound, request_caps
 from .metering.extract import Usage
+from .metering.pricing import Price
 from .money import usd_text
 
 log = logging.getLogger("tallygate.limits")
@@ -199,12 +209,14 @@ def _period_key(period: str, now: datetime) -> str:
 
 class Guard:
     def __init__(self, cache: KeyCache, keystore: KeyStore, prices, counters,
-                 default_max_tokens: int = 4096, prefix: str = "tg") -> None:
+                 default_max_tokens: int = 32768, prefix: str = "tg",
+                 unpriced_reserve_mtok: Decimal | None = None) -> None:
         self.cache = cache
         self.keystore = keystore
         self.prices = prices
         self.counters = counters
-        self.default_max_tokens = default_max_tokens
+        self.default_max_tokens = default_max_tokens  # output cap when neither request nor price data has one
+        self.unpriced_reserve_mtok = unpriced_reserve_mtok  # USD per million tokens for routes with no price
         self.prefix = prefix
         self._pending: dict[str, Reservation] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -231,10 +243,11 @@ class Guard:
 
     async def admit(self, principal, model: str, doc: dict, body: bytes,
                     provider: str | None = None, upstream_model: str | None = None,
-                    fallbacks: list[tuple[str | None, str, str | None]] = ()) -> Reservation | None:
+                    fallbacks: list[tuple[str | None, str, str | None]] = (),
+                    endpoint: str = "", caps: tuple[int, int] | None = None) -> Reservation | None:
         """Check the caller's limits and reserve the request's worst case. `fallbacks`
         are the (provider, model, upstream model) that may serve it instead: the worst
-        case is the dearest of them all."""
+        case is the dearest of them all. `caps`: request_caps(doc), if already known."""
         scopes = self._scopes(principal)
         if not scopes:
             return None  # the common case: nothing to enforce, no I/O
@@ -242,17 +255,17 @@ class Guard:
             if limits.models is not None and model not in limits.models:
                 raise forbidden(f"Model {model!r} is not allowed for {kind} {ident}.", "model_not_allowed")
         prompt_estimate = max(1, len(body) // 4)
-        max_out = None
-        for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-            value = doc.get(name)
-            if type(value) is int and value > 0:
-                max_out = value
-                break
-        tokens = prompt_estimate + (max_out or 0)
+        cap, choices = caps if caps is not None else request_caps(doc)
+        tokens = prompt_estimate + cap * choices
+        worst = 0
+        # the price data loads with the first limited request (in a thread): settling a
+        # reservation waits for its record's price, which would otherwise wait for the load
+        await self.prices.ensure_warm()
         if any(limits.budget_usd is not None for *_, limits in scopes):
-            await self.prices.ensure_warm()
-        worst = max(self._worst_cost(p, m, u, prompt_estimate, max_out or self.default_max_tokens)
-                    for p, m, u in [(provider, model, upstream_model), *fallbacks])
+            # one token a byte: no byte-level tokenizer makes more tokens than bytes of text
+            worst = max(self._worst_cost(p, m, u, max(1, len(body)), None, cap=cap, choices=choices,
+                                         endpoint="/v1" + endpoint if endpoint else "")
+                        for p, m, u in [(provider, model, upstream_model), *fallbacks])
         now = time.time()
         minute = int(now // 60)
         utc = datetime.fromtimestamp(now, timezone.utc)
@@ -302,15 +315,31 @@ class Guard:
         raise GatewayError(503, "Limits could not be initialised.", "service_unavailable", "limits_unavailable")
 
     def _worst_cost(self, provider: str | None, model: str, upstream_model: str | None,
-                    prompt_tokens: int, out_tokens: int) -> int:
+                    prompt_tokens: int, out_tokens: int | None, cap: int = 0, choices: int = 1,
+                    endpoint: str = "") -> int:
         """The most the request can cost: priced like its record will be (the route's
-        provider and upstream model; tiered prices through the library), no cache discount."""
+        provider and upstream model; tiered prices through the library), no cache discount.
+        `out_tokens` None: the output bound the record is held to (metering/bounds.py).
+        A model with no known price is reserved at `unpriced_reserve_mtok`, or refused."""
+        def worst(price: Price) -> int:
+            out = out_tokens
+            if out is None:
+                out = output_bound(endpoint, cap, choices, price.context_window, self.default_max_tokens)
+            return _nanos(price.cost(Usage(prompt_tokens, out, prompt_tokens + out)))
+
         try:
             price = self.prices.price(provider, model, upstream_model)
-            cost = price.cost(Usage(prompt_tokens, out_tokens, prompt_tokens + out_tokens))
+            if price.source != "unknown":
+                return worst(price)
         except Exception:
-            return 0
-        return _nanos(cost)
+            log.exception("worst-case pricing failed", extra={"fields": {"model": model}})
+        rate = self.unpriced_reserve_mtok
+        if rate is None:
+            raise forbidden(
+                f"Model {model!r} has no known price, so its cost cannot be held to a budget: the route "
+                "needs an upstream_model or an entry in the price file (TALLYGATE_PRICES_FILE), or the "
+                "gateway a TALLYGATE_UNPRICED_RESERVE_MTOK.", "model_price_unknown")
+        return worst(Price(rate, rate, None, "reserve"))
 
     def _rejection(self, r: Rejected, now: float) -> GatewayError:
         c = r.check

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Mapping
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -55,6 +56,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _mtok(env: Mapping[str, str], name: str) -> Decimal | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name} must be a price in USD per million tokens, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise SettingsError(f"{name} must be a non-negative price, got {raw!r}")
     return value
 
 
@@ -108,6 +122,10 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_tenant_cap: int = 100
+    default_max_output_tokens: int = 32768
+    default_context_tokens: int = 1_000_000
+    unpriced_reserve_mtok: Decimal | None = None
+    sse_max_event_bytes: int = 8 * 1024 * 1024
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -208,4 +226,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         metrics_host=env.get("TALLYGATE_METRICS_HOST") or "127.0.0.1",
         metrics_mode=_choice(env, "TALLYGATE_METRICS", "auth", ("auth", "public", "off")),
         metrics_tenant_cap=_int(env, "TALLYGATE_METRICS_TENANT_CAP", 100),
+        default_max_output_tokens=_int(env, "TALLYGATE_DEFAULT_MAX_OUTPUT_TOKENS", 32768),
+        default_context_tokens=_int(env, "TALLYGATE_DEFAULT_CONTEXT_TOKENS", 1_000_000),
+        unpriced_reserve_mtok=_mtok(env, "TALLYGATE_UNPRICED_RESERVE_MTOK"),
+        sse_max_event_bytes=_int(env, "TALLYGATE_SSE_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=1024),
     )

@@ -40,6 +40,7 @@ class Price:
     cache_read_mtok: Decimal | None
     source: str
     library_price: Any = None
+    context_window: int | None = None  # the model's largest input (bounds plausible usage)
 
     def cost(self, usage: Usage) -> Decimal:
         if self.library_price is not None:
@@ -75,6 +76,7 @@ def load_overrides(path: str) -> dict[str, Price]:
         input_mtok = 2.25
         output_mtok = 9
         cache_read_mtok = 1.125   # optional; defaults to input_mtok
+        context_window = 128000   # optional: bounds plausible usage and the budget's worst case
     """
     raw = Path(path).read_bytes()
     try:
@@ -89,11 +91,15 @@ def load_overrides(path: str) -> dict[str, Price]:
         if not isinstance(entry, dict) or "input_mtok" not in entry or "output_mtok" not in entry:
             raise PriceFileError(f"{path}: model {name!r} needs input_mtok and output_mtok")
         cache = entry.get("cache_read_mtok")
+        window = entry.get("context_window")
+        if window is not None and (type(window) is not int or window < 1):
+            raise PriceFileError(f"{path}: {name}.context_window must be a positive integer")
         prices[name] = Price(
             input_mtok=_decimal(entry["input_mtok"], f"{name}.input_mtok"),
             output_mtok=_decimal(entry["output_mtok"], f"{name}.output_mtok"),
             cache_read_mtok=None if cache is None else _decimal(cache, f"{name}.cache_read_mtok"),
             source="override",
+            context_window=window,
         )
     return prices
 
@@ -168,8 +174,9 @@ class PriceBook:
                 continue
             mp = model_info.get_prices(datetime.now(timezone.utc))
             values = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
+            window = model_info.context_window
             if any(isinstance(v, TieredPrices) for v in values):
-                return Price(ZERO, ZERO, None, "genai-prices", library_price=mp)
+                return Price(ZERO, ZERO, None, "genai-prices", library_price=mp, context_window=window)
             return Price(mp.input_mtok or ZERO, mp.output_mtok or ZERO, mp.cache_read_mtok,
-                         "genai-prices")
+                         "genai-prices", context_window=window)
         return None

@@ -29,11 +29,17 @@ class UsageRecord:
     reasoning_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     price_source: str = "unknown"
-    usage_source: str = "none"  # provider | estimated | none
+    usage_source: str = "none"  # provider | estimated | clamped | none
+    usage_flag: str | None = None  # missing (no usage in a 200: estimated) | implausible (clamped)
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     trace: str | None = None
     submitted: bool = False  # handed to the pipeline (set by Pipeline.submit)
+    # what the request allows (metering/bounds.py): output cap per choice (0: none given),
+    # choices generated, request body bytes
+    out_cap: int = 0
+    choices: int = 1
+    body_len: int = 0
 
     def ledger_row(self) -> tuple:
         """Column values in LEDGER_COLUMNS order."""

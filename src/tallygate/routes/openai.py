@@ -26,6 +26,7 @@ import time
 import orjson
 
 from ..errors import GatewayError, bad_request
+from ..metering.bounds import EMBEDDINGS, request_caps
 from ..metering.extract import SSEMeter, from_json_body
 from ..metering.record import UsageRecord, utcnow
 from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Route, backoff_delay, retry_after, retryable_status
@@ -278,15 +279,18 @@ class OpenAIProxy:
 
         # the model asked for, then the fallbacks that may serve it (the budget reserves for the dearest)
         chain = self._chain(model, route, principal) if route.fallbacks else [(model, route)]
+        caps = request_caps(doc)  # (output cap, choices): the bounds of its usage (metering/bounds.py)
         reservation = None
         if g.guard is not None and g.guard.applies(principal):
             reservation = await g.guard.admit(principal, model, doc, body, route.provider, route.upstream_model,
-                                              [(r.provider, name, r.upstream_model) for name, r in chain[1:]])
+                                              [(r.provider, name, r.upstream_model) for name, r in chain[1:]],
+                                              endpoint=endpoint, caps=caps)
 
         record = UsageRecord(
             request_id=new_request_id(), created_at=created, tenant_id=principal.tenant_id,
             model=model, endpoint="/v1" + endpoint, stream=stream, api_key_id=principal.key_id,
             provider=route.provider, trace=g.trace_for(headers),
+            out_cap=caps[0], choices=caps[1], body_len=len(body),
         )
         if reservation is not None:
             # registered before forwarding: the pipeline may price the record at any await
@@ -517,6 +521,14 @@ class OpenAIProxy:
             record.upstream_model = upstream_model
             if usage is not None:
                 self._set_usage(record, usage, "provider")
+            else:
+                # a 2xx without usage (HTML, garbage, a body without "usage") is not free:
+                # the prompt from the request's size, the completion from the answer's
+                record.prompt_tokens = estimate_prompt_tokens(record.body_len)
+                record.completion_tokens = 0 if record.endpoint == EMBEDDINGS else len(data) // 4
+                record.total_tokens = record.prompt_tokens + record.completion_tokens
+                record.usage_source = "estimated"
+                record.usage_flag = "missing"
         else:
             record.status = "upstream_error"
         headers = self._response_headers(resp, record)
@@ -531,7 +543,7 @@ class OpenAIProxy:
     async def _relay_stream(self, send, resp, record: UsageRecord, strip_usage: bool,
                             started: float, body_len: int, watch: ClientWatch) -> Failure | None:
         g = self.g
-        meter = SSEMeter(strip_usage, record.endpoint == "/v1/responses")
+        meter = SSEMeter(strip_usage, record.endpoint == "/v1/responses", g.settings.sse_max_event_bytes)
         sent = False  # the response starts with the first event: until then a retry is possible
         status = "ok"
         last = b""  # the stream's final bytes, sent with the end of the response
@@ -592,6 +604,13 @@ class OpenAIProxy:
             self._set_usage(record, meter.usage, "provider")
         else:
             self._estimate(record, meter, body_len)
+            if status == "ok":
+                record.usage_flag = "missing"  # a complete stream without usage
+        if meter.oversized:
+            log.warning("SSE events over TALLYGATE_SSE_MAX_EVENT_BYTES were passed through unread",
+                        extra={"fields": {"request_id": record.request_id, "model": record.model,
+                                          "events": meter.oversized,
+                                          "limit_bytes": g.settings.sse_max_event_bytes}})
         if status == "ok":
             tail = last + meter.flush()
         elif status == "client_disconnected":

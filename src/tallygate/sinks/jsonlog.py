@@ -44,6 +44,8 @@ def log_entry(record: UsageRecord) -> dict:
         "latency_ms": float(record.latency_ms),
         "logging.googleapis.com/labels": {"tenant_id": record.tenant_id, "model": record.model},
     }
+    if record.usage_flag is not None:  # missing | implausible (docs/reliability.md)
+        entry["usage_flag"] = record.usage_flag
     if record.ttft_ms is not None:
         entry["ttft_ms"] = float(record.ttft_ms)
     if record.trace:

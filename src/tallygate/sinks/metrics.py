@@ -82,6 +82,7 @@ class MetricsSink:
         self.cost: dict[tuple, Decimal] = {}  # (tenant, model)
         self.errors: dict[tuple, int] = {}  # (model, status)
         self.rejections: dict[tuple, int] = {}  # (reason,)
+        self.flagged: dict[tuple, int] = {}  # (model, flag): usage missing or implausible
         self.latency = _Histograms()
         self.ttft = _Histograms()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -109,6 +110,9 @@ class MetricsSink:
             if rec.status != "ok" and rec.status != "client_disconnected":
                 key = (model, rec.status)
                 errors[key] = errors.get(key, 0) + 1
+            if rec.usage_flag is not None:
+                key = (model, rec.usage_flag)
+                self.flagged[key] = self.flagged.get(key, 0) + 1
 
     def rejected(self, reason: str) -> None:
         """A request refused before it reached an upstream (auth, limits, bad input)."""
@@ -126,6 +130,8 @@ class MetricsSink:
         yield _counter("tallygate_upstream_errors", "Upstream failures", ["model", "status"], self.errors)
         yield _counter("tallygate_rejected_requests", "Requests refused before the upstream", ["reason"],
                        self.rejections)
+        yield _counter("tallygate_usage_flagged", "Answers whose usage was missing (estimated) or implausible "
+                       "(billed at the request's bounds)", ["model", "flag"], self.flagged)
         if self.ledger_stats is not None:
             yield from _ledger_families(self.ledger_stats())
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from ..metering.bounds import hold_to_bounds
 from ..metering.pricing import PriceBook
 from ..metering.record import UsageRecord
 
@@ -25,8 +26,11 @@ LINGER = 0.005
 
 
 class Pipeline:
-    def __init__(self, prices: PriceBook, jsonlog, metrics, ledger, hooks=(), linger: float = LINGER) -> None:
+    def __init__(self, prices: PriceBook, jsonlog, metrics, ledger, hooks=(), linger: float = LINGER,
+                 default_max_output_tokens: int = 32768, default_context_tokens: int = 1_000_000) -> None:
         self.linger = linger
+        self.default_out = default_max_output_tokens  # usage bounds (metering/bounds.py)
+        self.default_context = default_context_tokens
         self.prices = prices
         self.jsonlog = jsonlog
         self.metrics = metrics
@@ -83,8 +87,10 @@ class Pipeline:
         records = [r for r, _ in batch]
         for rec in records:
             try:
-                rec.cost_usd, rec.price_source = self.prices.cost(
-                    rec.provider, rec.model, rec.upstream_model, rec)
+                price = self.prices.price(rec.provider, rec.model, rec.upstream_model)
+                # usage beyond what the request allows is billed at the bound (and flagged)
+                hold_to_bounds(rec, price.context_window, self.default_out, self.default_context)
+                rec.cost_usd, rec.price_source = price.cost(rec), price.source
             except Exception:
                 log.exception("pricing failed", extra={"fields": {"model": rec.model}})
         for sink in (self.jsonlog, self.metrics, *self.hooks):
