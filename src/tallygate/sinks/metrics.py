@@ -82,6 +82,7 @@ class MetricsSink:
         self.cost: dict[tuple, Decimal] = {}  # (tenant, model)
         self.errors: dict[tuple, int] = {}  # (model, status)
         self.rejections: dict[tuple, int] = {}  # (reason,)
+        self.limits_failed_open: dict[tuple, int] = {}  # (reason,)
         self.latency = _Histograms()
         self.ttft = _Histograms()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -115,6 +116,11 @@ class MetricsSink:
         key = (reason,)
         self.rejections[key] = self.rejections.get(key, 0) + 1
 
+    def failed_open(self, reason: str) -> None:
+        """A request admitted without its limits checked (TALLYGATE_LIMITS_ON_*_DOWN=open)."""
+        key = (reason,)
+        self.limits_failed_open[key] = self.limits_failed_open.get(key, 0) + 1
+
     def collect(self):
         """Called by the registry on each scrape."""
         yield _counter("tallygate_requests", "Requests metered", ["tenant_id", "model", "status"], self.requests)
@@ -126,6 +132,8 @@ class MetricsSink:
         yield _counter("tallygate_upstream_errors", "Upstream failures", ["model", "status"], self.errors)
         yield _counter("tallygate_rejected_requests", "Requests refused before the upstream", ["reason"],
                        self.rejections)
+        yield _counter("tallygate_limits_failed_open", "Requests admitted without their limits checked "
+                       "(Redis or the database down, fail-open settings)", ["reason"], self.limits_failed_open)
         if self.ledger_stats is not None:
             yield from _ledger_families(self.ledger_stats())
 

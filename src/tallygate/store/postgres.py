@@ -3,6 +3,7 @@ times the pool size must fit Cloud SQL's connection limit)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from decimal import Decimal
@@ -53,9 +54,12 @@ def _json_default(value):
 class PostgresStore:
     dialect = "postgres"
 
-    def __init__(self, settings: PostgresSettings, pool_max: int = 5) -> None:
+    def __init__(self, settings: PostgresSettings, pool_max: int = 5, wait_timeout: float = 2.0) -> None:
         self.settings = settings
         self.pool_max = pool_max
+        # how long fetch() and execute() (admin calls, /v1/usage, budget start values, key
+        # refreshes) wait for a working connection before StoreUnavailable
+        self.wait_timeout = wait_timeout
         self._pool = None
         # the ledger writer's connection, kept between batches: taking one from the pool and
         # giving it back cost ~50 us a batch, a third of the write; it goes back to the pool
@@ -88,6 +92,9 @@ class PostgresStore:
             self._pool = AsyncConnectionPool(
                 self.settings.conninfo, min_size=1, max_size=self.pool_max, open=False,
                 timeout=timeout, reconnect_timeout=0, name="tallygate-ledger",
+                # a connection is checked (an empty query) before it is handed out: after a
+                # database restart a stale one is replaced instead of failing a request
+                check=AsyncConnectionPool.check_connection,
                 kwargs={"autocommit": True})  # every statement stands alone; migrations use transaction()
             await self._pool.open(wait=False)
         await self.ping(timeout)
@@ -183,13 +190,26 @@ class PostgresStore:
                 "SELECT request_id FROM litellm_usage WHERE request_id = ANY(%s)", (list(ids),))
             return {row[0] for row in await cur.fetchall()}
 
+    @contextlib.asynccontextmanager
+    async def _connection(self):
+        """A pooled connection within `wait_timeout`; an outage is StoreUnavailable."""
+        if self._pool is None:
+            raise StoreUnavailable(f"{self.description}: not connected yet")
+        import psycopg
+
+        try:
+            async with self._pool.connection(timeout=self.wait_timeout) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:  # PoolTimeout too
+            raise StoreUnavailable(explain(exc, self.settings)) from None
+
     async def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
     async def execute(self, sql: str, params: Sequence = ()) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return cur.rowcount
 
