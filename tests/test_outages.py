@@ -267,6 +267,23 @@ def test_database_outage_answers_json_503_within_the_bound(gateway, private_post
     assert call(gw.base_url + "/usage", token=plain["key"])[0] == 200
 
 
+def test_database_restart_no_call_fails_on_a_stale_connection(gateway, private_postgres):
+    private_postgres.start()
+    env = fresh_database(private_postgres)
+    gw = gateway(**env, TALLYGATE_KEYS_REFRESH=60)  # no key refresh meets the stale connections first
+    keys = [call(gw.url + "/admin/keys", "POST", {"tenant_id": unique("stale")})[2]["key"] for _ in range(3)]
+
+    def usage_calls() -> list[int]:  # five at once: the pool holds five connections
+        with ThreadPoolExecutor(5) as pool:
+            return list(pool.map(lambda k: call(gw.base_url + "/usage", token=k)[0], keys + keys[:2]))
+
+    assert usage_calls() == [200] * 5
+    private_postgres.stop()
+    private_postgres.start()  # every pooled connection now points at a server that is gone
+    assert usage_calls() == [200] * 5
+    assert call(gw.url + "/admin/tenants")[0] == 200
+
+
 def test_database_down_fails_open_when_configured(gateway, private_postgres):
     private_postgres.start()
     env = {**fresh_database(private_postgres), "TALLYGATE_LIMITS_ON_DB_DOWN": "open"}

@@ -92,9 +92,6 @@ class PostgresStore:
             self._pool = AsyncConnectionPool(
                 self.settings.conninfo, min_size=1, max_size=self.pool_max, open=False,
                 timeout=timeout, reconnect_timeout=0, name="tallygate-ledger",
-                # a connection is checked (an empty query) before it is handed out: after a
-                # database restart a stale one is replaced instead of failing a request
-                check=AsyncConnectionPool.check_connection,
                 kwargs={"autocommit": True})  # every statement stands alone; migrations use transaction()
             await self._pool.open(wait=False)
         await self.ping(timeout)
@@ -192,14 +189,30 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def _connection(self):
-        """A pooled connection within `wait_timeout`; an outage is StoreUnavailable."""
+        """A working pooled connection within `wait_timeout`, else StoreUnavailable.
+
+        Each is checked first (an empty query): after a database restart the pool still
+        holds connections to the old server, and each would fail one request. (Not the
+        pool's own `check`: the ledger writer keeps its connection and handles that itself.)"""
         if self._pool is None:
             raise StoreUnavailable(f"{self.description}: not connected yet")
         import psycopg
 
+        deadline = time.monotonic() + self.wait_timeout
         try:
-            async with self._pool.connection(timeout=self.wait_timeout) as conn:
+            while True:
+                conn = await self._pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
+                try:
+                    await conn.execute("")
+                    break
+                except psycopg.OperationalError:
+                    await self._pool.putconn(conn)  # broken: the pool discards and replaces it
+                    if time.monotonic() >= deadline:
+                        raise
+            try:
                 yield conn
+            finally:
+                await self._pool.putconn(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:  # PoolTimeout too
             raise StoreUnavailable(explain(exc, self.settings)) from None
 
