@@ -355,7 +355,13 @@ class Guard:
                 return self._counters_down(exc)
             if isinstance(result, str):  # a budget counter to start from the ledger
                 check = next(c for c in checks if c.key == result)
-                if not await self._start_budget(check):
+                try:
+                    started = await self._start_budget(check)
+                except Exception as exc:  # Redis went down meanwhile
+                    if not _outage(exc):
+                        raise
+                    return self._counters_down(exc)
+                if not started:
                     checks = [c for c in checks if c is not check]  # failing open: unchecked
                     if not checks:
                         return None
@@ -374,13 +380,7 @@ class Guard:
                 return False
             raise unavailable(f"Budget of {check.scope} cannot be checked: the ledger is not reachable. "
                               "Retry shortly.", "ledger_unavailable") from None
-        try:
-            await self.counters.init(check.key, _nanos(spent), check.ttl)
-        except Exception as exc:
-            if not _outage(exc):
-                raise
-            self._counters_down(exc)
-            return False
+        await self.counters.init(check.key, _nanos(spent), check.ttl)
         return True
 
     def _worst_cost(self, provider: str | None, model: str, upstream_model: str | None,
