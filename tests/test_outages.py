@@ -239,7 +239,7 @@ def test_instance_started_while_database_down_refuses_tenant_traffic(gateway, pr
 def test_database_outage_answers_json_503_within_the_bound(gateway, private_postgres):
     private_postgres.start()
     env = fresh_database(private_postgres)
-    gw = gateway(**env)
+    gw = gateway(**env, TALLYGATE_DB_TIMEOUT=1)  # the bound (2 s by default) is honoured
     budgeted = call(gw.url + "/admin/keys", "POST", {"tenant_id": unique("budgeted"), "budget_usd": "5"})[2]
     rpm_key = call(gw.url + "/admin/keys", "POST", {"tenant_id": unique("rpm"), "rpm_limit": 100})[2]
     plain = call(gw.url + "/admin/keys", "POST", {"tenant_id": unique("plain")})[2]
@@ -249,10 +249,10 @@ def test_database_outage_answers_json_503_within_the_bound(gateway, private_post
                  (f"/admin/keys/{plain['key_id']}", "DELETE", None), ("/admin/tenants", "GET", None),
                  ("/admin/tenants/t", "PUT", {"rpm_limit": 5}), ("/admin/usage", "GET", None)]
         for path, method, body in admin:
-            assert_json_503(call(gw.url + path, method, body), "ledger_unavailable", within=3)
-        assert_json_503(call(gw.base_url + "/usage", token=plain["key"]), "ledger_unavailable", within=3)
+            assert_json_503(call(gw.url + path, method, body), "ledger_unavailable", within=2.5)
+        assert_json_503(call(gw.base_url + "/usage", token=plain["key"]), "ledger_unavailable", within=2.5)
         # a budget whose spend so far must come from the ledger: refused, not guessed
-        assert_json_503(chat(gw, budgeted["key"]), "ledger_unavailable", within=3)
+        assert_json_503(chat(gw, budgeted["key"]), "ledger_unavailable", within=2.5)
         # everything already loaded keeps working from memory
         assert chat(gw, plain["key"])[0] == 200
         assert chat(gw, rpm_key["key"])[0] == 200
