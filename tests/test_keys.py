@@ -82,6 +82,8 @@ def test_keys_cli(postgres_env, tmp_path):
         return subprocess.run([sys.executable, "-m", "tallygate", "keys", *args], env=env,
                               capture_output=True, text=True, timeout=60)
 
+    subprocess.run([sys.executable, "-m", "tallygate", "db", "init"], env=env, check=True, capture_output=True,
+                   timeout=60)  # the keys commands need the schema in place, they do not create it
     tenant = unique("cli")
     out = cli("create", tenant, "--rpm", "10", "--budget-usd", "5", "--models", "gpt-4o-mini,gpt-4o")
     assert out.returncode == 0, out.stderr

@@ -44,11 +44,27 @@ class Proc:
             try:
                 st, _ = http_get(port, path, timeout=1.0)
                 if st == 200:
-                    return round(time.perf_counter() - self.t0, 3)
+                    healthy = round(time.perf_counter() - self.t0, 3)
+                    # tallygate refuses limited traffic (503) until its keys and limits are loaded:
+                    # wait for /ready too (every worker: 20 in a row), outside the measured start time
+                    ready = not self.name.startswith("tallygate") or self._wait_ready(port, deadline)
+                    return healthy if ready else None
             except OSError:
                 pass
             time.sleep(0.002)
         return None
+
+    def _wait_ready(self, port: int, deadline: float) -> bool:
+        in_a_row = 0
+        while time.perf_counter() < deadline and self.p.poll() is None:
+            try:
+                in_a_row = in_a_row + 1 if http_get(port, "/ready", timeout=1.0)[0] == 200 else 0
+            except OSError:
+                in_a_row = 0
+            if in_a_row >= 20:
+                return True
+            time.sleep(0.002)
+        return False
 
     def stop(self, timeout: float = 30.0) -> dict:
         """SIGTERM, wait for exit (the gateway flushes its ledger), then clean up the group."""

@@ -132,7 +132,9 @@ class Gateway:
             counters = MemoryCounters()
         self.guard = Guard(self.keys, self.keystore, self.prices, counters,
                            default_max_tokens=s.default_max_output_tokens,
-                           unpriced_reserve_mtok=s.unpriced_reserve_mtok)
+                           unpriced_reserve_mtok=s.unpriced_reserve_mtok,
+                           on_redis_down=s.limits_on_redis_down, on_db_down=s.limits_on_db_down,
+                           failed_open=self.metrics.failed_open)
         hooks = [self.guard]
         if s.metrics_port:
             from .sinks.metrics_server import MetricsServer
@@ -203,7 +205,8 @@ class Gateway:
                 else:
                     log.warning("ledger still unavailable: %s", exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                # capped at 5 s: until the first load, requests needing tenant data are refused
+                delay = min(delay * 2, 5.0)
 
     async def shutdown(self) -> None:
         # Cloud Run sends SIGKILL 10 s after SIGTERM: finish inside that window

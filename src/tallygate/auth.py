@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 
-from .errors import bad_request, forbidden, unauthorized
+from .errors import bad_request, forbidden, unauthorized, unavailable
 from .settings import TENANT_RE
 
 ROLE_GATEWAY = "gateway"
@@ -71,6 +71,9 @@ class Authenticator:
                         raise forbidden("This key belongs to another tenant than X-Tenant-ID names.",
                                         "tenant_mismatch")
                 return Principal(tenant, ROLE_TENANT_KEY, key.key_id, key)
+            if not self.keys.loaded:  # not "invalid": nobody here knows yet
+                raise unavailable("Tenant keys are not loaded yet: the database has not been reachable "
+                                  "since this instance started. Retry shortly.", "limits_unavailable")
         raise unauthorized("Invalid credentials.")
 
     def _tenant(self, header: bytes | None) -> str:

@@ -17,7 +17,12 @@ class CommandError(Exception):
     pass
 
 
-async def _store(migrate: bool = True):
+async def _store(schema_required: bool = True):
+    """The configured store, connected. Only `db init` (and the server, with
+    TALLYGATE_AUTO_MIGRATE) changes a schema: every other command needs it in place
+    already and says so, rather than create tables in whatever database PG* names."""
+    from pathlib import Path
+
     from .store import open_store
 
     try:
@@ -25,24 +30,40 @@ async def _store(migrate: bool = True):
     except SettingsError as exc:
         raise CommandError(str(exc)) from None
     store = open_store(settings)
+    if (schema_required and store.dialect == "sqlite" and settings.sqlite_path != ":memory:"
+            and not Path(settings.sqlite_path).exists()):
+        raise CommandError(f"no ledger at {store.description}: run `tallygate db init` first "
+                           "(or point PG*/DATABASE_URL/TALLYGATE_SQLITE_PATH at the ledger)")
     try:
         await store.connect()
-        if migrate and await store.needs_migration():
-            await store.migrate()
+        missing = schema_required and await store.needs_migration()
     except Exception as exc:
         await store.close()
         raise CommandError(f"cannot use the ledger: {exc}") from None
+    if missing:
+        await store.close()
+        raise CommandError(f"the ledger schema is missing or old in {store.description}: "
+                           "run `tallygate db init` first")
     return store
 
 
 async def dispatch(args) -> int:
+    from .store import StoreUnavailable
+
+    try:
+        return await _dispatch(args)
+    except StoreUnavailable as exc:  # the database went away mid-command
+        raise CommandError(f"cannot use the ledger: {exc}") from None
+
+
+async def _dispatch(args) -> int:
     if args.command == "db":
         if args.db_command == "schema":
             from .store.migrations import schema_sql
 
             sys.stdout.write(schema_sql("postgres"))
             return 0
-        store = await _store(migrate=False)
+        store = await _store(schema_required=False)
         try:
             applied = await store.migrate()
         finally:

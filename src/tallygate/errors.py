@@ -41,3 +41,9 @@ def bad_request(message: str, code: str = "invalid_request", param: str | None =
 
 def not_found(message: str) -> GatewayError:
     return GatewayError(404, message, "invalid_request_error", "not_found")
+
+
+def unavailable(message: str, code: str, retry_after: int = 2) -> GatewayError:
+    """A dependency (the database, Redis) is down: a 503 the client may retry."""
+    return GatewayError(503, message, "service_unavailable", code,
+                        [(b"retry-after", str(retry_after).encode())])

@@ -37,16 +37,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from .errors import GatewayError, forbidden
+from .errors import GatewayError, forbidden, unavailable
 from .keys import KeyCache, KeyStore, Limits, period_end, period_start
 from .metering.bounds import output_bound, request_caps
 from .metering.extract import Usage
 from .metering.pricing import Price
 from .money import usd_text
+from .store import StoreUnavailable
 
 log = logging.getLogger("tallygate.limits")
 
 NANO = Decimal(1_000_000_000)
+FAIL_OPEN_LOG_INTERVAL = 10.0  # seconds between WARNING lines while limits are failing open
 MODE_WINDOW = 1  # count + amount <= limit
 MODE_BUDGET = 2  # count < limit, then add amount
 
@@ -165,8 +167,20 @@ class RedisCounters:
 
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
-        self.redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        options = {}
+        try:
+            from redis.maint_notifications import MaintNotificationsConfig
+
+            # with maintenance notifications on (redis-py's default, "auto") the pool does not
+            # check that a pooled connection is still open before handing it out: after a
+            # Redis restart every idle connection failed one request
+            options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+        except ImportError:  # redis-py before 6.3 checks anyway
+            pass
+        self.redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, **options)
+        self._connection_error = RedisConnectionError
         self._admit = self.redis.register_script(ADMIT_LUA)
         self._add = self.redis.register_script(ADD_LUA)
 
@@ -174,7 +188,15 @@ class RedisCounters:
         args: list = []
         for c in checks:
             args += [c.limit, c.amount, c.ttl, c.mode]
-        result = await self._admit(keys=[c.key for c in checks], args=args)
+        keys = [c.key for c in checks]
+        try:
+            result = await self._admit(keys=keys, args=args)
+        except self._connection_error:
+            # a pooled connection that died without the pool seeing it closed (reset by a
+            # failover): once more, on a new connection. Not on a timeout (the script may
+            # still run). If the script did run and only its reply was lost, the request is
+            # counted twice: an over-count, which can refuse early but never admit more.
+            result = await self._admit(keys=keys, args=args)
         status = int(result[0])
         if status == -2:
             return checks[int(result[1]) - 1].key
@@ -207,11 +229,25 @@ def _period_key(period: str, now: datetime) -> str:
     return "total"
 
 
+def _outage(exc: BaseException) -> bool:
+    """An error of the counters' backend being unreachable (Redis down, a timeout)."""
+    return (isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError))
+            or type(exc).__module__.startswith("redis"))
+
+
 class Guard:
     def __init__(self, cache: KeyCache, keystore: KeyStore, prices, counters,
                  default_max_tokens: int = 32768, prefix: str = "tg",
-                 unpriced_reserve_mtok: Decimal | None = None) -> None:
+                 unpriced_reserve_mtok: Decimal | None = None, on_redis_down: str = "closed",
+                 on_db_down: str = "closed", failed_open=None) -> None:
         self.cache = cache
+        # "closed": a request whose limits cannot be checked is refused (503); "open": it is
+        # admitted unchecked, counted by `failed_open(reason)` and logged
+        self.on_redis_down = on_redis_down
+        self.on_db_down = on_db_down
+        self.failed_open = failed_open
+        self._open_since_log: dict[str, int] = {}
+        self._open_logged: dict[str, float] = {}
         self.keystore = keystore
         self.prices = prices
         self.counters = counters
@@ -234,7 +270,37 @@ class Guard:
 
     def applies(self, principal) -> bool:
         """Whether the caller has any limit or model list to check (most have none)."""
+        if not self.cache.loaded:
+            return self._not_loaded()
         return bool(self._scopes(principal))
+
+    def _not_loaded(self) -> bool:
+        """Tenant limits never loaded (the database down since start-up): nobody can tell
+        whether this tenant has limits."""
+        if self.on_db_down == "open":
+            self._fail_open("limits_not_loaded", "the database has not been reachable since start-up")
+            return False
+        raise unavailable("Tenant limits are not loaded yet: the database has not been reachable since "
+                          "this instance started. Retry shortly.", "limits_unavailable")
+
+    def _fail_open(self, reason: str, detail: str) -> None:
+        if self.failed_open is not None:
+            self.failed_open(reason)
+        count = self._open_since_log[reason] = self._open_since_log.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._open_logged.get(reason, -FAIL_OPEN_LOG_INTERVAL) >= FAIL_OPEN_LOG_INTERVAL:
+            self._open_logged[reason] = now
+            self._open_since_log[reason] = 0
+            log.warning("limits unavailable; admitting requests without them (fail open)",
+                        extra={"fields": {"reason": reason, "detail": detail, "requests": count}})
+
+    def _counters_down(self, exc: BaseException) -> None:
+        """The counters cannot be reached: refuse (closed) or return to admit unchecked (open)."""
+        if self.on_redis_down == "open":
+            self._fail_open("redis_down", type(exc).__name__)
+            return None
+        raise unavailable(f"Limits are unavailable: {type(exc).__name__}. Retry shortly.",
+                          "limits_unavailable", 1) from None
 
     def allows(self, principal, model: str) -> bool:
         """Whether the key's and the tenant's model lists (if any) include `model`; a
@@ -297,22 +363,39 @@ class Guard:
                 result = await self.counters.admit(checks)
             except Rejected as r:
                 raise self._rejection(r, now) from None
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
-                raise GatewayError(503, f"Limits are unavailable: {type(exc).__name__}.", "service_unavailable",
-                                   "limits_unavailable") from None
-            except Exception as exc:  # redis errors
-                if type(exc).__module__.startswith("redis"):
-                    raise GatewayError(503, f"Limits are unavailable: {type(exc).__name__}.",
-                                       "service_unavailable", "limits_unavailable") from None
-                raise
+            except Exception as exc:  # Redis down or timing out
+                if not _outage(exc):
+                    raise
+                return self._counters_down(exc)
             if isinstance(result, str):  # a budget counter to start from the ledger
                 check = next(c for c in checks if c.key == result)
-                column, ident, since = check.init
-                spent = await self.keystore.spend_since(column, ident, since)
-                await self.counters.init(check.key, _nanos(spent), check.ttl)
+                try:
+                    started = await self._start_budget(check)
+                except Exception as exc:  # Redis went down meanwhile
+                    if not _outage(exc):
+                        raise
+                    return self._counters_down(exc)
+                if not started:
+                    checks = [c for c in checks if c is not check]  # failing open: unchecked
+                    if not checks:
+                        return None
                 continue
             return Reservation(checks, tokens, worst)
         raise GatewayError(503, "Limits could not be initialised.", "service_unavailable", "limits_unavailable")
+
+    async def _start_budget(self, check: Check) -> bool:
+        """Start a budget counter from the ledger's spend; False: admit without it (open)."""
+        column, ident, since = check.init
+        try:
+            spent = await self.keystore.spend_since(column, ident, since)
+        except StoreUnavailable:
+            if self.on_db_down == "open":
+                self._fail_open("ledger_down", f"budget of {check.scope}")
+                return False
+            raise unavailable(f"Budget of {check.scope} cannot be checked: the ledger is not reachable. "
+                              "Retry shortly.", "ledger_unavailable") from None
+        await self.counters.init(check.key, _nanos(spent), check.ttl)
+        return True
 
     def _worst_cost(self, provider: str | None, model: str, upstream_model: str | None,
                     prompt_tokens: int, out_tokens: int | None, cap: int = 0, choices: int = 1,

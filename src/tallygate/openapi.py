@@ -26,7 +26,7 @@ def _proxy_op(summary: str, streams: bool) -> dict:
         "summary": summary, "security": [{"bearer": []}],
         "parameters": [{"$ref": "#/components/parameters/Tenant"}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-        "responses": {"200": ok, **_errors(400, 401, 403, 413, 429, 502, 504)},
+        "responses": {"200": ok, **_errors(400, 401, 403, 413, 429, 502, 503, 504)},
     }}
 
 
@@ -81,7 +81,7 @@ def spec() -> dict:
                                                    **_errors(400, 401, 403, 503)}}},
             "/admin/keys": {
                 "get": {"summary": "List tenant keys (no secrets)", **admin,
-                        "responses": {"200": {"description": "keys", "content": {"application/json": {"schema": {"type": "object"}}}}, **_errors(401, 403)}},
+                        "responses": {"200": {"description": "keys", "content": {"application/json": {"schema": {"type": "object"}}}}, **_errors(401, 403, 503)}},
                 "post": {"summary": "Create a tenant key (shown once)", **admin,
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
                              "type": "object", "required": ["tenant_id"],
@@ -89,18 +89,18 @@ def spec() -> dict:
                                             "name": {"type": ["string", "null"]},
                                             "expires_at": {"type": ["string", "null"]}, **_LIMITS}}}}},
                          "responses": {"201": {"description": "the new key", "content": {"application/json": {"schema": {"type": "object"}}}},
-                                       **_errors(400, 401, 403)}}},
+                                       **_errors(400, 401, 403, 503)}}},
             "/admin/keys/{key_id}": {"delete": {"summary": "Revoke a tenant key", **admin,
                                                 "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                                                 "responses": {"200": {"description": "revoked", "content": {"application/json": {"schema": {"type": "object"}}}},
-                                                              **_errors(401, 403, 404)}}},
+                                                              **_errors(401, 403, 404, 503)}}},
             "/admin/tenants": {"get": {"summary": "Tenants with limits", **admin,
-                                       "responses": {"200": {"description": "tenants", "content": {"application/json": {"schema": {"type": "object"}}}}, **_errors(401, 403)}}},
+                                       "responses": {"200": {"description": "tenants", "content": {"application/json": {"schema": {"type": "object"}}}}, **_errors(401, 403, 503)}}},
             "/admin/tenants/{tenant_id}": {"put": {"summary": "Set a tenant's limits", **admin,
                                                    "parameters": [{"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                                                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": _LIMITS}}}},
                                                    "responses": {"200": {"description": "the tenant", "content": {"application/json": {"schema": {"type": "object"}}}},
-                                                                 **_errors(400, 401, 403)}}},
+                                                                 **_errors(400, 401, 403, 503)}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

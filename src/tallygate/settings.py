@@ -117,6 +117,9 @@ class Settings:
     shutdown_grace: float = 8.0
     google_cloud_project: str | None = None
     redis_url: str | None = None
+    limits_on_redis_down: str = "closed"  # closed: 503; open: admit uncounted
+    limits_on_db_down: str = "closed"  # tenants/keys never loaded, or a budget's spend unreadable
+    db_timeout: float = 2.0  # seconds an admin call, /v1/usage or a budget start waits for the database
     metrics_mode: str = "auth"
     keys_refresh: float = 2.0
     metrics_port: int | None = None
@@ -221,6 +224,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace=_float(env, "TALLYGATE_SHUTDOWN_GRACE", 8.0),
         google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT") or None,
         redis_url=env.get("REDIS_URL") or None,
+        limits_on_redis_down=_choice(env, "TALLYGATE_LIMITS_ON_REDIS_DOWN", "closed", ("closed", "open")),
+        limits_on_db_down=_choice(env, "TALLYGATE_LIMITS_ON_DB_DOWN", "closed", ("closed", "open")),
+        db_timeout=_float(env, "TALLYGATE_DB_TIMEOUT", 2.0),
         keys_refresh=_float(env, "TALLYGATE_KEYS_REFRESH", 2.0),
         metrics_port=_int(env, "TALLYGATE_METRICS_PORT", 0, minimum=0) or None,
         metrics_host=env.get("TALLYGATE_METRICS_HOST") or "127.0.0.1",

@@ -6,9 +6,14 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from ..errors import GatewayError, bad_request, forbidden, not_found, unauthorized
+from ..errors import GatewayError, bad_request, forbidden, not_found, unauthorized, unavailable
 from .openai import read_body
 from ..reports import ReportError, parse_group_by, parse_since, parse_time, usage_report
+from ..store import StoreUnavailable
+
+
+def ledger_unavailable() -> GatewayError:
+    return unavailable("The database is not reachable. Retry shortly.", "ledger_unavailable")
 
 
 def query_params(scope) -> dict[str, str]:
@@ -34,6 +39,14 @@ class Admin:
             raise forbidden("The admin API needs the master key.")
 
     async def handle(self, scope, receive, send, method: bytes, path: bytes) -> None:
+        """Every endpoint here reads or writes the database: while it is down, a JSON 503
+        within the store's wait bound (TALLYGATE_DB_TIMEOUT), never a hang or a 500."""
+        try:
+            await self._handle(scope, receive, send, method, path)
+        except StoreUnavailable:
+            raise ledger_unavailable() from None
+
+    async def _handle(self, scope, receive, send, method: bytes, path: bytes) -> None:
         from ..app import send_json
 
         if path == b"/v1/usage" and method == b"GET":
@@ -46,6 +59,7 @@ class Admin:
             await send_json(send, 200, {"object": "list", "tenant_id": principal.tenant_id, "data": rows})
             return
         self.require_master(scope)
+        self._require_ledger()
         if path == b"/admin/usage" and method == b"GET":
             params = query_params(scope)
             rows = await self._usage(params, tenant=params.get("tenant_id") or None,
@@ -122,12 +136,10 @@ class Admin:
 
     def _require_ledger(self) -> None:
         if not self.g.ledger_ready:
-            raise GatewayError(503, "The database is not reachable yet.", "service_unavailable",
-                               "ledger_unavailable")
+            raise ledger_unavailable()
 
     async def _usage(self, params: dict, tenant: str | None, key: str | None) -> list[dict]:
-        if not self.g.ledger_ready:
-            raise GatewayError(503, "The ledger is not reachable yet.", "service_unavailable", "ledger_unavailable")
+        self._require_ledger()
         try:
             start = parse_since(params.get("start") or params.get("since") or "30d")
             end = parse_time(params["end"]) if params.get("end") else None

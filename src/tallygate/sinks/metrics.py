@@ -83,6 +83,7 @@ class MetricsSink:
         self.errors: dict[tuple, int] = {}  # (model, status)
         self.rejections: dict[tuple, int] = {}  # (reason,)
         self.flagged: dict[tuple, int] = {}  # (model, flag): usage missing or implausible
+        self.limits_failed_open: dict[tuple, int] = {}  # (reason,)
         self.latency = _Histograms()
         self.ttft = _Histograms()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -119,6 +120,11 @@ class MetricsSink:
         key = (reason,)
         self.rejections[key] = self.rejections.get(key, 0) + 1
 
+    def failed_open(self, reason: str) -> None:
+        """A request admitted without its limits checked (TALLYGATE_LIMITS_ON_*_DOWN=open)."""
+        key = (reason,)
+        self.limits_failed_open[key] = self.limits_failed_open.get(key, 0) + 1
+
     def collect(self):
         """Called by the registry on each scrape."""
         yield _counter("tallygate_requests", "Requests metered", ["tenant_id", "model", "status"], self.requests)
@@ -132,6 +138,8 @@ class MetricsSink:
                        self.rejections)
         yield _counter("tallygate_usage_flagged", "Answers whose usage was missing (estimated) or implausible "
                        "(billed at the request's bounds)", ["model", "flag"], self.flagged)
+        yield _counter("tallygate_limits_failed_open", "Requests admitted without their limits checked "
+                       "(Redis or the database down, fail-open settings)", ["reason"], self.limits_failed_open)
         if self.ledger_stats is not None:
             yield from _ledger_families(self.ledger_stats())
 

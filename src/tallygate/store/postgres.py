@@ -3,6 +3,7 @@ times the pool size must fit Cloud SQL's connection limit)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from decimal import Decimal
@@ -53,9 +54,12 @@ def _json_default(value):
 class PostgresStore:
     dialect = "postgres"
 
-    def __init__(self, settings: PostgresSettings, pool_max: int = 5) -> None:
+    def __init__(self, settings: PostgresSettings, pool_max: int = 5, wait_timeout: float = 2.0) -> None:
         self.settings = settings
         self.pool_max = pool_max
+        # how long fetch() and execute() (admin calls, /v1/usage, budget start values, key
+        # refreshes) wait for a working connection before StoreUnavailable
+        self.wait_timeout = wait_timeout
         self._pool = None
         # the ledger writer's connection, kept between batches: taking one from the pool and
         # giving it back cost ~50 us a batch, a third of the write; it goes back to the pool
@@ -183,13 +187,42 @@ class PostgresStore:
                 "SELECT request_id FROM litellm_usage WHERE request_id = ANY(%s)", (list(ids),))
             return {row[0] for row in await cur.fetchall()}
 
+    @contextlib.asynccontextmanager
+    async def _connection(self):
+        """A working pooled connection within `wait_timeout`, else StoreUnavailable.
+
+        Each is checked first (an empty query): after a database restart the pool still
+        holds connections to the old server, and each would fail one request. (Not the
+        pool's own `check`: the ledger writer keeps its connection and handles that itself.)"""
+        if self._pool is None:
+            raise StoreUnavailable(f"{self.description}: not connected yet")
+        import psycopg
+
+        deadline = time.monotonic() + self.wait_timeout
+        try:
+            while True:
+                conn = await self._pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
+                try:
+                    await conn.execute("")
+                    break
+                except psycopg.OperationalError:
+                    await self._pool.putconn(conn)  # broken: the pool discards and replaces it
+                    if time.monotonic() >= deadline:
+                        raise
+            try:
+                yield conn
+            finally:
+                await self._pool.putconn(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:  # PoolTimeout too
+            raise StoreUnavailable(explain(exc, self.settings)) from None
+
     async def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
     async def execute(self, sql: str, params: Sequence = ()) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return cur.rowcount
 

@@ -147,11 +147,19 @@ class SqliteStore:
             return found
         return await self._run(query)
 
+    async def _query(self, fn):
+        if self._conn is None:
+            raise StoreUnavailable(f"{self.description}: not open yet")
+        try:
+            return await self._run(fn)
+        except sqlite3.OperationalError as exc:  # locked, disk I/O, unreadable file
+            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
+
     async def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return await self._run(lambda: self._conn.execute(sql, tuple(params)).fetchall())
+        return await self._query(lambda: self._conn.execute(sql, tuple(params)).fetchall())
 
     async def execute(self, sql: str, params: Sequence = ()) -> int:
-        return await self._run(lambda: self._conn.execute(sql, tuple(params)).rowcount)
+        return await self._query(lambda: self._conn.execute(sql, tuple(params)).rowcount)
 
     @staticmethod
     def decimal(value) -> Decimal:
