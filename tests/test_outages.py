@@ -12,47 +12,34 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import MASTER, TOKEN, free_port
+import support
+from support import MASTER, TOKEN, free_port
+from support.tenants import unique
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def call(url: str, method: str = "GET", body=None, token: str | None = MASTER, headers=None,
          timeout: float = 30):
-    """(status, headers, parsed JSON or None, raw body, seconds taken)."""
-    h = {"Content-Type": "application/json", **(headers or {})}
-    if token:
-        h["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=h)
+    """(status, headers, parsed JSON or None, raw body, seconds taken): outages are about time too."""
     began = time.monotonic()
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, headers_, raw = resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as err:
-        status, headers_, raw = err.code, dict(err.headers), err.read()
+    status, headers_, raw = support.call(url, method, body, token, headers, timeout)
     try:
         doc = json.loads(raw) if raw else None
     except ValueError:
         doc = None
-    return status, {k.lower(): v for k, v in headers_.items()}, doc, raw, time.monotonic() - began
+    return status, headers_, doc, raw, time.monotonic() - began
 
 
 def chat(gw, token: str, tenant: str | None = None, **kw):
     return call(gw.base_url + "/chat/completions", "POST",
                 {"model": "gpt-4o-mini", "messages": MESSAGES, **kw}, token=token,
                 headers={"X-Tenant-ID": tenant} if tenant else None)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def assert_json_503(result, code: str, within: float) -> None:
@@ -66,13 +53,7 @@ def assert_json_503(result, code: str, within: float) -> None:
 
 
 def metric(gw, name: str) -> float:
-    text = urllib.request.urlopen(urllib.request.Request(
-        gw.url + "/metrics", headers={"Authorization": f"Bearer {MASTER}"})).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return support.metric(support.metrics_text(gw.url + "/metrics"), name)
 
 
 def poll(condition, timeout: float = 20.0, interval: float = 0.05):
