@@ -1,4 +1,4 @@
-"""Tenant keys (tallygate.keys): created through the admin API or the CLI, stored hashed,
+"""Tenant keys (tallygate.tenants): created through the admin API or the CLI, stored hashed,
 bound to their tenant, expiring, revoked on every instance."""
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def test_fallbacks_respect_the_callers_model_list(gateway, postgres_env, fake_up
 def test_budget_worst_case_is_priced_like_the_record():
     """An alias routed to an upstream model is reserved at that model's price (it was
     priced as an unknown model, i.e. free, before)."""
-    from tallygate.limits import Guard, _nanos
+    from tallygate.limits.guard import Guard, _nanos
     from tallygate.metering.pricing import PriceBook
 
     guard = Guard(None, None, PriceBook(), None)

@@ -118,14 +118,16 @@ class Gateway:
                                    flush_interval=s.ledger_flush_interval,
                                    buffer_limit=s.ledger_buffer_limit)
         self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
-        from .keys import KeyCache, KeyStore
-        from .limits import Guard, MemoryCounters
+        from .limits.counters import MemoryCounters
+        from .limits.guard import Guard
+        from .tenants.cache import KeyCache
+        from .tenants.store import KeyStore
 
         self.keystore = KeyStore(self.store)
         self.keys = KeyCache(self.keystore, s.keys_refresh)
         self.auth.keys = self.keys
         if s.redis_url:
-            from .limits import RedisCounters
+            from .limits.redis import RedisCounters
 
             counters = RedisCounters(s.redis_url)
         else:

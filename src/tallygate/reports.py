@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from .money import usd_text
+from .store.dialect import dialect_of
 
 GROUPS = ("tenant", "model", "day", "key", "endpoint", "status")
 _COLUMN = {"tenant": "tenant_id", "model": "model", "key": "api_key_id",
@@ -55,21 +56,21 @@ async def usage_report(store, start: datetime, end: datetime | None = None,
                        tenant_id: str | None = None, api_key_id: str | None = None,
                        group_by: list[str] | None = None) -> list[dict]:
     group_by = group_by or ["tenant"]
-    sqlite = store.dialect == "sqlite"
-    ph = "?" if sqlite else "%s"
+    dialect = dialect_of(store)
+    ph = dialect.placeholder
     select, keys = [], []
     for g in group_by:
         if g == "day":
-            expr = "substr(created_at, 1, 10)" if sqlite else "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            expr = dialect.day_expr("created_at")
         else:
             expr = _COLUMN[g]
         select.append(expr)
         keys.append(g)
-    cost = "dsum(cost_usd)" if sqlite else "sum(cost_usd)"
-    where, params = [f"created_at >= {ph}"], [_param(start, sqlite)]
+    cost = dialect.decimal_sum("cost_usd")
+    where, params = [f"created_at >= {ph}"], [dialect.time_param(start)]
     if end is not None:
         where.append(f"created_at < {ph}")
-        params.append(_param(end, sqlite))
+        params.append(dialect.time_param(end))
     if tenant_id:
         where.append(f"tenant_id = {ph}")
         params.append(tenant_id)
@@ -92,10 +93,6 @@ async def usage_report(store, start: datetime, end: datetime | None = None,
                     cost_usd=usd_text(Decimal(str(row[n + 5] or 0))))
         out.append(item)
     return out
-
-
-def _param(value: datetime, sqlite: bool):
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if sqlite else value
 
 
 def format_table(rows: list[dict]) -> str:

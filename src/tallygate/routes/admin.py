@@ -102,7 +102,7 @@ class Admin:
 
     async def _create_key(self, receive, send) -> None:
         from ..app import send_json
-        from ..keys import InvalidInput, check_tenant, parse_limits, parse_time
+        from ..tenants.model import InvalidInput, check_tenant, parse_limits, parse_time
 
         self._require_ledger()
         doc = json_body(await read_body(receive, 1 << 20, None))
@@ -121,7 +121,7 @@ class Admin:
 
     async def _put_tenant(self, tenant_id: str, receive, send) -> None:
         from ..app import send_json
-        from ..keys import InvalidInput, check_tenant, parse_limits
+        from ..tenants.model import InvalidInput, check_tenant, parse_limits
 
         self._require_ledger()
         doc = json_body(await read_body(receive, 1 << 20, None))
@@ -131,7 +131,7 @@ class Admin:
         except InvalidInput as exc:
             raise bad_request(str(exc), "invalid_parameter") from None
         await self.g.keystore.put_tenant(tenant_id, limits)
-        self.g.keys.tenants[tenant_id] = limits  # in force here at once, elsewhere on refresh
+        self.g.keys.set_tenant(tenant_id, limits)  # in force here at once, elsewhere on refresh
         await send_json(send, 200, {"tenant_id": tenant_id, **limits.as_json()})
 
     def _require_ledger(self) -> None:

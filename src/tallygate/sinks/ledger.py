@@ -83,13 +83,7 @@ class LedgerWriter:
     async def _run(self) -> None:
         backoff = 0.0
         while True:
-            # An idle writer writes what the first pipeline pass brings at once; records
-            # that arrive while a write is in flight then wait for a full batch or the
-            # interval. Under load batches are ~50 rows at 7k req/s, not 100: waiting for
-            # the interval after an idle spell too made 100-row batches and cut ~7 us of
-            # CPU a request in place, but a 70-row insert every 20 ms doubled the p99
-            # at c=1 in the benchmark (1.1 -> 2.5 ms; its Postgres shares a core with
-            # the fake upstream and the load generator) and gained no throughput there.
+            # idle: write the first pass at once; busy: a full batch or the interval (docs/DESIGN.md)
             if not self._buffer:
                 self._wakeup.clear()
                 if self._closing:

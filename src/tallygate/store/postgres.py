@@ -61,9 +61,7 @@ class PostgresStore:
         # refreshes) wait for a working connection before StoreUnavailable
         self.wait_timeout = wait_timeout
         self._pool = None
-        # the ledger writer's connection, kept between batches: taking one from the pool and
-        # giving it back cost ~50 us a batch, a third of the write; it goes back to the pool
-        # (which checks it and replaces a broken one) only after an error
+        # the ledger writer's connection, kept between batches (why: docs/DESIGN.md, "What the code taught us")
         self._writer_conn = None
         self._writer_since = 0.0
 
@@ -75,8 +73,7 @@ class PostgresStore:
         import asyncio
         import importlib
 
-        # psycopg takes ~0.15 s to import: in a thread, so the event loop keeps answering
-        # /health while the ledger comes up
+        # imported in a thread: /health answers while the ledger comes up (docs/DESIGN.md, "Start-up")
         await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "psycopg_pool")
         import psycopg
         from psycopg_pool import AsyncConnectionPool
@@ -181,12 +178,6 @@ class PostgresStore:
             except Exception:  # a pool closing meanwhile: the connection is closed with it
                 log.debug("could not return the ledger connection to the pool", exc_info=True)
 
-    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT request_id FROM litellm_usage WHERE request_id = ANY(%s)", (list(ids),))
-            return {row[0] for row in await cur.fetchall()}
-
     @contextlib.asynccontextmanager
     async def _connection(self):
         """A working pooled connection within `wait_timeout`, else StoreUnavailable.
@@ -225,7 +216,3 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return cur.rowcount
-
-    @staticmethod
-    def decimal(value) -> Decimal:
-        return value if isinstance(value, Decimal) else Decimal(str(value or 0))

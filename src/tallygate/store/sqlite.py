@@ -137,16 +137,6 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
 
-    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
-        def query():
-            found = set()
-            for i in range(0, len(ids), 500):
-                part = list(ids[i:i + 500])
-                sql = f"SELECT request_id FROM litellm_usage WHERE request_id IN ({','.join('?' * len(part))})"
-                found.update(r[0] for r in self._conn.execute(sql, part))
-            return found
-        return await self._run(query)
-
     async def _query(self, fn):
         if self._conn is None:
             raise StoreUnavailable(f"{self.description}: not open yet")
@@ -160,7 +150,3 @@ class SqliteStore:
 
     async def execute(self, sql: str, params: Sequence = ()) -> int:
         return await self._query(lambda: self._conn.execute(sql, tuple(params)).rowcount)
-
-    @staticmethod
-    def decimal(value) -> Decimal:
-        return Decimal(str(value or 0))

@@ -1,31 +1,5 @@
-"""Rate limits and budgets, enforced before the upstream is called.
-
-Every limit is a counter checked and incremented atomically, all of a request's
-counters together (one Redis script call, or one step of the event loop in
-process):
-
-- rpm: requests in the current minute, `count + 1 <= limit`;
-- tpm: tokens in the current minute, reserved as prompt estimate + max_tokens,
-  then corrected to the real total when the request is metered;
-- budget: USD (in nano-dollars) spent plus reserved in the period (day, month
-  or total). A request is admitted while `spent + reserved < budget`, and
-  reserves its worst-case cost; the reservation is replaced by the real cost
-  once metered. Concurrent requests therefore overshoot a budget by at most one
-  request's worst case: only a request admitted while budget remained can cross
-  it, and every request admitted after it sees the crossing.
-
-  The worst case (metering/bounds.py) is the body size in tokens (one a byte)
-  plus the output cap (the request's max_tokens, else the model's context
-  window, else TALLYGATE_DEFAULT_MAX_OUTPUT_TOKENS) times the choices (`n`,
-  `best_of`), at the dearest price of the models that may serve it. The record
-  is billed at most at those bounds, so the reservation is a true bound (images
-  and files aside: see docs/reliability.md). A route with no known price is
-  reserved at TALLYGATE_UNPRICED_RESERVE_MTOK, or refused to budgeted callers.
-
-With REDIS_URL the counters are shared by every instance; without it they are
-per process. Budget counters start from the ledger's spend for the period, so
-spend survives restarts.
-"""
+"""The Guard: which limits apply to a caller, the worst case a request reserves,
+admission, settlement once metered, and what happens when Redis or the database is down."""
 
 from __future__ import annotations
 
@@ -33,37 +7,25 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from .errors import GatewayError, forbidden, unavailable
-from .keys import KeyCache, KeyStore, Limits, period_end, period_start
-from .metering.bounds import output_bound, request_caps
-from .metering.extract import Usage
-from .metering.pricing import Price
-from .money import usd_text
-from .store import StoreUnavailable
+from ..errors import GatewayError, forbidden, unavailable
+from ..metering.bounds import output_bound, request_caps
+from ..metering.extract import Usage
+from ..metering.pricing import Price
+from ..money import usd_text
+from ..store import StoreUnavailable
+from ..tenants.cache import KeyCache
+from ..tenants.model import Limits, period_end, period_start
+from ..tenants.store import KeyStore
+from .counters import MODE_BUDGET, MODE_WINDOW, Check, Rejected
 
 log = logging.getLogger("tallygate.limits")
 
 NANO = Decimal(1_000_000_000)
 FAIL_OPEN_LOG_INTERVAL = 10.0  # seconds between WARNING lines while limits are failing open
-MODE_WINDOW = 1  # count + amount <= limit
-MODE_BUDGET = 2  # count < limit, then add amount
-
-
-@dataclass(slots=True)
-class Check:
-    key: str
-    limit: int
-    amount: int
-    ttl: int  # seconds; 0: never expires
-    mode: int
-    kind: str  # rpm | tpm | budget
-    scope: str  # "tenant acme" / "key key_123", for messages
-    init: tuple | None = None  # budget: (column, id, period start) to rebuild from the ledger
-    reset_at: float | None = None  # epoch seconds when the window/period ends
 
 
 @dataclass(slots=True)
@@ -72,149 +34,6 @@ class Reservation:
     tokens: int
     cost_nanos: int
     settled: bool = False
-    created: float = field(default_factory=time.time)
-
-
-class Rejected(Exception):
-    def __init__(self, check: Check, current: int) -> None:
-        self.check = check
-        self.current = current
-
-
-class MemoryCounters:
-    """Per-process counters (no REDIS_URL)."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, tuple[int, float]] = {}  # key -> (value, expires_at or 0)
-
-    def _get(self, key: str, now: float) -> int | None:
-        item = self._values.get(key)
-        if item is None:
-            return None
-        value, expires = item
-        if expires and expires <= now:
-            del self._values[key]
-            return None
-        return value
-
-    async def admit(self, checks: list[Check]) -> list[int] | str:
-        now = time.time()
-        for c in checks:
-            cur = self._get(c.key, now)
-            if cur is None:
-                if c.mode == MODE_BUDGET:
-                    return c.key  # needs its start value from the ledger
-                cur = 0
-            if (c.mode == MODE_WINDOW and cur + c.amount > c.limit) or (c.mode == MODE_BUDGET and cur >= c.limit):
-                raise Rejected(c, cur)
-        out = []
-        for c in checks:
-            value = (self._get(c.key, now) or 0) + c.amount
-            expires = self._values.get(c.key, (0, now + c.ttl if c.ttl else 0))[1]
-            self._values[c.key] = (value, expires)
-            out.append(value)
-        if len(self._values) > 100_000:
-            self._values = {k: v for k, v in self._values.items() if not v[1] or v[1] > now}
-        return out
-
-    async def init(self, key: str, value: int, ttl: int) -> None:
-        if self._get(key, time.time()) is None:
-            self._values[key] = (value, time.time() + ttl if ttl else 0)
-
-    async def add(self, key: str, delta: int) -> None:
-        item = self._values.get(key)
-        if item is not None:
-            self._values[key] = (item[0] + delta, item[1])
-
-    async def close(self) -> None:
-        pass
-
-
-ADMIT_LUA = """
-local n = #KEYS
-for i = 1, n do
-  local b = (i - 1) * 4
-  local limit, amount, mode = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 4])
-  local cur = redis.call('GET', KEYS[i])
-  if cur == false then
-    if mode == 2 then return {-2, i, 0} end
-    cur = 0
-  else
-    cur = tonumber(cur)
-  end
-  if (mode == 1 and cur + amount > limit) or (mode == 2 and cur >= limit) then
-    return {-1, i, cur}
-  end
-end
-local out = {0}
-for i = 1, n do
-  local b = (i - 1) * 4
-  out[i + 1] = redis.call('INCRBY', KEYS[i], ARGV[b + 2])
-  local ttl = tonumber(ARGV[b + 3])
-  if ttl > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ttl) end
-end
-return out
-"""
-
-ADD_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
-return false
-"""
-
-
-class RedisCounters:
-    """Counters shared by every instance through Redis (atomic scripts)."""
-
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as redis
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        options = {}
-        try:
-            from redis.maint_notifications import MaintNotificationsConfig
-
-            # with maintenance notifications on (redis-py's default, "auto") the pool does not
-            # check that a pooled connection is still open before handing it out: after a
-            # Redis restart every idle connection failed one request
-            options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-        except ImportError:  # redis-py before 6.3 checks anyway
-            pass
-        self.redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, **options)
-        self._connection_error = RedisConnectionError
-        self._admit = self.redis.register_script(ADMIT_LUA)
-        self._add = self.redis.register_script(ADD_LUA)
-
-    async def admit(self, checks: list[Check]) -> list[int] | str:
-        args: list = []
-        for c in checks:
-            args += [c.limit, c.amount, c.ttl, c.mode]
-        keys = [c.key for c in checks]
-        try:
-            result = await self._admit(keys=keys, args=args)
-        except self._connection_error:
-            # a pooled connection that died without the pool seeing it closed (reset by a
-            # failover): once more, on a new connection. Not on a timeout (the script may
-            # still run). If the script did run and only its reply was lost, the request is
-            # counted twice: an over-count, which can refuse early but never admit more.
-            result = await self._admit(keys=keys, args=args)
-        status = int(result[0])
-        if status == -2:
-            return checks[int(result[1]) - 1].key
-        if status == -1:
-            raise Rejected(checks[int(result[1]) - 1], int(result[2]))
-        return [int(v) for v in result[1:]]
-
-    async def init(self, key: str, value: int, ttl: int) -> None:
-        if ttl:
-            await self.redis.set(key, value, nx=True, ex=ttl)
-        else:
-            await self.redis.set(key, value, nx=True)
-
-    async def add(self, key: str, delta: int) -> None:
-        await self._add(keys=[key], args=[delta])
-
-    async def close(self) -> None:
-        await self.redis.aclose()
 
 
 def _nanos(cost: Decimal) -> int:

@@ -1,4 +1,4 @@
-"""CLI commands that talk to the ledger database: db, ledger replay, usage, keys."""
+"""`tallygate ledger replay`: re-import records from JSON log lines (idempotent)."""
 
 from __future__ import annotations
 
@@ -8,107 +8,9 @@ from decimal import Decimal, InvalidOperation
 
 import orjson
 
-from . import settings as settings_module
-from .metering.record import STATUSES, UsageRecord
-from .settings import SettingsError
+from ..metering.record import STATUSES, UsageRecord
+from .db import open_ledger
 
-
-class CommandError(Exception):
-    pass
-
-
-async def _store(schema_required: bool = True):
-    """The configured store, connected. Only `db init` (and the server, with
-    TALLYGATE_AUTO_MIGRATE) changes a schema: every other command needs it in place
-    already and says so, rather than create tables in whatever database PG* names."""
-    from pathlib import Path
-
-    from .store import open_store
-
-    try:
-        settings = settings_module.load()
-    except SettingsError as exc:
-        raise CommandError(str(exc)) from None
-    store = open_store(settings)
-    if (schema_required and store.dialect == "sqlite" and settings.sqlite_path != ":memory:"
-            and not Path(settings.sqlite_path).exists()):
-        raise CommandError(f"no ledger at {store.description}: run `tallygate db init` first "
-                           "(or point PG*/DATABASE_URL/TALLYGATE_SQLITE_PATH at the ledger)")
-    try:
-        await store.connect()
-        missing = schema_required and await store.needs_migration()
-    except Exception as exc:
-        await store.close()
-        raise CommandError(f"cannot use the ledger: {exc}") from None
-    if missing:
-        await store.close()
-        raise CommandError(f"the ledger schema is missing or old in {store.description}: "
-                           "run `tallygate db init` first")
-    return store
-
-
-async def dispatch(args) -> int:
-    from .store import StoreUnavailable
-
-    try:
-        return await _dispatch(args)
-    except StoreUnavailable as exc:  # the database went away mid-command
-        raise CommandError(f"cannot use the ledger: {exc}") from None
-
-
-async def _dispatch(args) -> int:
-    if args.command == "db":
-        if args.db_command == "schema":
-            from .store.migrations import schema_sql
-
-            sys.stdout.write(schema_sql("postgres"))
-            return 0
-        store = await _store(schema_required=False)
-        try:
-            applied = await store.migrate()
-        finally:
-            await store.close()
-        print(f"{store.description}: schema up to date" + (f" (applied {applied})" if applied else ""))
-        return 0
-    if args.command == "ledger":
-        return await replay(args.files, args.batch_size)
-    if args.command == "usage":
-        return await usage(args)
-    if args.command == "keys":
-        from .keys import keys_command
-
-        store = await _store()
-        try:
-            return await keys_command(store, args)
-        finally:
-            await store.close()
-    raise CommandError(f"unknown command {args.command}")
-
-
-async def usage(args) -> int:
-    from .reports import ReportError, format_table, parse_group_by, parse_since, parse_time, usage_report
-
-    try:
-        start = parse_since(args.since)
-        end = parse_time(args.until) if args.until else None
-        group_by = parse_group_by(args.by)
-    except ReportError as exc:
-        raise CommandError(str(exc)) from None
-    store = await _store()
-    try:
-        rows = await usage_report(store, start, end, args.tenant, args.key, group_by)
-    finally:
-        await store.close()
-    if args.json:
-        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        until = end.isoformat() if end else "now"
-        print(f"usage from {start.isoformat(timespec='seconds')} to {until}, by {', '.join(group_by)}\n")
-        print(format_table(rows))
-    return 0
-
-
-# -- replay ------------------------------------------------------------------
 
 def record_from_log(line: bytes) -> UsageRecord | None:
     """A UsageRecord from one JSON line: our stdout line, a Cloud Logging LogEntry
@@ -159,7 +61,7 @@ def record_from_log(line: bytes) -> UsageRecord | None:
 
 
 async def replay(files: list[str], batch_size: int = 1000) -> int:
-    store = await _store()
+    store = await open_ledger()
     stats = {"read": 0, "request_lines": 0, "inserted": 0, "already_present": 0,
              "unparseable": 0, "other_lines": 0}
     progress = sys.stderr.isatty()

@@ -1,4 +1,7 @@
-"""The `tallygate` command: serve, db, ledger, usage, keys, deploy, fake-upstream."""
+"""The `tallygate` command: serve, db, ledger, usage, keys, deploy, fake-upstream.
+
+This module parses the arguments; the commands that use the ledger database live in
+db.py, ledger.py, usage.py and keys.py, imported only when run."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 import asyncio
 import sys
 
-from . import __version__
+from .. import __version__
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -64,13 +67,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="deploy_target", metavar="TARGET", required=True)
     p = dsub.add_parser("cloudrun", help="Google Cloud Run: build, deploy, observability")
     if command in (None, "deploy", "-h", "--help"):
-        from .deploy import cloudrun
+        from ..deploy import cloudrun
 
         cloudrun.add_arguments(p)
 
     p = sub.add_parser("fake-upstream", help="a fake OpenAI upstream for demos and tests")
     if command in (None, "fake-upstream", "-h", "--help"):
-        from .fake_upstream import add_arguments
+        from ..fake_upstream import add_arguments
 
         add_arguments(p)
     return parser
@@ -86,27 +89,49 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if cmd == "serve":
-        from .server import serve
+        from ..server import serve
 
         return serve(args.host, args.port, args.workers, args.dev, args.demo)
     if cmd == "fake-upstream":
-        from .fake_upstream import run
+        from ..fake_upstream import run
 
         return run(args)
     if cmd == "deploy":
-        from .deploy import cloudrun
+        from ..deploy import cloudrun
 
         return cloudrun.run(args)
-    from . import commands
+    from .db import CommandError
 
     try:
-        return asyncio.run(commands.dispatch(args))
-    except commands.CommandError as exc:
+        return asyncio.run(_run_database_command(args))
+    except CommandError as exc:
         sys.stderr.write(f"tallygate: {exc}\n")
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+async def _run_database_command(args) -> int:
+    from ..store import StoreUnavailable
+    from .db import CommandError
+
+    try:
+        if args.command == "db":
+            from .db import db_command
+
+            return await db_command(args)
+        if args.command == "ledger":
+            from .ledger import replay
+
+            return await replay(args.files, args.batch_size)
+        if args.command == "usage":
+            from .usage import usage_command
+
+            return await usage_command(args)
+        if args.command == "keys":
+            from .keys import keys_command
+
+            return await keys_command(args)
+    except StoreUnavailable as exc:  # the database went away mid-command
+        raise CommandError(f"cannot use the ledger: {exc}") from None
+    raise CommandError(f"unknown command {args.command}")
