@@ -2,7 +2,7 @@
 
 A model's prices are resolved once and cached: the generic library call costs
 hundreds of microseconds, the cached arithmetic a few. The library itself takes
-~0.4 s to import, so it is loaded in a thread after start-up (`warm`), never on
+~0.3 s to import, so it is loaded in a thread after start-up (`warm`), never on
 the request path. An override file sets negotiated prices and prices for models
 the data does not know; unknown models cost 0 with price_source "unknown".
 """

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
-STATUSES = ("ok", "upstream_error", "client_disconnected", "timeout", "rejected")
+STATUSES = ("ok", "upstream_error", "client_disconnected", "timeout")
 
 
 @dataclass(slots=True)

@@ -72,7 +72,7 @@ class Pipeline:
             self._wakeup.clear()
             if self._queue:
                 try:
-                    # the price data (~13 MB, 0.2 s to import) loads with the first record,
+                    # the price data (~13 MB, ~0.3 s to import) loads with the first record,
                     # in a thread: start-up and idle memory stay small
                     await self.prices.ensure_warm()
                 except Exception:
