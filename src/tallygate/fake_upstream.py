@@ -17,7 +17,8 @@ Fault behaviours (all optional):
              "first_event_delay": 2,     # streams: headers at once, first event after 2 s
              "done_delay": 1,            # streams: wait before the final [DONE]
              "by_model": {"gpt-4o": {"status": 503}},  # overrides for one model name
-             "set_cookie": "__cf_bm=abc"}  # a Set-Cookie header on the answer
+             "set_cookie": "__cf_bm=abc",  # a Set-Cookie header on the answer
+             "quote_key": true}          # error answers quote the key the caller sent
 
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
 received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
@@ -123,7 +124,11 @@ class FakeUpstream:
             status = 500
             self.failed += 1
         if status:
-            body = {"error": {"message": f"fake upstream error {status}", "type": "server_error"
+            message = f"fake upstream error {status}"
+            if fake.get("quote_key"):  # as some upstreams do: the key they were sent, in the message
+                key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+                message = f"Incorrect API key provided: {key or request.headers.get('api-key', '')}"
+            body = {"error": {"message": message, "type": "server_error"
                               if status >= 500 else "invalid_request_error", "param": None, "code": None}}
             headers = {"x-request-id": "req_fake_err"}
             if fake.get("retry_after") is not None:
