@@ -138,8 +138,8 @@ def main() -> int:
         print(f"source: {args.src}")
         print(f"{args.connections} connections x {args.size / 2 ** 20:.1f} MB unfinished header")
         print(f"RSS before {before:.0f} MB, peak {out['peak_rss_mb']:.0f} MB, "
-              f"after {out['after_rss_mb']:.0f} MB; most the gateway read on one connection "
-              f"{out['max_sent_mb']:.2f} MB")
+              f"after {out['after_rss_mb']:.0f} MB; most one connection could write before it was "
+              f"closed {out['max_sent_mb']:.2f} MB (socket buffers included)")
         print(f"answers: {out['statuses']}")
         if args.slowloris:
             print(f"slowloris (1 byte/s): {slowloris(port, args.slowloris)}")
