@@ -45,12 +45,52 @@ async def send_error(send, err: GatewayError) -> None:
     await send_json(send, err.status, err.body(), err.headers)
 
 
+_SECRET_HEADER_RE = re.compile(r"key|token|auth|secret|password", re.I)
+REDACTED = b"[redacted]"
+
+
+def route_secrets(router) -> tuple[str, ...]:
+    routes = [router.default, *router.exact.values(), *(r for _, r in router.prefixes)]
+    found = [r.api_key for r in routes]
+    found.extend(str(v) for r in routes for k, v in r.extra_headers.items() if _SECRET_HEADER_RE.search(str(k)))
+    return tuple(dict.fromkeys(s for s in found if s))
+
+
+def scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """An upstream error body without the upstream's keys in it (some quote the key they got)."""
+    for secret in secrets:
+        if secret in data:
+            data = data.replace(secret, REDACTED)
+    return data
+
+
+# a header a request may carry once only: two would let two parts of a stack (a proxy in
+# front, the gateway) each read a different one
+_SINGLE = (b"authorization", b"x-tenant-id")
+
+
+def refuse_duplicates(raw_headers) -> None:
+    seen = [name for name, _ in raw_headers if name in _SINGLE]
+    for name in _SINGLE:
+        if seen.count(name) > 1:
+            shown = "Authorization" if name == b"authorization" else "X-Tenant-ID"
+            raise GatewayError(400, f"The {shown} header appears more than once: send it once.",
+                               "invalid_request_error", "duplicate_header")
+
+
 class Gateway:
     """Everything a request needs, built once."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.router = Router.from_settings(settings)
+        # upstream keys (and secret-looking route headers): scrubbed from logs and from the
+        # upstream error bodies relayed to tenants
+        self.upstream_secrets = route_secrets(self.router)
+        from . import logs
+
+        logs.add_secrets(self.upstream_secrets)
+        self.upstream_secrets_b = tuple(s.encode() for s in logs.scrub_forms(self.upstream_secrets))
         overrides = load_overrides(settings.prices_file) if settings.prices_file else {}
         self.prices = PriceBook(overrides)
         self.keys = None  # tenant keys (KeyCache), set up in startup when the store has them
@@ -277,11 +317,15 @@ class App:
         endpoint = ENDPOINTS.get(path)
         try:
             if endpoint is not None and scope["method"] == "POST":
-                headers = dict(scope["headers"])
+                raw = scope["headers"]
+                headers = dict(raw)
+                if len(headers) != len(raw):  # a name repeated: maybe one that must come once
+                    refuse_duplicates(raw)
                 principal = self.g.auth.authenticate(headers.get(b"authorization"),
                                                      headers.get(b"x-tenant-id"))
                 await self.g.proxy.handle(scope, receive, send, endpoint, principal, headers)
                 return
+            refuse_duplicates(scope["headers"])
             method = scope["method"].encode()
             handler = self._routes.get((method, path))
             if handler is not None:
@@ -327,11 +371,11 @@ class App:
 
     async def ready(self, scope, receive, send) -> None:
         g = self.g
+        # unauthenticated: no error text, no host or database name
         if g.ledger_ready and g.session is not None:
-            await send_json(send, 200, {"status": "ready", "ledger": g.store.description})
+            await send_json(send, 200, {"status": "ready"})
         else:
-            await send_json(send, 503, {"status": "starting", "ledger": g.store.description if g.store else None,
-                                        "detail": "the ledger is not reachable yet"})
+            await send_json(send, 503, {"status": "starting", "detail": "the ledger is not reachable yet"})
 
     async def metrics(self, scope, receive, send) -> None:
         g = self.g
@@ -373,6 +417,8 @@ class App:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise GatewayError(502, f"Could not reach the upstream: {type(exc).__name__}.",
                                "upstream_error", "upstream_unreachable") from None
+        if status >= 400:
+            data = scrub(data, g.upstream_secrets_b)
         extra = g.router.models()
         if status == 200 and extra:
             try:

@@ -18,6 +18,7 @@ Fault behaviours (all optional):
              "done_delay": 1,            # streams: wait before the final [DONE]
              "by_model": {"gpt-4o": {"status": 503}},  # overrides for one model name
              "set_cookie": "__cf_bm=abc",  # a Set-Cookie header on the answer
+             "quote_key": true,          # error answers quote the key the caller sent
              "cut_body": 20,             # non-streamed answers: the status, headers and full
                                          # Content-Length, 20 bytes of the body, then the
                                          # connection closed
@@ -153,7 +154,11 @@ class FakeUpstream:
             status = 500
             self.failed += 1
         if status:
-            body = {"error": {"message": f"fake upstream error {status}", "type": "server_error"
+            message = f"fake upstream error {status}"
+            if fake.get("quote_key"):  # as some upstreams do: the key they were sent, in the message
+                key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+                message = f"Incorrect API key provided: {key or request.headers.get('api-key', '')}"
+            body = {"error": {"message": message, "type": "server_error"
                               if status >= 500 else "invalid_request_error", "param": None, "code": None}}
             headers = {"x-request-id": "req_fake_err"}
             if fake.get("retry_after") is not None:

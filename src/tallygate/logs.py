@@ -34,10 +34,29 @@ def utc_iso(ts: datetime) -> str:
     return f"{_iso_second[1]}{ts.microsecond:06d}Z"
 
 
+# a secret shorter than this is not scrubbed: replacing a short string everywhere would
+# mangle the lines themselves (field names, words) and still reveal it
+MIN_SCRUBBED = 6
+
+
+def scrub_forms(secrets) -> tuple[str, ...]:
+    """Each secret as it would appear in a log line: as is, and JSON-escaped when that differs."""
+    out = []
+    for secret in secrets:
+        if not secret or len(secret) < MIN_SCRUBBED:
+            continue
+        out.append(secret)
+        escaped = orjson.dumps(secret).decode()[1:-1]
+        if escaped != secret:
+            out.append(escaped)
+    out.sort(key=len, reverse=True)  # a secret that contains another goes first
+    return tuple(dict.fromkeys(out))
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.secrets = tuple(s for s in secrets if s)
+        self.secrets = scrub_forms(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -72,6 +91,15 @@ def setup(secrets: tuple[str, ...] = (), level: int = logging.INFO) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+
+
+def add_secrets(secrets) -> None:
+    """More values for the formatter to scrub (the routes' upstream keys, known once the
+    routes file is read)."""
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, JsonFormatter):
+            formatter.secrets = scrub_forms((*formatter.secrets, *secrets))
 
 
 def uvicorn_log_config() -> dict:

@@ -45,9 +45,13 @@ def warn_missing_upstream_key(settings: Settings) -> None:
 
 def app_factory():
     """Import string for uvicorn workers (each worker builds its own app)."""
+    from . import http_errors
     from .app import create_app
 
-    return create_app()
+    settings = settings_module.load()
+    logs.setup(settings.secrets)
+    http_errors.configure(settings)
+    return create_app(settings)
 
 
 def start_demo_upstream():
@@ -88,13 +92,16 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
         return 2
     logs.setup(settings.secrets)
     warn_missing_upstream_key(settings)
+    from . import http_errors
+
+    http_errors.configure(settings)
     port = port or settings.port
     # httptools, answering unparseable requests with OpenAI-style JSON (http_errors.py)
     common = dict(host=host, port=port, loop="uvloop", http="tallygate.http_errors:HttpToolsProtocol",
                   lifespan="on",
                   access_log=False, log_config=logs.uvicorn_log_config(), server_header=False,
                   timeout_graceful_shutdown=int(round(settings.shutdown_grace)),
-                  timeout_keep_alive=75, proxy_headers=False)
+                  timeout_keep_alive=settings.keep_alive_timeout, proxy_headers=False)
     if workers > 1:
         uvicorn.run("tallygate.server:app_factory", factory=True, workers=workers, **common)
         return 0

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Mapping
+from urllib.parse import parse_qsl, unquote
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # Cloud Run's HTTP/1 request cap
@@ -83,18 +84,19 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 class PostgresSettings:
     """libpq connection parameters; `conninfo` is handed to psycopg as is."""
 
-    conninfo: str
+    conninfo: str = field(repr=False)  # holds the password
     sslmode: str
     description: str  # host/db without the password, for log lines
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # the password, as given and decoded
 
 
 @dataclass(frozen=True)
 class Settings:
     port: int = 8080
-    openai_api_key: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str = DEFAULT_OPENAI_BASE_URL
-    gateway_token: str | None = None
-    master_key: str | None = None
+    gateway_token: str | None = field(default=None, repr=False)
+    master_key: str | None = field(default=None, repr=False)
     default_tenant: str | None = None
     config_file: str | None = None
     prices_file: str | None = None
@@ -116,7 +118,7 @@ class Settings:
     auto_migrate: bool = True
     shutdown_grace: float = 8.0
     google_cloud_project: str | None = None
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)
     limits_on_redis_down: str = "closed"  # closed: 503; open: admit uncounted
     limits_on_db_down: str = "closed"  # tenants/keys never loaded, or a budget's spend unreadable
     db_timeout: float = 2.0  # seconds an admin call, /v1/usage or a budget start waits for the database
@@ -129,12 +131,96 @@ class Settings:
     default_context_tokens: int = 1_000_000
     unpriced_reserve_mtok: Decimal | None = None
     sse_max_event_bytes: int = 8 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 75.0
+    # secrets from the environment beyond the fields above (PGPASSWORD, the passwords in
+    # DATABASE_URL and REDIS_URL, PROXY_*_TOKEN / PROXY_*_KEY)
+    other_secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in any output."""
-        found = [self.openai_api_key, self.gateway_token, self.master_key]
-        return tuple(s for s in found if s)
+        """Values that must never appear in any output (the log formatter scrubs them)."""
+        found = [self.openai_api_key, self.gateway_token, self.master_key, *self.other_secrets]
+        if self.postgres is not None:
+            found.extend(self.postgres.secrets)
+        return tuple(dict.fromkeys(s for s in found if s))
+
+
+def _url_password(url: str) -> tuple[str, ...]:
+    """The password in a `scheme://user:password@host...` URL, as written and decoded
+    (the userinfo ends at the last '@': passwords are often not percent-encoded)."""
+    _, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return ()
+    _, colon, password = rest[:at].partition(":")
+    if not colon or not password:
+        return ()
+    return tuple(dict.fromkeys((password, unquote(password))))
+
+
+_URL_NOT_SHOWN = "(its value is not shown: it may hold the password)"
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
+
+
+def _database_url_params(url: str) -> dict[str, object]:
+    """libpq parameters from DATABASE_URL without handing the URL to libpq, whose errors
+    quote it (password and all): `postgres://` or `postgresql://`, SQLAlchemy's
+    `postgresql+driver://`, or a libpq `key=value` string. A password may contain
+    unencoded `/`, `@`, `:` or `?` (the userinfo ends at the last '@'); a `%` not followed
+    by two hex digits is taken as it is. An error names the part that is wrong, never a
+    value."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            return dict(conninfo_to_dict(url))
+        except Exception:
+            raise SettingsError("DATABASE_URL is neither a postgresql:// URL nor a libpq key=value "
+                                f"string {_URL_NOT_SHOWN}") from None
+    base = scheme.lower().split("+", 1)[0]
+    if base not in ("postgres", "postgresql"):
+        shown = repr(scheme) if _SCHEME_RE.fullmatch(scheme) else "another scheme"
+        raise SettingsError(f"DATABASE_URL must start with postgresql:// or postgres:// (it starts with {shown})")
+    params: dict[str, object] = {}
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, password = rest[:at].partition(":")
+        if user:
+            params["user"] = unquote(user)
+        if colon:
+            params["password"] = unquote(password)
+        rest = rest[at + 1:]
+    rest, _, query = rest.partition("?")
+    hosts, _, dbname = rest.partition("/")
+    if dbname:
+        params["dbname"] = unquote(dbname)
+    names, ports = [], []
+    for item in hosts.split(",") if hosts else []:
+        if item.startswith("["):  # [IPv6]:port
+            name, bracket, port = item[1:].partition("]")
+            if not bracket or (port and not port.startswith(":")):
+                raise SettingsError(f"DATABASE_URL: a bracketed IPv6 host is not closed {_URL_NOT_SHOWN}")
+            port = port[1:]
+        else:
+            name, _, port = item.partition(":")
+        if port and not port.isdigit():
+            raise SettingsError(f"DATABASE_URL: the port is not a number {_URL_NOT_SHOWN}")
+        names.append(unquote(name))
+        ports.append(port)
+    if any(names):
+        params["host"] = ",".join(names)
+    if any(ports):
+        params["port"] = ",".join(p or "5432" for p in ports)
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if not re.fullmatch(r"[a-z_]{1,40}", key):
+            raise SettingsError(f"DATABASE_URL: a query parameter name is not a libpq option {_URL_NOT_SHOWN}")
+        params[key] = value
+    return params
 
 
 def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
@@ -153,14 +239,7 @@ def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
         if pgssl not in ("require", "disable", "prefer", "allow", "verify-ca", "verify-full"):
             raise SettingsError(f"PGSSL must be require or disable, got {pgssl!r}")
         sslmode = pgssl
-    params: dict[str, object] = {}
-    if url:
-        from psycopg.conninfo import conninfo_to_dict  # a URL needs libpq's own parser
-
-        try:
-            params = conninfo_to_dict(url)
-        except Exception as exc:  # psycopg raises ProgrammingError with a clear text
-            raise SettingsError(f"DATABASE_URL is not a valid Postgres URL: {exc}") from None
+    params: dict[str, object] = _database_url_params(url) if url else {}
     for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGUSER", "user"),
                      ("PGPASSWORD", "password"), ("PGDATABASE", "dbname")):
         value = env.get(var, "").strip()
@@ -175,8 +254,10 @@ def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
     params.setdefault("application_name", "tallygate")
     params.setdefault("connect_timeout", "5")
     description = f"{host_value or 'localhost'}:{params.get('port')}/{params.get('dbname', '')}"
+    secrets = [str(params["password"])] if params.get("password") else []
+    secrets.extend(_url_password(url))
     return PostgresSettings(conninfo=make_conninfo(params), sslmode=str(params["sslmode"]),
-                            description=description)
+                            description=description, secrets=tuple(dict.fromkeys(secrets)))
 
 
 def make_conninfo(params: Mapping[str, object]) -> str:
@@ -236,4 +317,19 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         default_context_tokens=_int(env, "TALLYGATE_DEFAULT_CONTEXT_TOKENS", 1_000_000),
         unpriced_reserve_mtok=_mtok(env, "TALLYGATE_UNPRICED_RESERVE_MTOK"),
         sse_max_event_bytes=_int(env, "TALLYGATE_SSE_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=1024),
+        max_header_bytes=_int(env, "TALLYGATE_MAX_HEADER_BYTES", 64 * 1024, minimum=1024),
+        max_headers=_int(env, "TALLYGATE_MAX_HEADERS", 100, minimum=10),
+        header_timeout=_float(env, "TALLYGATE_HEADER_TIMEOUT", 10.0),
+        body_timeout=_float(env, "TALLYGATE_BODY_TIMEOUT", 30.0),
+        keep_alive_timeout=_float(env, "TALLYGATE_KEEP_ALIVE_TIMEOUT", 75.0),
+        other_secrets=_env_secrets(env),
     )
+
+
+def _env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    found = [env.get("PGPASSWORD", "")]
+    found.extend(_url_password(env.get("DATABASE_URL", "").strip()))
+    found.extend(_url_password(env.get("REDIS_URL", "").strip()))
+    found.extend(value for name, value in env.items()
+                 if name.startswith("PROXY_") and name.endswith(("_TOKEN", "_KEY", "_SECRET", "_PASSWORD")))
+    return tuple(dict.fromkeys(s for s in found if s))

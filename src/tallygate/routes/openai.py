@@ -223,6 +223,47 @@ async def read_body(receive, limit: int, content_length: int | None) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+# Content-Encoding values a request body may have (brotli and zstd would need a library)
+DECODERS = {b"gzip": 16 + 15, b"x-gzip": 16 + 15, b"deflate": 15}
+
+
+def decode_body(body: bytes, header: bytes, limit: int) -> bytes:
+    """A compressed request body, decompressed (at most `limit` bytes come out: a small
+    body that inflates to gigabytes is a 413, not memory)."""
+    import zlib
+
+    codings = [c.strip().lower() for c in header.split(b",") if c.strip()]
+    if len(codings) > 2:
+        raise GatewayError(415, "Content-Encoding lists more than two codings.",
+                           "invalid_request_error", "unsupported_content_encoding")
+    for coding in reversed(codings):  # the last applied is listed last
+        if coding == b"identity":
+            continue
+        wbits = DECODERS.get(coding)
+        if wbits is None:
+            shown = coding[:40].decode("ascii", "replace")
+            raise GatewayError(415, f"Content-Encoding {shown!r} is not supported: send the body uncompressed, "
+                               "or as gzip or deflate.", "invalid_request_error", "unsupported_content_encoding")
+        if coding == b"deflate" and not (len(body) >= 2 and body[0] & 0x0F == 8
+                                         and ((body[0] << 8) | body[1]) % 31 == 0):
+            wbits = -15  # "deflate" means zlib-wrapped; some clients send it raw
+        try:
+            d = zlib.decompressobj(wbits)
+            out = d.decompress(body, limit + 1)
+            if not d.unconsumed_tail:
+                out += d.flush()
+            if len(out) > limit or d.unconsumed_tail:
+                raise GatewayError(413, f"Request body too large once decompressed: the limit is {limit} bytes.",
+                                   "invalid_request_error", "request_too_large")
+            if not d.eof:
+                raise zlib.error("truncated")
+        except zlib.error:
+            raise bad_request(f"Request body is not valid {coding.decode()} data (Content-Encoding).",
+                              "invalid_body_encoding") from None
+        body = out
+    return body
+
+
 def parse_request(body: bytes) -> tuple[dict, str, bool]:
     """(document, model, stream) or a 400 that says what is wrong."""
     if not body:
@@ -274,6 +315,8 @@ class OpenAIProxy:
         except ValueError:
             raise bad_request("Invalid Content-Length header.", "invalid_request") from None
         body = await read_body(receive, g.settings.max_body_bytes, content_length)
+        if b"content-encoding" in headers:
+            body = decode_body(body, headers[b"content-encoding"], g.settings.max_body_bytes)
         doc, model, stream = parse_request(body)
         route: Route = g.router.resolve(model)
 
@@ -531,6 +574,8 @@ class OpenAIProxy:
                 record.usage_flag = "missing"
         else:
             record.status = "upstream_error"
+        if resp.status >= 400:
+            data = self._scrub(data)
         headers = self._response_headers(resp, record)
         headers.append((b"content-length", str(len(data)).encode()))
         if g.sync_ledger:
@@ -539,6 +584,15 @@ class OpenAIProxy:
             g.pipeline.submit(record)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
+
+    def _scrub(self, data: bytes) -> bytes:
+        """An upstream error body may quote the key it was sent: not to the tenant."""
+        for secret in self.g.upstream_secrets_b:
+            if secret in data:
+                from ..app import scrub
+
+                return scrub(data, self.g.upstream_secrets_b)
+        return data
 
     async def _relay_stream(self, send, resp, record: UsageRecord, strip_usage: bool,
                             started: float, body_len: int, watch: ClientWatch) -> Failure | None:

@@ -38,6 +38,10 @@ MIGRATION_LOCK = 7301265  # pg_advisory_xact_lock key: one instance migrates at 
 
 def explain(exc: BaseException, settings: PostgresSettings) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # libpq quotes the connection string in some errors: never the password
+    for secret in sorted(settings.secrets, key=len, reverse=True):
+        if secret and secret in text:
+            text = text.replace(secret, "[password]")
     if "SSL" in text and ("not support" in text or "was required" in text):
         return (f"Postgres at {settings.description} does not accept TLS, but sslmode is "
                 f"{settings.sslmode!r}; set PGSSL=disable (or PGSSLMODE=disable) for a server "
