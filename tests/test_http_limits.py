@@ -11,8 +11,7 @@ import threading
 import time
 import zlib
 
-from conftest import TOKEN
-from faultkit import body_of, post, raw_exchange, request_bytes, status_of
+from support import TOKEN, body_of, post, raw_exchange, request_bytes, status_of
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES}
