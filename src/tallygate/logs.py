@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -26,8 +26,8 @@ def utc_iso(ts: datetime) -> str:
     """RFC 3339 in UTC with microseconds; the part up to the second is cached (strftime
     costs more than the rest of the log line)."""
     global _iso_second
-    if ts.tzinfo is not timezone.utc:
-        ts = ts.astimezone(timezone.utc)
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
     second = (ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second)
     if _iso_second[0] != second:
         _iso_second = (second, ts.strftime("%Y-%m-%dT%H:%M:%S."))
@@ -63,7 +63,7 @@ class JsonFormatter(logging.Formatter):
         entry = {
             "severity": _SEVERITY.get(record.levelno, "DEFAULT"),
             "message": message,
-            "time": utc_iso(datetime.fromtimestamp(record.created, timezone.utc)),
+            "time": utc_iso(datetime.fromtimestamp(record.created, UTC)),
             "logger": record.name,
         }
         extra = getattr(record, "fields", None)

@@ -6,7 +6,7 @@ Shared by `tallygate usage` (a table) and `GET /admin/usage` (JSON).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from .money import usd_text
@@ -26,7 +26,7 @@ class ReportError(ValueError):
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """'24h', '7d', '30m', or an ISO timestamp."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     m = _DURATION.fullmatch(text.strip())
     if m:
         return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
@@ -38,7 +38,7 @@ def parse_time(text: str) -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ReportError(f"not a time: {text!r} (use ISO 8601, or a duration like 24h or 7d)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def parse_group_by(text: str | None) -> list[str]:
@@ -113,7 +113,7 @@ def format_table(rows: list[dict]) -> str:
 
     def line(values):
         return "  ".join(v.rjust(w) if columns[i] in numeric else v.ljust(w)
-                         for i, (v, w) in enumerate(zip(values, widths)))
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True)))
 
     out = [line(columns), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells[:-1]]

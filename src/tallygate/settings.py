@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Mapping
 from urllib.parse import parse_qsl, unquote
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"

@@ -29,9 +29,8 @@ import os
 import random
 import tomllib
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
-
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from .settings import Settings, SettingsError
 
@@ -88,7 +87,7 @@ class Route:
 
     # The HTTP client takes these as they are; given strings and a dict it parses the
     # URL and copies the headers into its own type on every request.
-    def target(self, endpoint: str) -> "yarl.URL":
+    def target(self, endpoint: str) -> yarl.URL:
         """url(endpoint) as the client's URL object, parsed once."""
         target = self._targets.get(endpoint)
         if target is None:
@@ -97,7 +96,7 @@ class Route:
             target = self._targets[endpoint] = URL(self.url(endpoint))
         return target
 
-    def client_headers(self) -> "multidict.CIMultiDict":
+    def client_headers(self) -> multidict.CIMultiDict:
         """The route's headers as the client's header type, built once."""
         if self._client_headers is None:
             from multidict import CIMultiDict
@@ -141,7 +140,7 @@ class Router:
         self.prefixes = sorted(prefixes or [], key=lambda p: -len(p[0]))  # longest first
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Router":
+    def from_settings(cls, settings: Settings) -> Router:
         default = Route("default", settings.openai_base_url, "openai", settings.openai_api_key)
         exact: dict[str, Route] = {}
         prefixes: list[tuple[str, Route]] = []
@@ -227,7 +226,7 @@ def backoff_delay(attempt: int, base: float, cap: float, asked: float | None = N
     return max(delay, asked or 0.0)
 
 
-def client_session(settings: Settings) -> "aiohttp.ClientSession":
+def client_session(settings: Settings) -> aiohttp.ClientSession:
     """One pooled keep-alive client for every upstream."""
     import aiohttp
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..tenants.model import InvalidInput, check_tenant, parse_limits, parse_time
 from ..tenants.store import KeyStore
@@ -45,7 +45,7 @@ async def _keys(ks: KeyStore, args) -> int:
             parts = [f"rpm={lim.rpm_limit}" if lim.rpm_limit else "", f"tpm={lim.tpm_limit}" if lim.tpm_limit else "",
                      f"budget=${lim.budget_usd}/{lim.budget_period}" if lim.budget_usd is not None else "",
                      f"models={','.join(lim.models)}" if lim.models else ""]
-            state = "revoked" if k.revoked_at else ("expired" if k.expires_at and k.expires_at <= datetime.now(timezone.utc) else "active")
+            state = "revoked" if k.revoked_at else ("expired" if k.expires_at and k.expires_at <= datetime.now(UTC) else "active")
             print(f"{k.key_id:22}  {k.key_prefix:12}  {k.tenant_id:20}  {state:8}  {' '.join(p for p in parts if p)}")
         return 0
     if args.keys_command == "revoke":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 import orjson
@@ -27,7 +27,7 @@ def record_from_log(line: bytes) -> UsageRecord | None:
         raise ValueError("no time")
     created = datetime.fromisoformat(when.replace("Z", "+00:00"))
     if created.tzinfo is None:
-        created = created.replace(tzinfo=timezone.utc)
+        created = created.replace(tzinfo=UTC)
     exact = payload.get("cost_usd_exact")
     try:
         cost = Decimal(exact) if isinstance(exact, str) else Decimal(str(payload.get("cost_usd", 0)))

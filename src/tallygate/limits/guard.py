@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..errors import GatewayError, forbidden, unavailable
@@ -153,7 +153,7 @@ class Guard:
                         for p, m, u in [(provider, model, upstream_model), *fallbacks])
         now = time.time()
         minute = int(now // 60)
-        utc = datetime.fromtimestamp(now, timezone.utc)
+        utc = datetime.fromtimestamp(now, UTC)
         checks: list[Check] = []
         for kind, ident, column, limits in scopes:
             base = f"{self.prefix}:{kind}:{ident}"

@@ -15,7 +15,7 @@ import json
 import threading
 import tomllib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -172,7 +172,7 @@ class PriceBook:
                 _, model_info = self._snapshot.find_provider_model(name, None, provider_id, None)
             except (LookupError, ValueError):
                 continue
-            mp = model_info.get_prices(datetime.now(timezone.utc))
+            mp = model_info.get_prices(datetime.now(UTC))
             values = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
             window = model_info.context_window
             if any(isinstance(v, TieredPrices) for v in values):

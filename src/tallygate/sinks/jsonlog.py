@@ -8,7 +8,8 @@ ints, cost and latencies always floats).
 from __future__ import annotations
 
 import sys
-from typing import Iterable, TextIO
+from collections.abc import Iterable
+from typing import TextIO
 
 import orjson
 

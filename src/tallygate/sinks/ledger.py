@@ -72,7 +72,7 @@ class LedgerWriter:
                         fut.set_result(False)
                 futures = futures[:len(records)]
         if futures:
-            self._buffer.extend(zip(records, futures))
+            self._buffer.extend(zip(records, futures, strict=True))
         else:
             self._buffer.extend((r, None) for r in records)
         # an idle writer starts at once; a full batch or a waiting (sync) request ends
@@ -94,7 +94,7 @@ class LedgerWriter:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), self.flush_interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             if not self._buffer:
                 continue

@@ -13,8 +13,8 @@ value, later ones are counted under `other` (models likewise).
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -57,7 +57,7 @@ class _Histograms:
         fam = HistogramMetricFamily(name, doc, labels=[label])
         for value, (counts, total) in self.series.items():
             cumulative, buckets = 0, []
-            for bound, count in zip(_BUCKET_LABELS, counts):
+            for bound, count in zip(_BUCKET_LABELS, counts, strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             fam.add_metric([value], buckets, total)

@@ -9,7 +9,7 @@ parameters only, never formatted into the SQL.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 
@@ -48,7 +48,7 @@ class SqliteDialect(Dialect):
     def time_param(self, value: datetime | None):
         if value is None:
             return None
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def decimal_param(self, value: Decimal | None):
         return None if value is None else str(value)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Sequence
 
 import orjson
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Sequence
 
 from ..metering.record import LEDGER_COLUMNS, UsageRecord
 from ..money import usd_text

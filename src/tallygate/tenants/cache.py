@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..auth import hash_key
 from .model import Limits, TenantKey
@@ -33,7 +33,7 @@ class KeyCache:
         key = self._by_hash.get(hash_key(secret))
         if key is None or key.revoked_at is not None:
             return None
-        if key.expires_at is not None and key.expires_at <= datetime.now(timezone.utc):
+        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
             return None
         return key
 
@@ -48,7 +48,7 @@ class KeyCache:
     def revoke_local(self, key_id: str) -> None:
         for key in self._by_hash.values():
             if key.key_id == key_id and key.revoked_at is None:
-                key.revoked_at = datetime.now(timezone.utc)
+                key.revoked_at = datetime.now(UTC)
 
     async def refresh(self) -> None:
         keys = {k.key_id: k for k in await self.keystore.keys()}

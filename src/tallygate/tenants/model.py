@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from ..money import usd_text
@@ -67,11 +67,11 @@ class TenantKey:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def period_start(period: str, now: datetime | None = None) -> datetime | None:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if period == "day":
         return now.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "month":
@@ -132,7 +132,7 @@ def parse_time(value, field: str) -> datetime | None:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidInput(f"{field} must be an ISO 8601 time") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def check_tenant(tenant_id) -> str:

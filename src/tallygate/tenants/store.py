@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
@@ -27,7 +27,7 @@ class KeyStore:
     async def create_key(self, tenant_id: str, limits: Limits, name: str | None,
                          expires_at: datetime | None) -> tuple[str, TenantKey]:
         key_id, secret, prefix = new_key()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         key = TenantKey(key_id, prefix, tenant_id, limits, name, expires_at, now)
         t = self.sql.time_param
         await self.store.execute(
@@ -40,7 +40,7 @@ class KeyStore:
         return secret, key
 
     async def revoke_key(self, key_id: str) -> bool:
-        now = self.sql.time_param(datetime.now(timezone.utc))
+        now = self.sql.time_param(datetime.now(UTC))
         count = await self.store.execute(
             f"UPDATE tallygate_keys SET revoked_at = {self.p}, updated_at = {self.p} "
             f"WHERE key_id = {self.p} AND revoked_at IS NULL", (now, now, key_id))
@@ -50,7 +50,7 @@ class KeyStore:
         return bool(rows)  # already revoked: still a success, nothing changes
 
     async def put_tenant(self, tenant_id: str, limits: Limits) -> None:
-        now = self.sql.time_param(datetime.now(timezone.utc))
+        now = self.sql.time_param(datetime.now(UTC))
         await self.store.execute(
             "INSERT INTO tallygate_tenants (tenant_id, rpm_limit, tpm_limit, budget_usd, budget_period, models, "
             f"updated_at) VALUES ({self.sql.placeholders(7)}) ON CONFLICT (tenant_id) DO UPDATE SET "

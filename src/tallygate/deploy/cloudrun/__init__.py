@@ -30,8 +30,8 @@ import argparse
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .config import Config, SecretSpec, build_config
 from .constants import (

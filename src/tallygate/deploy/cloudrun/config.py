@@ -148,7 +148,7 @@ def build_config(args: argparse.Namespace) -> Config:
         raise DeployError("--concurrency above 1 needs at least 1 whole --cpu")
 
     source = Path(args.source)
-    tag = args.image_tag or _git_tag(source) or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    tag = args.image_tag or _git_tag(source) or _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     if not _TAG_RE.match(tag):
         raise DeployError(f"--image-tag: {tag!r} is not a valid Docker tag")
     image = f"{args.region}-docker.pkg.dev/{project.replace(':', '/')}/{args.repository}/{args.service}:{tag}"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shlex
-from typing import Iterable, Sequence, TextIO
+from collections.abc import Iterable, Sequence
+from typing import TextIO
 
 from .config import Config
 from .constants import _VAR_REF

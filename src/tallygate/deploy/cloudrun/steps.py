@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from .config import Config
 from .constants import CONTAINER_PORT, LIVENESS_PROBE, LOG_MESSAGE, STARTUP_PROBE, DeployError
