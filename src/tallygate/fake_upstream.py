@@ -128,7 +128,8 @@ class FakeUpstream:
             doc = {}
         if not isinstance(doc, dict):
             doc = {}
-        fake = doc.get("fake") if isinstance(doc.get("fake"), dict) else {}
+        given = doc.get("fake")
+        fake: dict = given if isinstance(given, dict) else {}
         by_model = fake.get("by_model")
         if isinstance(by_model, dict) and isinstance(by_model.get(doc.get("model")), dict):
             fake = {**fake, **by_model[doc.get("model")]}
@@ -146,7 +147,8 @@ class FakeUpstream:
             key = str(fake["key"])
             n = self.by_key[key] = self.by_key.get(key, 0) + 1
             if n <= int(fake.get("drop_first", 0)):
-                request.transport.close()  # no answer at all: a connection error for the caller
+                if request.transport is not None:
+                    request.transport.close()  # no answer at all: a connection error for the caller
                 return None, None, web.Response(status=599)
             if not status and n <= int(fake.get("drop_first", 0)) + int(fake.get("fail_first", 0)):
                 status = int(fake.get("fail_status", 503))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from functools import lru_cache
 
 from . import __version__
@@ -15,11 +17,11 @@ def _errors(*codes: int) -> dict:
 
 
 def _proxy_op(summary: str, streams: bool) -> dict:
-    body = {"type": "object", "required": ["model"], "additionalProperties": True,
+    body: dict[str, Any] = {"type": "object", "required": ["model"], "additionalProperties": True,
             "properties": {"model": {"type": "string", "minLength": 1, "maxLength": 256}}}
     if streams:
         body["properties"]["stream"] = {"type": "boolean"}
-    ok = {"description": "The upstream's response, relayed", "content": {"application/json": {"schema": {"type": "object"}}}}
+    ok: dict[str, Any] = {"description": "The upstream's response, relayed", "content": {"application/json": {"schema": {"type": "object"}}}}
     if streams:
         ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
     return {"post": {
@@ -45,7 +47,7 @@ def spec() -> dict:
         {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
         for n in ("start", "end", "tenant_id", "api_key_id", "group_by")
     ]
-    admin = {"security": [{"bearer": []}]}
+    admin: dict[str, Any] = {"security": [{"bearer": []}]}
     return {
         "openapi": "3.1.0",
         "info": {"title": "tallygate", "version": __version__,

@@ -100,7 +100,7 @@ def format_table(rows: list[dict]) -> str:
         return "no usage in this period"
     columns = list(rows[0].keys())
     cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
-    total_cost = sum(Decimal(r["cost_usd"]) for r in rows)
+    total_cost = sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))
     totals = {"requests": sum(r["requests"] for r in rows),
               "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
               "completion_tokens": sum(r["completion_tokens"] for r in rows),

@@ -73,7 +73,7 @@ class Route:
         self.headers = headers  # built once, reused by every request
         self._urls: dict[str, str] = {}
         self._targets: dict = {}
-        self._client_headers = None
+        self._client_headers: multidict.CIMultiDict[str] | None = None
 
     def url(self, endpoint: str) -> str:
         """`endpoint` is the path after /v1, e.g. "/chat/completions"."""
@@ -96,7 +96,7 @@ class Route:
             target = self._targets[endpoint] = URL(self.url(endpoint))
         return target
 
-    def client_headers(self) -> multidict.CIMultiDict:
+    def client_headers(self) -> multidict.CIMultiDict[str]:
         """The route's headers as the client's header type, built once."""
         if self._client_headers is None:
             from multidict import CIMultiDict

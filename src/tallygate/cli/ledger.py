@@ -34,7 +34,7 @@ def record_from_log(line: bytes) -> UsageRecord | None:
     except InvalidOperation:
         raise ValueError("bad cost") from None
     rid, tenant, model = payload.get("request_id"), payload.get("tenant_id"), payload.get("model")
-    if not all(isinstance(v, str) and v for v in (rid, tenant, model)):
+    if not (isinstance(rid, str) and rid and isinstance(tenant, str) and tenant and isinstance(model, str) and model):
         raise ValueError("missing request_id, tenant_id or model")
     status = payload.get("status", "ok")
 

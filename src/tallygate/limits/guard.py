@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -128,7 +129,7 @@ class Guard:
 
     async def admit(self, principal, model: str, doc: dict, body: bytes,
                     provider: str | None = None, upstream_model: str | None = None,
-                    fallbacks: list[tuple[str | None, str, str | None]] = (),
+                    fallbacks: Sequence[tuple[str | None, str, str | None]] = (),
                     endpoint: str = "", caps: tuple[int, int] | None = None) -> Reservation | None:
         """Check the caller's limits and reserve the request's worst case. `fallbacks`
         are the (provider, model, upstream model) that may serve it instead: the worst
@@ -185,7 +186,8 @@ class Guard:
             except Exception as exc:  # Redis down or timing out
                 if not _outage(exc):
                     raise
-                return self._counters_down(exc)
+                self._counters_down(exc)  # raises unless failing open
+                return None
             if isinstance(result, str):  # a budget counter to start from the ledger
                 check = next(c for c in checks if c.key == result)
                 try:
@@ -193,7 +195,8 @@ class Guard:
                 except Exception as exc:  # Redis went down meanwhile
                     if not _outage(exc):
                         raise
-                    return self._counters_down(exc)
+                    self._counters_down(exc)  # raises unless failing open
+                    return None
                 if not started:
                     checks = [c for c in checks if c is not check]  # failing open: unchecked
                     if not checks:
@@ -204,6 +207,7 @@ class Guard:
 
     async def _start_budget(self, check: Check) -> bool:
         """Start a budget counter from the ledger's spend; False: admit without it (open)."""
+        assert check.init is not None  # only budget checks start from the ledger
         column, ident, since = check.init
         try:
             spent = await self.keystore.spend_since(column, ident, since)

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .extract import Usage
+
+if TYPE_CHECKING:  # the price data is imported in a thread after start-up
+    from genai_prices.data_snapshot import DataSnapshot
 
 MILLION = Decimal(1_000_000)
 ZERO = Decimal(0)
@@ -112,8 +115,8 @@ class PriceBook:
     def __init__(self, overrides: dict[str, Price] | None = None) -> None:
         self._overrides = overrides or {}
         self._cache: dict[tuple[str | None, str, str | None], Price] = {}
-        self._snapshot = None
-        self._warming = None
+        self._snapshot: DataSnapshot | None = None
+        self._warming: asyncio.Future[None] | None = None
         self._lock = threading.Lock()
 
     async def ensure_warm(self) -> None:
@@ -167,16 +170,18 @@ class PriceBook:
     def _from_library(self, provider: str | None, name: str) -> Price | None:
         from genai_prices.types import TieredPrices
 
+        snapshot = self._snapshot
+        if snapshot is None:  # not loaded (yet): overrides only
+            return None
         for provider_id in ((provider, None) if provider else (None,)):
             try:
-                _, model_info = self._snapshot.find_provider_model(name, None, provider_id, None)
+                _, model_info = snapshot.find_provider_model(name, None, provider_id, None)
             except (LookupError, ValueError):
                 continue
             mp = model_info.get_prices(datetime.now(UTC))
-            values = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
+            inp, out, cache = mp.input_mtok, mp.output_mtok, mp.cache_read_mtok
             window = model_info.context_window
-            if any(isinstance(v, TieredPrices) for v in values):
+            if isinstance(inp, TieredPrices) or isinstance(out, TieredPrices) or isinstance(cache, TieredPrices):
                 return Price(ZERO, ZERO, None, "genai-prices", library_price=mp, context_window=window)
-            return Price(mp.input_mtok or ZERO, mp.output_mtok or ZERO, mp.cache_read_mtok,
-                         "genai-prices", context_window=window)
+            return Price(inp or ZERO, out or ZERO, cache, "genai-prices", context_window=window)
         return None

@@ -94,8 +94,8 @@ class MetricsSink:
         for rec in records:
             tenant = self.tenant(rec.tenant_id)
             model = self.model(rec.model)
-            key = (tenant, model, rec.status)
-            requests[key] = requests.get(key, 0) + 1
+            outcome = (tenant, model, rec.status)
+            requests[outcome] = requests.get(outcome, 0) + 1
             if rec.prompt_tokens:
                 key = (tenant, model, "prompt")
                 tokens[key] = tokens.get(key, 0) + rec.prompt_tokens
@@ -103,17 +103,17 @@ class MetricsSink:
                 key = (tenant, model, "completion")
                 tokens[key] = tokens.get(key, 0) + rec.completion_tokens
             if rec.cost_usd:
-                key = (tenant, model)
-                cost[key] = cost.get(key, ZERO) + rec.cost_usd
+                pair = (tenant, model)
+                cost[pair] = cost.get(pair, ZERO) + rec.cost_usd
             self.latency.observe(model, rec.latency_ms / 1000.0)
             if rec.ttft_ms is not None:
                 self.ttft.observe(model, rec.ttft_ms / 1000.0)
             if rec.status != "ok" and rec.status != "client_disconnected":
-                key = (model, rec.status)
-                errors[key] = errors.get(key, 0) + 1
+                pair = (model, rec.status)
+                errors[pair] = errors.get(pair, 0) + 1
             if rec.usage_flag is not None:
-                key = (model, rec.usage_flag)
-                self.flagged[key] = self.flagged.get(key, 0) + 1
+                pair = (model, rec.usage_flag)
+                self.flagged[pair] = self.flagged.get(pair, 0) + 1
 
     def rejected(self, reason: str) -> None:
         """A request refused before it reached an upstream (auth, limits, bad input)."""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 from decimal import Decimal
 
 import orjson
@@ -15,6 +16,10 @@ from ..metering.record import LEDGER_COLUMNS, UsageRecord
 from ..settings import PostgresSettings
 from . import RowsRefused, StoreUnavailable
 from .migrations import migrations
+
+if TYPE_CHECKING:  # psycopg_pool is imported in a thread at connect (start-up stays fast)
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("tallygate.store")
 
@@ -55,6 +60,12 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} in the ledger")
 
 
+async def _scalar(conn: AsyncConnection[Any], sql: str):
+    """The first column of a one-row query's row."""
+    row = await (await conn.execute(sql)).fetchone()
+    return None if row is None else row[0]
+
+
 class PostgresStore:
     dialect = "postgres"
 
@@ -64,9 +75,9 @@ class PostgresStore:
         # how long fetch() and execute() (admin calls, /v1/usage, budget start values, key
         # refreshes) wait for a working connection before StoreUnavailable
         self.wait_timeout = wait_timeout
-        self._pool = None
+        self._pool: AsyncConnectionPool | None = None
         # the ledger writer's connection, kept between batches (why: docs/DESIGN.md, "What the code taught us")
-        self._writer_conn = None
+        self._writer_conn: AsyncConnection[Any] | None = None
         self._writer_since = 0.0
 
     @property
@@ -97,11 +108,17 @@ class PostgresStore:
             await self._pool.open(wait=False)
         await self.ping(timeout)
 
+    @property
+    def _open_pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise StoreUnavailable(f"{self.description}: not connected yet")
+        return self._pool
+
     async def ping(self, timeout: float = 5.0) -> None:
         import psycopg
 
         try:
-            async with self._pool.connection(timeout=timeout) as conn:
+            async with self._open_pool.connection(timeout=timeout) as conn:
                 await conn.execute("SELECT 1")
         except (psycopg.Error, OSError) as exc:
             raise StoreUnavailable(explain(exc, self.settings)) from None
@@ -115,22 +132,19 @@ class PostgresStore:
             self._pool = None
 
     async def needs_migration(self) -> bool:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute("SELECT to_regclass('tallygate_schema_migrations')")
-            if (await cur.fetchone())[0] is None:
+        async with self._open_pool.connection() as conn:
+            if await _scalar(conn, "SELECT to_regclass('tallygate_schema_migrations')") is None:
                 return True
-            cur = await conn.execute("SELECT coalesce(max(version), 0) FROM tallygate_schema_migrations")
-            applied = (await cur.fetchone())[0]
+            applied = await _scalar(conn, "SELECT coalesce(max(version), 0) FROM tallygate_schema_migrations")
         return applied < migrations(self.dialect)[-1].version
 
     async def migrate(self) -> list[int]:
         applied = []
-        async with self._pool.connection() as conn:
+        async with self._open_pool.connection() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                cur = await conn.execute("SELECT to_regclass('tallygate_schema_migrations')")
                 done: set[int] = set()
-                if (await cur.fetchone())[0] is not None:
+                if await _scalar(conn, "SELECT to_regclass('tallygate_schema_migrations')") is not None:
                     cur = await conn.execute("SELECT version FROM tallygate_schema_migrations")
                     done = {row[0] for row in await cur.fetchall()}
                 for m in migrations(self.dialect):
@@ -162,7 +176,7 @@ class PostgresStore:
         import psycopg
 
         if self._writer_conn is None:
-            self._writer_conn = await self._pool.getconn()
+            self._writer_conn = await self._open_pool.getconn()
             self._writer_since = time.monotonic()
         try:
             cur = await self._writer_conn.execute(INSERT_SQL, (payload,))

@@ -58,6 +58,12 @@ class SqliteStore:
     def description(self) -> str:
         return f"sqlite {self.path}"
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(f"{self.description}: not open yet")
+        return self._conn
+
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -73,14 +79,14 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
-        conn.create_aggregate("dsum", 1, DecimalSum)
+        conn.create_aggregate("dsum", 1, DecimalSum)  # type: ignore[arg-type]  # a class is its own factory
         self._conn = conn
 
     async def connect(self, timeout: float = 10.0) -> None:
         await self._run(self._open)
 
     async def ping(self, timeout: float = 5.0) -> None:
-        await self._run(lambda: self._conn.execute("SELECT 1").fetchone())
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -88,11 +94,11 @@ class SqliteStore:
             await self._run(conn.close)
 
     def _applied(self) -> set[int]:
-        exists = self._conn.execute(
+        exists = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE name='tallygate_schema_migrations'").fetchone()
         if not exists:
             return set()
-        return {r[0] for r in self._conn.execute("SELECT version FROM tallygate_schema_migrations")}
+        return {r[0] for r in self._db.execute("SELECT version FROM tallygate_schema_migrations")}
 
     async def needs_migration(self) -> bool:
         applied = await self._run(self._applied)
@@ -100,18 +106,18 @@ class SqliteStore:
 
     def _migrate(self) -> list[int]:
         applied = []
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._db.execute("BEGIN IMMEDIATE")
         try:
             done = self._applied()
             for m in migrations(self.dialect):
                 if m.version not in done:
                     for statement in m.sql.split(";\n"):
                         if statement.strip():
-                            self._conn.execute(statement)
+                            self._db.execute(statement)
                     applied.append(m.version)
-            self._conn.execute("COMMIT")
+            self._db.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")
             raise
         return applied
 
@@ -119,15 +125,15 @@ class SqliteStore:
         return await self._run(self._migrate)
 
     def _write(self, rows: list[tuple]) -> int:
-        before = self._conn.total_changes
-        self._conn.execute("BEGIN")
+        before = self._db.total_changes
+        self._db.execute("BEGIN")
         try:
-            self._conn.executemany(INSERT_SQL, rows)
-            self._conn.execute("COMMIT")
+            self._db.executemany(INSERT_SQL, rows)
+            self._db.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")
             raise
-        return self._conn.total_changes - before
+        return self._db.total_changes - before
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
         if self._conn is None:
@@ -146,7 +152,7 @@ class SqliteStore:
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
 
     async def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return await self._query(lambda: self._conn.execute(sql, tuple(params)).fetchall())
+        return await self._query(lambda: self._db.execute(sql, tuple(params)).fetchall())
 
     async def execute(self, sql: str, params: Sequence = ()) -> int:
-        return await self._query(lambda: self._conn.execute(sql, tuple(params)).rowcount)
+        return await self._query(lambda: self._db.execute(sql, tuple(params)).rowcount)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 from .config import Config
@@ -79,9 +80,10 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
     pf = f"--project={p}"
     steps: list[Step] = []
 
-    def add(phase: str, comment: str, argv: Iterable[str], **kw) -> None:
+    def add(phase: str, comment: str, argv: Iterable[str], **kw: Any) -> None:
         if phase in config.phases:
-            steps.append(Step(phase, comment, tuple(argv), **{k: (tuple(v) if isinstance(v, list) else v) for k, v in kw.items()}))
+            options: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kw.items()}
+            steps.append(Step(phase, comment, tuple(argv), **options))
 
     services = ["run.googleapis.com", "artifactregistry.googleapis.com", "cloudbuild.googleapis.com",
                 "secretmanager.googleapis.com", "iam.googleapis.com", "logging.googleapis.com",
