@@ -19,11 +19,16 @@ def test_admin_input_validation(gateway, postgres_env):
     for body in ({"tenant_id": "bad tenant"}, {"tenant_id": "t", "rpm_limit": 0}, {"tenant_id": "t", "rpm_limit": "5"},
                  {"tenant_id": "t", "budget_usd": -1}, {"tenant_id": "t", "budget_period": "week"},
                  {"tenant_id": "t", "models": "gpt-4o"}, {"tenant_id": "t", "rpm": 5},
-                 {"tenant_id": "t", "expires_at": "tomorrow"}, [1]):
+                 {"tenant_id": "t", "expires_at": "tomorrow"}, [1],
+                 # what the columns cannot hold exactly is refused, never rounded or overflowed
+                 {"tenant_id": "t", "rpm_limit": 9232952852263550976}, {"tenant_id": "t", "tpm_limit": 2**31},
+                 {"tenant_id": "t", "budget_usd": "0.0000000000001"}, {"tenant_id": "t", "budget_usd": 1e8}):
         status, _, doc = admin_call(gw.url + "/admin/keys", "POST", body)
         assert status == 400 and doc["error"]["message"], body
     assert admin_call(gw.url + "/admin/tenants/acme", "PUT", {"tpm_limit": -3})[0] == 400
     assert admin_call(gw.url + "/admin/tenants/bad%20id", "PUT", {"tpm_limit": 3})[0] == 400
+    status, _, doc = admin_call(gw.url + "/admin/tenants/acme", "PUT", {"budget_usd": "0.000000000001"})
+    assert status == 200 and doc["budget_usd"] == "0.000000000001"  # twelve places are kept exactly
 
 
 def test_tenant_key_fixes_tenant_and_is_stored_hashed(gateway, postgres_env):

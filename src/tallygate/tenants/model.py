@@ -90,6 +90,10 @@ def period_end(period: str, now: datetime | None = None) -> datetime | None:
 
 # -- input validation --------------------------------------------------------
 
+LIMIT_MAX = 2**31 - 1  # rpm_limit and tpm_limit are integer columns
+BUDGET_MAX = Decimal(10**8)
+
+
 def parse_limits(doc: dict, allowed_extra: tuple[str, ...] = ()) -> Limits:
     unknown = set(doc) - set(LIMIT_FIELDS) - set(allowed_extra)
     if unknown:
@@ -98,8 +102,8 @@ def parse_limits(doc: dict, allowed_extra: tuple[str, ...] = ()) -> Limits:
     for name in ("rpm_limit", "tpm_limit"):
         value = doc.get(name)
         if value is not None:
-            if type(value) is not int or value < 1:
-                raise InvalidInput(f"{name} must be a positive integer or null")
+            if type(value) is not int or not 1 <= value <= LIMIT_MAX:
+                raise InvalidInput(f"{name} must be a positive integer (at most {LIMIT_MAX}) or null")
             setattr(limits, name, value)
     budget = doc.get("budget_usd")
     if budget is not None:
@@ -111,6 +115,9 @@ def parse_limits(doc: dict, allowed_extra: tuple[str, ...] = ()) -> Limits:
             raise InvalidInput("budget_usd must be a number (USD) or null") from None
         if not limits.budget_usd.is_finite() or limits.budget_usd < 0:
             raise InvalidInput("budget_usd must be zero or more")
+        # the column is numeric(20, 12): refuse what it would round or cannot hold, never store less
+        if limits.budget_usd >= BUDGET_MAX or limits.budget_usd.as_tuple().exponent < -12:  # type: ignore[operator]
+            raise InvalidInput("budget_usd must be below 100000000 with at most 12 decimal places")
     period = doc.get("budget_period", "month")
     if period not in PERIODS:
         raise InvalidInput("budget_period must be day, month or total")
