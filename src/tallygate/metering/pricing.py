@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .extract import Usage
+from .usage import Usage
 
 MILLION = Decimal(1_000_000)
 ZERO = Decimal(0)
