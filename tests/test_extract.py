@@ -1,4 +1,4 @@
-"""Property tests of the usage extractor and the SSE meter (tallygate.metering.extract):
+"""Property tests of the usage extractor and the SSE meter (tallygate.metering.usage and .sse):
 any chunking, any garbage, never a negative or inconsistent count."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tallygate.metering.extract import SSEMeter, from_json_body, usage_from_object
+from tallygate.metering.sse import SSEMeter
+from tallygate.metering.usage import from_json_body, usage_from_object
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

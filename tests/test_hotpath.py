@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from tallygate.routes.openai import elapsed_ms, new_request_id
+from tallygate.proxy.ids import elapsed_ms, new_request_id
 
 
 def test_request_ids_are_unique_and_keep_their_format_across_refills():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tallygate.routes.openai import WATCH_AFTER, ClientWatch, Watchers
+from tallygate.proxy.disconnect import WATCH_AFTER, ClientWatch, Watchers
 
 
 async def test_short_streams_never_start_a_watcher_and_long_ones_do():

@@ -17,7 +17,9 @@ from . import __version__
 from .auth import Authenticator
 from .errors import GatewayError, error_body, not_found
 from .metering.pricing import PriceBook, load_overrides
-from .routes.openai import ENDPOINTS, ClientGone, OpenAIProxy
+from .proxy.body import ClientGone
+from .proxy.formats import ENDPOINTS
+from .proxy.handler import ProxyHandler
 from .settings import Settings
 from .sinks.jsonlog import JsonLogSink
 from .sinks.metrics import MetricsSink
@@ -106,7 +108,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.metrics: MetricsSink | None = None
         self.ledger_ready = False
-        self.proxy = OpenAIProxy(self)
+        self.proxy: ProxyHandler | None = None  # built in startup, with the parts it uses
         self._background: list[asyncio.Task] = []
         self.admin = None
         self.metrics_server = None
@@ -188,6 +190,12 @@ class Gateway:
                                  default_max_output_tokens=s.default_max_output_tokens,
                                  default_context_tokens=s.default_context_tokens)
         self.pipeline.start()
+        self.proxy = ProxyHandler(
+            router=self.router, guard=self.guard, pipeline=self.pipeline, client=self.client, loop=self.loop,
+            max_body_bytes=s.max_body_bytes, sse_max_event_bytes=s.sse_max_event_bytes, retries=s.retries,
+            retry_backoff=s.retry_backoff, retry_max_backoff=s.retry_max_backoff,
+            first_byte_timeout=s.first_byte_timeout, sync_ledger=self.sync_ledger, commit=self.commit,
+            trace_for=self.trace_for, secrets=self.upstream_secrets_b, scrub=scrub)
         from .routes.admin import Admin
 
         self.admin = Admin(self)
@@ -205,10 +213,7 @@ class Gateway:
         """Import the HTTP client in a thread after the server listens, then open the pool."""
         import importlib
 
-        from .routes import openai as openai_routes
-
-        module = await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "aiohttp")
-        openai_routes.aiohttp = module
+        await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "aiohttp")
         self.session = client_session(self.settings)
         self.client_ready.set()
 

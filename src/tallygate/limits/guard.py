@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from ..errors import GatewayError, forbidden, unavailable
 from ..metering.bounds import output_bound, request_caps
-from ..metering.extract import Usage
+from ..metering.usage import Usage
 from ..metering.pricing import Price
 from ..money import usd_text
 from ..store import StoreUnavailable

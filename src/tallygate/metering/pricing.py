@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .extract import Usage
+from .usage import Usage
 
 if TYPE_CHECKING:  # the price data is imported in a thread after start-up
     from genai_prices.data_snapshot import DataSnapshot

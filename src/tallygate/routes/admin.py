@@ -7,7 +7,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from ..errors import GatewayError, bad_request, forbidden, not_found, unauthorized, unavailable
-from .openai import read_body
+from ..proxy.body import read_body
 from ..reports import ReportError, parse_group_by, parse_since, parse_time, usage_report
 from ..store import StoreUnavailable
 

@@ -1,19 +1,18 @@
-"""Token usage from upstream responses: JSON bodies and SSE streams.
+"""Token usage, model and completeness of SSE streams, metered as they are relayed.
 
-OpenAI semantics: `prompt_tokens` includes `cached_tokens`, `completion_tokens`
-includes `reasoning_tokens`. The Responses API names them input/output tokens.
+Two paths: a stream the gateway did not change passes through byte for byte and is
+only scanned for the events that matter (`_pass_through`); a stream the gateway added
+`include_usage` to is rewritten event by event (`_rewrite`), to take the injected usage
+chunk and the `"usage":null` fields back out.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import orjson
 
-# Bodies above this size are not parsed whole: usage and model are found in the
-# tail and head (embedding responses can be megabytes of floats).
-WHOLE_PARSE_LIMIT = 64 * 1024
+from .usage import Usage, model_name, usage_from_object
 
 
 # the end of a chat stream: an event whose data is [DONE] (never the text inside a chunk)
@@ -28,6 +27,8 @@ def _done_line(data: bytes) -> int:
             return start
         i = data.find(b"[DONE]", i + 6)
     return -1
+
+
 def _event_end(data: bytes) -> int:
     """Where the first SSE event in `data` ends (after its blank line, with the line
     endings the meter accepts: \n\n, \n\r\n, \r\n\r\n), or -1. Two plain searches: a
@@ -39,6 +40,8 @@ def _event_end(data: bytes) -> int:
     if j >= 0 and (i < 0 or j < i):
         return j + 3
     return i + 2 if i >= 0 else -1
+
+
 # the longest event parsed (TALLYGATE_SSE_MAX_EVENT_BYTES): a Responses stream's final
 # event holds the whole response, images as base64 included (a few MB)
 DEFAULT_MAX_EVENT = 8 * 1024 * 1024
@@ -48,133 +51,6 @@ _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
 # Responses API streams end with one of these events (and carry usage in them)
 _RESPONSES_MARKERS = (b"response.completed", b"response.failed", b"response.incomplete")
 RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-
-
-# the ledger's token columns are 32-bit: no real count comes near, a broken upstream might
-TOKENS_MAX = 2**31 - 1
-
-
-def _int(value: object) -> int:
-    # bool is an int subclass: never count True as a token
-    if type(value) is int and value >= 0:
-        return value if value <= TOKENS_MAX else TOKENS_MAX
-    if type(value) is float and value >= 0 and value.is_integer():
-        return min(int(value), TOKENS_MAX)
-    return 0
-
-
-def model_name(value: object) -> str | None:
-    """An upstream's model name as the ledger can hold it (no NUL, at most 256 chars)."""
-    if not isinstance(value, str):
-        return None
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    return value[:256]
-
-
-def usage_from_object(usage: object) -> Usage | None:
-    """Normalise a usage object of any OpenAI endpoint; None when absent or not an object."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    if prompt is not None:  # chat and completions (the common case)
-        completion = usage.get("completion_tokens")
-        in_details = usage.get("prompt_tokens_details")
-        out_details = usage.get("completion_tokens_details")
-    elif "input_tokens" in usage or "output_tokens" in usage:  # Responses API
-        prompt = usage.get("input_tokens")
-        completion = usage.get("output_tokens")
-        in_details = usage.get("input_tokens_details")
-        out_details = usage.get("output_tokens_details")
-    else:
-        completion = usage.get("completion_tokens")
-        in_details = out_details = None
-    prompt = _int(prompt)
-    completion = _int(completion)
-    cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
-    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    total = _int(usage.get("total_tokens")) or min(prompt + completion, TOKENS_MAX)
-    return Usage(prompt, completion, total, cached if cached <= prompt else prompt,
-                 reasoning if reasoning <= completion else completion)
-
-
-def _balanced_object(data: bytes, start: int) -> bytes | None:
-    """The JSON object starting at data[start] ('{'), by brace counting outside strings."""
-    depth = 0
-    in_string = False
-    escaped = False
-    for i in range(start, len(data)):
-        c = data[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == 0x5C:  # backslash
-                escaped = True
-            elif c == 0x22:
-                in_string = False
-        elif c == 0x22:
-            in_string = True
-        elif c == 0x7B:
-            depth += 1
-        elif c == 0x7D:
-            depth -= 1
-            if depth == 0:
-                return data[start:i + 1]
-    return None
-
-
-def _tail_usage(body: bytes) -> Usage | None:
-    pos = body.rfind(b'"usage"')
-    if pos < 0:
-        return None
-    brace = body.find(b"{", pos)
-    if brace < 0:
-        return None
-    obj = _balanced_object(body, brace)
-    if obj is None:
-        return None
-    try:
-        return usage_from_object(orjson.loads(obj))
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _head_model(body: bytes) -> str | None:
-    head = body[:4096]
-    pos = head.find(b'"model"')
-    if pos < 0:
-        return None
-    start = head.find(b'"', head.find(b":", pos) + 1)
-    end = head.find(b'"', start + 1)
-    if start < 0 or end < 0:
-        return None
-    return model_name(head[start + 1:end].decode("utf-8", "replace"))
-
-
-def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
-    """(usage, upstream model) of a non-streamed response body."""
-    if len(body) > WHOLE_PARSE_LIMIT:
-        return _tail_usage(body), _head_model(body)
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(doc, dict):
-        return None, None
-    if doc.get("object") == "response" or "output" in doc:  # Responses API
-        model = doc.get("model")
-    else:
-        model = doc.get("model")
-    return usage_from_object(doc.get("usage")), model_name(model)
 
 
 def _event_data(event: bytes) -> bytes | None:
@@ -281,11 +157,11 @@ class SSEMeter:
 
     def _complete(self, complete: bytes) -> bytes:
         if self.strip_usage:
-            return self._inspect(complete)
-        self._scan(complete)
+            return self._rewrite(complete)
+        self._pass_through(complete)
         return complete  # passed through untouched
 
-    def _scan(self, complete: bytes) -> None:
+    def _pass_through(self, complete: bytes) -> None:
         """Read only the events of passing bytes that matter: the last one with a usage
         object, a final Responses event; keep the first (for the model); count the rest.
         An upstream often sends a whole short stream in one read: parsing every event
@@ -308,7 +184,7 @@ class SSEMeter:
                     i = complete.find(needle, i + len(needle))
             parsed.sort()
         for start in parsed:
-            self._parse(complete[start:complete.find(b"\n\n", start)])
+            self._read_event(complete[start:complete.find(b"\n\n", start)])
         if self.usage is None:
             self.content_events += complete.count(b"\n\n") - len(parsed)
         if not self.done:
@@ -324,14 +200,14 @@ class SSEMeter:
                 if j not in parsed and self.usage is None:
                     self.content_events -= 1
 
-    def _parse(self, event: bytes) -> None:
+    def _read_event(self, event: bytes) -> None:
         """Read one event that passes through unchanged (it names usage or ends a
         Responses stream)."""
         data = _event_data(event)
         if data is not None:
-            self._read(data)
+            self._take(data)
 
-    def _read(self, data: bytes) -> tuple[dict | None, Usage | None]:
+    def _take(self, data: bytes) -> tuple[dict | None, Usage | None]:
         """Take what one event's JSON says: the model, usage (an event without it counts
         as content), the end of a Responses stream. Returns (the document, its usage);
         the document is None when the data is not a JSON object or is a Responses event."""
@@ -408,16 +284,18 @@ class SSEMeter:
         self._size = 0
         return rest
 
-    def _inspect(self, complete: bytes) -> bytes:
+    def _rewrite(self, complete: bytes) -> bytes:
+        """The events of `complete` as the client gets them: the injected usage taken out."""
         out = []
         for event in complete.split(b"\n\n")[:-1]:
-            keep = self._event(event)
+            keep = self._rewrite_event(event)
             if keep is not None:
                 out.append(keep)
                 out.append(b"\n\n")
         return b"".join(out)
 
-    def _event(self, event: bytes) -> bytes | None:
+    def _rewrite_event(self, event: bytes) -> bytes | None:
+        """One event as the client gets it; None: dropped (the usage-only chunk)."""
         data = _event_data(event)
         if data is None:  # comments, bare `event:` lines
             return event
@@ -432,7 +310,7 @@ class SSEMeter:
             if b'"usage":null' in data or b'"usage": null' in data:
                 self.content_events += 1
                 return self._strip_null(event) if self.strip_usage else event
-        doc, usage = self._read(data)
+        doc, usage = self._take(data)
         if doc is None:
             return event
         if usage is not None and self.strip_usage and not doc.get("choices"):

@@ -1,0 +1,138 @@
+"""Token usage from upstream responses: usage objects and non-streamed JSON bodies.
+
+OpenAI semantics: `prompt_tokens` includes `cached_tokens`, `completion_tokens`
+includes `reasoning_tokens`. The Responses API names them input/output tokens.
+The SSE side is metering/sse.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+# Bodies above this size are not parsed whole: usage and model are found in the
+# tail and head (embedding responses can be megabytes of floats).
+WHOLE_PARSE_LIMIT = 64 * 1024
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+# the ledger's token columns are 32-bit: no real count comes near, a broken upstream might
+TOKENS_MAX = 2**31 - 1
+
+
+def _int(value: object) -> int:
+    # bool is an int subclass: never count True as a token
+    if type(value) is int and value >= 0:
+        return value if value <= TOKENS_MAX else TOKENS_MAX
+    if type(value) is float and value >= 0 and value.is_integer():
+        return min(int(value), TOKENS_MAX)
+    return 0
+
+
+def model_name(value: object) -> str | None:
+    """An upstream's model name as the ledger can hold it (no NUL, at most 256 chars)."""
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    return value[:256]
+
+
+def usage_from_object(usage: object) -> Usage | None:
+    """Normalise a usage object of any OpenAI endpoint; None when absent or not an object."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    if prompt is not None:  # chat and completions (the common case)
+        completion = usage.get("completion_tokens")
+        in_details = usage.get("prompt_tokens_details")
+        out_details = usage.get("completion_tokens_details")
+    elif "input_tokens" in usage or "output_tokens" in usage:  # Responses API
+        prompt = usage.get("input_tokens")
+        completion = usage.get("output_tokens")
+        in_details = usage.get("input_tokens_details")
+        out_details = usage.get("output_tokens_details")
+    else:
+        completion = usage.get("completion_tokens")
+        in_details = out_details = None
+    prompt = _int(prompt)
+    completion = _int(completion)
+    cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
+    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    total = _int(usage.get("total_tokens")) or min(prompt + completion, TOKENS_MAX)
+    return Usage(prompt, completion, total, cached if cached <= prompt else prompt,
+                 reasoning if reasoning <= completion else completion)
+
+
+def _balanced_object(data: bytes, start: int) -> bytes | None:
+    """The JSON object starting at data[start] ('{'), by brace counting outside strings."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for i in range(start, len(data)):
+        c = data[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return data[start:i + 1]
+    return None
+
+
+def _tail_usage(body: bytes) -> Usage | None:
+    pos = body.rfind(b'"usage"')
+    if pos < 0:
+        return None
+    brace = body.find(b"{", pos)
+    if brace < 0:
+        return None
+    obj = _balanced_object(body, brace)
+    if obj is None:
+        return None
+    try:
+        return usage_from_object(orjson.loads(obj))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _head_model(body: bytes) -> str | None:
+    head = body[:4096]
+    pos = head.find(b'"model"')
+    if pos < 0:
+        return None
+    start = head.find(b'"', head.find(b":", pos) + 1)
+    end = head.find(b'"', start + 1)
+    if start < 0 or end < 0:
+        return None
+    return model_name(head[start + 1:end].decode("utf-8", "replace"))
+
+
+def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
+    """(usage, upstream model) of a non-streamed response body."""
+    if len(body) > WHOLE_PARSE_LIMIT:
+        return _tail_usage(body), _head_model(body)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    return usage_from_object(doc.get("usage")), model_name(doc.get("model"))

@@ -1,0 +1,48 @@
+"""Wire formats: what the proxy must know about a provider API's request and response bodies.
+
+The handler, the retry loop and the relay see a format only through `WireFormat`; a second
+API (Anthropic Messages) is a second implementation and an entry in `ENDPOINTS`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from .openai import OPENAI
+
+if TYPE_CHECKING:
+    from ...metering.sse import SSEMeter
+    from ...metering.usage import Usage
+    from ...upstream import Route
+
+
+class WireFormat(Protocol):
+    # request path -> the upstream path it is sent to (appended to the route's base_url)
+    endpoints: dict[bytes, str]
+
+    def parse(self, body: bytes) -> tuple[dict, str, bool]:
+        """(document, model, stream) of a request body, or a 400 that says what is wrong."""
+
+    def caps(self, doc: dict) -> tuple[int, int]:
+        """(output cap per choice the request names, 0 if none; choices generated)."""
+
+    def prepare(self, route: Route, name: str, model: str, endpoint: str, doc: dict, body: bytes,
+                stream: bool) -> tuple[bytes, bool]:
+        """(payload for the route, strip_usage): the client's bytes unless something changed."""
+
+    def usage(self, body: bytes) -> tuple[Usage | None, str | None]:
+        """(usage, upstream model) of a non-streamed response body."""
+
+    def meter(self, strip_usage: bool, endpoint: str, max_event: int) -> SSEMeter:
+        """The meter a stream's response bytes go through (`endpoint` as recorded: /v1/...)."""
+
+    def error_event(self, code: str, message: str) -> bytes:
+        """An error as one stream event: SDKs raise it instead of taking a cut stream as complete."""
+
+
+def _registry(*formats: WireFormat) -> dict[bytes, tuple[str, WireFormat]]:
+    return {path: (upstream, fmt) for fmt in formats for path, upstream in fmt.endpoints.items()}
+
+
+# request path -> (upstream path, format): the proxy's part of the app's dispatch
+ENDPOINTS = _registry(OPENAI)

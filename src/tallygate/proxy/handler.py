@@ -1,0 +1,94 @@
+"""One proxied request: read and parse (through its wire format) -> admit (limits) ->
+record -> forward (retries.py), answered by relay.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..errors import bad_request
+from ..metering.record import UsageRecord, utcnow
+from ..upstream import FORWARD_HEADERS, Route
+from .body import decode_body, read_body
+from .disconnect import Watchers
+from .ids import new_request_id
+from .relay import Relay
+from .retries import Retries
+
+log = logging.getLogger("tallygate.upstream")
+
+
+class ProxyHandler:
+    """The proxy endpoints of every wire format (formats/, ENDPOINTS)."""
+
+    def __init__(self, *, router, guard, pipeline, client, loop, max_body_bytes: int, sse_max_event_bytes: int,
+                 retries: int, retry_backoff: float, retry_max_backoff: float, first_byte_timeout: float | None,
+                 sync_ledger: bool, commit, trace_for, secrets: tuple[bytes, ...], scrub) -> None:
+        """`client`: async () -> the upstream client session; `commit(record)`: the sync-ledger
+        wait; `trace_for(headers)`: the record's trace; `scrub(data, secrets)`: upstream keys out."""
+        self.router = router
+        self.guard = guard  # limits and budgets (None: nothing to enforce)
+        self.max_body_bytes = max_body_bytes
+        self.trace_for = trace_for
+        self.watchers = Watchers(loop)
+        self.relay = Relay(pipeline, sync_ledger=sync_ledger, commit=commit, max_event=sse_max_event_bytes,
+                           secrets=secrets, scrub=scrub)
+        self.retries = Retries(self.relay, self.watchers, client, retries=retries, backoff=retry_backoff,
+                               max_backoff=retry_max_backoff, first_byte_timeout=first_byte_timeout)
+        self._forward = self.retries.forward
+
+    async def handle(self, scope, receive, send, endpoint: tuple, principal, headers: dict) -> None:
+        """`endpoint`: (upstream path, WireFormat), the ENDPOINTS entry of the request's path."""
+        started = time.perf_counter()
+        created = utcnow()
+        path, fmt = endpoint
+        cl = headers.get(b"content-length")
+        try:
+            content_length = int(cl) if cl is not None else None
+        except ValueError:
+            raise bad_request("Invalid Content-Length header.", "invalid_request") from None
+        body = await read_body(receive, self.max_body_bytes, content_length)
+        if b"content-encoding" in headers:
+            body = decode_body(body, headers[b"content-encoding"], self.max_body_bytes)
+        doc, model, stream = fmt.parse(body)
+        route: Route = self.router.resolve(model)
+
+        # the model asked for, then the fallbacks that may serve it (the budget reserves for the dearest)
+        chain = self._chain(model, route, principal) if route.fallbacks else [(model, route)]
+        caps = fmt.caps(doc)  # (output cap, choices): the bounds of its usage (metering/bounds.py)
+        reservation = None
+        guard = self.guard
+        if guard is not None and guard.applies(principal):
+            reservation = await guard.admit(principal, model, doc, body, route.provider, route.upstream_model,
+                                            [(r.provider, name, r.upstream_model) for name, r in chain[1:]],
+                                            endpoint=path, caps=caps)
+
+        record = UsageRecord(
+            request_id=new_request_id(), created_at=created, tenant_id=principal.tenant_id,
+            model=model, endpoint="/v1" + path, stream=stream, api_key_id=principal.key_id,
+            provider=route.provider, trace=self.trace_for(headers),
+            out_cap=caps[0], choices=caps[1], body_len=len(body),
+        )
+        if reservation is not None:
+            # registered before forwarding: the pipeline may price the record at any await
+            guard.settle_later(reservation, record)
+
+        extra = [] if FORWARD_HEADERS.isdisjoint(headers) else [
+            (k, v) for k, v in headers.items() if k in FORWARD_HEADERS]
+        try:
+            await self._forward(send, receive, fmt, path, model, doc, body, extra, record, started, chain)
+        finally:
+            if reservation is not None and not record.submitted:
+                guard.cancel(reservation, record)  # never reached the pipeline: free the reservation
+
+    def _chain(self, model: str, route: Route, principal) -> list:
+        """The model asked for, then its fallbacks that the key and tenant may use."""
+        chain = self.router.chain(model)
+        guard = self.guard
+        if guard is None:
+            return chain
+        skipped = [name for name, _ in chain[1:] if not guard.allows(principal, name)]
+        if skipped:
+            log.info("fallbacks outside the caller's model list are skipped",
+                     extra={"fields": {"model": model, "skipped": skipped}})
+        return [chain[0]] + [(name, r) for name, r in chain[1:] if name not in skipped]
