@@ -26,10 +26,11 @@ import time
 import orjson
 
 from ..errors import GatewayError, bad_request
+from ..http import ClientGone, json_headers, read_body, send_bytes  # noqa: F401 (ClientGone: was defined here)
 from ..metering.bounds import EMBEDDINGS, request_caps
 from ..metering.extract import SSEMeter, from_json_body
 from ..metering.record import UsageRecord, utcnow
-from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Route, backoff_delay, retry_after, retryable_status
+from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Route, backoff_delay, retry_after, retryable_status, scrub
 
 log = logging.getLogger("tallygate.upstream")
 
@@ -63,10 +64,6 @@ def _passed_name(name: bytes) -> bytes | None:
     if len(_PASSED) < 1024:  # bounded: names are chosen by the upstream
         _PASSED[name] = out
     return out
-
-
-class ClientGone(Exception):
-    pass
 
 
 def _no_sdk_retry(send):
@@ -201,69 +198,6 @@ def elapsed_ms(started: float) -> float:
     return int((time.perf_counter() - started) * 1e6 + 0.5) / 1000
 
 
-async def read_body(receive, limit: int, content_length: int | None) -> bytes:
-    if content_length is not None and content_length > limit:
-        raise GatewayError(413, f"Request body too large: {content_length} bytes, the limit is {limit}.",
-                           "invalid_request_error", "request_too_large")
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        body = message.get("body", b"")
-        if body:
-            size += len(body)
-            if size > limit:
-                raise GatewayError(413, f"Request body too large: the limit is {limit} bytes.",
-                                   "invalid_request_error", "request_too_large")
-            chunks.append(body)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-# Content-Encoding values a request body may have (brotli and zstd would need a library)
-DECODERS = {b"gzip": 16 + 15, b"x-gzip": 16 + 15, b"deflate": 15}
-
-
-def decode_body(body: bytes, header: bytes, limit: int) -> bytes:
-    """A compressed request body, decompressed (at most `limit` bytes come out: a small
-    body that inflates to gigabytes is a 413, not memory)."""
-    import zlib
-
-    codings = [c.strip().lower() for c in header.split(b",") if c.strip()]
-    if len(codings) > 2:
-        raise GatewayError(415, "Content-Encoding lists more than two codings.",
-                           "invalid_request_error", "unsupported_content_encoding")
-    for coding in reversed(codings):  # the last applied is listed last
-        if coding == b"identity":
-            continue
-        wbits = DECODERS.get(coding)
-        if wbits is None:
-            shown = coding[:40].decode("ascii", "replace")
-            raise GatewayError(415, f"Content-Encoding {shown!r} is not supported: send the body uncompressed, "
-                               "or as gzip or deflate.", "invalid_request_error", "unsupported_content_encoding")
-        if coding == b"deflate" and not (len(body) >= 2 and body[0] & 0x0F == 8
-                                         and ((body[0] << 8) | body[1]) % 31 == 0):
-            wbits = -15  # "deflate" means zlib-wrapped; some clients send it raw
-        try:
-            d = zlib.decompressobj(wbits)
-            out = d.decompress(body, limit + 1)
-            if not d.unconsumed_tail:
-                out += d.flush()
-            if len(out) > limit or d.unconsumed_tail:
-                raise GatewayError(413, f"Request body too large once decompressed: the limit is {limit} bytes.",
-                                   "invalid_request_error", "request_too_large")
-            if not d.eof:
-                raise zlib.error("truncated")
-        except zlib.error:
-            raise bad_request(f"Request body is not valid {coding.decode()} data (Content-Encoding).",
-                              "invalid_body_encoding") from None
-        body = out
-    return body
-
-
 def parse_request(body: bytes) -> tuple[dict, str, bool]:
     """(document, model, stream) or a 400 that says what is wrong."""
     if not body:
@@ -309,14 +243,7 @@ class OpenAIProxy:
         g = self.g
         started = time.perf_counter()
         created = utcnow()
-        cl = headers.get(b"content-length")
-        try:
-            content_length = int(cl) if cl is not None else None
-        except ValueError:
-            raise bad_request("Invalid Content-Length header.", "invalid_request") from None
-        body = await read_body(receive, g.settings.max_body_bytes, content_length)
-        if b"content-encoding" in headers:
-            body = decode_body(body, headers[b"content-encoding"], g.settings.max_body_bytes)
+        body = await read_body(receive, g.settings.max_body_bytes, headers)
         doc, model, stream = parse_request(body)
         route: Route = g.router.resolve(model)
 
@@ -578,19 +505,15 @@ class OpenAIProxy:
             data = self._scrub(data)
         headers = self._response_headers(resp, record)
         headers.append((b"content-length", str(len(data)).encode()))
-        if g.sync_ledger:
-            await g.commit(record)
-        else:
-            g.pipeline.submit(record)
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+        committed = g.pipeline.submit(record, wait=True)  # None unless the ledger mode is sync
+        if committed is not None:
+            await committed
+        await send_bytes(send, resp.status, headers, data)
 
     def _scrub(self, data: bytes) -> bytes:
         """An upstream error body may quote the key it was sent: not to the tenant."""
         for secret in self.g.upstream_secrets_b:
             if secret in data:
-                from ..app import scrub
-
                 return scrub(data, self.g.upstream_secrets_b)
         return data
 
@@ -676,10 +599,9 @@ class OpenAIProxy:
             tail = b"data: " + orjson.dumps({"error": {
                 "message": message, "type": "upstream_error", "param": None,
                 "code": "upstream_timeout" if status == "timeout" else "upstream_disconnected"}}) + b"\n\n"
-        if g.sync_ledger and status != "client_disconnected":
-            await g.commit(record)
-        else:
-            g.pipeline.submit(record)
+        committed = g.pipeline.submit(record, wait=status != "client_disconnected")
+        if committed is not None:
+            await committed
         if status == "client_disconnected":
             return None  # nobody to send to
         if not sent:
@@ -734,9 +656,7 @@ class OpenAIProxy:
         self.g.pipeline.submit(record)
         error = GatewayError(status_code, message, "upstream_error", code)
         body = error.body()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"x-tallygate-request-id", record.request_id.encode())]
+        headers = json_headers(body, ((b"x-tallygate-request-id", record.request_id.encode()),))
         if should_retry is not None:
             headers.append((b"x-should-retry", b"true" if should_retry else b"false"))
-        await send({"type": "http.response.start", "status": status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_bytes(send, status_code, headers, body)
