@@ -508,7 +508,8 @@ class OpenAIProxy:
         committed = g.pipeline.submit(record, wait=True)  # None unless the ledger mode is sync
         if committed is not None:
             await committed
-        await send_bytes(send, resp.status, headers, data)
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
 
     def _scrub(self, data: bytes) -> bytes:
         """An upstream error body may quote the key it was sent: not to the tenant."""
