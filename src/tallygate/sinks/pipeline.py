@@ -66,6 +66,7 @@ class Pipeline:
         self.prices = prices
         self.sinks = tuple(sinks)
         self.settlements = tuple(settlements)
+        self._writers = self.sinks + self.settlements  # every pass writes to each, in this order
         self.ledger = ledger
         self.wait_for_commit = wait_for_commit
         self.commit_timeout = commit_timeout
@@ -140,7 +141,7 @@ class Pipeline:
                 rec.cost_usd, rec.price_source = price.cost(rec), price.source
             except Exception:
                 log.exception("pricing failed", extra={"fields": {"model": rec.model}})
-        for sink in self.sinks + self.settlements:
+        for sink in self._writers:
             try:
                 sink.write(records)
             except Exception:
