@@ -81,3 +81,75 @@ def test_sync_ledger_mode_serves(gateway):
     c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     list(c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
     assert len(gw.wait_records(2)) == 2
+
+
+class Collect:
+    """A Sink and a Settlement (pipeline.Sink / pipeline.Settlement): what was written."""
+
+    def __init__(self, pending: bool = False) -> None:
+        self.records: list = []
+        self.pending = pending
+
+    def write(self, records) -> None:
+        self.records.extend(records)
+
+
+def _record(i: int):
+    from tallygate.metering.record import UsageRecord, utcnow
+
+    return UsageRecord(f"req-pipe-{i}", utcnow(), "t", "gpt-4o-mini", "/v1/chat/completions", False,
+                       status_code=200, prompt_tokens=10, completion_tokens=2, total_tokens=12)
+
+
+async def test_submit_waits_only_in_sync_mode_and_only_when_asked(tmp_path):
+    """Async mode: submit returns None (nothing to await on the request path). Sync mode:
+    submit(record, wait=True) returns an awaitable that ends once the row is committed;
+    wait=False records (a client that hung up) do not wait."""
+    import time
+
+    from tallygate.metering.pricing import PriceBook
+    from tallygate.sinks.ledger import LedgerWriter
+    from tallygate.sinks.pipeline import Pipeline
+    from tallygate.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "ledger.db"))
+    await store.connect()
+    await store.migrate()
+    sink, settlement = Collect(), Collect()
+    plain = Pipeline(PriceBook({}), [sink], None, [settlement])
+    plain.start()
+    assert plain.submit(_record(0), wait=True) is None and plain.submit(_record(1)) is None
+    await plain.close(time.monotonic() + 2)
+    assert [r.request_id for r in sink.records] == ["req-pipe-0", "req-pipe-1"] == \
+        [r.request_id for r in settlement.records]
+
+    ledger = LedgerWriter(store, flush_interval=0.001)
+    sync = Pipeline(PriceBook({}), [Collect()], ledger, wait_for_commit=True, commit_timeout=10)
+    sync.start()
+    assert sync.submit(_record(2), wait=False) is None
+    committed = sync.submit(_record(3), wait=True)
+    await committed
+    rows = await store.fetch("SELECT request_id FROM litellm_usage WHERE request_id = ?", ("req-pipe-3",))
+    assert rows == [("req-pipe-3",)]
+    await sync.close(time.monotonic() + 2)
+    await store.close()
+
+
+async def test_sync_commit_is_bounded_when_the_ledger_cannot_write(tmp_path, caplog):
+    """A ledger that cannot commit (its database gone): the wait ends at commit_timeout."""
+    import time
+
+    from tallygate.metering.pricing import PriceBook
+    from tallygate.sinks.ledger import LedgerWriter
+    from tallygate.sinks.pipeline import Pipeline
+    from tallygate.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "missing" / "ledger.db"))  # its directory does not exist
+    sync = Pipeline(PriceBook({}), [], LedgerWriter(store, flush_interval=0.001), wait_for_commit=True,
+                    commit_timeout=0.3)
+    sync.start()
+    began = time.monotonic()
+    await sync.submit(_record(4), wait=True)
+    assert 0.25 < time.monotonic() - began < 3
+    assert "ledger commit is slow" in caplog.text
+    await sync.close(time.monotonic() + 0.2)

@@ -1,4 +1,5 @@
-"""The ASGI application: dispatch, lifespan (pools, pipeline start and flush).
+"""Assembly: the parts built once (in start-up, with what each uses), the lifespan,
+and the dispatch table (path -> handler). The endpoints live in routes/.
 
 A plain ASGI callable with a dict dispatch: a framework's routing and request
 objects cost more per request than the whole metering does.
@@ -10,60 +11,35 @@ import asyncio
 import logging
 import re
 import time
+from typing import TYPE_CHECKING
 
-import orjson
-
-from . import __version__
 from .auth import Authenticator
 from .errors import GatewayError, error_body, not_found
+from .http import ClientGone, send_error
 from .metering.pricing import PriceBook, load_overrides
-from .proxy.body import ClientGone
 from .proxy.formats import ENDPOINTS
 from .proxy.handler import ProxyHandler
 from .settings import Settings
 from .sinks.jsonlog import JsonLogSink
 from .sinks.metrics import MetricsSink
-from .sinks.pipeline import LINGER, Pipeline
-from .upstream import Router, client_session
+from .sinks.pipeline import Pipeline
+from .upstream import Router, client_session, route_secrets, scrub
+
+if TYPE_CHECKING:
+    from .limits.guard import Guard
+    from .routes.admin import Admin
+    from .sinks.ledger import LedgerWriter
+    from .sinks.metrics_server import MetricsServer
+    from .store.postgres import PostgresStore
+    from .store.sqlite import SqliteStore
+    from .tenants.cache import KeyCache
+    from .tenants.store import KeyStore
 
 log = logging.getLogger("tallygate")
 
 _TRACE_RE = re.compile(rb"[0-9a-fA-F]{32}")
-JSON = [(b"content-type", b"application/json")]
-
-
-def _json_response_headers(body: bytes, extra=()) -> list:
-    return [*JSON, (b"content-length", str(len(body)).encode()), *extra]
-
-
-async def send_json(send, status: int, doc, extra=()) -> None:
-    body = doc if isinstance(doc, bytes) else orjson.dumps(doc)
-    await send({"type": "http.response.start", "status": status,
-                "headers": _json_response_headers(body, extra)})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send, err: GatewayError) -> None:
-    await send_json(send, err.status, err.body(), err.headers)
-
-
-_SECRET_HEADER_RE = re.compile(r"key|token|auth|secret|password", re.I)
-REDACTED = b"[redacted]"
-
-
-def route_secrets(router) -> tuple[str, ...]:
-    routes = [router.default, *router.exact.values(), *(r for _, r in router.prefixes)]
-    found = [r.api_key for r in routes]
-    found.extend(str(v) for r in routes for k, v in r.extra_headers.items() if _SECRET_HEADER_RE.search(str(k)))
-    return tuple(dict.fromkeys(s for s in found if s))
-
-
-def scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
-    """An upstream error body without the upstream's keys in it (some quote the key they got)."""
-    for secret in secrets:
-        if secret in data:
-            data = data.replace(secret, REDACTED)
-    return data
+# the GET endpoints outside the proxy and the admin API (routes/service.py, routes/models.py)
+GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models")
 
 
 # a header a request may carry once only: two would let two parts of a stack (a proxy in
@@ -81,7 +57,20 @@ def refuse_duplicates(raw_headers) -> None:
 
 
 class Gateway:
-    """Everything a request needs, built once."""
+    """Everything a request needs, built once: what needs no I/O here, the rest in
+    startup() (uvicorn runs the lifespan start-up before it accepts a connection)."""
+
+    # built in startup()
+    store: PostgresStore | SqliteStore
+    ledger: LedgerWriter
+    metrics: MetricsSink
+    keystore: KeyStore
+    keys: KeyCache
+    guard: Guard
+    pipeline: Pipeline
+    admin: Admin
+    loop: asyncio.AbstractEventLoop
+    client_ready: asyncio.Event
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -95,23 +84,16 @@ class Gateway:
         self.upstream_secrets_b = tuple(s.encode() for s in logs.scrub_forms(self.upstream_secrets))
         overrides = load_overrides(settings.prices_file) if settings.prices_file else {}
         self.prices = PriceBook(overrides)
-        self.keys = None  # tenant keys (KeyCache), set up in startup when the store has them
-        self.guard = None  # limits and budgets
         self.auth = Authenticator(settings.gateway_token, settings.master_key,
                                   settings.default_tenant)
-        self.sync_ledger = settings.ledger_mode == "sync"
-        self.session = None
-        self.loop: asyncio.AbstractEventLoop | None = None  # set in startup
-        self.client_ready: asyncio.Event | None = None
-        self.store = None
-        self.ledger = None
-        self.pipeline: Pipeline | None = None
-        self.metrics: MetricsSink | None = None
+        self.session = None  # the upstream client, opened once aiohttp is imported (start_client)
         self.ledger_ready = False
+        self.metrics_server: MetricsServer | None = None
+        # the GET endpoints (method, path) -> handler; filled by startup()
+        self.routes: dict = {}
         self.proxy: ProxyHandler | None = None  # built in startup, with the parts it uses
         self._background: list[asyncio.Task] = []
-        self.admin = None
-        self.metrics_server = None
+        self.started = False
         self.started_at = time.monotonic()
         self.shutdown_started: float | None = None
 
@@ -136,20 +118,17 @@ class Gateway:
             return None
         return f"projects/{project}/traces/{trace_id.decode().lower()}"
 
-    async def commit(self, record) -> None:
-        """Sync ledger mode: wait (bounded) until the record's row committed. Past the
-        bound the response goes out anyway; the row stays buffered and is retried."""
-        fut = self.pipeline.submit_and_wait(record)
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), self.settings.sync_commit_timeout)
-        except asyncio.TimeoutError:
-            log.warning("ledger commit is slow; answering before the row committed",
-                        extra={"fields": {"request_id": record.request_id}})
-
     # -- lifespan ----------------------------------------------------------
     async def startup(self) -> None:
+        from .limits.counters import MemoryCounters
+        from .limits.guard import Guard
+        from .routes.admin import Admin
+        from .routes.models import Models
+        from .routes.service import Service
         from .sinks.ledger import LedgerWriter
         from .store import open_store
+        from .tenants.cache import KeyCache
+        from .tenants.store import KeyStore
 
         s = self.settings
         self.loop = asyncio.get_running_loop()
@@ -160,11 +139,6 @@ class Gateway:
                                    flush_interval=s.ledger_flush_interval,
                                    buffer_limit=s.ledger_buffer_limit)
         self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
-        from .limits.counters import MemoryCounters
-        from .limits.guard import Guard
-        from .tenants.cache import KeyCache
-        from .tenants.store import KeyStore
-
         self.keystore = KeyStore(self.store)
         self.keys = KeyCache(self.keystore, s.keys_refresh)
         self.auth.keys = self.keys
@@ -179,14 +153,14 @@ class Gateway:
                            unpriced_reserve_mtok=s.unpriced_reserve_mtok,
                            on_redis_down=s.limits_on_redis_down, on_db_down=s.limits_on_db_down,
                            failed_open=self.metrics.failed_open)
-        hooks = [self.guard]
         if s.metrics_port:
             from .sinks.metrics_server import MetricsServer
 
             self.metrics_server = MetricsServer(self.metrics.render, s.metrics_host, s.metrics_port)
             await self.metrics_server.start()
-        self.pipeline = Pipeline(self.prices, JsonLogSink(), self.metrics, self.ledger, hooks,
-                                 linger=0.0 if self.sync_ledger else LINGER,
+        self.pipeline = Pipeline(self.prices, [JsonLogSink(), self.metrics], self.ledger, [self.guard],
+                                 wait_for_commit=s.ledger_mode == "sync",
+                                 commit_timeout=s.sync_commit_timeout,
                                  default_max_output_tokens=s.default_max_output_tokens,
                                  default_context_tokens=s.default_context_tokens)
         self.pipeline.start()
@@ -194,11 +168,13 @@ class Gateway:
             router=self.router, guard=self.guard, pipeline=self.pipeline, client=self.client, loop=self.loop,
             max_body_bytes=s.max_body_bytes, sse_max_event_bytes=s.sse_max_event_bytes, retries=s.retries,
             retry_backoff=s.retry_backoff, retry_max_backoff=s.retry_max_backoff,
-            first_byte_timeout=s.first_byte_timeout, sync_ledger=self.sync_ledger, commit=self.commit,
+            first_byte_timeout=s.first_byte_timeout,
             trace_for=self.trace_for, secrets=self.upstream_secrets_b, scrub=scrub)
-        from .routes.admin import Admin
-
-        self.admin = Admin(self)
+        self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready)
+        service = Service(self.auth, s.metrics_mode, self.metrics.render, self.is_ready)
+        models = Models(self.auth, self.router, self.client, self.upstream_secrets_b)
+        self.routes = {**service.routes(), (b"GET", b"/v1/models"): models.handle}
+        self.started = True
         import gc
 
         # fewer, larger young-generation passes: a request's garbage is short-lived, and
@@ -208,6 +184,9 @@ class Gateway:
         # the database connects in the background: /health answers at once, /ready
         # (Cloud Run's startup probe) once the ledger is reachable and migrated
         self._background.append(asyncio.create_task(self._connect_store_until_ready()))
+
+    def is_ready(self) -> bool:
+        return self.ledger_ready and self.session is not None
 
     async def start_client(self) -> None:
         """Import the HTTP client in a thread after the server listens, then open the pool."""
@@ -261,30 +240,25 @@ class Gateway:
         deadline = max(began + 9.5, time.monotonic() + 0.5)
         for task in self._background:
             task.cancel()
-        if self.keys is not None:
+        if self.started:
             self.keys.stop()
-        if self.metrics_server is not None:
-            await self.metrics_server.close()
-        if self.pipeline is not None:
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             await self.pipeline.close(deadline)
-        if self.guard is not None:
             await self.guard.close()
         if self.session is not None:
             await self.session.close()
-        if self.store is not None:
+        if self.started:
             try:
                 await self.store.close()
             except Exception:
                 pass
-        if self.ledger is not None:
             log.info("shutdown complete", extra={"fields": {
                 "ledger_rows_written": self.ledger.rows_written,
                 "ledger_records_not_written": self.ledger.records_dropped}})
 
     def ledger_stats(self) -> dict:
         w = self.ledger
-        if w is None:
-            return {}
         return {"depth": w.depth, "rows_written": w.rows_written, "rows_duplicate": w.rows_duplicate,
                 "records_dropped": w.records_dropped, "write_failures": w.write_failures}
 
@@ -294,18 +268,7 @@ class App:
 
     def __init__(self, settings: Settings) -> None:
         self.g = Gateway(settings)
-        self._health = orjson.dumps({"status": "ok", "version": __version__})
-        self._routes = {
-            (b"GET", b"/health"): self.health,
-            (b"GET", b"/live"): self.health,
-            (b"GET", b"/ready"): self.ready,
-            (b"GET", b"/metrics"): self.metrics,
-            (b"GET", b"/openapi.json"): self.openapi,
-            (b"GET", b"/v1/models"): self.models,
-        }
-        self._allowed: dict[bytes, list[bytes]] = {}
-        for (method, path) in self._routes:
-            self._allowed.setdefault(path, []).append(method)
+        self._allowed: dict[bytes, list[bytes]] = {path: [b"GET"] for path in GET_PATHS}
         for path in ENDPOINTS:
             self._allowed[path] = [b"POST"]
 
@@ -332,7 +295,7 @@ class App:
                 return
             refuse_duplicates(scope["headers"])
             method = scope["method"].encode()
-            handler = self._routes.get((method, path))
+            handler = self.g.routes.get((method, path))
             if handler is not None:
                 await handler(scope, receive, send)
                 return
@@ -346,7 +309,7 @@ class App:
                                    [(b"allow", b", ".join(allowed))])
             raise not_found(f"Unknown path {scope['path'][:200]!r}.")
         except GatewayError as err:
-            if endpoint is not None and self.g.metrics is not None:
+            if endpoint is not None and self.g.started:
                 self.g.metrics.rejected(err.code or str(err.status))
             await send_error(send, err)
         except ClientGone:
@@ -369,76 +332,6 @@ class App:
                 finally:
                     await send({"type": "lifespan.shutdown.complete"})
                 return
-
-    # -- small endpoints ---------------------------------------------------
-    async def health(self, scope, receive, send) -> None:
-        await send_json(send, 200, self._health)
-
-    async def ready(self, scope, receive, send) -> None:
-        g = self.g
-        # unauthenticated: no error text, no host or database name
-        if g.ledger_ready and g.session is not None:
-            await send_json(send, 200, {"status": "ready"})
-        else:
-            await send_json(send, 503, {"status": "starting", "detail": "the ledger is not reachable yet"})
-
-    async def metrics(self, scope, receive, send) -> None:
-        g = self.g
-        mode = g.settings.metrics_mode
-        if mode == "off":
-            raise not_found("Metrics are turned off (TALLYGATE_METRICS=off).")
-        if mode == "auth":
-            headers = dict(scope["headers"])
-            authz = headers.get(b"authorization")
-            if not g.auth.is_master(authz):
-                from .errors import forbidden, unauthorized
-
-                if not g.auth.is_known(authz):
-                    raise unauthorized("/metrics needs the master key (or TALLYGATE_METRICS=public).")
-                raise forbidden("/metrics needs the master key.")
-        body = g.metrics.render()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-            (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def openapi(self, scope, receive, send) -> None:
-        from .openapi import spec
-
-        await send_json(send, 200, spec())
-
-    async def models(self, scope, receive, send) -> None:
-        g = self.g
-        headers = dict(scope["headers"])
-        g.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
-        route = g.router.default
-        session = await g.client()
-        import aiohttp
-
-        try:
-            async with session.get(route.url("/models"), headers=route.headers) as resp:
-                data = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise GatewayError(502, f"Could not reach the upstream: {type(exc).__name__}.",
-                               "upstream_error", "upstream_unreachable") from None
-        if status >= 400:
-            data = scrub(data, g.upstream_secrets_b)
-        extra = g.router.models()
-        if status == 200 and extra:
-            try:
-                doc = orjson.loads(data)
-                known = {m.get("id") for m in doc.get("data", []) if isinstance(m, dict)}
-                for name in extra:
-                    if name not in known:
-                        doc["data"].append({"id": name, "object": "model", "created": 0,
-                                            "owned_by": g.router.exact[name].provider})
-                data = orjson.dumps(doc)
-            except (orjson.JSONDecodeError, AttributeError, TypeError):
-                pass
-        await send({"type": "http.response.start", "status": status,
-                    "headers": _json_response_headers(data)})
-        await send({"type": "http.response.body", "body": data})
 
 
 def create_app(settings: Settings | None = None) -> App:

@@ -26,10 +26,6 @@ class Principal:
     key_id: str | None = None
     key: object = field(default=None, repr=False)  # the TenantKey, for its limits
 
-    @property
-    def is_admin(self) -> bool:
-        return self.role == ROLE_ADMIN
-
 
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -118,3 +114,16 @@ class Authenticator:
             return False
         scheme, _, token = authorization.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._master)
+
+    def require_master(self, authorization: bytes | None, what: str, hint: str = "") -> None:
+        """The one master-key check (the admin API, /metrics): a 401 without a valid
+        credential, a 403 with a valid one that is not the master key, or with none set."""
+        if not authorization:
+            raise unauthorized(f"Missing credentials: {what} needs the master key{hint}.")
+        what = what[:1].upper() + what[1:]
+        if self._master is None:
+            raise forbidden(f"{what} is disabled without a master key: set PROXY_MASTER_KEY to enable it{hint}.")
+        if not self.is_master(authorization):
+            if not self.is_known(authorization):
+                raise unauthorized("Invalid credentials.")
+            raise forbidden(f"{what} needs the master key.")

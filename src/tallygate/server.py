@@ -45,12 +45,12 @@ def warn_missing_upstream_key(settings: Settings) -> None:
 
 def app_factory():
     """Import string for uvicorn workers (each worker builds its own app)."""
-    from . import http_errors
+    from . import protocol
     from .app import create_app
 
     settings = settings_module.load()
     logs.setup(settings.secrets)
-    http_errors.configure(settings)
+    protocol.configure(settings)
     return create_app(settings)
 
 
@@ -92,12 +92,12 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
         return 2
     logs.setup(settings.secrets)
     warn_missing_upstream_key(settings)
-    from . import http_errors
+    from . import protocol
 
-    http_errors.configure(settings)
+    protocol.configure(settings)
     port = port or settings.port
-    # httptools, answering unparseable requests with OpenAI-style JSON (http_errors.py)
-    common = dict(host=host, port=port, loop="uvloop", http="tallygate.http_errors:HttpToolsProtocol",
+    # httptools, answering unparseable requests with OpenAI-style JSON (protocol.py)
+    common = dict(host=host, port=port, loop="uvloop", http="tallygate.protocol:HttpToolsProtocol",
                   lifespan="on",
                   access_log=False, log_config=logs.uvicorn_log_config(), server_header=False,
                   timeout_graceful_shutdown=int(round(settings.shutdown_grace)),

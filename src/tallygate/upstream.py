@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -241,3 +242,23 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                  skip_auto_headers=("User-Agent",), raise_for_status=False,
                                  cookie_jar=aiohttp.DummyCookieJar())
+
+
+_SECRET_HEADER_RE = re.compile(r"key|token|auth|secret|password", re.I)
+REDACTED = b"[redacted]"
+
+
+def route_secrets(router: Router) -> tuple[str, ...]:
+    """The routes' upstream keys and secret-looking extra header values."""
+    routes = [router.default, *router.exact.values(), *(r for _, r in router.prefixes)]
+    found = [r.api_key for r in routes]
+    found.extend(str(v) for r in routes for k, v in r.extra_headers.items() if _SECRET_HEADER_RE.search(str(k)))
+    return tuple(dict.fromkeys(s for s in found if s))
+
+
+def scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """An upstream error body without the upstream's keys in it (some quote the key they got)."""
+    for secret in secrets:
+        if secret in data:
+            data = data.replace(secret, REDACTED)
+    return data

@@ -9,7 +9,7 @@ import time
 from ..errors import bad_request
 from ..metering.record import UsageRecord, utcnow
 from ..upstream import FORWARD_HEADERS, Route
-from .body import decode_body, read_body
+from ..http import read_body
 from .disconnect import Watchers
 from .ids import new_request_id
 from .relay import Relay
@@ -23,15 +23,15 @@ class ProxyHandler:
 
     def __init__(self, *, router, guard, pipeline, client, loop, max_body_bytes: int, sse_max_event_bytes: int,
                  retries: int, retry_backoff: float, retry_max_backoff: float, first_byte_timeout: float | None,
-                 sync_ledger: bool, commit, trace_for, secrets: tuple[bytes, ...], scrub) -> None:
-        """`client`: async () -> the upstream client session; `commit(record)`: the sync-ledger
-        wait; `trace_for(headers)`: the record's trace; `scrub(data, secrets)`: upstream keys out."""
+                 trace_for, secrets: tuple[bytes, ...], scrub) -> None:
+        """`client`: async () -> the upstream client session; `trace_for(headers)`: the record's
+        trace; `scrub(data, secrets)`: upstream keys out."""
         self.router = router
         self.guard = guard  # limits and budgets (None: nothing to enforce)
         self.max_body_bytes = max_body_bytes
         self.trace_for = trace_for
         self.watchers = Watchers(loop)
-        self.relay = Relay(pipeline, sync_ledger=sync_ledger, commit=commit, max_event=sse_max_event_bytes,
+        self.relay = Relay(pipeline, max_event=sse_max_event_bytes,
                            secrets=secrets, scrub=scrub)
         self.retries = Retries(self.relay, self.watchers, client, retries=retries, backoff=retry_backoff,
                                max_backoff=retry_max_backoff, first_byte_timeout=first_byte_timeout)
@@ -42,14 +42,7 @@ class ProxyHandler:
         started = time.perf_counter()
         created = utcnow()
         path, fmt = endpoint
-        cl = headers.get(b"content-length")
-        try:
-            content_length = int(cl) if cl is not None else None
-        except ValueError:
-            raise bad_request("Invalid Content-Length header.", "invalid_request") from None
-        body = await read_body(receive, self.max_body_bytes, content_length)
-        if b"content-encoding" in headers:
-            body = decode_body(body, headers[b"content-encoding"], self.max_body_bytes)
+        body = await read_body(receive, self.max_body_bytes, headers)  # the limit, Content-Encoding
         doc, model, stream = fmt.parse(body)
         route: Route = self.router.resolve(model)
 

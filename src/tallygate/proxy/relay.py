@@ -91,13 +91,10 @@ def _stream_headers(resp, record: UsageRecord) -> list:
 class Relay:
     """Sends the answer of an upstream (or the gateway's own error) and hands the record on."""
 
-    __slots__ = ("pipeline", "sync_ledger", "commit", "max_event", "secrets", "scrub", "upstream_errors")
+    __slots__ = ("pipeline", "max_event", "secrets", "scrub", "upstream_errors")
 
-    def __init__(self, pipeline, *, sync_ledger: bool, commit, max_event: int,
-                 secrets: tuple[bytes, ...], scrub) -> None:
-        self.pipeline = pipeline  # records are submitted to it; `commit(record)` in sync-ledger mode
-        self.sync_ledger = sync_ledger
-        self.commit = commit
+    def __init__(self, pipeline, *, max_event: int, secrets: tuple[bytes, ...], scrub) -> None:
+        self.pipeline = pipeline  # records are submitted to it (in sync-ledger mode it waits for the row)
         self.max_event = max_event  # TALLYGATE_SSE_MAX_EVENT_BYTES
         self.secrets = secrets  # upstream keys: scrubbed from relayed error bodies by scrub(data, secrets)
         self.scrub = scrub
@@ -127,10 +124,9 @@ class Relay:
             data = self._scrub(data)
         headers = _response_headers(resp, record)
         headers.append((b"content-length", str(len(data)).encode()))
-        if self.sync_ledger:
-            await self.commit(record)
-        else:
-            self.pipeline.submit(record)
+        committed = self.pipeline.submit(record, wait=True)
+        if committed is not None:  # sync-ledger mode: the row first, then the answer
+            await committed
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
@@ -220,10 +216,9 @@ class Relay:
             tail = fmt.error_event("upstream_timeout", "The upstream stream timed out.")
         else:
             tail = fmt.error_event("upstream_disconnected", "The upstream stream ended before it was complete.")
-        if self.sync_ledger and status != "client_disconnected":
-            await self.commit(record)
-        else:
-            self.pipeline.submit(record)
+        committed = self.pipeline.submit(record, wait=status != "client_disconnected")
+        if committed is not None:
+            await committed
         if status == "client_disconnected":
             return None  # nobody to send to
         if not sent:

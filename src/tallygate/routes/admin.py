@@ -2,41 +2,34 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
+from typing import Callable
 
-import orjson
-
-from ..errors import GatewayError, bad_request, forbidden, not_found, unauthorized, unavailable
-from ..proxy.body import read_body
+from ..auth import Authenticator
+from ..errors import GatewayError, bad_request, not_found, unavailable
+from ..http import json_object, query_params, read_body, send_json
 from ..reports import ReportError, parse_group_by, parse_since, parse_time, usage_report
 from ..store import StoreUnavailable
+from ..tenants.cache import KeyCache
+from ..tenants.store import KeyStore
+
+ADMIN_BODY_LIMIT = 1 << 20
 
 
 def ledger_unavailable() -> GatewayError:
     return unavailable("The database is not reachable. Retry shortly.", "ledger_unavailable")
 
 
-def query_params(scope) -> dict[str, str]:
-    raw = scope.get("query_string", b"").decode("latin-1")
-    return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-
-
 class Admin:
-    def __init__(self, gateway) -> None:
-        self.g = gateway
+    def __init__(self, auth: Authenticator, keystore: KeyStore, keys: KeyCache, store,
+                 ledger_ready: Callable[[], bool]) -> None:
+        self.auth = auth
+        self.keystore = keystore  # the keys and tenants in the database
+        self.keys = keys  # this instance's cache of them: changes here take effect at once
+        self.store = store  # for the usage reports
+        self.ledger_ready = ledger_ready
 
     def require_master(self, scope) -> None:
-        headers = dict(scope["headers"])
-        authz = headers.get(b"authorization")
-        if not authz:
-            raise unauthorized("Missing credentials: the admin API needs the master key.")
-        if self.g.settings.master_key is None:
-            raise forbidden("The admin API is disabled: set PROXY_MASTER_KEY to enable it.")
-        if not self.g.auth.is_master(authz):
-            # a valid non-master credential is a 403, anything else a 401
-            if not self.g.auth.is_known(authz):
-                raise unauthorized("Invalid credentials.")
-            raise forbidden("The admin API needs the master key.")
+        self.auth.require_master(dict(scope["headers"]).get(b"authorization"), "the admin API")
 
     async def handle(self, scope, receive, send, method: bytes, path: bytes) -> None:
         """Every endpoint here reads or writes the database: while it is down, a JSON 503
@@ -47,11 +40,9 @@ class Admin:
             raise ledger_unavailable() from None
 
     async def _handle(self, scope, receive, send, method: bytes, path: bytes) -> None:
-        from ..app import send_json
-
         if path == b"/v1/usage" and method == b"GET":
             headers = dict(scope["headers"])
-            principal = self.g.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
+            principal = self.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
             params = query_params(scope)
             params.pop("tenant_id", None)
             rows = await self._usage(params, tenant=principal.tenant_id,
@@ -68,11 +59,11 @@ class Admin:
             return
         if path == b"/admin/keys":
             if method == b"POST":
-                await self._create_key(receive, send)
+                await self._create_key(dict(scope["headers"]), receive, send)
                 return
             if method == b"GET":
                 params = query_params(scope)
-                keys = await self.g.keystore.keys(params.get("tenant_id") or None)
+                keys = await self.keystore.keys(params.get("tenant_id") or None)
                 await send_json(send, 200, {"object": "list", "data": [k.as_json() for k in keys]})
                 return
             raise _method_not_allowed(b"GET, POST")
@@ -80,15 +71,15 @@ class Admin:
             if method != b"DELETE":
                 raise _method_not_allowed(b"DELETE")
             key_id = path[len(b"/admin/keys/"):].decode("latin-1")
-            if not await self.g.keystore.revoke_key(key_id):
+            if not await self.keystore.revoke_key(key_id):
                 raise not_found(f"No key {key_id[:100]!r}.")
-            self.g.keys.revoke_local(key_id)
+            self.keys.revoke_local(key_id)
             await send_json(send, 200, {"key_id": key_id, "revoked": True})
             return
         if path == b"/admin/tenants":
             if method != b"GET":
                 raise _method_not_allowed(b"GET")
-            tenants = await self.g.keystore.tenants()
+            tenants = await self.keystore.tenants()
             await send_json(send, 200, {"object": "list", "data": [
                 {"tenant_id": t, **lim.as_json()} for t, lim in tenants.items()]})
             return
@@ -96,16 +87,15 @@ class Admin:
             if method != b"PUT":
                 raise _method_not_allowed(b"PUT")
             tenant_id = path[len(b"/admin/tenants/"):].decode("latin-1")
-            await self._put_tenant(tenant_id, receive, send)
+            await self._put_tenant(tenant_id, dict(scope["headers"]), receive, send)
             return
         raise not_found(f"Unknown admin path {path.decode('latin-1')[:200]!r}.")
 
-    async def _create_key(self, receive, send) -> None:
-        from ..app import send_json
+    async def _create_key(self, headers: dict, receive, send) -> None:
         from ..tenants.model import InvalidInput, check_tenant, parse_limits, parse_time
 
         self._require_ledger()
-        doc = json_body(await read_body(receive, 1 << 20, None))
+        doc = json_object(await read_body(receive, ADMIN_BODY_LIMIT, headers))
         try:
             tenant = check_tenant(doc.get("tenant_id"))
             limits = parse_limits(doc, ("tenant_id", "name", "expires_at"))
@@ -115,27 +105,26 @@ class Admin:
             expires = parse_time(doc.get("expires_at"), "expires_at")
         except InvalidInput as exc:
             raise bad_request(str(exc), "invalid_parameter") from None
-        secret, key = await self.g.keystore.create_key(tenant, limits, name, expires)
-        self.g.keys.add(secret, key)
+        secret, key = await self.keystore.create_key(tenant, limits, name, expires)
+        self.keys.add(secret, key)
         await send_json(send, 201, {"key": secret, **key.as_json()})
 
-    async def _put_tenant(self, tenant_id: str, receive, send) -> None:
-        from ..app import send_json
+    async def _put_tenant(self, tenant_id: str, headers: dict, receive, send) -> None:
         from ..tenants.model import InvalidInput, check_tenant, parse_limits
 
         self._require_ledger()
-        doc = json_body(await read_body(receive, 1 << 20, None))
+        doc = json_object(await read_body(receive, ADMIN_BODY_LIMIT, headers))
         try:
             check_tenant(tenant_id)
             limits = parse_limits(doc)
         except InvalidInput as exc:
             raise bad_request(str(exc), "invalid_parameter") from None
-        await self.g.keystore.put_tenant(tenant_id, limits)
-        self.g.keys.set_tenant(tenant_id, limits)  # in force here at once, elsewhere on refresh
+        await self.keystore.put_tenant(tenant_id, limits)
+        self.keys.set_tenant(tenant_id, limits)  # in force here at once, elsewhere on refresh
         await send_json(send, 200, {"tenant_id": tenant_id, **limits.as_json()})
 
     def _require_ledger(self) -> None:
-        if not self.g.ledger_ready:
+        if not self.ledger_ready():
             raise ledger_unavailable()
 
     async def _usage(self, params: dict, tenant: str | None, key: str | None) -> list[dict]:
@@ -146,19 +135,10 @@ class Admin:
             group_by = parse_group_by(params.get("group_by"))
         except ReportError as exc:
             raise bad_request(str(exc), "invalid_parameter") from None
-        return await usage_report(self.g.store, start, end, tenant, key, group_by)
+        return await usage_report(self.store, start, end, tenant, key, group_by)
 
 
 def _method_not_allowed(allow: bytes) -> GatewayError:
     return GatewayError(405, "Method not allowed.", "invalid_request_error", "method_not_allowed",
                         [(b"allow", allow)])
 
-
-def json_body(raw: bytes) -> dict:
-    try:
-        doc = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"Request body is not valid JSON: {exc}", "invalid_json") from None
-    if not isinstance(doc, dict):
-        raise bad_request("Request body must be a JSON object.", "invalid_json")
-    return doc

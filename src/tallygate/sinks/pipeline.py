@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Awaitable, Protocol, Sequence
 
 from ..metering.bounds import hold_to_bounds
 from ..metering.pricing import PriceBook
@@ -25,17 +26,53 @@ log = logging.getLogger("tallygate.pipeline")
 LINGER = 0.005
 
 
+class Sink(Protocol):
+    """Receives every priced record (the log line, the metrics)."""
+
+    def write(self, records: list[UsageRecord]) -> None: ...
+
+
+class Settlement(Sink, Protocol):
+    """A sink that settles what admission reserved (the limits' Guard): while it has
+    records pending, the consumer does not linger."""
+
+    @property
+    def pending(self) -> bool: ...
+
+
+class Ledger(Protocol):
+    """The durable sink (sinks/ledger.py LedgerWriter): rows written in its own task."""
+
+    def start(self) -> None: ...
+
+    def add(self, records: list[UsageRecord], futures: list[asyncio.Future | None] | None) -> None: ...
+
+    async def close(self, deadline: float) -> None: ...
+
+
 class Pipeline:
-    def __init__(self, prices: PriceBook, jsonlog, metrics, ledger, hooks=(), linger: float = LINGER,
+    """submit(record) appends and returns None. With `wait_for_commit` (the sync ledger
+    mode) submit(record, wait=True) returns an awaitable that ends when the record's row
+    committed, or after `commit_timeout` seconds; wait=False (records nobody waits for,
+    such as a client that hung up) never waits."""
+
+    def __init__(self, prices: PriceBook, sinks: Sequence[Sink], ledger: Ledger | None,
+                 settlements: Sequence[Settlement] = (), *, wait_for_commit: bool = False,
+                 commit_timeout: float = 5.0, linger: float | None = None,
                  default_max_output_tokens: int = 32768, default_context_tokens: int = 1_000_000) -> None:
-        self.linger = linger
+        self.linger = (0.0 if wait_for_commit else LINGER) if linger is None else linger
         self.default_out = default_max_output_tokens  # usage bounds (metering/bounds.py)
         self.default_context = default_context_tokens
         self.prices = prices
-        self.jsonlog = jsonlog
-        self.metrics = metrics
+        self.sinks = tuple(sinks)
+        self.settlements = tuple(settlements)
+        self._writers = self.sinks + self.settlements  # every pass writes to each, in this order
         self.ledger = ledger
-        self.hooks = list(hooks)  # .write(records) after pricing, .pending (e.g. budgets)
+        self.wait_for_commit = wait_for_commit
+        self.commit_timeout = commit_timeout
+        if wait_for_commit:
+            # chosen once: the async mode's submit stays the plain append below
+            self.submit = self._submit_or_wait
         self._queue: list[tuple[UsageRecord, asyncio.Future | None]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -47,27 +84,38 @@ class Pipeline:
         if self.ledger is not None:
             self.ledger.start()
 
-    def submit(self, record: UsageRecord) -> None:
+    def submit(self, record: UsageRecord, wait: bool = False) -> Awaitable[None] | None:
         record.submitted = True
         self._queue.append((record, None))
         if not self._wakeup.is_set():
             self._wakeup.set()
+        return None
 
-    def submit_and_wait(self, record: UsageRecord) -> asyncio.Future:
-        """Sync ledger mode: the future resolves once the record's row committed."""
+    def _submit_or_wait(self, record: UsageRecord, wait: bool = False) -> Awaitable[None] | None:
+        if not wait:
+            return Pipeline.submit(self, record)
         fut = asyncio.get_running_loop().create_future()
         record.submitted = True
         self._queue.append((record, fut))
         if not self._wakeup.is_set():
             self._wakeup.set()
-        return fut
+        return self._committed(record, fut)
+
+    async def _committed(self, record: UsageRecord, fut: asyncio.Future) -> None:
+        """Wait (bounded) until the row committed. Past the bound the response goes out
+        anyway; the row stays buffered and is retried."""
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.commit_timeout)
+        except asyncio.TimeoutError:
+            log.warning("ledger commit is slow; answering before the row committed",
+                        extra={"fields": {"request_id": record.request_id}})
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             # records that settle a limit reservation go at once: a tenant's next request
             # should see its real usage, not the worst case it reserved
-            if self.linger and not self._closing and not any(getattr(h, "pending", False) for h in self.hooks):
+            if self.linger and not self._closing and not any(h.pending for h in self.settlements):
                 await asyncio.sleep(self.linger)
             self._wakeup.clear()
             if self._queue:
@@ -93,11 +141,9 @@ class Pipeline:
                 rec.cost_usd, rec.price_source = price.cost(rec), price.source
             except Exception:
                 log.exception("pricing failed", extra={"fields": {"model": rec.model}})
-        for sink in (self.jsonlog, self.metrics, *self.hooks):
-            if sink is None:
-                continue
+        for sink in self._writers:
             try:
-                sink.write(records) if hasattr(sink, "write") else sink(records)
+                sink.write(records)
             except Exception:
                 log.exception("sink failed")
         if self.ledger is not None:
