@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run demo test bench lock clean tools
+.PHONY: run demo test lint bench lock clean tools
 
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ tools:
 	  (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null 2>&1 \
 	  || echo "warning: could not install shellcheck"; }
 
-test: $(STAMP) tools
+# ruff (lint and format) and mypy over the package; make test runs it first
+lint: $(STAMP)
+	$(BIN)/ruff check src
+	$(BIN)/ruff format --check src
+	$(BIN)/mypy
+
+test: $(STAMP) tools lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -26,6 +26,8 @@ from .sinks.pipeline import Pipeline
 from .upstream import Router, client_session, route_secrets, scrub
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .limits.guard import Guard
     from .routes.admin import Admin
     from .sinks.ledger import LedgerWriter
@@ -52,8 +54,12 @@ def refuse_duplicates(raw_headers) -> None:
     for name in _SINGLE:
         if seen.count(name) > 1:
             shown = "Authorization" if name == b"authorization" else "X-Tenant-ID"
-            raise GatewayError(400, f"The {shown} header appears more than once: send it once.",
-                               "invalid_request_error", "duplicate_header")
+            raise GatewayError(
+                400,
+                f"The {shown} header appears more than once: send it once.",
+                "invalid_request_error",
+                "duplicate_header",
+            )
 
 
 class Gateway:
@@ -84,14 +90,15 @@ class Gateway:
         self.upstream_secrets_b = tuple(s.encode() for s in logs.scrub_forms(self.upstream_secrets))
         overrides = load_overrides(settings.prices_file) if settings.prices_file else {}
         self.prices = PriceBook(overrides)
-        self.auth = Authenticator(settings.gateway_token, settings.master_key,
-                                  settings.default_tenant)
-        self.session = None  # the upstream client, opened once aiohttp is imported (start_client)
+        self.auth = Authenticator(settings.gateway_token, settings.master_key, settings.default_tenant)
+        self.session: aiohttp.ClientSession | None = (
+            None  # the upstream client, opened once aiohttp is imported (start_client)
+        )
         self.ledger_ready = False
         self.metrics_server: MetricsServer | None = None
         # the GET endpoints (method, path) -> handler; filled by startup()
         self.routes: dict = {}
-        self.proxy: ProxyHandler | None = None  # built in startup, with the parts it uses
+        self.proxy: ProxyHandler  # built in startup (before any request), with the parts it uses
         self._background: list[asyncio.Task] = []
         self.started = False
         self.started_at = time.monotonic()
@@ -135,9 +142,12 @@ class Gateway:
         self.client_ready = asyncio.Event()
         self._background.append(asyncio.create_task(self.start_client()))
         self.store = open_store(s)
-        self.ledger = LedgerWriter(self.store, batch_size=s.ledger_batch_size,
-                                   flush_interval=s.ledger_flush_interval,
-                                   buffer_limit=s.ledger_buffer_limit)
+        self.ledger = LedgerWriter(
+            self.store,
+            batch_size=s.ledger_batch_size,
+            flush_interval=s.ledger_flush_interval,
+            buffer_limit=s.ledger_buffer_limit,
+        )
         self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
         self.keystore = KeyStore(self.store)
         self.keys = KeyCache(self.keystore, s.keys_refresh)
@@ -145,31 +155,52 @@ class Gateway:
         if s.redis_url:
             from .limits.redis import RedisCounters
 
-            counters = RedisCounters(s.redis_url)
+            counters: RedisCounters | MemoryCounters = RedisCounters(s.redis_url)
         else:
             counters = MemoryCounters()
-        self.guard = Guard(self.keys, self.keystore, self.prices, counters,
-                           default_max_tokens=s.default_max_output_tokens,
-                           unpriced_reserve_mtok=s.unpriced_reserve_mtok,
-                           on_redis_down=s.limits_on_redis_down, on_db_down=s.limits_on_db_down,
-                           failed_open=self.metrics.failed_open)
+        self.guard = Guard(
+            self.keys,
+            self.keystore,
+            self.prices,
+            counters,
+            default_max_tokens=s.default_max_output_tokens,
+            unpriced_reserve_mtok=s.unpriced_reserve_mtok,
+            on_redis_down=s.limits_on_redis_down,
+            on_db_down=s.limits_on_db_down,
+            failed_open=self.metrics.failed_open,
+        )
         if s.metrics_port:
             from .sinks.metrics_server import MetricsServer
 
             self.metrics_server = MetricsServer(self.metrics.render, s.metrics_host, s.metrics_port)
             await self.metrics_server.start()
-        self.pipeline = Pipeline(self.prices, [JsonLogSink(), self.metrics], self.ledger, [self.guard],
-                                 wait_for_commit=s.ledger_mode == "sync",
-                                 commit_timeout=s.sync_commit_timeout,
-                                 default_max_output_tokens=s.default_max_output_tokens,
-                                 default_context_tokens=s.default_context_tokens)
+        self.pipeline = Pipeline(
+            self.prices,
+            [JsonLogSink(), self.metrics],
+            self.ledger,
+            [self.guard],
+            wait_for_commit=s.ledger_mode == "sync",
+            commit_timeout=s.sync_commit_timeout,
+            default_max_output_tokens=s.default_max_output_tokens,
+            default_context_tokens=s.default_context_tokens,
+        )
         self.pipeline.start()
         self.proxy = ProxyHandler(
-            router=self.router, guard=self.guard, pipeline=self.pipeline, client=self.client, loop=self.loop,
-            max_body_bytes=s.max_body_bytes, sse_max_event_bytes=s.sse_max_event_bytes, retries=s.retries,
-            retry_backoff=s.retry_backoff, retry_max_backoff=s.retry_max_backoff,
+            router=self.router,
+            guard=self.guard,
+            pipeline=self.pipeline,
+            client=self.client,
+            loop=self.loop,
+            max_body_bytes=s.max_body_bytes,
+            sse_max_event_bytes=s.sse_max_event_bytes,
+            retries=s.retries,
+            retry_backoff=s.retry_backoff,
+            retry_max_backoff=s.retry_max_backoff,
             first_byte_timeout=s.first_byte_timeout,
-            trace_for=self.trace_for, secrets=self.upstream_secrets_b, scrub=scrub)
+            trace_for=self.trace_for,
+            secrets=self.upstream_secrets_b,
+            scrub=scrub,
+        )
         self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready)
         service = Service(self.auth, s.metrics_mode, self.metrics.render, self.is_ready)
         models = Models(self.auth, self.router, self.client, self.upstream_secrets_b)
@@ -205,15 +236,19 @@ class Gateway:
         await self.store.connect()
         if await self.store.needs_migration():
             if not self.settings.auto_migrate:
-                raise RuntimeError(f"the ledger schema is missing or old in {self.store.description} "
-                                   "and TALLYGATE_AUTO_MIGRATE is off: run `tallygate db init`")
+                raise RuntimeError(
+                    f"the ledger schema is missing or old in {self.store.description} "
+                    "and TALLYGATE_AUTO_MIGRATE is off: run `tallygate db init`"
+                )
             applied = await self.store.migrate()
             log.info("ledger schema applied", extra={"fields": {"migrations": applied}})
         await self.keys.refresh()
         self.keys.start()
         self.ledger_ready = True
-        log.info("ledger ready", extra={"fields": {"ledger": self.store.description,
-                                                   "ledger_mode": self.settings.ledger_mode}})
+        log.info(
+            "ledger ready",
+            extra={"fields": {"ledger": self.store.description, "ledger_mode": self.settings.ledger_mode}},
+        )
 
     async def _connect_store_until_ready(self) -> None:
         delay = 0.5
@@ -225,8 +260,11 @@ class Gateway:
                 raise
             except Exception as exc:
                 if first:
-                    log.error("ledger unavailable; serving, records are buffered and /ready "
-                              "answers 503 until it is reachable: %s", exc)
+                    log.error(
+                        "ledger unavailable; serving, records are buffered and /ready "
+                        "answers 503 until it is reachable: %s",
+                        exc,
+                    )
                     first = False
                 else:
                     log.warning("ledger still unavailable: %s", exc)
@@ -253,14 +291,25 @@ class Gateway:
                 await self.store.close()
             except Exception:
                 pass
-            log.info("shutdown complete", extra={"fields": {
-                "ledger_rows_written": self.ledger.rows_written,
-                "ledger_records_not_written": self.ledger.records_dropped}})
+            log.info(
+                "shutdown complete",
+                extra={
+                    "fields": {
+                        "ledger_rows_written": self.ledger.rows_written,
+                        "ledger_records_not_written": self.ledger.records_dropped,
+                    }
+                },
+            )
 
     def ledger_stats(self) -> dict:
         w = self.ledger
-        return {"depth": w.depth, "rows_written": w.rows_written, "rows_duplicate": w.rows_duplicate,
-                "records_dropped": w.records_dropped, "write_failures": w.write_failures}
+        return {
+            "depth": w.depth,
+            "rows_written": w.rows_written,
+            "rows_duplicate": w.rows_duplicate,
+            "records_dropped": w.records_dropped,
+            "write_failures": w.write_failures,
+        }
 
 
 class App:
@@ -289,8 +338,7 @@ class App:
                 headers = dict(raw)
                 if len(headers) != len(raw):  # a name repeated: maybe one that must come once
                     refuse_duplicates(raw)
-                principal = self.g.auth.authenticate(headers.get(b"authorization"),
-                                                     headers.get(b"x-tenant-id"))
+                principal = self.g.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
                 await self.g.proxy.handle(scope, receive, send, endpoint, principal, headers)
                 return
             refuse_duplicates(scope["headers"])
@@ -304,9 +352,13 @@ class App:
                 return
             allowed = self._allowed.get(path)
             if allowed:
-                raise GatewayError(405, f"Method {method.decode()} not allowed on {path.decode()}.",
-                                   "invalid_request_error", "method_not_allowed",
-                                   [(b"allow", b", ".join(allowed))])
+                raise GatewayError(
+                    405,
+                    f"Method {method.decode()} not allowed on {path.decode()}.",
+                    "invalid_request_error",
+                    "method_not_allowed",
+                    [(b"allow", b", ".join(allowed))],
+                )
             raise not_found(f"Unknown path {scope['path'][:200]!r}.")
         except GatewayError as err:
             if endpoint is not None and self.g.started:

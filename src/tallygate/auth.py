@@ -32,13 +32,14 @@ def hash_key(secret: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, gateway_token: str | None, master_key: str | None,
-                 default_tenant: str | None, keys=None) -> None:
+    def __init__(
+        self, gateway_token: str | None, master_key: str | None, default_tenant: str | None, keys=None
+    ) -> None:
         self._gateway = gateway_token.encode() if gateway_token else None
         self._master = master_key.encode() if master_key else None
         self.default_tenant = default_tenant
         self.keys = keys  # KeyCache (tenant keys), or None
-        self._tenants: dict[bytes, str] = {}  # X-Tenant-ID values already checked
+        self._tenants: dict[bytes | None, str] = {}  # X-Tenant-ID values already checked
 
     def credential(self, authorization: bytes | None) -> bytes:
         if not authorization:
@@ -64,12 +65,14 @@ class Authenticator:
                 if tenant_header is not None:
                     asked = self._tenant(tenant_header)
                     if asked != tenant:
-                        raise forbidden("This key belongs to another tenant than X-Tenant-ID names.",
-                                        "tenant_mismatch")
+                        raise forbidden("This key belongs to another tenant than X-Tenant-ID names.", "tenant_mismatch")
                 return Principal(tenant, ROLE_TENANT_KEY, key.key_id, key)
             if not self.keys.loaded:  # not "invalid": nobody here knows yet
-                raise unavailable("Tenant keys are not loaded yet: the database has not been reachable "
-                                  "since this instance started. Retry shortly.", "limits_unavailable")
+                raise unavailable(
+                    "Tenant keys are not loaded yet: the database has not been reachable "
+                    "since this instance started. Retry shortly.",
+                    "limits_unavailable",
+                )
         raise unauthorized("Invalid credentials.")
 
     def _tenant(self, header: bytes | None) -> str:
@@ -85,15 +88,13 @@ class Authenticator:
         if header is None:
             if self.default_tenant:
                 return self.default_tenant
-            raise bad_request("Missing X-Tenant-ID header: every request is attributed to a tenant.",
-                              "missing_tenant")
+            raise bad_request("Missing X-Tenant-ID header: every request is attributed to a tenant.", "missing_tenant")
         try:
             tenant = header.decode("ascii")
         except UnicodeDecodeError:
             tenant = ""
         if not TENANT_RE.fullmatch(tenant):
-            raise bad_request("Invalid X-Tenant-ID: use 1-128 characters of A-Z a-z 0-9 . _ : @ -",
-                              "invalid_tenant")
+            raise bad_request("Invalid X-Tenant-ID: use 1-128 characters of A-Z a-z 0-9 . _ : @ -", "invalid_tenant")
         return tenant
 
     def is_known(self, authorization: bytes | None) -> bool:
@@ -106,8 +107,11 @@ class Authenticator:
             return True
         if self._master is not None and hmac.compare_digest(token, self._master):
             return True
-        return (self.keys is not None and token.startswith(b"tg-")
-                and self.keys.lookup(token.decode("ascii", "replace")) is not None)
+        return (
+            self.keys is not None
+            and token.startswith(b"tg-")
+            and self.keys.lookup(token.decode("ascii", "replace")) is not None
+        )
 
     def is_master(self, authorization: bytes | None) -> bool:
         if not authorization or self._master is None:

@@ -8,8 +8,15 @@ import orjson
 class GatewayError(Exception):
     """An error answered to the client as OpenAI-style JSON."""
 
-    def __init__(self, status: int, message: str, type_: str, code: str | None,
-                 headers: list[tuple[bytes, bytes]] | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -27,8 +34,9 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
 
 
 def unauthorized(message: str) -> GatewayError:
-    return GatewayError(401, message, "invalid_request_error", "invalid_api_key",
-                        [(b"www-authenticate", b'Bearer realm="tallygate"')])
+    return GatewayError(
+        401, message, "invalid_request_error", "invalid_api_key", [(b"www-authenticate", b'Bearer realm="tallygate"')]
+    )
 
 
 def forbidden(message: str, code: str = "forbidden") -> GatewayError:
@@ -45,5 +53,4 @@ def not_found(message: str) -> GatewayError:
 
 def unavailable(message: str, code: str, retry_after: int = 2) -> GatewayError:
     """A dependency (the database, Redis) is down: a 503 the client may retry."""
-    return GatewayError(503, message, "service_unavailable", code,
-                        [(b"retry-after", str(retry_after).encode())])
+    return GatewayError(503, message, "service_unavailable", code, [(b"retry-after", str(retry_after).encode())])

@@ -59,17 +59,29 @@ def _usage_numbers(doc: dict, fake: dict) -> tuple[int, int, int, int]:
 
 def chat_usage(doc, fake) -> dict:
     p, c, cached, reasoning = _usage_numbers(doc, fake)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+    return {
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
 
 
 def responses_usage(doc, fake) -> dict:
     p, c, cached, reasoning = _usage_numbers(doc, fake)
-    return {"input_tokens": p, "output_tokens": c, "total_tokens": p + c,
-            "input_tokens_details": {"cached_tokens": cached},
-            "output_tokens_details": {"reasoning_tokens": reasoning}}
+    return {
+        "input_tokens": p,
+        "output_tokens": c,
+        "total_tokens": p + c,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+    }
 
 
 BLOB_PIECE = 64 * 1024
@@ -77,8 +89,10 @@ BLOB_PIECE = 64 * 1024
 
 def _raw_answer(fake: dict) -> web.Response:
     """A 200 whose body is whatever the test says (HTML, garbage, JSON without usage)."""
-    return web.Response(body=str(fake["raw_body"]).encode("utf-8", "surrogateescape"),
-                        headers={"Content-Type": str(fake.get("content_type", "text/html"))})
+    return web.Response(
+        body=str(fake["raw_body"]).encode("utf-8", "surrogateescape"),
+        headers={"Content-Type": str(fake.get("content_type", "text/html"))},
+    )
 
 
 def _blob_event(size: int) -> bytes:
@@ -89,7 +103,7 @@ def _blob_event(size: int) -> bytes:
 async def _write_pieces(resp, event: bytes) -> None:
     view = memoryview(event)
     for start in range(0, len(event), BLOB_PIECE):
-        await resp.write(bytes(view[start:start + BLOB_PIECE]))
+        await resp.write(bytes(view[start : start + BLOB_PIECE]))
 
 
 def _closed(request) -> bool:
@@ -133,8 +147,14 @@ class FakeUpstream:
         by_model = fake.get("by_model")
         if isinstance(by_model, dict) and isinstance(by_model.get(doc.get("model")), dict):
             fake = {**fake, **by_model[doc.get("model")]}
-        self.requests.append({"path": request.path, "authorization": request.headers.get("Authorization"),
-                              "cookie": request.headers.get("Cookie"), "body": raw.decode("utf-8", "replace")})
+        self.requests.append(
+            {
+                "path": request.path,
+                "authorization": request.headers.get("Authorization"),
+                "cookie": request.headers.get("Cookie"),
+                "body": raw.decode("utf-8", "replace"),
+            }
+        )
         if fake.get("set_cookie"):
             request["set_cookie"] = str(fake["set_cookie"])  # added to the answer (_cookie)
         del self.requests[:-200]
@@ -160,15 +180,24 @@ class FakeUpstream:
             if fake.get("quote_key"):  # as some upstreams do: the key they were sent, in the message
                 key = request.headers.get("Authorization", "").removeprefix("Bearer ")
                 message = f"Incorrect API key provided: {key or request.headers.get('api-key', '')}"
-            body = {"error": {"message": message, "type": "server_error"
-                              if status >= 500 else "invalid_request_error", "param": None, "code": None}}
+            body = {
+                "error": {
+                    "message": message,
+                    "type": "server_error" if status >= 500 else "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
             headers = {"x-request-id": "req_fake_err"}
             if fake.get("retry_after") is not None:
                 headers["retry-after"] = str(fake["retry_after"])
             if fake.get("cut_body") is not None:
                 return None, None, await self._cut(request, status, orjson.dumps(body), headers, fake)
-            return None, None, web.json_response(body, status=status, headers=headers,
-                                                 dumps=lambda o: orjson.dumps(o).decode())
+            return (
+                None,
+                None,
+                web.json_response(body, status=status, headers=headers, dumps=lambda o: orjson.dumps(o).decode()),
+            )
         return doc, fake, None
 
     @staticmethod
@@ -183,7 +212,7 @@ class FakeUpstream:
         resp.content_type = "application/json"
         resp.content_length = len(body)
         await resp.prepare(request)
-        await resp.write(body[:int(fake["cut_body"])])
+        await resp.write(body[: int(fake["cut_body"])])
         if fake.get("stall_body"):
             await self._sleep_while_connected(request, float(fake["stall_body"]))
         if request.transport is not None:
@@ -194,9 +223,13 @@ class FakeUpstream:
         return str(fake.get("upstream_model", doc.get("model", "gpt-4o-mini")))
 
     async def _sse(self, request, events: list[bytes], fake: dict) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "x-request-id": "req_fake_stream",
-                                           "x-ratelimit-remaining-requests": "99"})
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "x-request-id": "req_fake_stream",
+                "x-ratelimit-remaining-requests": "99",
+            }
+        )
         await resp.prepare(request)
         cut = fake.get("cut_after")
         delay = float(fake.get("chunk_delay", 0))
@@ -257,16 +290,30 @@ class FakeUpstream:
             return _raw_answer(fake)
         if not doc.get("stream"):
             if kind == "chat.completion":
-                choice = {"index": 0, "message": {"role": "assistant", "content": "".join(words), "refusal": None},
-                          "logprobs": None, "finish_reason": "stop"}
+                choice = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(words), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
             else:
                 choice = {"index": 0, "text": "".join(words), "logprobs": None, "finish_reason": "stop"}
-            body = {"id": "chatcmpl-fake", "object": kind, "created": created, "model": model,
-                    "choices": [choice], "system_fingerprint": "fp_fake"}
+            body = {
+                "id": "chatcmpl-fake",
+                "object": kind,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "system_fingerprint": "fp_fake",
+            }
             if not fake.get("no_usage"):
                 body["usage"] = usage
-            headers = {"x-request-id": "req_fake", "x-ratelimit-limit-requests": "100",
-                       "x-ratelimit-remaining-requests": "99", "x-fake-secret-header": "x"}
+            headers = {
+                "x-request-id": "req_fake",
+                "x-ratelimit-limit-requests": "100",
+                "x-ratelimit-remaining-requests": "99",
+                "x-fake-secret-header": "x",
+            }
             if fake.get("cut_body") is not None and not fake.get("cut_errors"):
                 return await self._cut(request, 200, orjson.dumps(body), headers, fake)
             return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
@@ -280,22 +327,49 @@ class FakeUpstream:
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
             else:
                 choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": None}
-            chunk = {"id": "chatcmpl-fake", "object": chunk_kind, "created": created, "model": model,
-                     "system_fingerprint": "fp_fake", "choices": [choice]}
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": chunk_kind,
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [choice],
+            }
             if include:
                 chunk["usage"] = None
             events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"} if kind == "chat.completion" \
+        last = (
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+            if kind == "chat.completion"
             else {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
-        chunk = {"id": "chatcmpl-fake", "object": chunk_kind, "created": created, "model": model,
-                 "system_fingerprint": "fp_fake", "choices": [last]}
+        )
+        chunk = {
+            "id": "chatcmpl-fake",
+            "object": chunk_kind,
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [last],
+        }
         if include:
             chunk["usage"] = None
         events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
         if include:
-            events.append(b"data: " + orjson.dumps({
-                "id": "chatcmpl-fake", "object": chunk_kind, "created": created, "model": model,
-                "system_fingerprint": "fp_fake", "choices": [], "usage": usage}) + b"\n\n")
+            events.append(
+                b"data: "
+                + orjson.dumps(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": chunk_kind,
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": "fp_fake",
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+                + b"\n\n"
+            )
         events.append(b"data: [DONE]\n\n")
         if fake.get("sse_blob"):
             events.insert(0, _blob_event(int(fake["sse_blob"])))
@@ -308,11 +382,17 @@ class FakeUpstream:
         inputs = doc.get("input", "")
         count = len(inputs) if isinstance(inputs, list) else 1
         dims = int(fake.get("dimensions", doc.get("dimensions", 8)))
-        data = [{"object": "embedding", "index": i, "embedding": [round(0.001 * (i + j), 6) for j in range(dims)]}
-                for i in range(count)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [round(0.001 * (i + j), 6) for j in range(dims)]}
+            for i in range(count)
+        ]
         p, _, _, _ = _usage_numbers(doc, fake)
-        body = {"object": "list", "data": data, "model": self._model(doc, fake),
-                "usage": {"prompt_tokens": p, "total_tokens": p}}
+        body = {
+            "object": "list",
+            "data": data,
+            "model": self._model(doc, fake),
+            "usage": {"prompt_tokens": p, "total_tokens": p},
+        }
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
@@ -324,42 +404,95 @@ class FakeUpstream:
         words = [WORDS[i % len(WORDS)] for i in range(n)]
         text = "".join(words)
         created = CREATED
-        message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
-                   "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        message = {
+            "type": "message",
+            "id": "msg_fake",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
 
         def response(status: str, output: list, usage) -> dict:
-            return {"id": "resp_fake", "object": "response", "created_at": created, "status": status,
-                    "model": model, "output": output, "parallel_tool_calls": True, "tool_choice": "auto",
-                    "tools": [], "usage": usage, "error": None, "incomplete_details": None,
-                    "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0}
+            return {
+                "id": "resp_fake",
+                "object": "response",
+                "created_at": created,
+                "status": status,
+                "model": model,
+                "output": output,
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "usage": usage,
+                "error": None,
+                "incomplete_details": None,
+                "instructions": None,
+                "metadata": {},
+                "temperature": 1.0,
+                "top_p": 1.0,
+            }
 
         usage = None if fake.get("no_usage") else responses_usage(doc, fake)
         if not doc.get("stream"):
-            return web.Response(body=orjson.dumps(response("completed", [message], usage)),
-                                content_type="application/json")
-        events = [b"event: response.created\ndata: " + orjson.dumps(
-            {"type": "response.created", "sequence_number": 0, "response": response("in_progress", [], None)}) + b"\n\n"]
+            return web.Response(
+                body=orjson.dumps(response("completed", [message], usage)), content_type="application/json"
+            )
+        events = [
+            b"event: response.created\ndata: "
+            + orjson.dumps(
+                {"type": "response.created", "sequence_number": 0, "response": response("in_progress", [], None)}
+            )
+            + b"\n\n"
+        ]
         for i, word in enumerate(words):
-            events.append(b"event: response.output_text.delta\ndata: " + orjson.dumps(
-                {"type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_fake",
-                 "output_index": 0, "content_index": 0, "delta": word, "logprobs": []}) + b"\n\n")
-        events.append(b"event: response.completed\ndata: " + orjson.dumps(
-            {"type": "response.completed", "sequence_number": n + 1,
-             "response": response("completed", [message], usage)}) + b"\n\n")
+            events.append(
+                b"event: response.output_text.delta\ndata: "
+                + orjson.dumps(
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": i + 1,
+                        "item_id": "msg_fake",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": word,
+                        "logprobs": [],
+                    }
+                )
+                + b"\n\n"
+            )
+        events.append(
+            b"event: response.completed\ndata: "
+            + orjson.dumps(
+                {
+                    "type": "response.completed",
+                    "sequence_number": n + 1,
+                    "response": response("completed", [message], usage),
+                }
+            )
+            + b"\n\n"
+        )
         return await self._sse(request, events, fake)
 
     async def models(self, request: web.Request) -> web.Response:
-        data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
-                for m in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")]
+        data = [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
+            for m in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
+        ]
         return web.json_response({"object": "list", "data": data})
 
     async def list_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"calls": self.calls, "failed": self.failed, "by_key": self.by_key,
-                                  "completed_streams": self.completed_streams,
-                                  "disconnects": self.disconnects})
+        return web.json_response(
+            {
+                "calls": self.calls,
+                "failed": self.failed,
+                "by_key": self.by_key,
+                "completed_streams": self.completed_streams,
+                "disconnects": self.disconnects,
+            }
+        )
 
     async def reset(self, request: web.Request) -> web.Response:
         self.requests.clear()

@@ -42,8 +42,9 @@ async def send_error(send, err: GatewayError) -> None:
 
 
 async def send_text(send, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> None:
-    await send_bytes(send, status, [(b"content-type", content_type),
-                                    (b"content-length", str(len(body)).encode())], body)
+    await send_bytes(
+        send, status, [(b"content-type", content_type), (b"content-length", str(len(body)).encode())], body
+    )
 
 
 async def read_body(receive, limit: int, headers: dict | None = None) -> bytes:
@@ -59,8 +60,12 @@ async def read_body(receive, limit: int, headers: dict | None = None) -> bytes:
             except ValueError:
                 raise bad_request("Invalid Content-Length header.", "invalid_request") from None
     if content_length is not None and content_length > limit:
-        raise GatewayError(413, f"Request body too large: {content_length} bytes, the limit is {limit}.",
-                           "invalid_request_error", "request_too_large")
+        raise GatewayError(
+            413,
+            f"Request body too large: {content_length} bytes, the limit is {limit}.",
+            "invalid_request_error",
+            "request_too_large",
+        )
     chunks = []
     size = 0
     while True:
@@ -71,8 +76,12 @@ async def read_body(receive, limit: int, headers: dict | None = None) -> bytes:
         if body:
             size += len(body)
             if size > limit:
-                raise GatewayError(413, f"Request body too large: the limit is {limit} bytes.",
-                                   "invalid_request_error", "request_too_large")
+                raise GatewayError(
+                    413,
+                    f"Request body too large: the limit is {limit} bytes.",
+                    "invalid_request_error",
+                    "request_too_large",
+                )
             chunks.append(body)
         if not message.get("more_body", False):
             break
@@ -93,18 +102,27 @@ def decode_body(body: bytes, header: bytes, limit: int) -> bytes:
 
     codings = [c.strip().lower() for c in header.split(b",") if c.strip()]
     if len(codings) > 2:
-        raise GatewayError(415, "Content-Encoding lists more than two codings.",
-                           "invalid_request_error", "unsupported_content_encoding")
+        raise GatewayError(
+            415,
+            "Content-Encoding lists more than two codings.",
+            "invalid_request_error",
+            "unsupported_content_encoding",
+        )
     for coding in reversed(codings):  # the last applied is listed last
         if coding == b"identity":
             continue
         wbits = DECODERS.get(coding)
         if wbits is None:
             shown = coding[:40].decode("ascii", "replace")
-            raise GatewayError(415, f"Content-Encoding {shown!r} is not supported: send the body uncompressed, "
-                               "or as gzip or deflate.", "invalid_request_error", "unsupported_content_encoding")
-        if coding == b"deflate" and not (len(body) >= 2 and body[0] & 0x0F == 8
-                                         and ((body[0] << 8) | body[1]) % 31 == 0):
+            raise GatewayError(
+                415,
+                f"Content-Encoding {shown!r} is not supported: send the body uncompressed, or as gzip or deflate.",
+                "invalid_request_error",
+                "unsupported_content_encoding",
+            )
+        if coding == b"deflate" and not (
+            len(body) >= 2 and body[0] & 0x0F == 8 and ((body[0] << 8) | body[1]) % 31 == 0
+        ):
             wbits = -15  # "deflate" means zlib-wrapped; some clients send it raw
         try:
             d = zlib.decompressobj(wbits)
@@ -112,13 +130,18 @@ def decode_body(body: bytes, header: bytes, limit: int) -> bytes:
             if not d.unconsumed_tail:
                 out += d.flush()
             if len(out) > limit or d.unconsumed_tail:
-                raise GatewayError(413, f"Request body too large once decompressed: the limit is {limit} bytes.",
-                                   "invalid_request_error", "request_too_large")
+                raise GatewayError(
+                    413,
+                    f"Request body too large once decompressed: the limit is {limit} bytes.",
+                    "invalid_request_error",
+                    "request_too_large",
+                )
             if not d.eof:
                 raise zlib.error("truncated")
         except zlib.error:
-            raise bad_request(f"Request body is not valid {coding.decode()} data (Content-Encoding).",
-                              "invalid_body_encoding") from None
+            raise bad_request(
+                f"Request body is not valid {coding.decode()} data (Content-Encoding).", "invalid_body_encoding"
+            ) from None
         body = out
     return body
 
@@ -138,4 +161,3 @@ def query_params(scope) -> dict[str, str]:
     """The query string as a dict; a repeated name keeps its last value."""
     raw = scope.get("query_string", b"").decode("latin-1")
     return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-

@@ -14,8 +14,11 @@ from datetime import UTC, datetime
 import orjson
 
 _SEVERITY = {
-    logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING",
-    logging.ERROR: "ERROR", logging.CRITICAL: "CRITICAL",
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "CRITICAL",
 }
 
 
@@ -104,5 +107,8 @@ def add_secrets(secrets) -> None:
 
 def uvicorn_log_config() -> dict:
     """Keep uvicorn from installing its own text handlers; ours is on the root logger."""
-    return {"version": 1, "disable_existing_loggers": False,
-            "loggers": {"uvicorn": {"level": "INFO"}, "uvicorn.access": {"level": "WARNING"}}}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "loggers": {"uvicorn": {"level": "INFO"}, "uvicorn.access": {"level": "WARNING"}},
+    }

@@ -65,7 +65,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         # BODY: reading a body; REFUSED: answered and closing, nothing more is read
         self._head = 0
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         _sweeper(self).track()
 
@@ -90,8 +90,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         head = self._head  # > 0: a head is unfinished after this read
-        if head > 0 and (head > MAX_HEADER_BYTES
-                         or self.headers is not None and len(self.headers) > MAX_HEADERS):
+        if head > 0 and (head > MAX_HEADER_BYTES or self.headers is not None and len(self.headers) > MAX_HEADERS):
             self._refuse_head("bytes" if head > MAX_HEADER_BYTES else "count")
 
     def on_headers_complete(self) -> None:
@@ -126,9 +125,15 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
-        content.extend([b"content-type: application/json\r\n",
-                        b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-                        b"connection: close\r\n", b"\r\n", body])
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
         self._head = REFUSED
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
@@ -152,8 +157,10 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         return cycle is not None and cycle.response_started and not cycle.response_complete
 
     def _refuse_head(self, what: str) -> None:
-        log.warning("request refused: its headers are over the limit", extra={"fields": {
-            "limit": "TALLYGATE_MAX_HEADERS" if what == "count" else "TALLYGATE_MAX_HEADER_BYTES"}})
+        log.warning(
+            "request refused: its headers are over the limit",
+            extra={"fields": {"limit": "TALLYGATE_MAX_HEADERS" if what == "count" else "TALLYGATE_MAX_HEADER_BYTES"}},
+        )
         if self._response_in_progress():  # a pipelined head: no room for an answer
             self._head = REFUSED
             self.transport.close()
@@ -170,8 +177,10 @@ class HttpToolsProtocol(_HttpToolsProtocol):
             self._head = REFUSED
             self.transport.close()
             return
-        log.warning("request timed out while the client was sending it", extra={"fields": {
-            "limit": "TALLYGATE_HEADER_TIMEOUT" if phase == "head" else "TALLYGATE_BODY_TIMEOUT"}})
+        log.warning(
+            "request timed out while the client was sending it",
+            extra={"fields": {"limit": "TALLYGATE_HEADER_TIMEOUT" if phase == "head" else "TALLYGATE_BODY_TIMEOUT"}},
+        )
         if phase == "head":
             message = f"The request headers did not arrive within {HEADER_TIMEOUT:g} s."
         else:
@@ -272,7 +281,7 @@ class _Sweeper:
             self.track()
 
 
-_sweepers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_sweepers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _sweeper(protocol: HttpToolsProtocol) -> _Sweeper:
@@ -296,10 +305,14 @@ class _Http10Cycle(RequestResponseCycle):
 
     async def send(self, message) -> None:
         if not self.response_started:
-            if (message["type"] == "http.response.start" and self.scope["method"] != "HEAD"
-                    and message["status"] not in (204, 304)
-                    and not any(n.lower() in (b"content-length", b"transfer-encoding")
-                                for n, _ in message.get("headers", ()))):
+            if (
+                message["type"] == "http.response.start"
+                and self.scope["method"] != "HEAD"
+                and message["status"] not in (204, 304)
+                and not any(
+                    n.lower() in (b"content-length", b"transfer-encoding") for n, _ in message.get("headers", ())
+                )
+            ):
                 self.close_delimited = True
                 self.chunked_encoding = False  # uvicorn would choose chunked
                 self.keep_alive = False

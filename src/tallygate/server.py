@@ -6,8 +6,10 @@ import os
 import secrets
 import sys
 import time
+from typing import Any
 
-from . import logs, settings as settings_module
+from . import logs
+from . import settings as settings_module
 from .settings import Settings, SettingsError
 
 
@@ -20,13 +22,15 @@ def resolve_token(settings: Settings, dev: bool) -> Settings:
         raise SettingsError(
             "PROXY_GATEWAY_TOKEN is not set, and the gateway refuses to serve without "
             "authentication. Set PROXY_GATEWAY_TOKEN (and optionally PROXY_MASTER_KEY), or run "
-            "`tallygate serve --dev` to generate a token for local use.")
+            "`tallygate serve --dev` to generate a token for local use."
+        )
     token = "dev-" + secrets.token_urlsafe(24)
     os.environ["PROXY_GATEWAY_TOKEN"] = token  # workers read it from the environment
     sys.stderr.write(
         "\n  tallygate --dev: no PROXY_GATEWAY_TOKEN was set, so one was generated for this run:\n"
         f"\n      export TALLYGATE_TOKEN={token}\n\n"
-        "  Clients send it as 'Authorization: Bearer <token>' with an 'X-Tenant-ID' header.\n\n")
+        "  Clients send it as 'Authorization: Bearer <token>' with an 'X-Tenant-ID' header.\n\n"
+    )
     sys.stderr.flush()
     return settings_module.load()
 
@@ -39,7 +43,8 @@ def warn_missing_upstream_key(settings: Settings) -> None:
         "\n  tallygate: OPENAI_API_KEY is not set, so requests routed to OpenAI "
         f"({settings.openai_base_url}) will be refused there (401).\n"
         "  Set OPENAI_API_KEY, point OPENAI_BASE_URL at another upstream, or run `make run DEMO=1`\n"
-        "  to try the gateway against its built-in fake upstream.\n\n")
+        "  to try the gateway against its built-in fake upstream.\n\n"
+    )
     sys.stderr.flush()
 
 
@@ -64,8 +69,11 @@ def start_demo_upstream():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tallygate", "fake-upstream", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tallygate", "fake-upstream", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     atexit.register(proc.terminate)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(200):
@@ -97,11 +105,19 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
     protocol.configure(settings)
     port = port or settings.port
     # httptools, answering unparseable requests with OpenAI-style JSON (protocol.py)
-    common = dict(host=host, port=port, loop="uvloop", http="tallygate.protocol:HttpToolsProtocol",
-                  lifespan="on",
-                  access_log=False, log_config=logs.uvicorn_log_config(), server_header=False,
-                  timeout_graceful_shutdown=int(round(settings.shutdown_grace)),
-                  timeout_keep_alive=settings.keep_alive_timeout, proxy_headers=False)
+    common: dict[str, Any] = dict(
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="tallygate.protocol:HttpToolsProtocol",
+        lifespan="on",
+        access_log=False,
+        log_config=logs.uvicorn_log_config(),
+        server_header=False,
+        timeout_graceful_shutdown=int(round(settings.shutdown_grace)),
+        timeout_keep_alive=settings.keep_alive_timeout,
+        proxy_headers=False,
+    )
     if workers > 1:
         uvicorn.run("tallygate.server:app_factory", factory=True, workers=workers, **common)
         return 0
@@ -113,7 +129,7 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
         sys.stderr.write(f"tallygate: {exc}\n")
         return 2
     config = uvicorn.Config(app, **common)
-    server = _Server(config, app)
+    server = _server(config, app)
     # uvicorn re-raises the signal after its graceful shutdown; a no-op handler makes a
     # finished SIGTERM shutdown exit 0, as Cloud Run and process supervisors expect
     import signal
@@ -124,16 +140,14 @@ def serve(host: str, port: int | None, workers: int, dev: bool, demo: bool = Fal
     return 0 if server.started else 1
 
 
-class _Server:
-    """uvicorn.Server that notes when SIGTERM arrived, so the ledger flush knows its deadline."""
+def _server(config, app):
+    """A uvicorn.Server that notes when SIGTERM arrived, so the ledger flush knows its deadline."""
+    import uvicorn
 
-    def __new__(cls, config, app):
-        import uvicorn
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if app.g.shutdown_started is None:
+                app.g.shutdown_started = time.monotonic()
+            super().handle_exit(sig, frame)
 
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig, frame):
-                if app.g.shutdown_started is None:
-                    app.g.shutdown_started = time.monotonic()
-                super().handle_exit(sig, frame)
-
-        return Server(config)
+    return Server(config)

@@ -180,8 +180,9 @@ def _database_url_params(url: str) -> dict[str, object]:
         try:
             return dict(conninfo_to_dict(url))
         except Exception:
-            raise SettingsError("DATABASE_URL is neither a postgresql:// URL nor a libpq key=value "
-                                f"string {_URL_NOT_SHOWN}") from None
+            raise SettingsError(
+                f"DATABASE_URL is neither a postgresql:// URL nor a libpq key=value string {_URL_NOT_SHOWN}"
+            ) from None
     base = scheme.lower().split("+", 1)[0]
     if base not in ("postgres", "postgresql"):
         shown = repr(scheme) if _SCHEME_RE.fullmatch(scheme) else "another scheme"
@@ -194,7 +195,7 @@ def _database_url_params(url: str) -> dict[str, object]:
             params["user"] = unquote(user)
         if colon:
             params["password"] = unquote(password)
-        rest = rest[at + 1:]
+        rest = rest[at + 1 :]
     rest, _, query = rest.partition("?")
     hosts, _, dbname = rest.partition("/")
     if dbname:
@@ -240,8 +241,13 @@ def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
             raise SettingsError(f"PGSSL must be require or disable, got {pgssl!r}")
         sslmode = pgssl
     params: dict[str, object] = _database_url_params(url) if url else {}
-    for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGUSER", "user"),
-                     ("PGPASSWORD", "password"), ("PGDATABASE", "dbname")):
+    for var, key in (
+        ("PGHOST", "host"),
+        ("PGPORT", "port"),
+        ("PGUSER", "user"),
+        ("PGPASSWORD", "password"),
+        ("PGDATABASE", "dbname"),
+    ):
         value = env.get(var, "").strip()
         if value and key not in params:
             params[key] = value
@@ -256,13 +262,18 @@ def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
     description = f"{host_value or 'localhost'}:{params.get('port')}/{params.get('dbname', '')}"
     secrets = [str(params["password"])] if params.get("password") else []
     secrets.extend(_url_password(url))
-    return PostgresSettings(conninfo=make_conninfo(params), sslmode=str(params["sslmode"]),
-                            description=description, secrets=tuple(dict.fromkeys(secrets)))
+    return PostgresSettings(
+        conninfo=make_conninfo(params),
+        sslmode=str(params["sslmode"]),
+        description=description,
+        secrets=tuple(dict.fromkeys(secrets)),
+    )
 
 
 def make_conninfo(params: Mapping[str, object]) -> str:
     """libpq keyword/value string (`key='value' ...`, quotes and backslashes escaped),
     built here so start-up needs no psycopg import when PG* variables are used."""
+
     def quote(value: object) -> str:
         return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -330,6 +341,9 @@ def _env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     found = [env.get("PGPASSWORD", "")]
     found.extend(_url_password(env.get("DATABASE_URL", "").strip()))
     found.extend(_url_password(env.get("REDIS_URL", "").strip()))
-    found.extend(value for name, value in env.items()
-                 if name.startswith("PROXY_") and name.endswith(("_TOKEN", "_KEY", "_SECRET", "_PASSWORD")))
+    found.extend(
+        value
+        for name, value in env.items()
+        if name.startswith("PROXY_") and name.endswith(("_TOKEN", "_KEY", "_SECRET", "_PASSWORD"))
+    )
     return tuple(dict.fromkeys(s for s in found if s))

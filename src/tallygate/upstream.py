@@ -41,14 +41,27 @@ if TYPE_CHECKING:
     import yarl
 
 # response headers worth passing back to the client
-PASS_HEADERS = frozenset({
-    b"content-type", b"x-request-id", b"openai-processing-ms", b"openai-version",
-    b"openai-organization", b"openai-model", b"retry-after", b"retry-after-ms",
-})
+PASS_HEADERS = frozenset(
+    {
+        b"content-type",
+        b"x-request-id",
+        b"openai-processing-ms",
+        b"openai-version",
+        b"openai-organization",
+        b"openai-model",
+        b"retry-after",
+        b"retry-after-ms",
+    }
+)
 # request headers a client may send on to the upstream (Authorization is always ours)
-FORWARD_HEADERS = frozenset({
-    b"openai-organization", b"openai-project", b"openai-beta", b"idempotency-key",
-})
+FORWARD_HEADERS = frozenset(
+    {
+        b"openai-organization",
+        b"openai-project",
+        b"openai-beta",
+        b"idempotency-key",
+    }
+)
 
 
 @dataclass
@@ -126,16 +139,23 @@ def _route_from_table(entry: dict, where: str) -> tuple[str, Route]:
     if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
         raise SettingsError(f"{where}: route {model!r}: fallbacks must be a list of model names")
     return model, Route(
-        name=model, base_url=base_url.rstrip("/"), provider=str(entry.get("provider", "openai")),
-        api_key=key, auth=auth, upstream_model=entry.get("upstream_model"),
-        stream_usage=bool(entry.get("stream_usage", True)), query=dict(entry.get("query", {})),
-        extra_headers=dict(entry.get("headers", {})), fallbacks=fallbacks,
+        name=model,
+        base_url=base_url.rstrip("/"),
+        provider=str(entry.get("provider", "openai")),
+        api_key=key,
+        auth=auth,
+        upstream_model=entry.get("upstream_model"),
+        stream_usage=bool(entry.get("stream_usage", True)),
+        query=dict(entry.get("query", {})),
+        extra_headers=dict(entry.get("headers", {})),
+        fallbacks=fallbacks,
     )
 
 
 class Router:
-    def __init__(self, default: Route, exact: dict[str, Route] | None = None,
-                 prefixes: list[tuple[str, Route]] | None = None) -> None:
+    def __init__(
+        self, default: Route, exact: dict[str, Route] | None = None, prefixes: list[tuple[str, Route]] | None = None
+    ) -> None:
         self.default = default
         self.exact = exact or {}
         self.prefixes = sorted(prefixes or [], key=lambda p: -len(p[0]))  # longest first
@@ -214,15 +234,16 @@ def retry_after(headers) -> float | None:
     return None
 
 
-def backoff_delay(attempt: int, base: float, cap: float, asked: float | None = None,
-                  rng: random.Random | None = None) -> float | None:
+def backoff_delay(
+    attempt: int, base: float, cap: float, asked: float | None = None, rng: random.Random | None = None
+) -> float | None:
     """Delay before retry number `attempt + 1`: exponential (base * 2**attempt, at most
     `cap`) with jitter (between half and all of it). An upstream's Retry-After is
     honoured when it is within `cap`; a longer one returns None: do not retry this
     route (a fallback, or the upstream's own answer, is better than a long wait)."""
     if asked is not None and asked > cap:
         return None
-    ceiling = min(cap, base * (2 ** attempt))
+    ceiling = min(cap, base * (2**attempt))
     delay = ceiling * (0.5 + (rng or random).random() / 2)
     return max(delay, asked or 0.0)
 
@@ -231,17 +252,20 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
     """One pooled keep-alive client for every upstream."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,
-                                     ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
     # sock_connect bounds new connections; a pool-wide `connect` timeout would add a timer
     # to every request, and with no pool limit there is no queue to wait in
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
-                                    sock_read=settings.read_timeout)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
     # no cookie jar: one client serves every tenant, and an upstream's cookies (OpenAI sets
     # Cloudflare ones) must not travel from one tenant's request to another's
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 skip_auto_headers=("User-Agent",), raise_for_status=False,
-                                 cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+        raise_for_status=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 _SECRET_HEADER_RE = re.compile(r"key|token|auth|secret|password", re.I)

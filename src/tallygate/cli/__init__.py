@@ -15,7 +15,9 @@ from .. import __version__
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; `command` (the first argument) lets `serve` skip importing
     what only other commands need (start-up time matters on Cloud Run)."""
-    parser = argparse.ArgumentParser(prog="tallygate", description="A multi-tenant, metering OpenAI-compatible gateway.")
+    parser = argparse.ArgumentParser(
+        prog="tallygate", description="A multi-tenant, metering OpenAI-compatible gateway."
+    )
     parser.add_argument("--version", action="version", version=f"tallygate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -23,10 +25,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default: $PORT or 8080")
     p.add_argument("--workers", type=int, default=1, help="processes (one per core)")
-    p.add_argument("--dev", action="store_true",
-                   help="generate and print a gateway token when PROXY_GATEWAY_TOKEN is not set")
-    p.add_argument("--demo", action="store_true",
-                   help="start the built-in fake upstream and send requests there (no OpenAI key needed)")
+    p.add_argument(
+        "--dev", action="store_true", help="generate and print a gateway token when PROXY_GATEWAY_TOKEN is not set"
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="start the built-in fake upstream and send requests there (no OpenAI key needed)",
+    )
 
     p = sub.add_parser("db", help="ledger database")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)

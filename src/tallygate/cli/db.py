@@ -25,10 +25,16 @@ async def open_ledger(schema_required: bool = True):
     except SettingsError as exc:
         raise CommandError(str(exc)) from None
     store = open_store(settings)
-    if (schema_required and store.dialect == "sqlite" and settings.sqlite_path != ":memory:"
-            and not Path(settings.sqlite_path).exists()):
-        raise CommandError(f"no ledger at {store.description}: run `tallygate db init` first "
-                           "(or point PG*/DATABASE_URL/TALLYGATE_SQLITE_PATH at the ledger)")
+    if (
+        schema_required
+        and store.dialect == "sqlite"
+        and settings.sqlite_path != ":memory:"
+        and not Path(settings.sqlite_path).exists()
+    ):
+        raise CommandError(
+            f"no ledger at {store.description}: run `tallygate db init` first "
+            "(or point PG*/DATABASE_URL/TALLYGATE_SQLITE_PATH at the ledger)"
+        )
     try:
         await store.connect()
         missing = schema_required and await store.needs_migration()
@@ -37,8 +43,7 @@ async def open_ledger(schema_required: bool = True):
         raise CommandError(f"cannot use the ledger: {exc}") from None
     if missing:
         await store.close()
-        raise CommandError(f"the ledger schema is missing or old in {store.description}: "
-                           "run `tallygate db init` first")
+        raise CommandError(f"the ledger schema is missing or old in {store.description}: run `tallygate db init` first")
     return store
 
 

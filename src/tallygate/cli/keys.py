@@ -20,9 +20,13 @@ async def keys_command(args) -> int:
 
 async def _keys(ks: KeyStore, args) -> int:
     if args.keys_command == "create":
-        doc = {"rpm_limit": args.rpm, "tpm_limit": args.tpm, "budget_usd": args.budget_usd,
-               "budget_period": args.budget_period,
-               "models": [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None}
+        doc = {
+            "rpm_limit": args.rpm,
+            "tpm_limit": args.tpm,
+            "budget_usd": args.budget_usd,
+            "budget_period": args.budget_period,
+            "models": [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None,
+        }
         try:
             tenant = check_tenant(args.tenant_id)
             limits = parse_limits(doc)
@@ -31,8 +35,9 @@ async def _keys(ks: KeyStore, args) -> int:
             sys.stderr.write(f"tallygate: {exc}\n")
             return 1
         secret, key = await ks.create_key(tenant, limits, args.name, expires)
-        print(f"key_id: {key.key_id}\ntenant: {tenant}\nkey:    {secret}\n\n"
-              "The key is shown only now; store it safely.")
+        print(
+            f"key_id: {key.key_id}\ntenant: {tenant}\nkey:    {secret}\n\nThe key is shown only now; store it safely."
+        )
         return 0
     if args.keys_command == "list":
         keys = await ks.keys(args.tenant)
@@ -42,10 +47,17 @@ async def _keys(ks: KeyStore, args) -> int:
         print(f"{'key_id':22}  {'prefix':12}  {'tenant':20}  {'state':8}  limits")
         for k in keys:
             lim = k.limits
-            parts = [f"rpm={lim.rpm_limit}" if lim.rpm_limit else "", f"tpm={lim.tpm_limit}" if lim.tpm_limit else "",
-                     f"budget=${lim.budget_usd}/{lim.budget_period}" if lim.budget_usd is not None else "",
-                     f"models={','.join(lim.models)}" if lim.models else ""]
-            state = "revoked" if k.revoked_at else ("expired" if k.expires_at and k.expires_at <= datetime.now(UTC) else "active")
+            parts = [
+                f"rpm={lim.rpm_limit}" if lim.rpm_limit else "",
+                f"tpm={lim.tpm_limit}" if lim.tpm_limit else "",
+                f"budget=${lim.budget_usd}/{lim.budget_period}" if lim.budget_usd is not None else "",
+                f"models={','.join(lim.models)}" if lim.models else "",
+            ]
+            state = (
+                "revoked"
+                if k.revoked_at
+                else ("expired" if k.expires_at and k.expires_at <= datetime.now(UTC) else "active")
+            )
             print(f"{k.key_id:22}  {k.key_prefix:12}  {k.tenant_id:20}  {state:8}  {' '.join(p for p in parts if p)}")
         return 0
     if args.keys_command == "revoke":

@@ -46,24 +46,33 @@ def record_from_log(line: bytes) -> UsageRecord | None:
 
     ttft = payload.get("ttft_ms")
     return UsageRecord(
-        request_id=rid, created_at=created, tenant_id=tenant, model=model,
-        endpoint=str(payload.get("endpoint", "")), stream=bool(payload.get("stream", False)),
-        api_key_id=payload.get("api_key_id"), upstream_model=payload.get("upstream_model"),
-        provider=str(payload.get("provider", "openai")), status_code=num("status_code"),
+        request_id=rid,
+        created_at=created,
+        tenant_id=tenant,
+        model=model,
+        endpoint=str(payload.get("endpoint", "")),
+        stream=bool(payload.get("stream", False)),
+        api_key_id=payload.get("api_key_id"),
+        upstream_model=payload.get("upstream_model"),
+        provider=str(payload.get("provider", "openai")),
+        status_code=num("status_code"),
         status=status if status in STATUSES else "ok",
-        prompt_tokens=num("prompt_tokens"), completion_tokens=num("completion_tokens"),
-        total_tokens=num("total_tokens"), cached_tokens=num("cached_tokens"),
-        reasoning_tokens=num("reasoning_tokens"), cost_usd=cost,
+        prompt_tokens=num("prompt_tokens"),
+        completion_tokens=num("completion_tokens"),
+        total_tokens=num("total_tokens"),
+        cached_tokens=num("cached_tokens"),
+        reasoning_tokens=num("reasoning_tokens"),
+        cost_usd=cost,
         price_source=str(payload.get("price_source", "unknown")),
         usage_source=str(payload.get("usage_source", "provider")),
-        latency_ms=num("latency_ms", float), ttft_ms=None if ttft is None else float(ttft),
+        latency_ms=num("latency_ms", float),
+        ttft_ms=None if ttft is None else float(ttft),
     )
 
 
 async def replay(files: list[str], batch_size: int = 1000) -> int:
     store = await open_ledger()
-    stats = {"read": 0, "request_lines": 0, "inserted": 0, "already_present": 0,
-             "unparseable": 0, "other_lines": 0}
+    stats = {"read": 0, "request_lines": 0, "inserted": 0, "already_present": 0, "unparseable": 0, "other_lines": 0}
     progress = sys.stderr.isatty()
     try:
         for name in files:
@@ -98,9 +107,11 @@ async def replay(files: list[str], batch_size: int = 1000) -> int:
                 sys.stderr.write("\n")
     finally:
         await store.close()
-    print(f"read {stats['read']} lines: {stats['request_lines']} request records, "
-          f"{stats['inserted']} inserted, {stats['already_present']} already present, "
-          f"{stats['unparseable']} unparseable, {stats['other_lines']} other lines")
+    print(
+        f"read {stats['read']} lines: {stats['request_lines']} request records, "
+        f"{stats['inserted']} inserted, {stats['already_present']} already present, "
+        f"{stats['unparseable']} unparseable, {stats['other_lines']} other lines"
+    )
     return 0
 
 

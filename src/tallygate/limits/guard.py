@@ -14,8 +14,8 @@ from decimal import Decimal
 
 from ..errors import GatewayError, forbidden, unavailable
 from ..metering.bounds import output_bound, request_caps
-from ..metering.usage import Usage
 from ..metering.pricing import Price
+from ..metering.usage import Usage
 from ..money import usd_text
 from ..store import StoreUnavailable
 from ..tenants.cache import KeyCache
@@ -51,15 +51,23 @@ def _period_key(period: str, now: datetime) -> str:
 
 def _outage(exc: BaseException) -> bool:
     """An error of the counters' backend being unreachable (Redis down, a timeout)."""
-    return (isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError))
-            or type(exc).__module__.startswith("redis"))
+    return isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError)) or type(exc).__module__.startswith("redis")
 
 
 class Guard:
-    def __init__(self, cache: KeyCache, keystore: KeyStore, prices, counters,
-                 default_max_tokens: int = 32768, prefix: str = "tg",
-                 unpriced_reserve_mtok: Decimal | None = None, on_redis_down: str = "closed",
-                 on_db_down: str = "closed", failed_open=None) -> None:
+    def __init__(
+        self,
+        cache: KeyCache,
+        keystore: KeyStore,
+        prices,
+        counters,
+        default_max_tokens: int = 32768,
+        prefix: str = "tg",
+        unpriced_reserve_mtok: Decimal | None = None,
+        on_redis_down: str = "closed",
+        on_db_down: str = "closed",
+        failed_open=None,
+    ) -> None:
         self.cache = cache
         # "closed": a request whose limits cannot be checked is refused (503); "open": it is
         # admitted unchecked, counted by `failed_open(reason)` and logged
@@ -100,8 +108,11 @@ class Guard:
         if self.on_db_down == "open":
             self._fail_open("limits_not_loaded", "the database has not been reachable since start-up")
             return False
-        raise unavailable("Tenant limits are not loaded yet: the database has not been reachable since "
-                          "this instance started. Retry shortly.", "limits_unavailable")
+        raise unavailable(
+            "Tenant limits are not loaded yet: the database has not been reachable since "
+            "this instance started. Retry shortly.",
+            "limits_unavailable",
+        )
 
     def _fail_open(self, reason: str, detail: str) -> None:
         if self.failed_open is not None:
@@ -111,26 +122,37 @@ class Guard:
         if now - self._open_logged.get(reason, -FAIL_OPEN_LOG_INTERVAL) >= FAIL_OPEN_LOG_INTERVAL:
             self._open_logged[reason] = now
             self._open_since_log[reason] = 0
-            log.warning("limits unavailable; admitting requests without them (fail open)",
-                        extra={"fields": {"reason": reason, "detail": detail, "requests": count}})
+            log.warning(
+                "limits unavailable; admitting requests without them (fail open)",
+                extra={"fields": {"reason": reason, "detail": detail, "requests": count}},
+            )
 
     def _counters_down(self, exc: BaseException) -> None:
         """The counters cannot be reached: refuse (closed) or return to admit unchecked (open)."""
         if self.on_redis_down == "open":
             self._fail_open("redis_down", type(exc).__name__)
             return None
-        raise unavailable(f"Limits are unavailable: {type(exc).__name__}. Retry shortly.",
-                          "limits_unavailable", 1) from None
+        raise unavailable(
+            f"Limits are unavailable: {type(exc).__name__}. Retry shortly.", "limits_unavailable", 1
+        ) from None
 
     def allows(self, principal, model: str) -> bool:
         """Whether the key's and the tenant's model lists (if any) include `model`; a
         fallback model is checked against them like the one asked for."""
         return all(limits.models is None or model in limits.models for *_, limits in self._scopes(principal))
 
-    async def admit(self, principal, model: str, doc: dict, body: bytes,
-                    provider: str | None = None, upstream_model: str | None = None,
-                    fallbacks: Sequence[tuple[str | None, str, str | None]] = (),
-                    endpoint: str = "", caps: tuple[int, int] | None = None) -> Reservation | None:
+    async def admit(
+        self,
+        principal,
+        model: str,
+        doc: dict,
+        body: bytes,
+        provider: str | None = None,
+        upstream_model: str | None = None,
+        fallbacks: Sequence[tuple[str | None, str, str | None]] = (),
+        endpoint: str = "",
+        caps: tuple[int, int] | None = None,
+    ) -> Reservation | None:
         """Check the caller's limits and reserve the request's worst case. `fallbacks`
         are the (provider, model, upstream model) that may serve it instead: the worst
         case is the dearest of them all. `caps`: request_caps(doc), if already known."""
@@ -149,9 +171,19 @@ class Guard:
         await self.prices.ensure_warm()
         if any(limits.budget_usd is not None for *_, limits in scopes):
             # one token a byte: no byte-level tokenizer makes more tokens than bytes of text
-            worst = max(self._worst_cost(p, m, u, max(1, len(body)), None, cap=cap, choices=choices,
-                                         endpoint="/v1" + endpoint if endpoint else "")
-                        for p, m, u in [(provider, model, upstream_model), *fallbacks])
+            worst = max(
+                self._worst_cost(
+                    p,
+                    m,
+                    u,
+                    max(1, len(body)),
+                    None,
+                    cap=cap,
+                    choices=choices,
+                    endpoint="/v1" + endpoint if endpoint else "",
+                )
+                for p, m, u in [(provider, model, upstream_model), *fallbacks]
+            )
         now = time.time()
         minute = int(now // 60)
         utc = datetime.fromtimestamp(now, UTC)
@@ -160,24 +192,56 @@ class Guard:
             base = f"{self.prefix}:{kind}:{ident}"
             scope = f"{kind} {ident}"
             if limits.rpm_limit is not None:
-                checks.append(Check(f"{base}:rpm:{minute}", limits.rpm_limit, 1, 120, MODE_WINDOW, "rpm",
-                                    scope, reset_at=(minute + 1) * 60))
+                checks.append(
+                    Check(
+                        f"{base}:rpm:{minute}",
+                        limits.rpm_limit,
+                        1,
+                        120,
+                        MODE_WINDOW,
+                        "rpm",
+                        scope,
+                        reset_at=(minute + 1) * 60,
+                    )
+                )
             if limits.tpm_limit is not None:
                 if tokens > limits.tpm_limit:
                     raise GatewayError(
-                        429, f"Request too large for {scope}: about {tokens} tokens (prompt estimate plus "
+                        429,
+                        f"Request too large for {scope}: about {tokens} tokens (prompt estimate plus "
                         f"max_tokens), the limit is {limits.tpm_limit} tokens per minute.",
-                        "tokens", "rate_limit_exceeded")
-                checks.append(Check(f"{base}:tpm:{minute}", limits.tpm_limit, tokens, 120, MODE_WINDOW, "tpm",
-                                    scope, reset_at=(minute + 1) * 60))
+                        "tokens",
+                        "rate_limit_exceeded",
+                    )
+                checks.append(
+                    Check(
+                        f"{base}:tpm:{minute}",
+                        limits.tpm_limit,
+                        tokens,
+                        120,
+                        MODE_WINDOW,
+                        "tpm",
+                        scope,
+                        reset_at=(minute + 1) * 60,
+                    )
+                )
             if limits.budget_usd is not None:
                 period = limits.budget_period
                 end = period_end(period, utc)
                 ttl = int(end.timestamp() - now) + 86400 if end else 0
-                checks.append(Check(
-                    f"{base}:budget:{_period_key(period, utc)}", _nanos(limits.budget_usd), worst, ttl,
-                    MODE_BUDGET, "budget", scope, init=(column, ident, period_start(period, utc)),
-                    reset_at=end.timestamp() if end else None))
+                checks.append(
+                    Check(
+                        f"{base}:budget:{_period_key(period, utc)}",
+                        _nanos(limits.budget_usd),
+                        worst,
+                        ttl,
+                        MODE_BUDGET,
+                        "budget",
+                        scope,
+                        init=(column, ident, period_start(period, utc)),
+                        reset_at=end.timestamp() if end else None,
+                    )
+                )
         for _ in range(3):
             try:
                 result = await self.counters.admit(checks)
@@ -215,18 +279,29 @@ class Guard:
             if self.on_db_down == "open":
                 self._fail_open("ledger_down", f"budget of {check.scope}")
                 return False
-            raise unavailable(f"Budget of {check.scope} cannot be checked: the ledger is not reachable. "
-                              "Retry shortly.", "ledger_unavailable") from None
+            raise unavailable(
+                f"Budget of {check.scope} cannot be checked: the ledger is not reachable. Retry shortly.",
+                "ledger_unavailable",
+            ) from None
         await self.counters.init(check.key, _nanos(spent), check.ttl)
         return True
 
-    def _worst_cost(self, provider: str | None, model: str, upstream_model: str | None,
-                    prompt_tokens: int, out_tokens: int | None, cap: int = 0, choices: int = 1,
-                    endpoint: str = "") -> int:
+    def _worst_cost(
+        self,
+        provider: str | None,
+        model: str,
+        upstream_model: str | None,
+        prompt_tokens: int,
+        out_tokens: int | None,
+        cap: int = 0,
+        choices: int = 1,
+        endpoint: str = "",
+    ) -> int:
         """The most the request can cost: priced like its record will be (the route's
         provider and upstream model; tiered prices through the library), no cache discount.
         `out_tokens` None: the output bound the record is held to (metering/bounds.py).
         A model with no known price is reserved at `unpriced_reserve_mtok`, or refused."""
+
         def worst(price: Price) -> int:
             out = out_tokens
             if out is None:
@@ -244,7 +319,9 @@ class Guard:
             raise forbidden(
                 f"Model {model!r} has no known price, so its cost cannot be held to a budget: the route "
                 "needs an upstream_model or an entry in the price file (TALLYGATE_PRICES_FILE), or the "
-                "gateway a TALLYGATE_UNPRICED_RESERVE_MTOK.", "model_price_unknown")
+                "gateway a TALLYGATE_UNPRICED_RESERVE_MTOK.",
+                "model_price_unknown",
+            )
         return worst(Price(rate, rate, None, "reserve"))
 
     def _rejection(self, r: Rejected, now: float) -> GatewayError:
@@ -255,13 +332,17 @@ class Guard:
             headers.append((b"retry-after", str(retry).encode()))
         if c.kind == "budget":
             spent = Decimal(r.current) / NANO
-            message = (f"Budget exceeded for {c.scope}: ${usd_text(spent)} of "
-                       f"${usd_text(Decimal(c.limit) / NANO)} used this period.")
+            message = (
+                f"Budget exceeded for {c.scope}: ${usd_text(spent)} of "
+                f"${usd_text(Decimal(c.limit) / NANO)} used this period."
+            )
             return GatewayError(429, message, "insufficient_quota", "budget_exceeded", headers)
         unit = "requests" if c.kind == "rpm" else "tokens"
-        headers += [(f"x-ratelimit-limit-{unit}".encode(), str(c.limit).encode()),
-                    (f"x-ratelimit-remaining-{unit}".encode(), str(max(0, c.limit - r.current)).encode()),
-                    (f"x-ratelimit-reset-{unit}".encode(), f"{retry}s".encode())]
+        headers += [
+            (f"x-ratelimit-limit-{unit}".encode(), str(c.limit).encode()),
+            (f"x-ratelimit-remaining-{unit}".encode(), str(max(0, c.limit - r.current)).encode()),
+            (f"x-ratelimit-reset-{unit}".encode(), f"{retry}s".encode()),
+        ]
         message = f"Rate limit reached for {c.scope}: {c.limit} {unit} per minute. Retry in {retry}s."
         return GatewayError(429, message, unit, "rate_limit_exceeded", headers)
 

@@ -66,8 +66,19 @@ def hold_to_bounds(rec, context_window: int | None, default_out: int, default_co
         return True  # our own estimate (content events, answer bytes) held to the bound: no alarm
     rec.usage_source = "clamped"
     rec.usage_flag = "implausible"
-    log.warning("implausible usage from the upstream: billed at the request's bounds", extra={"fields": {
-        "request_id": rec.request_id, "tenant_id": rec.tenant_id, "model": rec.model,
-        "upstream_model": rec.upstream_model, "reported_prompt_tokens": prompt,
-        "reported_completion_tokens": completion, "prompt_bound": in_max, "completion_bound": out_max}})
+    log.warning(
+        "implausible usage from the upstream: billed at the request's bounds",
+        extra={
+            "fields": {
+                "request_id": rec.request_id,
+                "tenant_id": rec.tenant_id,
+                "model": rec.model,
+                "upstream_model": rec.upstream_model,
+                "reported_prompt_tokens": prompt,
+                "reported_completion_tokens": completion,
+                "prompt_bound": in_max,
+                "completion_bound": out_max,
+            }
+        },
+    )
     return True

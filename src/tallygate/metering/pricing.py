@@ -49,14 +49,21 @@ class Price:
         if self.library_price is not None:
             from genai_prices.types import Usage as LibUsage
 
-            calc = self.library_price.calc_price(LibUsage(
-                input_tokens=usage.prompt_tokens, cache_read_tokens=usage.cached_tokens,
-                output_tokens=usage.completion_tokens))
+            calc = self.library_price.calc_price(
+                LibUsage(
+                    input_tokens=usage.prompt_tokens,
+                    cache_read_tokens=usage.cached_tokens,
+                    output_tokens=usage.completion_tokens,
+                )
+            )
             return calc["total_price"]
         cached = usage.cached_tokens
         cache_rate = self.cache_read_mtok if self.cache_read_mtok is not None else self.input_mtok
-        total = ((usage.prompt_tokens - cached) * self.input_mtok + cached * cache_rate
-                 + usage.completion_tokens * self.output_mtok)
+        total = (
+            (usage.prompt_tokens - cached) * self.input_mtok
+            + cached * cache_rate
+            + usage.completion_tokens * self.output_mtok
+        )
         return total / MILLION
 
 
@@ -75,11 +82,11 @@ def _decimal(value: object, where: str) -> Decimal:
 def load_overrides(path: str) -> dict[str, Price]:
     """Override file, TOML or JSON: a table per model name, USD per million tokens.
 
-        [models."gpt-4o"]
-        input_mtok = 2.25
-        output_mtok = 9
-        cache_read_mtok = 1.125   # optional; defaults to input_mtok
-        context_window = 128000   # optional: bounds plausible usage and the budget's worst case
+    [models."gpt-4o"]
+    input_mtok = 2.25
+    output_mtok = 9
+    cache_read_mtok = 1.125   # optional; defaults to input_mtok
+    context_window = 128000   # optional: bounds plausible usage and the budget's worst case
     """
     raw = Path(path).read_bytes()
     try:
@@ -148,8 +155,7 @@ class PriceBook:
             cached = self._cache[key] = self._resolve(provider, model, upstream_model)
         return cached
 
-    def cost(self, provider: str | None, model: str, upstream_model: str | None,
-             usage: Usage) -> tuple[Decimal, str]:
+    def cost(self, provider: str | None, model: str, upstream_model: str | None, usage: Usage) -> tuple[Decimal, str]:
         price = self.price(provider, model, upstream_model)
         return price.cost(usage), price.source
 
@@ -173,7 +179,7 @@ class PriceBook:
         snapshot = self._snapshot
         if snapshot is None:  # not loaded (yet): overrides only
             return None
-        for provider_id in ((provider, None) if provider else (None,)):
+        for provider_id in (provider, None) if provider else (None,):
             try:
                 _, model_info = snapshot.find_provider_model(name, None, provider_id, None)
             except (LookupError, ValueError):

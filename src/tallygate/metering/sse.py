@@ -23,7 +23,7 @@ def _done_line(data: bytes) -> int:
     while i >= 0:
         start = data.rfind(b"\n", 0, i) + 1
         end = data.find(b"\n", i)
-        if data[start:end if end >= 0 else len(data)].strip() in (b"data: [DONE]", b"data:[DONE]"):
+        if data[start : end if end >= 0 else len(data)].strip() in (b"data: [DONE]", b"data:[DONE]"):
             return start
         i = data.find(b"[DONE]", i + 6)
     return -1
@@ -73,11 +73,23 @@ class SSEMeter:
     dropped and the `"usage":null` fields the upstream then adds are removed.
     """
 
-    __slots__ = ("_buf", "strip_usage", "responses", "usage", "_model", "_first", "content_events", "done",
-                 "_parts", "_size", "_skipping", "max_event", "oversized")
+    __slots__ = (
+        "_buf",
+        "strip_usage",
+        "responses",
+        "usage",
+        "_model",
+        "_first",
+        "content_events",
+        "done",
+        "_parts",
+        "_size",
+        "_skipping",
+        "max_event",
+        "oversized",
+    )
 
-    def __init__(self, strip_usage: bool = False, responses: bool = False,
-                 max_event: int = DEFAULT_MAX_EVENT) -> None:
+    def __init__(self, strip_usage: bool = False, responses: bool = False, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self._buf = b""  # the last 3 bytes of a pending event (its end may span two reads)
         # an event arriving in many reads: its pieces, joined once when it is complete
         # (joining at every read was quadratic), and their size
@@ -102,7 +114,7 @@ class SSEMeter:
         names it), else from the first event."""
         if self._model is None and self._first is not None:
             first, self._first = self._first, None
-            data = _event_data(first[:first.find(b"\n\n")])
+            data = _event_data(first[: first.find(b"\n\n")])
             if data:
                 try:
                     doc = orjson.loads(data)
@@ -184,7 +196,7 @@ class SSEMeter:
                     i = complete.find(needle, i + len(needle))
             parsed.sort()
         for start in parsed:
-            self._read_event(complete[start:complete.find(b"\n\n", start)])
+            self._read_event(complete[start : complete.find(b"\n\n", start)])
         if self.usage is None:
             self.content_events += complete.count(b"\n\n") - len(parsed)
         if not self.done:

@@ -15,6 +15,7 @@ import orjson
 # tail and head (embedding responses can be megabytes of floats).
 WHOLE_PARSE_LIMIT = 64 * 1024
 
+
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -68,8 +69,13 @@ def usage_from_object(usage: object) -> Usage | None:
     cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     total = _int(usage.get("total_tokens")) or min(prompt + completion, TOKENS_MAX)
-    return Usage(prompt, completion, total, cached if cached <= prompt else prompt,
-                 reasoning if reasoning <= completion else completion)
+    return Usage(
+        prompt,
+        completion,
+        total,
+        cached if cached <= prompt else prompt,
+        reasoning if reasoning <= completion else completion,
+    )
 
 
 def _balanced_object(data: bytes, start: int) -> bytes | None:
@@ -93,7 +99,7 @@ def _balanced_object(data: bytes, start: int) -> bytes | None:
         elif c == 0x7D:
             depth -= 1
             if depth == 0:
-                return data[start:i + 1]
+                return data[start : i + 1]
     return None
 
 
@@ -122,7 +128,7 @@ def _head_model(body: bytes) -> str | None:
     end = head.find(b'"', start + 1)
     if start < 0 or end < 0:
         return None
-    return model_name(head[start + 1:end].decode("utf-8", "replace"))
+    return model_name(head[start + 1 : end].decode("utf-8", "replace"))
 
 
 def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:

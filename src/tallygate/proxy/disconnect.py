@@ -21,18 +21,18 @@ class ClientWatch:
 
     __slots__ = ("gone", "resp", "task", "owner", "receive", "watchers")
 
-    def __init__(self, receive, watchers: "Watchers") -> None:
+    def __init__(self, receive, watchers: Watchers) -> None:
         self.gone = False
         self.resp = None  # set while the relay reads the upstream
         self.owner = asyncio.current_task(watchers.loop)
         self.receive = receive
-        self.task = None
+        self.task: asyncio.Task | None = None
         self.watchers = watchers
         watchers.add(self)
 
     def start(self) -> None:
-        self.task = self.watchers.loop.create_task(self.receive())
-        self.task.add_done_callback(self._done)
+        task = self.task = self.watchers.loop.create_task(self.receive())
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -66,7 +66,7 @@ class Watchers:
         self.loop = loop
         self.young: set[ClientWatch] = set()  # started within the current period
         self.old: set[ClientWatch] = set()  # started in the previous one
-        self.timer = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def add(self, watch: ClientWatch) -> None:
         self.young.add(watch)

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 import time
 
-from ..errors import bad_request
+from ..http import read_body
 from ..metering.record import UsageRecord, utcnow
 from ..upstream import FORWARD_HEADERS, Route
-from ..http import read_body
 from .disconnect import Watchers
 from .ids import new_request_id
 from .relay import Relay
@@ -21,9 +20,24 @@ log = logging.getLogger("tallygate.upstream")
 class ProxyHandler:
     """The proxy endpoints of every wire format (formats/, ENDPOINTS)."""
 
-    def __init__(self, *, router, guard, pipeline, client, loop, max_body_bytes: int, sse_max_event_bytes: int,
-                 retries: int, retry_backoff: float, retry_max_backoff: float, first_byte_timeout: float | None,
-                 trace_for, secrets: tuple[bytes, ...], scrub) -> None:
+    def __init__(
+        self,
+        *,
+        router,
+        guard,
+        pipeline,
+        client,
+        loop,
+        max_body_bytes: int,
+        sse_max_event_bytes: int,
+        retries: int,
+        retry_backoff: float,
+        retry_max_backoff: float,
+        first_byte_timeout: float | None,
+        trace_for,
+        secrets: tuple[bytes, ...],
+        scrub,
+    ) -> None:
         """`client`: async () -> the upstream client session; `trace_for(headers)`: the record's
         trace; `scrub(data, secrets)`: upstream keys out."""
         self.router = router
@@ -31,10 +45,16 @@ class ProxyHandler:
         self.max_body_bytes = max_body_bytes
         self.trace_for = trace_for
         self.watchers = Watchers(loop)
-        self.relay = Relay(pipeline, max_event=sse_max_event_bytes,
-                           secrets=secrets, scrub=scrub)
-        self.retries = Retries(self.relay, self.watchers, client, retries=retries, backoff=retry_backoff,
-                               max_backoff=retry_max_backoff, first_byte_timeout=first_byte_timeout)
+        self.relay = Relay(pipeline, max_event=sse_max_event_bytes, secrets=secrets, scrub=scrub)
+        self.retries = Retries(
+            self.relay,
+            self.watchers,
+            client,
+            retries=retries,
+            backoff=retry_backoff,
+            max_backoff=retry_max_backoff,
+            first_byte_timeout=first_byte_timeout,
+        )
         self._forward = self.retries.forward
 
     async def handle(self, scope, receive, send, endpoint: tuple, principal, headers: dict) -> None:
@@ -52,22 +72,39 @@ class ProxyHandler:
         reservation = None
         guard = self.guard
         if guard is not None and guard.applies(principal):
-            reservation = await guard.admit(principal, model, doc, body, route.provider, route.upstream_model,
-                                            [(r.provider, name, r.upstream_model) for name, r in chain[1:]],
-                                            endpoint=path, caps=caps)
+            reservation = await guard.admit(
+                principal,
+                model,
+                doc,
+                body,
+                route.provider,
+                route.upstream_model,
+                [(r.provider, name, r.upstream_model) for name, r in chain[1:]],
+                endpoint=path,
+                caps=caps,
+            )
 
         record = UsageRecord(
-            request_id=new_request_id(), created_at=created, tenant_id=principal.tenant_id,
-            model=model, endpoint="/v1" + path, stream=stream, api_key_id=principal.key_id,
-            provider=route.provider, trace=self.trace_for(headers),
-            out_cap=caps[0], choices=caps[1], body_len=len(body),
+            request_id=new_request_id(),
+            created_at=created,
+            tenant_id=principal.tenant_id,
+            model=model,
+            endpoint="/v1" + path,
+            stream=stream,
+            api_key_id=principal.key_id,
+            provider=route.provider,
+            trace=self.trace_for(headers),
+            out_cap=caps[0],
+            choices=caps[1],
+            body_len=len(body),
         )
         if reservation is not None:
             # registered before forwarding: the pipeline may price the record at any await
             guard.settle_later(reservation, record)
 
-        extra = [] if FORWARD_HEADERS.isdisjoint(headers) else [
-            (k, v) for k, v in headers.items() if k in FORWARD_HEADERS]
+        extra = (
+            [] if FORWARD_HEADERS.isdisjoint(headers) else [(k, v) for k, v in headers.items() if k in FORWARD_HEADERS]
+        )
         try:
             await self._forward(send, receive, fmt, path, model, doc, body, extra, record, started, chain)
         finally:
@@ -82,6 +119,8 @@ class ProxyHandler:
             return chain
         skipped = [name for name, _ in chain[1:] if not guard.allows(principal, name)]
         if skipped:
-            log.info("fallbacks outside the caller's model list are skipped",
-                     extra={"fields": {"model": model, "skipped": skipped}})
+            log.info(
+                "fallbacks outside the caller's model list are skipped",
+                extra={"fields": {"model": model, "skipped": skipped}},
+            )
         return [chain[0]] + [(name, r) for name, r in chain[1:] if name not in skipped]

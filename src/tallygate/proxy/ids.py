@@ -18,7 +18,7 @@ def new_request_id() -> str:
         _id_hex = os.urandom(12 * 512).hex()
         start = 0
     _id_pos = start + 24
-    return "req_" + _id_hex[start:start + 24]
+    return "req_" + _id_hex[start : start + 24]
 
 
 def elapsed_ms(started: float) -> float:

@@ -71,7 +71,7 @@ def _estimate(record: UsageRecord, meter, body_len: int) -> None:
 
 
 def _response_headers(resp, record: UsageRecord) -> list:
-    out = [(b"x-tallygate-request-id", record.request_id.encode())]
+    out: list = [(b"x-tallygate-request-id", record.request_id.encode())]
     passed = _PASSED.get
     for name, value in resp.raw_headers:
         lname = passed(name, _UNSEEN)
@@ -137,8 +137,9 @@ class Relay:
                 return self.scrub(data, self.secrets)
         return data
 
-    async def stream(self, send, fmt, resp, record: UsageRecord, strip_usage: bool,
-                     started: float, body_len: int, watch) -> Failure | None:
+    async def stream(
+        self, send, fmt, resp, record: UsageRecord, strip_usage: bool, started: float, body_len: int, watch
+    ) -> Failure | None:
         """Relay an SSE answer through the format's meter. A Failure: the stream broke
         before its first event (nothing sent, the caller may try again)."""
         meter = fmt.meter(strip_usage, record.endpoint, self.max_event)
@@ -159,8 +160,9 @@ class Relay:
                             break
                         if not sent:
                             record.ttft_ms = elapsed_ms(started)
-                            await send({"type": "http.response.start", "status": 200,
-                                        "headers": _stream_headers(resp, record)})
+                            await send(
+                                {"type": "http.response.start", "status": 200, "headers": _stream_headers(resp, record)}
+                            )
                             sent = True
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                     if watch.gone:
@@ -171,7 +173,9 @@ class Relay:
             status = "upstream_error"
         except asyncio.CancelledError:
             if watch.gone:  # our own cancellation: the client hung up
-                asyncio.current_task().uncancel()
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
             else:
                 # the server stopped past its grace period: meter what was delivered, then go
                 watch.resp = None
@@ -190,10 +194,16 @@ class Relay:
             status = "upstream_error"  # the upstream closed before [DONE]
         if not sent and status != "client_disconnected" and status != "ok":
             if status == "timeout":
-                return Failure(504, "timeout", "The upstream stream sent nothing in time.", "upstream_timeout",
-                               retryable=False)
-            return Failure(502, "upstream_error", "The upstream ended the stream before its first event.",
-                           "upstream_disconnected", retryable=True)
+                return Failure(
+                    504, "timeout", "The upstream stream sent nothing in time.", "upstream_timeout", retryable=False
+                )
+            return Failure(
+                502,
+                "upstream_error",
+                "The upstream ended the stream before its first event.",
+                "upstream_disconnected",
+                retryable=True,
+            )
         _finish(record, started, 200 if sent or status == "ok" else 499, status)
         if last and not sent:
             record.ttft_ms = record.latency_ms  # the whole stream came in one read
@@ -205,9 +215,17 @@ class Relay:
             if status == "ok":
                 record.usage_flag = "missing"  # a complete stream without usage
         if meter.oversized:
-            log.warning("SSE events over TALLYGATE_SSE_MAX_EVENT_BYTES were passed through unread",
-                        extra={"fields": {"request_id": record.request_id, "model": record.model,
-                                          "events": meter.oversized, "limit_bytes": self.max_event}})
+            log.warning(
+                "SSE events over TALLYGATE_SSE_MAX_EVENT_BYTES were passed through unread",
+                extra={
+                    "fields": {
+                        "request_id": record.request_id,
+                        "model": record.model,
+                        "events": meter.oversized,
+                        "limit_bytes": self.max_event,
+                    }
+                },
+            )
         if status == "ok":
             tail = last + meter.flush()
         elif status == "client_disconnected":
@@ -222,13 +240,13 @@ class Relay:
         if status == "client_disconnected":
             return None  # nobody to send to
         if not sent:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": _stream_headers(resp, record)})
+            await send({"type": "http.response.start", "status": 200, "headers": _stream_headers(resp, record)})
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return None
 
-    async def broke_after_status(self, send, resp, record: UsageRecord, started: float, body_len: int,
-                                 timed_out: bool) -> None:
+    async def broke_after_status(
+        self, send, resp, record: UsageRecord, started: float, body_len: int, timed_out: bool
+    ) -> None:
         """The upstream answered with a status (2xx, or a 4xx), then its body broke off
         (connection closed or silent past the read timeout). A 2xx means the provider did
         the work and bills for it: the call is not repeated (not on this route, not on a
@@ -237,13 +255,23 @@ class Relay:
         billed = resp.status < 300
         if billed:
             _estimate(record, None, body_len)
-        log.warning("the upstream connection broke after the upstream began answering: not retried",
-                    extra={"fields": {"request_id": record.request_id, "model": record.model,
-                                      "upstream_status": resp.status, "timed_out": timed_out}})
+        log.warning(
+            "the upstream connection broke after the upstream began answering: not retried",
+            extra={
+                "fields": {
+                    "request_id": record.request_id,
+                    "model": record.model,
+                    "upstream_status": resp.status,
+                    "timed_out": timed_out,
+                }
+            },
+        )
         what = "stopped sending" if timed_out else "connection broke"
-        message = (f"The upstream {what} after it began answering (HTTP {resp.status}), before the "
-                   "response was complete." + (" The request may have been processed and billed, so the "
-                                               "gateway did not repeat it." if billed else ""))
+        message = (
+            f"The upstream {what} after it began answering (HTTP {resp.status}), before the "
+            "response was complete."
+            + (" The request may have been processed and billed, so the gateway did not repeat it." if billed else "")
+        )
         if timed_out:
             await self.fail(send, record, started, 504, "timeout", message, "upstream_timeout")
         else:
@@ -262,16 +290,28 @@ class Relay:
             _finish(record, started, 503, "timeout")
             self.pipeline.submit(record)
 
-    async def fail(self, send, record: UsageRecord, started: float, status_code: int,
-                   status: str, message: str, code: str, should_retry: bool | None = False) -> None:
+    async def fail(
+        self,
+        send,
+        record: UsageRecord,
+        started: float,
+        status_code: int,
+        status: str,
+        message: str,
+        code: str,
+        should_retry: bool | None = False,
+    ) -> None:
         """An OpenAI-style error answer; `should_retry` is sent as `x-should-retry` (None:
         no header, the SDK's own rules apply)."""
         _finish(record, started, status_code, status)
         self.pipeline.submit(record)
         error = GatewayError(status_code, message, "upstream_error", code)
         body = error.body()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"x-tallygate-request-id", record.request_id.encode())]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-tallygate-request-id", record.request_id.encode()),
+        ]
         if should_retry is not None:
             headers.append((b"x-should-retry", b"true" if should_retry else b"false"))
         await send({"type": "http.response.start", "status": status_code, "headers": headers})

@@ -27,10 +27,12 @@ NO_SDK_RETRY = (b"x-should-retry", b"false")
 
 def no_sdk_retry(send):
     """`send` that adds `x-should-retry: false` to the response head (error answers only)."""
+
     async def send_no_retry(message) -> None:
         if message["type"] == "http.response.start":
             message["headers"] = [*message["headers"], NO_SDK_RETRY]
         await send(message)
+
     return send_no_retry
 
 
@@ -39,8 +41,18 @@ class Failure:
 
     __slots__ = ("status_code", "status", "message", "code", "retryable", "retry_after", "resp", "data")
 
-    def __init__(self, status_code: int, status: str, message: str, code: str | None, *,
-                 retryable: bool, retry_after: float | None = None, resp=None, data: bytes | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        status: str,
+        message: str,
+        code: str | None,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        resp=None,
+        data: bytes | None = None,
+    ) -> None:
         self.status_code = status_code
         self.status = status  # the record's status if this is the last word
         self.message = message
@@ -71,20 +83,41 @@ def _request_headers(route, extra: list):
 def _redirected(resp, record: UsageRecord) -> Failure:
     """An upstream that answers an API call with a redirect: where it points goes to the
     gateway's log (it may name hosts the client should not see), a 502 to the client."""
-    log.warning("the upstream answered with a redirect, which is not followed: check the route's base_url",
-                extra={"fields": {"request_id": record.request_id, "model": record.model,
-                                  "upstream_status": resp.status,
-                                  "location": resp.headers.get("Location", "")[:500]}})
-    return Failure(502, "upstream_error", f"The upstream answered with a redirect (HTTP {resp.status}), "
-                   "which the gateway does not follow; the route's base_url may be wrong.",
-                   "upstream_redirect", retryable=False)
+    log.warning(
+        "the upstream answered with a redirect, which is not followed: check the route's base_url",
+        extra={
+            "fields": {
+                "request_id": record.request_id,
+                "model": record.model,
+                "upstream_status": resp.status,
+                "location": resp.headers.get("Location", "")[:500],
+            }
+        },
+    )
+    return Failure(
+        502,
+        "upstream_error",
+        f"The upstream answered with a redirect (HTTP {resp.status}), "
+        "which the gateway does not follow; the route's base_url may be wrong.",
+        "upstream_redirect",
+        retryable=False,
+    )
 
 
 class Retries:
     """Attempts, retries and fallbacks along a request's chain until one answer reaches the client."""
 
-    def __init__(self, relay, watchers, client, *, retries: int, backoff: float, max_backoff: float,
-                 first_byte_timeout: float | None) -> None:
+    def __init__(
+        self,
+        relay,
+        watchers,
+        client,
+        *,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        first_byte_timeout: float | None,
+    ) -> None:
         self.relay = relay
         self.watchers = watchers
         self.client = client  # async () -> the upstream client session (waits for it after start-up)
@@ -107,8 +140,20 @@ class Retries:
         self.session = session
         return session
 
-    async def forward(self, send, receive, fmt, endpoint: str, model: str, doc: dict, body: bytes,
-                      extra: list, record: UsageRecord, started: float, chain: list) -> None:
+    async def forward(
+        self,
+        send,
+        receive,
+        fmt,
+        endpoint: str,
+        model: str,
+        doc: dict,
+        body: bytes,
+        extra: list,
+        record: UsageRecord,
+        started: float,
+        chain: list,
+    ) -> None:
         relay = self.relay
         retries = self.retries
         watch = ClientWatch(receive, self.watchers) if record.stream else None
@@ -117,9 +162,18 @@ class Retries:
             for index, (name, route) in enumerate(chain):
                 if index:
                     doc = orjson.loads(body)  # a fresh copy: the previous route may have changed it
-                    log.warning("upstream failed, trying a fallback", extra={"fields": {
-                        "request_id": record.request_id, "model": record.model, "fallback_model": name,
-                        "reason": failure.reason}})
+                    assert failure is not None  # the route before this one failed
+                    log.warning(
+                        "upstream failed, trying a fallback",
+                        extra={
+                            "fields": {
+                                "request_id": record.request_id,
+                                "model": record.model,
+                                "fallback_model": name,
+                                "reason": failure.reason,
+                            }
+                        },
+                    )
                     record.model = name  # the model that serves (and prices) the request
                     record.provider = route.provider
                 payload, strip_usage = fmt.prepare(route, name, model, endpoint, doc, body, record.stream)
@@ -130,8 +184,9 @@ class Retries:
                     if watch is not None and watch.gone:
                         relay.client_left_early(record, started, len(body))
                         return
-                    failure = await self.attempt(send, fmt, url, payload, req_headers, record, strip_usage,
-                                                 started, len(body), watch)
+                    failure = await self.attempt(
+                        send, fmt, url, payload, req_headers, record, strip_usage, started, len(body), watch
+                    )
                     if failure is None:
                         return
                     delay = None
@@ -139,9 +194,18 @@ class Retries:
                         delay = backoff_delay(attempt, self.backoff, self.max_backoff, failure.retry_after)
                     if delay is None:
                         break  # this route is done: next fallback, or the last word below
-                    log.warning("upstream attempt failed, retrying", extra={"fields": {
-                        "request_id": record.request_id, "model": record.model, "attempt": attempt + 1,
-                        "reason": failure.reason, "retry_in_ms": round(delay * 1000, 1)}})
+                    log.warning(
+                        "upstream attempt failed, retrying",
+                        extra={
+                            "fields": {
+                                "request_id": record.request_id,
+                                "model": record.model,
+                                "attempt": attempt + 1,
+                                "reason": failure.reason,
+                                "retry_in_ms": round(delay * 1000, 1),
+                            }
+                        },
+                    )
                     await asyncio.sleep(delay)
                 if last_route:
                     break
@@ -152,13 +216,23 @@ class Retries:
             # SDKs are told not to retry on top of the gateway's retries; only when the gateway
             # made one attempt at a failure it would have retried (TALLYGATE_RETRIES=0, no
             # fallback) are they left to their own rules.
+            assert failure is not None  # every attempt failed: the chain is never empty
             no_retry = retries > 0 or index > 0 or not failure.retryable
             if failure.resp is not None:
-                await relay.answer(no_sdk_retry(send) if no_retry else send, fmt, failure.resp, failure.data,
-                                   record, started)
+                await relay.answer(
+                    no_sdk_retry(send) if no_retry else send, fmt, failure.resp, failure.data, record, started
+                )
             else:
-                await relay.fail(send, record, started, failure.status_code, failure.status,
-                                 failure.message, failure.code, should_retry=False if no_retry else None)
+                await relay.fail(
+                    send,
+                    record,
+                    started,
+                    failure.status_code,
+                    failure.status,
+                    failure.message,
+                    failure.code,
+                    should_retry=False if no_retry else None,
+                )
         except asyncio.CancelledError:
             relay.server_stopped(record, started, len(body))
             raise
@@ -166,9 +240,19 @@ class Retries:
             if watch is not None:
                 watch.stop()
 
-    async def attempt(self, send, fmt, url, payload: bytes, req_headers, record: UsageRecord,
-                      strip_usage: bool, started: float, body_len: int,
-                      watch: ClientWatch | None) -> Failure | None:
+    async def attempt(
+        self,
+        send,
+        fmt,
+        url,
+        payload: bytes,
+        req_headers,
+        record: UsageRecord,
+        strip_usage: bool,
+        started: float,
+        body_len: int,
+        watch: ClientWatch | None,
+    ) -> Failure | None:
         """One upstream call. None: the client got its answer (and the record is
         submitted); a Failure: nothing was sent, the caller may try again."""
         first_byte = self.first_byte_timeout
@@ -182,19 +266,31 @@ class Retries:
                 async with asyncio.timeout(first_byte):
                     resp = await session.post(url, data=payload, headers=req_headers, allow_redirects=False)
         except self.connect_timeout:
-            return Failure(504, "timeout", "The upstream did not accept a connection in time.",
-                           "upstream_connect_timeout", retryable=True)
+            return Failure(
+                504,
+                "timeout",
+                "The upstream did not accept a connection in time.",
+                "upstream_connect_timeout",
+                retryable=True,
+            )
         except TimeoutError:  # first byte (or read) timeout: the upstream may still be working
-            return Failure(504, "timeout", "The upstream did not answer in time.", "upstream_timeout",
-                           retryable=False)
+            return Failure(504, "timeout", "The upstream did not answer in time.", "upstream_timeout", retryable=False)
         except self.upstream_errors as exc:
-            return Failure(502, "upstream_error", f"Could not reach the upstream: {type(exc).__name__}.",
-                           "upstream_unreachable", retryable=True)
+            return Failure(
+                502,
+                "upstream_error",
+                f"Could not reach the upstream: {type(exc).__name__}.",
+                "upstream_unreachable",
+                retryable=True,
+            )
         try:
             if 300 <= resp.status < 400:
                 return _redirected(resp, record)
-            if (record.stream and resp.status == 200
-                    and resp.headers.get("Content-Type", "").startswith("text/event-stream")):
+            if (
+                record.stream
+                and resp.status == 200
+                and resp.headers.get("Content-Type", "").startswith("text/event-stream")
+            ):
                 return await self.relay.stream(send, fmt, resp, record, strip_usage, started, body_len, watch)
             try:
                 data = await resp.read()
@@ -202,22 +298,34 @@ class Retries:
                 if not retryable_status(resp.status):
                     await self.relay.broke_after_status(send, resp, record, started, body_len, True)
                     return None
-                return Failure(504, "timeout", "The upstream stopped answering mid-response.",
-                               "upstream_timeout", retryable=False)
+                return Failure(
+                    504, "timeout", "The upstream stopped answering mid-response.", "upstream_timeout", retryable=False
+                )
             except self.upstream_errors as exc:
                 if not retryable_status(resp.status):
                     await self.relay.broke_after_status(send, resp, record, started, body_len, False)
                     return None
                 # a 429/5xx whose body broke off: the upstream did no billable work, try again
-                return Failure(502, "upstream_error",
-                               f"The upstream connection failed mid-response: {type(exc).__name__}.",
-                               "upstream_disconnected", retryable=True)
+                return Failure(
+                    502,
+                    "upstream_error",
+                    f"The upstream connection failed mid-response: {type(exc).__name__}.",
+                    "upstream_disconnected",
+                    retryable=True,
+                )
             if retryable_status(resp.status):
-                return Failure(resp.status, "upstream_error", "", None, retryable=True,
-                               retry_after=retry_after(resp.headers), resp=resp, data=data)
+                return Failure(
+                    resp.status,
+                    "upstream_error",
+                    "",
+                    None,
+                    retryable=True,
+                    retry_after=retry_after(resp.headers),
+                    resp=resp,
+                    data=data,
+                )
             # a 4xx is passed through and never retried: the SDKs are told so too
-            await self.relay.answer(send if resp.status < 400 else no_sdk_retry(send), fmt, resp, data,
-                                    record, started)
+            await self.relay.answer(send if resp.status < 400 else no_sdk_retry(send), fmt, resp, data, record, started)
             return None
         finally:
             resp.release()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..auth import Authenticator
 from ..errors import GatewayError, bad_request, not_found, unavailable
@@ -20,8 +20,9 @@ def ledger_unavailable() -> GatewayError:
 
 
 class Admin:
-    def __init__(self, auth: Authenticator, keystore: KeyStore, keys: KeyCache, store,
-                 ledger_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, auth: Authenticator, keystore: KeyStore, keys: KeyCache, store, ledger_ready: Callable[[], bool]
+    ) -> None:
         self.auth = auth
         self.keystore = keystore  # the keys and tenants in the database
         self.keys = keys  # this instance's cache of them: changes here take effect at once
@@ -45,16 +46,18 @@ class Admin:
             principal = self.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
             params = query_params(scope)
             params.pop("tenant_id", None)
-            rows = await self._usage(params, tenant=principal.tenant_id,
-                                     key=principal.key_id if principal.key_id else None)
+            rows = await self._usage(
+                params, tenant=principal.tenant_id, key=principal.key_id if principal.key_id else None
+            )
             await send_json(send, 200, {"object": "list", "tenant_id": principal.tenant_id, "data": rows})
             return
         self.require_master(scope)
         self._require_ledger()
         if path == b"/admin/usage" and method == b"GET":
             params = query_params(scope)
-            rows = await self._usage(params, tenant=params.get("tenant_id") or None,
-                                     key=params.get("api_key_id") or None)
+            rows = await self._usage(
+                params, tenant=params.get("tenant_id") or None, key=params.get("api_key_id") or None
+            )
             await send_json(send, 200, {"object": "list", "data": rows})
             return
         if path == b"/admin/keys":
@@ -70,7 +73,7 @@ class Admin:
         if path.startswith(b"/admin/keys/"):
             if method != b"DELETE":
                 raise _method_not_allowed(b"DELETE")
-            key_id = path[len(b"/admin/keys/"):].decode("latin-1")
+            key_id = path[len(b"/admin/keys/") :].decode("latin-1")
             if not await self.keystore.revoke_key(key_id):
                 raise not_found(f"No key {key_id[:100]!r}.")
             self.keys.revoke_local(key_id)
@@ -80,13 +83,14 @@ class Admin:
             if method != b"GET":
                 raise _method_not_allowed(b"GET")
             tenants = await self.keystore.tenants()
-            await send_json(send, 200, {"object": "list", "data": [
-                {"tenant_id": t, **lim.as_json()} for t, lim in tenants.items()]})
+            await send_json(
+                send, 200, {"object": "list", "data": [{"tenant_id": t, **lim.as_json()} for t, lim in tenants.items()]}
+            )
             return
         if path.startswith(b"/admin/tenants/"):
             if method != b"PUT":
                 raise _method_not_allowed(b"PUT")
-            tenant_id = path[len(b"/admin/tenants/"):].decode("latin-1")
+            tenant_id = path[len(b"/admin/tenants/") :].decode("latin-1")
             await self._put_tenant(tenant_id, dict(scope["headers"]), receive, send)
             return
         raise not_found(f"Unknown admin path {path.decode('latin-1')[:200]!r}.")
@@ -139,6 +143,4 @@ class Admin:
 
 
 def _method_not_allowed(allow: bytes) -> GatewayError:
-    return GatewayError(405, "Method not allowed.", "invalid_request_error", "method_not_allowed",
-                        [(b"allow", allow)])
-
+    return GatewayError(405, "Method not allowed.", "invalid_request_error", "method_not_allowed", [(b"allow", allow)])

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -14,8 +13,9 @@ from ..upstream import Router, scrub
 
 
 class Models:
-    def __init__(self, auth: Authenticator, router: Router, client: Callable[[], Awaitable],
-                 upstream_secrets: tuple[bytes, ...]) -> None:
+    def __init__(
+        self, auth: Authenticator, router: Router, client: Callable[[], Awaitable], upstream_secrets: tuple[bytes, ...]
+    ) -> None:
         self.auth = auth
         self.router = router
         self.client = client  # the upstream client session, once it is open
@@ -32,9 +32,10 @@ class Models:
             async with session.get(route.url("/models"), headers=route.headers) as resp:
                 data = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise GatewayError(502, f"Could not reach the upstream: {type(exc).__name__}.",
-                               "upstream_error", "upstream_unreachable") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise GatewayError(
+                502, f"Could not reach the upstream: {type(exc).__name__}.", "upstream_error", "upstream_unreachable"
+            ) from None
         if status >= 400:
             data = scrub(data, self.upstream_secrets)
         extra = self.router.models()
@@ -44,8 +45,9 @@ class Models:
                 known = {m.get("id") for m in doc.get("data", []) if isinstance(m, dict)}
                 for name in extra:
                     if name not in known:
-                        doc["data"].append({"id": name, "object": "model", "created": 0,
-                                            "owned_by": self.router.exact[name].provider})
+                        doc["data"].append(
+                            {"id": name, "object": "model", "created": 0, "owned_by": self.router.exact[name].provider}
+                        )
                 data = orjson.dumps(doc)
             except (orjson.JSONDecodeError, AttributeError, TypeError):
                 pass

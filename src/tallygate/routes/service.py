@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 
@@ -15,8 +15,9 @@ METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class Service:
-    def __init__(self, auth: Authenticator, metrics_mode: str, render_metrics: Callable[[], bytes],
-                 is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, auth: Authenticator, metrics_mode: str, render_metrics: Callable[[], bytes], is_ready: Callable[[], bool]
+    ) -> None:
         self.auth = auth
         self.metrics_mode = metrics_mode  # auth | public | off
         self.render_metrics = render_metrics
@@ -46,8 +47,9 @@ class Service:
         if self.metrics_mode == "off":
             raise not_found("Metrics are turned off (TALLYGATE_METRICS=off).")
         if self.metrics_mode == "auth":
-            self.auth.require_master(dict(scope["headers"]).get(b"authorization"), "/metrics",
-                                     " (or TALLYGATE_METRICS=public)")
+            self.auth.require_master(
+                dict(scope["headers"]).get(b"authorization"), "/metrics", " (or TALLYGATE_METRICS=public)"
+            )
         await send_text(send, 200, self.render_metrics(), METRICS_TYPE)
 
     async def openapi(self, scope, receive, send) -> None:

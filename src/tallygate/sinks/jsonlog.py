@@ -57,8 +57,9 @@ def log_entry(record: UsageRecord) -> dict:
 def escape_line_breaks(data: bytes) -> bytes:
     """JSON allows U+2028, U+2029 and U+0085 raw, but many line readers split on them:
     escaped, a model name from a request cannot cut a log line in two."""
-    return (data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
-            .replace(b"\xc2\x85", b"\\u0085"))
+    return (
+        data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029").replace(b"\xc2\x85", b"\\u0085")
+    )
 
 
 def _ascii(record: UsageRecord) -> bool:

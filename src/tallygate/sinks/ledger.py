@@ -27,8 +27,15 @@ log = logging.getLogger("tallygate.ledger")
 
 
 class LedgerWriter:
-    def __init__(self, store, *, batch_size: int = 100, flush_interval: float = 0.02,
-                 buffer_limit: int = 100_000, max_backoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        store,
+        *,
+        batch_size: int = 100,
+        flush_interval: float = 0.02,
+        buffer_limit: int = 100_000,
+        max_backoff: float = 5.0,
+    ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -57,20 +64,27 @@ class LedgerWriter:
         was_empty = not self._buffer
         room = self.buffer_limit - len(self._buffer)
         if room < len(records):
-            lost = records[max(room, 0):]
-            records = records[:max(room, 0)]
+            lost = records[max(room, 0) :]
+            records = records[: max(room, 0)]
             self.records_dropped += len(lost)
             ids = [r.request_id for r in lost]
             log.error(
                 "ledger buffer full: %d records not written to the ledger (their log lines "
-                "hold them; rebuild with `tallygate ledger replay`)", len(lost),
-                extra={"fields": {"records_not_written": len(lost), "request_ids": ids[:1000],
-                                  "ledger_error": self.last_error}})
+                "hold them; rebuild with `tallygate ledger replay`)",
+                len(lost),
+                extra={
+                    "fields": {
+                        "records_not_written": len(lost),
+                        "request_ids": ids[:1000],
+                        "ledger_error": self.last_error,
+                    }
+                },
+            )
             if futures:
-                for fut in futures[len(records):]:
+                for fut in futures[len(records) :]:
                     if fut is not None and not fut.done():
                         fut.set_result(False)
-                futures = futures[:len(records)]
+                futures = futures[: len(records)]
         if futures:
             self._buffer.extend(zip(records, futures, strict=True))
         else:
@@ -117,8 +131,11 @@ class LedgerWriter:
             self.write_failures += 1
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if self.last_error != text or self.write_failures % 100 == 1:
-                log.warning("ledger write failed, will retry: %s", text,
-                            extra={"fields": {"buffered_records": len(self._buffer)}})
+                log.warning(
+                    "ledger write failed, will retry: %s",
+                    text,
+                    extra={"fields": {"buffered_records": len(self._buffer)}},
+                )
             self.last_error = text
             return False
         for _ in range(n):
@@ -145,13 +162,17 @@ class LedgerWriter:
                 rec = records[0]
                 refused.append(rec)
                 self.records_dropped += 1
-                log.error("the ledger refused a record: not written (the record is in this line)",
-                          extra={"fields": {"request_id": rec.request_id, "ledger_error": str(exc),
-                                            "record": log_entry(rec)}})
+                log.error(
+                    "the ledger refused a record: not written (the record is in this line)",
+                    extra={
+                        "fields": {"request_id": rec.request_id, "ledger_error": str(exc), "record": log_entry(rec)}
+                    },
+                )
                 return 0
             half = len(records) // 2
-            return (await self._write_isolating(records[:half], refused)
-                    + await self._write_isolating(records[half:], refused))
+            return await self._write_isolating(records[:half], refused) + await self._write_isolating(
+                records[half:], refused
+            )
 
     async def flush(self, deadline: float) -> bool:
         """Write everything buffered, giving up at `deadline` (time.monotonic()).
@@ -178,12 +199,19 @@ class LedgerWriter:
         if not flushed:
             ids = [r.request_id for r, _ in self._buffer]
             self.records_dropped += len(ids)
-            log.error("shutdown deadline reached: %d records not written to the ledger (their "
-                      "log lines hold them; rebuild with `tallygate ledger replay`)", len(ids),
-                      extra={"fields": {"records_not_written": len(ids), "request_ids": ids[:1000],
-                                        "ledger_error": self.last_error}})
+            log.error(
+                "shutdown deadline reached: %d records not written to the ledger (their "
+                "log lines hold them; rebuild with `tallygate ledger replay`)",
+                len(ids),
+                extra={
+                    "fields": {
+                        "records_not_written": len(ids),
+                        "request_ids": ids[:1000],
+                        "ledger_error": self.last_error,
+                    }
+                },
+            )
             for _, fut in self._buffer:
                 if fut is not None and not fut.done():
                     fut.set_result(False)
             self._buffer.clear()
-

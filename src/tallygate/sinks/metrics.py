@@ -72,8 +72,9 @@ def _counter(name: str, doc: str, labels: list[str], sums: dict) -> CounterMetri
 
 
 class MetricsSink:
-    def __init__(self, tenant_cap: int = 100, model_cap: int = 200,
-                 ledger_stats: Callable[[], dict] | None = None) -> None:
+    def __init__(
+        self, tenant_cap: int = 100, model_cap: int = 200, ledger_stats: Callable[[], dict] | None = None
+    ) -> None:
         self.tenant = BoundedLabel(tenant_cap)
         self.model = BoundedLabel(model_cap)
         self.ledger_stats = ledger_stats
@@ -130,16 +131,26 @@ class MetricsSink:
         yield _counter("tallygate_requests", "Requests metered", ["tenant_id", "model", "status"], self.requests)
         yield _counter("tallygate_tokens", "Tokens metered", ["tenant_id", "model", "kind"], self.tokens)
         yield _counter("tallygate_cost_usd", "Cost in USD", ["tenant_id", "model"], self.cost)
-        yield self.latency.family("tallygate_request_latency_seconds",
-                                  "Request latency (whole stream for streams)", "model")
+        yield self.latency.family(
+            "tallygate_request_latency_seconds", "Request latency (whole stream for streams)", "model"
+        )
         yield self.ttft.family("tallygate_ttft_seconds", "Time to first token (streams)", "model")
         yield _counter("tallygate_upstream_errors", "Upstream failures", ["model", "status"], self.errors)
-        yield _counter("tallygate_rejected_requests", "Requests refused before the upstream", ["reason"],
-                       self.rejections)
-        yield _counter("tallygate_usage_flagged", "Answers whose usage was missing (estimated) or implausible "
-                       "(billed at the request's bounds)", ["model", "flag"], self.flagged)
-        yield _counter("tallygate_limits_failed_open", "Requests admitted without their limits checked "
-                       "(Redis or the database down, fail-open settings)", ["reason"], self.limits_failed_open)
+        yield _counter(
+            "tallygate_rejected_requests", "Requests refused before the upstream", ["reason"], self.rejections
+        )
+        yield _counter(
+            "tallygate_usage_flagged",
+            "Answers whose usage was missing (estimated) or implausible (billed at the request's bounds)",
+            ["model", "flag"],
+            self.flagged,
+        )
+        yield _counter(
+            "tallygate_limits_failed_open",
+            "Requests admitted without their limits checked (Redis or the database down, fail-open settings)",
+            ["reason"],
+            self.limits_failed_open,
+        )
         if self.ledger_stats is not None:
             yield from _ledger_families(self.ledger_stats())
 
@@ -156,8 +167,11 @@ def _ledger_families(s: dict):
     for name, key, doc in (
         ("tallygate_ledger_rows_written", "rows_written", "Rows inserted into the ledger"),
         ("tallygate_ledger_rows_duplicate", "rows_duplicate", "Rows already present (idempotent retries)"),
-        ("tallygate_ledger_records_not_written", "records_dropped",
-         "Records that could not be written (buffer overflow or shutdown deadline)"),
+        (
+            "tallygate_ledger_records_not_written",
+            "records_dropped",
+            "Records that could not be written (buffer overflow or shutdown deadline)",
+        ),
         ("tallygate_ledger_write_failures", "write_failures", "Failed ledger write attempts (retried)"),
     ):
         c = CounterMetricFamily(name, doc)

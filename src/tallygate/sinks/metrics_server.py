@@ -30,8 +30,10 @@ class MetricsServer:
             path = request_line[1].split(b"?", 1)[0] if len(request_line) >= 2 else b""
             if request_line[0] == b"GET" and path == b"/metrics":
                 body = self.render()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                             b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                )
             else:
                 writer.write(_NOT_FOUND)
             await writer.drain()

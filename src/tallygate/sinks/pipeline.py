@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Protocol, Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
 
 from ..metering.bounds import hold_to_bounds
 from ..metering.pricing import PriceBook
@@ -56,10 +57,19 @@ class Pipeline:
     committed, or after `commit_timeout` seconds; wait=False (records nobody waits for,
     such as a client that hung up) never waits."""
 
-    def __init__(self, prices: PriceBook, sinks: Sequence[Sink], ledger: Ledger | None,
-                 settlements: Sequence[Settlement] = (), *, wait_for_commit: bool = False,
-                 commit_timeout: float = 5.0, linger: float | None = None,
-                 default_max_output_tokens: int = 32768, default_context_tokens: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        prices: PriceBook,
+        sinks: Sequence[Sink],
+        ledger: Ledger | None,
+        settlements: Sequence[Settlement] = (),
+        *,
+        wait_for_commit: bool = False,
+        commit_timeout: float = 5.0,
+        linger: float | None = None,
+        default_max_output_tokens: int = 32768,
+        default_context_tokens: int = 1_000_000,
+    ) -> None:
         self.linger = (0.0 if wait_for_commit else LINGER) if linger is None else linger
         self.default_out = default_max_output_tokens  # usage bounds (metering/bounds.py)
         self.default_context = default_context_tokens
@@ -72,7 +82,7 @@ class Pipeline:
         self.commit_timeout = commit_timeout
         if wait_for_commit:
             # chosen once: the async mode's submit stays the plain append below
-            self.submit = self._submit_or_wait
+            self.submit = self._submit_or_wait  # type: ignore[method-assign]
         self._queue: list[tuple[UsageRecord, asyncio.Future | None]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -106,9 +116,11 @@ class Pipeline:
         anyway; the row stays buffered and is retried."""
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.commit_timeout)
-        except asyncio.TimeoutError:
-            log.warning("ledger commit is slow; answering before the row committed",
-                        extra={"fields": {"request_id": record.request_id}})
+        except TimeoutError:
+            log.warning(
+                "ledger commit is slow; answering before the row committed",
+                extra={"fields": {"request_id": record.request_id}},
+            )
 
     async def _run(self) -> None:
         while True:
@@ -161,7 +173,7 @@ class Pipeline:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), max(0.05, deadline - time.monotonic()))
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 pass
         if self._queue:  # the consumer could not finish: process what is left inline
             batch, self._queue = self._queue, []

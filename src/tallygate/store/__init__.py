@@ -19,8 +19,7 @@ def open_store(settings: Settings):
     if settings.postgres is not None:
         from .postgres import PostgresStore
 
-        return PostgresStore(settings.postgres, pool_max=settings.ledger_pool_max,
-                             wait_timeout=settings.db_timeout)
+        return PostgresStore(settings.postgres, pool_max=settings.ledger_pool_max, wait_timeout=settings.db_timeout)
     from .sqlite import SqliteStore
 
     return SqliteStore(settings.sqlite_path)

@@ -28,6 +28,8 @@ def migrations(dialect: str) -> list[Migration]:
 
 
 def schema_sql(dialect: str = "postgres") -> str:
-    header = ("-- tallygate ledger schema (generated from src/tallygate/migrations/"
-              f"{dialect}; safe to run twice)\n-- psql \"postgres://USER:PASSWORD@HOST:PORT/DB\" -f db/schema.sql\n\n")
+    header = (
+        "-- tallygate ledger schema (generated from src/tallygate/migrations/"
+        f'{dialect}; safe to run twice)\n-- psql "postgres://USER:PASSWORD@HOST:PORT/DB" -f db/schema.sql\n\n'
+    )
     return header + "\n".join(m.sql for m in migrations(dialect))

@@ -7,8 +7,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,19 +24,29 @@ if TYPE_CHECKING:  # psycopg_pool is imported in a thread at connect (start-up s
 log = logging.getLogger("tallygate.store")
 
 _COLUMNS = ", ".join(LEDGER_COLUMNS)
-_CASTS = {"created_at": "timestamptz", "stream": "boolean", "status_code": "integer",
-          "prompt_tokens": "integer", "completion_tokens": "integer", "total_tokens": "integer",
-          "cached_tokens": "integer", "reasoning_tokens": "integer", "cost_usd": "numeric",
-          "latency_ms": "double precision", "ttft_ms": "double precision"}
+_CASTS = {
+    "created_at": "timestamptz",
+    "stream": "boolean",
+    "status_code": "integer",
+    "prompt_tokens": "integer",
+    "completion_tokens": "integer",
+    "total_tokens": "integer",
+    "cached_tokens": "integer",
+    "reasoning_tokens": "integer",
+    "cost_usd": "numeric",
+    "latency_ms": "double precision",
+    "ttft_ms": "double precision",
+}
 # A batch is one statement with one parameter: the rows as a JSON array of arrays (orjson,
 # about a microsecond a row), unpacked by the server. On an autocommit connection that is
 # one round trip, atomic on its own; COPY into a temporary table inside a transaction
 # took five, and psycopg spends tens of microseconds of CPU on each. Costs travel as
 # decimal strings and are cast to numeric: exact.
-INSERT_SQL = (f"INSERT INTO litellm_usage ({_COLUMNS}) SELECT "
-              + ", ".join(f"(r->>{i})::{_CASTS[c]}" if c in _CASTS else f"r->>{i}"
-                          for i, c in enumerate(LEDGER_COLUMNS))
-              + " FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (request_id) DO NOTHING")
+INSERT_SQL = (
+    f"INSERT INTO litellm_usage ({_COLUMNS}) SELECT "
+    + ", ".join(f"(r->>{i})::{_CASTS[c]}" if c in _CASTS else f"r->>{i}" for i, c in enumerate(LEDGER_COLUMNS))
+    + " FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (request_id) DO NOTHING"
+)
 WRITER_CONN_MAX_AGE = 600.0  # seconds the ledger writer keeps one connection
 MIGRATION_LOCK = 7301265  # pg_advisory_xact_lock key: one instance migrates at a time
 
@@ -48,9 +58,11 @@ def explain(exc: BaseException, settings: PostgresSettings) -> str:
         if secret and secret in text:
             text = text.replace(secret, "[password]")
     if "SSL" in text and ("not support" in text or "was required" in text):
-        return (f"Postgres at {settings.description} does not accept TLS, but sslmode is "
-                f"{settings.sslmode!r}; set PGSSL=disable (or PGSSLMODE=disable) for a server "
-                "without TLS, such as a local one")
+        return (
+            f"Postgres at {settings.description} does not accept TLS, but sslmode is "
+            f"{settings.sslmode!r}; set PGSSL=disable (or PGSSLMODE=disable) for a server "
+            "without TLS, such as a local one"
+        )
     return f"Postgres at {settings.description}: {text}"
 
 
@@ -102,9 +114,15 @@ class PostgresStore:
             raise StoreUnavailable(explain(exc, self.settings)) from None
         if self._pool is None:
             self._pool = AsyncConnectionPool(
-                self.settings.conninfo, min_size=1, max_size=self.pool_max, open=False,
-                timeout=timeout, reconnect_timeout=0, name="tallygate-ledger",
-                kwargs={"autocommit": True})  # every statement stands alone; migrations use transaction()
+                self.settings.conninfo,
+                min_size=1,
+                max_size=self.pool_max,
+                open=False,
+                timeout=timeout,
+                reconnect_timeout=0,
+                name="tallygate-ledger",
+                kwargs={"autocommit": True},
+            )  # every statement stands alone; migrations use transaction()
             await self._pool.open(wait=False)
         await self.ping(timeout)
 

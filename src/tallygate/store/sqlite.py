@@ -73,8 +73,7 @@ class SqliteStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                   timeout=10.0)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
@@ -94,8 +93,7 @@ class SqliteStore:
             await self._run(conn.close)
 
     def _applied(self) -> set[int]:
-        exists = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE name='tallygate_schema_migrations'").fetchone()
+        exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='tallygate_schema_migrations'").fetchone()
         if not exists:
             return set()
         return {r[0] for r in self._db.execute("SELECT version FROM tallygate_schema_migrations")}

@@ -77,8 +77,10 @@ class KeyCache:
             except Exception as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("key refresh failed; serving the keys already loaded: %s",
-                                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    log.warning(
+                        "key refresh failed; serving the keys already loaded: %s",
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    )
 
     def stop(self) -> None:
         if self._task is not None:

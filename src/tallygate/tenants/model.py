@@ -38,14 +38,16 @@ class Limits:
 
     @property
     def empty(self) -> bool:
-        return (self.rpm_limit is None and self.tpm_limit is None and self.budget_usd is None
-                and self.models is None)
+        return self.rpm_limit is None and self.tpm_limit is None and self.budget_usd is None and self.models is None
 
     def as_json(self) -> dict:
-        return {"rpm_limit": self.rpm_limit, "tpm_limit": self.tpm_limit,
-                "budget_usd": None if self.budget_usd is None else usd_text(self.budget_usd),
-                "budget_period": self.budget_period,
-                "models": None if self.models is None else list(self.models)}
+        return {
+            "rpm_limit": self.rpm_limit,
+            "tpm_limit": self.tpm_limit,
+            "budget_usd": None if self.budget_usd is None else usd_text(self.budget_usd),
+            "budget_period": self.budget_period,
+            "models": None if self.models is None else list(self.models),
+        }
 
 
 @dataclass(slots=True)
@@ -60,10 +62,17 @@ class TenantKey:
     revoked_at: datetime | None = None
 
     def as_json(self) -> dict:
-        return {"key_id": self.key_id, "key_prefix": self.key_prefix, "tenant_id": self.tenant_id,
-                "name": self.name, **self.limits.as_json(),
-                "expires_at": _iso(self.expires_at), "created_at": _iso(self.created_at),
-                "revoked_at": _iso(self.revoked_at), "revoked": self.revoked_at is not None}
+        return {
+            "key_id": self.key_id,
+            "key_prefix": self.key_prefix,
+            "tenant_id": self.tenant_id,
+            "name": self.name,
+            **self.limits.as_json(),
+            "expires_at": _iso(self.expires_at),
+            "created_at": _iso(self.created_at),
+            "revoked_at": _iso(self.revoked_at),
+            "revoked": self.revoked_at is not None,
+        }
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -24,8 +24,9 @@ class KeyStore:
     def _models(value: tuple | None):
         return None if value is None else orjson.dumps(list(value)).decode()
 
-    async def create_key(self, tenant_id: str, limits: Limits, name: str | None,
-                         expires_at: datetime | None) -> tuple[str, TenantKey]:
+    async def create_key(
+        self, tenant_id: str, limits: Limits, name: str | None, expires_at: datetime | None
+    ) -> tuple[str, TenantKey]:
         key_id, secret, prefix = new_key()
         now = datetime.now(UTC)
         key = TenantKey(key_id, prefix, tenant_id, limits, name, expires_at, now)
@@ -34,16 +35,31 @@ class KeyStore:
             "INSERT INTO tallygate_keys (key_id, key_hash, key_prefix, tenant_id, name, rpm_limit, tpm_limit, "
             "budget_usd, budget_period, models, expires_at, created_at, updated_at) VALUES "
             f"({self.sql.placeholders(13)})",
-            (key_id, hash_key(secret), key.key_prefix, tenant_id, name, limits.rpm_limit, limits.tpm_limit,
-             self.sql.decimal_param(limits.budget_usd), limits.budget_period, self._models(limits.models),
-             t(expires_at), t(now), t(now)))
+            (
+                key_id,
+                hash_key(secret),
+                key.key_prefix,
+                tenant_id,
+                name,
+                limits.rpm_limit,
+                limits.tpm_limit,
+                self.sql.decimal_param(limits.budget_usd),
+                limits.budget_period,
+                self._models(limits.models),
+                t(expires_at),
+                t(now),
+                t(now),
+            ),
+        )
         return secret, key
 
     async def revoke_key(self, key_id: str) -> bool:
         now = self.sql.time_param(datetime.now(UTC))
         count = await self.store.execute(
             f"UPDATE tallygate_keys SET revoked_at = {self.p}, updated_at = {self.p} "
-            f"WHERE key_id = {self.p} AND revoked_at IS NULL", (now, now, key_id))
+            f"WHERE key_id = {self.p} AND revoked_at IS NULL",
+            (now, now, key_id),
+        )
         if count:
             return True
         rows = await self.store.fetch(f"SELECT 1 FROM tallygate_keys WHERE key_id = {self.p}", (key_id,))
@@ -56,13 +72,26 @@ class KeyStore:
             f"updated_at) VALUES ({self.sql.placeholders(7)}) ON CONFLICT (tenant_id) DO UPDATE SET "
             "rpm_limit = excluded.rpm_limit, tpm_limit = excluded.tpm_limit, budget_usd = excluded.budget_usd, "
             "budget_period = excluded.budget_period, models = excluded.models, updated_at = excluded.updated_at",
-            (tenant_id, limits.rpm_limit, limits.tpm_limit, self.sql.decimal_param(limits.budget_usd),
-             limits.budget_period, self._models(limits.models), now))
+            (
+                tenant_id,
+                limits.rpm_limit,
+                limits.tpm_limit,
+                self.sql.decimal_param(limits.budget_usd),
+                limits.budget_period,
+                self._models(limits.models),
+                now,
+            ),
+        )
 
     def _limits(self, row) -> Limits:
         rpm, tpm, budget, period, models = row
-        return Limits(rpm, tpm, None if budget is None else Decimal(str(budget)), period,
-                      None if models is None else tuple(orjson.loads(models)))
+        return Limits(
+            rpm,
+            tpm,
+            None if budget is None else Decimal(str(budget)),
+            period,
+            None if models is None else tuple(orjson.loads(models)),
+        )
 
     async def keys(self, tenant_id: str | None = None, include_revoked: bool = True) -> list[TenantKey]:
         where, params = [], []
@@ -74,10 +103,12 @@ class KeyStore:
         rows = await self.store.fetch(
             "SELECT key_id, key_prefix, tenant_id, name, rpm_limit, tpm_limit, budget_usd, budget_period, "
             "models, expires_at, created_at, revoked_at FROM tallygate_keys"
-            + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY created_at", params)
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY created_at",
+            params,
+        )
         t = self.sql.time_value
-        return [TenantKey(r[0], r[1], r[2], self._limits(r[4:9]), r[3], t(r[9]), t(r[10]), t(r[11]))
-                for r in rows]
+        return [TenantKey(r[0], r[1], r[2], self._limits(r[4:9]), r[3], t(r[9]), t(r[10]), t(r[11])) for r in rows]
 
     async def key_hashes(self) -> list[tuple[str, str, bool]]:
         """(key_hash, key_id, active) for every key."""
@@ -87,7 +118,8 @@ class KeyStore:
     async def tenants(self) -> dict[str, Limits]:
         rows = await self.store.fetch(
             "SELECT tenant_id, rpm_limit, tpm_limit, budget_usd, budget_period, models FROM tallygate_tenants "
-            "ORDER BY tenant_id")
+            "ORDER BY tenant_id"
+        )
         return {r[0]: self._limits(r[1:]) for r in rows}
 
     async def spend_since(self, column: str, value: str, since: datetime | None) -> Decimal:

@@ -54,11 +54,38 @@ from .steps import Step, build_steps, deploy_argv, sink_filter
 from .templates import Rendered, _number, _substitute_json, render, substitute, template_values
 
 __all__ = [
-    "ALERT_THRESHOLDS", "CONTAINER_PORT", "LIVENESS_PROBE", "LOG_MESSAGE", "MONITORING_PHASES", "PHASES",
-    "RESERVED_ENVS", "SECRET_ENVS", "SECRET_LIKE_ENVS", "STARTUP_PROBE", "Config", "DeployError", "Rendered",
-    "Runner", "SecretSpec", "Step", "_number", "_substitute_json", "add_arguments", "build_config", "build_steps",
-    "command_line", "deploy_argv", "execute", "main", "render", "run", "shell_quote", "sink_filter", "substitute",
-    "template_values", "write_script",
+    "ALERT_THRESHOLDS",
+    "CONTAINER_PORT",
+    "LIVENESS_PROBE",
+    "LOG_MESSAGE",
+    "MONITORING_PHASES",
+    "PHASES",
+    "RESERVED_ENVS",
+    "SECRET_ENVS",
+    "SECRET_LIKE_ENVS",
+    "STARTUP_PROBE",
+    "Config",
+    "DeployError",
+    "Rendered",
+    "Runner",
+    "SecretSpec",
+    "Step",
+    "_number",
+    "_substitute_json",
+    "add_arguments",
+    "build_config",
+    "build_steps",
+    "command_line",
+    "deploy_argv",
+    "execute",
+    "main",
+    "render",
+    "run",
+    "shell_quote",
+    "sink_filter",
+    "substitute",
+    "template_values",
+    "write_script",
 ]
 
 
@@ -87,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tallygate deploy cloudrun",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="tallygate deploy cloudrun", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -76,20 +76,23 @@ class Config:
     def env_vars(self) -> list[tuple[str, str]]:
         env: list[tuple[str, str]] = []
         if self.cloudsql_instance:
-            env += [("PGHOST", f"/cloudsql/{self.cloudsql_instance}"),
-                    ("PGUSER", self.pg_user), ("PGDATABASE", self.pg_database),
-                    # libpq reads PGSSLMODE (not PGSSL); a unix socket carries no TLS
-                    ("PGSSLMODE", "disable")]
-        env += [("TALLYGATE_LEDGER_MODE", self.ledger_mode),
-                ("GOOGLE_CLOUD_PROJECT", self.project)]
+            env += [
+                ("PGHOST", f"/cloudsql/{self.cloudsql_instance}"),
+                ("PGUSER", self.pg_user),
+                ("PGDATABASE", self.pg_database),
+                # libpq reads PGSSLMODE (not PGSSL); a unix socket carries no TLS
+                ("PGSSLMODE", "disable"),
+            ]
+        env += [("TALLYGATE_LEDGER_MODE", self.ledger_mode), ("GOOGLE_CLOUD_PROJECT", self.project)]
         env += list(self.extra_env)
         return env
 
 
 def _git_tag(source: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     tag = out.stdout.strip()
@@ -112,11 +115,13 @@ def _parse_versions(raw: str) -> dict[str, str]:
     for item in raw.split(","):
         name, sep, value = item.strip().partition("=")
         if not sep or name not in versions:
-            raise DeployError(f"--secret-versions: expected N or ENV=N,... with ENV one of "
-                              f"{', '.join(envs)}; got {item!r}")
+            raise DeployError(
+                f"--secret-versions: expected N or ENV=N,... with ENV one of {', '.join(envs)}; got {item!r}"
+            )
         if not re.fullmatch(r"[1-9][0-9]*", value):
-            raise DeployError(f"--secret-versions: {name} must be pinned to a version number "
-                              f"(not 'latest'), got {value!r}")
+            raise DeployError(
+                f"--secret-versions: {name} must be pinned to a version number (not 'latest'), got {value!r}"
+            )
         versions[name] = value
     return versions
 
@@ -130,15 +135,27 @@ def build_config(args: argparse.Namespace) -> Config:
         raise DeployError(f"--project: {project!r} is not a project ID (6-30 of a-z, 0-9, -)")
     checks: list[tuple[bool, str]] = [
         (bool(_REGION_RE.match(args.region)), f"--region: {args.region!r} is not a region like us-central1"),
-        (bool(_SERVICE_RE.match(args.service)), f"--service: {args.service!r}: lowercase letters, digits and hyphens, at most 49, starting with a letter"),
+        (
+            bool(_SERVICE_RE.match(args.service)),
+            f"--service: {args.service!r}: lowercase letters, digits and hyphens, at most 49, starting with a letter",
+        ),
         (bool(_REPO_RE.match(args.repository)), f"--repository: {args.repository!r} is not a repository name"),
         (1 <= args.concurrency <= 1000, "--concurrency must be between 1 and 1000"),
         (args.min_instances >= 0, "--min-instances must be 0 or more"),
-        (args.max_instances >= max(1, args.min_instances), "--max-instances must be at least 1 and at least --min-instances"),
+        (
+            args.max_instances >= max(1, args.min_instances),
+            "--max-instances must be at least 1 and at least --min-instances",
+        ),
         (1 <= args.timeout <= 3600, "--timeout must be between 1 and 3600 seconds"),
-        (args.cpu in ("1", "2", "4", "6", "8") or bool(re.fullmatch(r"[0-9]+m", args.cpu)), f"--cpu: {args.cpu!r} is not 1, 2, 4, 6, 8 or NNNm"),
+        (
+            args.cpu in ("1", "2", "4", "6", "8") or bool(re.fullmatch(r"[0-9]+m", args.cpu)),
+            f"--cpu: {args.cpu!r} is not 1, 2, 4, 6, 8 or NNNm",
+        ),
         (bool(_MEMORY_RE.match(args.memory)), f"--memory: {args.memory!r} is not like 512Mi or 1Gi"),
-        (bool(_DATASET_RE.match(args.bq_dataset)), f"--bq-dataset: {args.bq_dataset!r}: letters, digits and underscores only"),
+        (
+            bool(_DATASET_RE.match(args.bq_dataset)),
+            f"--bq-dataset: {args.bq_dataset!r}: letters, digits and underscores only",
+        ),
         (args.auth == "iam" or not args.invoker, "--invoker only makes sense with --auth iam"),
     ]
     for ok, message in checks:
@@ -159,15 +176,22 @@ def build_config(args: argparse.Namespace) -> Config:
 
     if args.service_account:
         sa = args.service_account
-        if not re.fullmatch(r"[a-z0-9-]+@[a-z0-9.-]+\.iam\.gserviceaccount\.com|[0-9]+-compute@developer\.gserviceaccount\.com", sa):
+        if not re.fullmatch(
+            r"[a-z0-9-]+@[a-z0-9.-]+\.iam\.gserviceaccount\.com|[0-9]+-compute@developer\.gserviceaccount\.com", sa
+        ):
             raise DeployError(f"--service-account: {sa!r} is not a service account e-mail")
         create_sa = False
     else:
         sa_id = f"{args.service}-run"[:30].rstrip("-")
         if not _SA_ID_RE.match(sa_id):
-            raise DeployError(f"cannot derive a service account ID from --service {args.service!r}; pass --service-account")
-        sa = f"{sa_id}@{project.split(':')[-1]}.iam.gserviceaccount.com" if ":" not in project else \
-            f"{sa_id}@{project.split(':')[1]}.{project.split(':')[0]}.iam.gserviceaccount.com"
+            raise DeployError(
+                f"cannot derive a service account ID from --service {args.service!r}; pass --service-account"
+            )
+        sa = (
+            f"{sa_id}@{project.split(':')[-1]}.iam.gserviceaccount.com"
+            if ":" not in project
+            else f"{sa_id}@{project.split(':')[1]}.{project.split(':')[0]}.iam.gserviceaccount.com"
+        )
         create_sa = True
 
     extra_env: list[tuple[str, str]] = []
@@ -182,7 +206,9 @@ def build_config(args: argparse.Namespace) -> Config:
         if name in {"PGHOST", "PGUSER", "PGDATABASE", "PGSSLMODE", "TALLYGATE_LEDGER_MODE", "GOOGLE_CLOUD_PROJECT"}:
             raise DeployError(f"--env: {name} is set by its own option")
         if name == "PGSSL":
-            raise DeployError("--env: PGSSL is not read by libpq; use PGSSLMODE (it is set for you with --cloudsql-instance)")
+            raise DeployError(
+                "--env: PGSSL is not read by libpq; use PGSSLMODE (it is set for you with --cloudsql-instance)"
+            )
         extra_env.append((name, value))
 
     versions = _parse_versions(args.secret_versions)
@@ -228,15 +254,33 @@ def build_config(args: argparse.Namespace) -> Config:
     phases = tuple(p for p in PHASES if p in phases and p not in skip)
 
     return Config(
-        project=project, region=args.region, service=args.service, repository=args.repository,
-        image=image, source=source, assets=_assets_dir(source), service_account=sa,
-        create_service_account=create_sa, cloudsql_instance=sql, pg_user=args.pg_user,
-        pg_database=args.pg_database, ledger_mode=args.ledger_mode,
-        concurrency=args.concurrency, min_instances=args.min_instances,
-        max_instances=args.max_instances, cpu=args.cpu, memory=args.memory,
-        timeout=args.timeout, auth=args.auth, invokers=tuple(args.invoker),
-        extra_env=tuple(extra_env), secrets=secrets, bq_dataset=args.bq_dataset,
-        bq_location=args.bq_location, sink_name=args.sink_name or f"{args.service}-bq-sink",
-        notification_channels=tuple(args.notification_channel), thresholds=thresholds,
+        project=project,
+        region=args.region,
+        service=args.service,
+        repository=args.repository,
+        image=image,
+        source=source,
+        assets=_assets_dir(source),
+        service_account=sa,
+        create_service_account=create_sa,
+        cloudsql_instance=sql,
+        pg_user=args.pg_user,
+        pg_database=args.pg_database,
+        ledger_mode=args.ledger_mode,
+        concurrency=args.concurrency,
+        min_instances=args.min_instances,
+        max_instances=args.max_instances,
+        cpu=args.cpu,
+        memory=args.memory,
+        timeout=args.timeout,
+        auth=args.auth,
+        invokers=tuple(args.invoker),
+        extra_env=tuple(extra_env),
+        secrets=secrets,
+        bq_dataset=args.bq_dataset,
+        bq_location=args.bq_location,
+        sink_name=args.sink_name or f"{args.service}-bq-sink",
+        notification_channels=tuple(args.notification_channel),
+        thresholds=thresholds,
         phases=phases,
     )

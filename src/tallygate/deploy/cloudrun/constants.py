@@ -8,12 +8,18 @@ import re
 CONTAINER_PORT = 8080
 LOG_MESSAGE = "litellm_request"
 STARTUP_PROBE = {  # /ready answers 503 until the ledger is reachable; up to 2 minutes
-    "httpGet.path": "/ready", "httpGet.port": str(CONTAINER_PORT),
-    "periodSeconds": "2", "timeoutSeconds": "1", "failureThreshold": "60",
+    "httpGet.path": "/ready",
+    "httpGet.port": str(CONTAINER_PORT),
+    "periodSeconds": "2",
+    "timeoutSeconds": "1",
+    "failureThreshold": "60",
 }
 LIVENESS_PROBE = {  # /live never depends on the upstream or the database
-    "httpGet.path": "/live", "httpGet.port": str(CONTAINER_PORT),
-    "periodSeconds": "10", "timeoutSeconds": "3", "failureThreshold": "3",
+    "httpGet.path": "/live",
+    "httpGet.port": str(CONTAINER_PORT),
+    "periodSeconds": "10",
+    "timeoutSeconds": "3",
+    "failureThreshold": "3",
 }
 
 # environment variable -> secret name suffix (the secret is "<service>-<suffix>")
@@ -28,26 +34,59 @@ SECRET_LIKE_ENVS = frozenset({e for e, _ in SECRET_ENVS} | {"DATABASE_URL", "RED
 RESERVED_ENVS = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"})
 
 PHASES: tuple[str, ...] = (
-    "services", "registry", "build", "identity", "secrets", "deploy", "access",
-    "metrics", "dashboard", "alerts", "bigquery",
+    "services",
+    "registry",
+    "build",
+    "identity",
+    "secrets",
+    "deploy",
+    "access",
+    "metrics",
+    "dashboard",
+    "alerts",
+    "bigquery",
 )
 MONITORING_PHASES = ("metrics", "dashboard", "alerts")
 
 # alert thresholds: placeholder -> (option dest, default, help)
 ALERT_THRESHOLDS: tuple[tuple[str, str, float, str], ...] = (
-    ("TOKEN_SURGE_PER_5M", "alert_token_surge", 1_000_000,
-     "tokens one tenant may use in 5 minutes before the token-surge alert fires"),
-    ("COST_SURGE_USD_PER_5M", "alert_cost_surge", 5.0,
-     "USD one tenant may spend in 5 minutes before the cost-surge alert fires"),
-    ("SURGE_FACTOR", "alert_surge_factor", 3.0,
-     "the surge alerts also fire when the total over 5 minutes exceeds this many times "
-     "the same 5 minutes one day earlier"),
-    ("ERROR_RATIO_5XX", "alert_5xx_ratio", 0.02,
-     "share of 5xx responses over 5 minutes that fires the error alert (0.02 = 2%%)"),
-    ("LATENCY_P95_MS", "alert_latency_p95_ms", 30_000,
-     "P95 latency of non-streaming requests over 5 minutes, milliseconds"),
-    ("TTFT_P95_MS", "alert_ttft_p95_ms", 5_000,
-     "P95 time to first token of streaming requests over 5 minutes, milliseconds"),
+    (
+        "TOKEN_SURGE_PER_5M",
+        "alert_token_surge",
+        1_000_000,
+        "tokens one tenant may use in 5 minutes before the token-surge alert fires",
+    ),
+    (
+        "COST_SURGE_USD_PER_5M",
+        "alert_cost_surge",
+        5.0,
+        "USD one tenant may spend in 5 minutes before the cost-surge alert fires",
+    ),
+    (
+        "SURGE_FACTOR",
+        "alert_surge_factor",
+        3.0,
+        "the surge alerts also fire when the total over 5 minutes exceeds this many times "
+        "the same 5 minutes one day earlier",
+    ),
+    (
+        "ERROR_RATIO_5XX",
+        "alert_5xx_ratio",
+        0.02,
+        "share of 5xx responses over 5 minutes that fires the error alert (0.02 = 2%%)",
+    ),
+    (
+        "LATENCY_P95_MS",
+        "alert_latency_p95_ms",
+        30_000,
+        "P95 latency of non-streaming requests over 5 minutes, milliseconds",
+    ),
+    (
+        "TTFT_P95_MS",
+        "alert_ttft_p95_ms",
+        5_000,
+        "P95 time to first token of streaming requests over 5 minutes, milliseconds",
+    ),
 )
 
 _PROJECT_RE = re.compile(r"^(?:[a-z0-9][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -55,7 +94,9 @@ _REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _SERVICE_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?$")
 _REPO_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_SQL_INSTANCE_RE = re.compile(r"^(?P<project>[^:\s]+(?::[^:\s]+)?):(?P<region>[a-z0-9-]+):(?P<instance>[a-z][a-z0-9-]*)$")
+_SQL_INSTANCE_RE = re.compile(
+    r"^(?P<project>[^:\s]+(?::[^:\s]+)?):(?P<region>[a-z0-9-]+):(?P<instance>[a-z][a-z0-9-]*)$"
+)
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MEMORY_RE = re.compile(r"^[0-9]+(?:Mi|Gi)$")

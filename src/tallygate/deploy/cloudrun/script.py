@@ -23,7 +23,7 @@ def shell_quote(arg: str, variables: Iterable[str] = ()) -> str:
         out, pos = [], 0
         for m in _VAR_REF.finditer(arg):
             if m.group(1) in names:
-                out.append(_dq(arg[pos:m.start()]) + "${" + m.group(1) + "}")
+                out.append(_dq(arg[pos : m.start()]) + "${" + m.group(1) + "}")
                 pos = m.end()
         out.append(_dq(arg[pos:]))
         return '"' + "".join(out) + '"'
@@ -53,13 +53,16 @@ def command_line(step: Step, variables: Iterable[str] = ()) -> str:
 
 def write_script(config: Config, rendered: Rendered, steps: Sequence[Step], out: TextIO) -> None:
     out.write("#!/bin/sh\n")
-    out.write(f"# tallygate deploy cloudrun: project {config.project}, region {config.region}, "
-              f"service {config.service}\n")
+    out.write(
+        f"# tallygate deploy cloudrun: project {config.project}, region {config.region}, service {config.service}\n"
+    )
     out.write(f"# image {config.image}\n")
     out.write(f"# filled-in monitoring files: {rendered.directory}\n")
     if not config.cloudsql_instance:
-        out.write("# WARNING: no --cloudsql-instance: the ledger is SQLite inside the instance and is lost "
-                  "when it stops; the log lines (and BigQuery) are then the only durable copy\n")
+        out.write(
+            "# WARNING: no --cloudsql-instance: the ledger is SQLite inside the instance and is lost "
+            "when it stops; the log lines (and BigQuery) are then the only durable copy\n"
+        )
     if "secrets" in config.phases:
         missing = [s.env for s in config.secrets if not s.file]
         if missing:
@@ -76,11 +79,16 @@ def write_script(config: Config, rendered: Rendered, steps: Sequence[Step], out:
         if step.capture:
             variables.append(step.capture)
     out.write("\n# done. Useful next commands (not run):\n")
-    out.write(f"#   gcloud run services describe {config.service} --region={config.region} "
-              f"--project={config.project} --format='value(status.url)'\n")
+    out.write(
+        f"#   gcloud run services describe {config.service} --region={config.region} "
+        f"--project={config.project} --format='value(status.url)'\n"
+    )
     if "bigquery" in config.phases:
-        out.write(f"#   PROJECT={config.project} BQ_DATASET={config.bq_dataset} envsubst "
-                  "< deploy/bigquery/tokens_cost_per_tenant_day.sql | bq query --use_legacy_sql=false\n")
+        out.write(
+            f"#   PROJECT={config.project} BQ_DATASET={config.bq_dataset} envsubst "
+            "< deploy/bigquery/tokens_cost_per_tenant_day.sql | bq query --use_legacy_sql=false\n"
+        )
     if "alerts" in config.phases:
-        out.write("#   Cloud SDKs older than the GA 'monitoring policies' group: "
-                  "use 'gcloud alpha monitoring policies'\n")
+        out.write(
+            "#   Cloud SDKs older than the GA 'monitoring policies' group: use 'gcloud alpha monitoring policies'\n"
+        )

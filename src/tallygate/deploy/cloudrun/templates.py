@@ -13,8 +13,12 @@ from .constants import MONITORING_PHASES, DeployError
 
 
 def template_values(config: Config) -> dict[str, str]:
-    values = {"PROJECT": config.project, "REGION": config.region, "SERVICE": config.service,
-              "BQ_DATASET": config.bq_dataset}
+    values = {
+        "PROJECT": config.project,
+        "REGION": config.region,
+        "SERVICE": config.service,
+        "BQ_DATASET": config.bq_dataset,
+    }
     for key, value in config.thresholds.items():
         values[key] = _number(value)
     return values

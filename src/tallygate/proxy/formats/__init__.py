@@ -26,8 +26,9 @@ class WireFormat(Protocol):
     def caps(self, doc: dict) -> tuple[int, int]:
         """(output cap per choice the request names, 0 if none; choices generated)."""
 
-    def prepare(self, route: Route, name: str, model: str, endpoint: str, doc: dict, body: bytes,
-                stream: bool) -> tuple[bytes, bool]:
+    def prepare(
+        self, route: Route, name: str, model: str, endpoint: str, doc: dict, body: bytes, stream: bool
+    ) -> tuple[bytes, bool]:
         """(payload for the route, strip_usage): the client's bytes unless something changed."""
 
     def usage(self, body: bytes) -> tuple[Usage | None, str | None]:

@@ -57,8 +57,9 @@ class OpenAIFormat:
             raise bad_request("'stream' must be true or false.", "invalid_stream", "stream")
         return doc, model, stream
 
-    def prepare(self, route, name: str, model: str, endpoint: str, doc: dict, body: bytes,
-                stream: bool) -> tuple[bytes, bool]:
+    def prepare(
+        self, route, name: str, model: str, endpoint: str, doc: dict, body: bytes, stream: bool
+    ) -> tuple[bytes, bool]:
         """(payload, strip_usage) for one route: the client's own bytes unless the model
         name changes (upstream_model, a fallback) or stream usage is added."""
         changed = False
@@ -80,8 +81,11 @@ class OpenAIFormat:
         return SSEMeter(strip_usage, endpoint == "/v1/responses", max_event)
 
     def error_event(self, code: str, message: str) -> bytes:
-        return b"data: " + orjson.dumps({"error": {
-            "message": message, "type": "upstream_error", "param": None, "code": code}}) + b"\n\n"
+        return (
+            b"data: "
+            + orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}})
+            + b"\n\n"
+        )
 
 
 OPENAI = OpenAIFormat()
