@@ -53,7 +53,7 @@ def base_env(upstream_url: str, tmp_path: Path, **overrides) -> dict:
 
 
 class FakeUpstream:
-    """`tallygate fake-upstream` (src/tallygate/fake_upstream.py): an OpenAI-shaped upstream
+    """`tallygate fake-upstream` (src/tallygate/fake_upstream/): an OpenAI-shaped upstream
     that fails, stalls and cuts off as each request's "fake" object asks."""
 
     def __init__(self, fail_rate: float = 0.0) -> None:

@@ -1,113 +1,24 @@
-"""A deterministic fake OpenAI upstream on loopback, for demos and tests.
-
-`tallygate fake-upstream --port 9100` answers chat completions, completions,
-embeddings, responses (JSON and SSE, with usage) and models. A request can steer
-it with an extra body field the gateway forwards untouched:
-
-    "fake": {"prompt_tokens": 1000, "completion_tokens": 200, "cached_tokens": 500,
-             "reasoning_tokens": 0, "upstream_model": "gpt-4o-2024-08-06",
-             "status": 500, "delay": 0.5, "chunk_delay": 0.1, "chunks": 5,
-             "cut_after": 2, "no_usage": true}
-
-Fault behaviours (all optional):
-
-    "fake": {"key": "t1", "fail_first": 2, "fail_status": 503,  # the first 2 calls with key t1 fail
-             "drop_first": 1,            # ... or are dropped: connection closed, no answer
-             "retry_after": "0.1",       # Retry-After header on error answers
-             "first_event_delay": 2,     # streams: headers at once, first event after 2 s
-             "done_delay": 1,            # streams: wait before the final [DONE]
-             "by_model": {"gpt-4o": {"status": 503}},  # overrides for one model name
-             "set_cookie": "__cf_bm=abc",  # a Set-Cookie header on the answer
-             "quote_key": true,          # error answers quote the key the caller sent
-             "cut_body": 20,             # non-streamed answers: the status, headers and full
-                                         # Content-Length, 20 bytes of the body, then the
-                                         # connection closed
-             "cut_errors": true,         # ... only error answers are cut
-             "stall_body": 5}            # ... the rest is never sent: 5 s of silence, then the close
-
-Untrustworthy answers (chat and completions):
-
-    "fake": {"raw_body": "<html>...", "content_type": "text/html",  # a 200 with this body, not JSON
-             "sse_blob": 100000000}  # streams: first an event of this many bytes, written in 64 KB pieces
-
-`--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
-received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
-/_fake/stats counts calls and lists streams whose reader hung up
-(`disconnects`: path, events sent, events planned).
-"""
+"""The fake upstream's aiohttp application: one handler per OpenAI endpoint, plus /_fake/*."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import orjson
 from aiohttp import web
 
-CREATED = 1735689600  # fixed, so answers are byte-for-byte repeatable
-WORDS = ["Hello", " from", " the", " fake", " upstream", ".", " It", " counts", " every", " token", "."]
-
-
-def _usage_numbers(doc: dict, fake: dict) -> tuple[int, int, int, int]:
-    if "prompt_tokens" in fake:
-        prompt = int(fake["prompt_tokens"])
-    else:
-        prompt = max(1, len(orjson.dumps(doc.get("messages") or doc.get("input") or doc.get("prompt") or "")) // 4)
-    completion = int(fake.get("completion_tokens", fake.get("chunks", 5)))
-    return prompt, completion, int(fake.get("cached_tokens", 0)), int(fake.get("reasoning_tokens", 0))
-
-
-def chat_usage(doc, fake) -> dict:
-    p, c, cached, reasoning = _usage_numbers(doc, fake)
-    return {
-        "prompt_tokens": p,
-        "completion_tokens": c,
-        "total_tokens": p + c,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": reasoning,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-
-
-def responses_usage(doc, fake) -> dict:
-    p, c, cached, reasoning = _usage_numbers(doc, fake)
-    return {
-        "input_tokens": p,
-        "output_tokens": c,
-        "total_tokens": p + c,
-        "input_tokens_details": {"cached_tokens": cached},
-        "output_tokens_details": {"reasoning_tokens": reasoning},
-    }
-
-
-BLOB_PIECE = 64 * 1024
-
-
-def _raw_answer(fake: dict) -> web.Response:
-    """A 200 whose body is whatever the test says (HTML, garbage, JSON without usage)."""
-    return web.Response(
-        body=str(fake["raw_body"]).encode("utf-8", "surrogateescape"),
-        headers={"Content-Type": str(fake.get("content_type", "text/html"))},
-    )
-
-
-def _blob_event(size: int) -> bytes:
-    """One SSE event of `size` bytes (no blank line until its very end)."""
-    return b"data: " + b"x" * max(0, size - 8) + b"\n\n"
-
-
-async def _write_pieces(resp, event: bytes) -> None:
-    view = memoryview(event)
-    for start in range(0, len(event), BLOB_PIECE):
-        await resp.write(bytes(view[start : start + BLOB_PIECE]))
-
-
-def _closed(request) -> bool:
-    return request.transport is None or request.transport.is_closing()
+from .answers import (
+    BLOB_PIECE,
+    CREATED,
+    WORDS,
+    blob_event,
+    chat_usage,
+    closed,
+    raw_answer,
+    responses_usage,
+    usage_numbers,
+    write_pieces,
+)
 
 
 class FakeUpstream:
@@ -240,12 +151,12 @@ class FakeUpstream:
                 request.transport.close()  # cut off mid-stream, no [DONE]
                 return resp
             wait = (first_delay if not i else delay) + (done_delay if event == b"data: [DONE]\n\n" else 0)
-            if wait and not await self._sleep_while_connected(request, wait) or _closed(request):
+            if wait and not await self._sleep_while_connected(request, wait) or closed(request):
                 self._disconnected(request, i, len(events))
                 return resp
             try:
                 if len(event) > BLOB_PIECE:
-                    await _write_pieces(resp, event)
+                    await write_pieces(resp, event)
                 else:
                     await resp.write(event)
             except (ConnectionError, RuntimeError):
@@ -264,7 +175,7 @@ class FakeUpstream:
             if left <= 0:
                 return True
             await asyncio.sleep(min(left, 0.05))
-            if _closed(request):
+            if closed(request):
                 return False
 
     def _disconnected(self, request, sent: int, planned: int) -> None:
@@ -287,7 +198,7 @@ class FakeUpstream:
         created = CREATED
         usage = chat_usage(doc, fake)
         if fake.get("raw_body") is not None and not doc.get("stream"):
-            return _raw_answer(fake)
+            return raw_answer(fake)
         if not doc.get("stream"):
             if kind == "chat.completion":
                 choice = {
@@ -372,7 +283,7 @@ class FakeUpstream:
             )
         events.append(b"data: [DONE]\n\n")
         if fake.get("sse_blob"):
-            events.insert(0, _blob_event(int(fake["sse_blob"])))
+            events.insert(0, blob_event(int(fake["sse_blob"])))
         return await self._sse(request, events, fake)
 
     async def embeddings(self, request: web.Request) -> web.Response:
@@ -386,7 +297,7 @@ class FakeUpstream:
             {"object": "embedding", "index": i, "embedding": [round(0.001 * (i + j), 6) for j in range(dims)]}
             for i in range(count)
         ]
-        p, _, _, _ = _usage_numbers(doc, fake)
+        p, _, _, _ = usage_numbers(doc, fake)
         body = {
             "object": "list",
             "data": data,
@@ -502,26 +413,3 @@ class FakeUpstream:
         self.disconnects.clear()
         self.completed_streams = 0
         return web.json_response({"ok": True})
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tallygate fake-upstream", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
-    parser.add_argument("--fail-rate", type=float, default=0.0, help="answer 500 on this fraction of calls")
-
-
-def run(args: argparse.Namespace) -> int:
-    fake = FakeUpstream(args.fail_rate)
-    print(f"fake upstream on http://{args.host}:{args.port}/v1", flush=True)
-    web.run_app(fake.app(), host=args.host, port=args.port, print=None, access_log=None)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

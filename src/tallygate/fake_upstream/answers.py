@@ -1,0 +1,71 @@
+"""What the fake upstream answers: usage numbers and the bodies it builds from a request."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+CREATED = 1735689600  # fixed, so answers are byte-for-byte repeatable
+WORDS = ["Hello", " from", " the", " fake", " upstream", ".", " It", " counts", " every", " token", "."]
+
+
+def usage_numbers(doc: dict, fake: dict) -> tuple[int, int, int, int]:
+    if "prompt_tokens" in fake:
+        prompt = int(fake["prompt_tokens"])
+    else:
+        prompt = max(1, len(orjson.dumps(doc.get("messages") or doc.get("input") or doc.get("prompt") or "")) // 4)
+    completion = int(fake.get("completion_tokens", fake.get("chunks", 5)))
+    return prompt, completion, int(fake.get("cached_tokens", 0)), int(fake.get("reasoning_tokens", 0))
+
+
+def chat_usage(doc, fake) -> dict:
+    p, c, cached, reasoning = usage_numbers(doc, fake)
+    return {
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def responses_usage(doc, fake) -> dict:
+    p, c, cached, reasoning = usage_numbers(doc, fake)
+    return {
+        "input_tokens": p,
+        "output_tokens": c,
+        "total_tokens": p + c,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+BLOB_PIECE = 64 * 1024
+
+
+def raw_answer(fake: dict) -> web.Response:
+    """A 200 whose body is whatever the test says (HTML, garbage, JSON without usage)."""
+    return web.Response(
+        body=str(fake["raw_body"]).encode("utf-8", "surrogateescape"),
+        headers={"Content-Type": str(fake.get("content_type", "text/html"))},
+    )
+
+
+def blob_event(size: int) -> bytes:
+    """One SSE event of `size` bytes (no blank line until its very end)."""
+    return b"data: " + b"x" * max(0, size - 8) + b"\n\n"
+
+
+async def write_pieces(resp, event: bytes) -> None:
+    view = memoryview(event)
+    for start in range(0, len(event), BLOB_PIECE):
+        await resp.write(bytes(view[start : start + BLOB_PIECE]))
+
+
+def closed(request) -> bool:
+    return request.transport is None or request.transport.is_closing()
