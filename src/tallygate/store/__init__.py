@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 from ..settings import Settings
+from .errors import RowsRefused, StoreUnavailable
 
-
-class StoreUnavailable(Exception):
-    """The database cannot be reached; the message says why, without secrets."""
-
-
-class RowsRefused(Exception):
-    """The database refused the data of a batch (a value out of range, say), not an
-    outage: retrying the same batch cannot succeed, smaller ones may."""
+__all__ = ["RowsRefused", "StoreUnavailable", "open_store"]
 
 
 def open_store(settings: Settings):

@@ -14,7 +14,7 @@ import orjson
 
 from ..metering.record import LEDGER_COLUMNS, UsageRecord
 from ..settings import PostgresSettings
-from . import RowsRefused, StoreUnavailable
+from .errors import RowsRefused, StoreUnavailable
 from .migrations import migrations
 
 if TYPE_CHECKING:  # psycopg_pool is imported in a thread at connect (start-up stays fast)

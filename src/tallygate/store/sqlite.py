@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..metering.record import LEDGER_COLUMNS, UsageRecord
 from ..money import usd_text
-from . import StoreUnavailable
+from .errors import StoreUnavailable
 from .migrations import migrations
 
 INSERT_SQL = (
