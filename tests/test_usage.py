@@ -56,3 +56,35 @@ def test_big_bodies_tail_scan_matches_whole_parse(prompt, completion, items, mod
     usage, got_model = from_json_body(body)  # whole parse under 64 KiB, a tail scan above
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (prompt, completion, prompt + completion)
     assert got_model == model
+
+
+metadata = st.dictionaries(
+    st.sampled_from(["usage", "note", "u", "x"]),
+    st.text(alphabet=list('ab{}[]":,\\ usage'), max_size=40)
+    | st.fixed_dictionaries({"usage": st.fixed_dictionaries({"input_tokens": counts, "output_tokens": counts})}),
+    max_size=6,
+)
+
+
+@FAST
+@given(counts, counts, metadata, st.booleans())
+def test_big_bodies_take_the_top_level_usage_not_an_echoed_one(prompt, completion, meta, usage_first):
+    """A Responses body over the whole-parse limit echoes the client's metadata after its
+    usage; a key named usage there (or text that looks like one) never replaces the real one."""
+    doc = {"id": "resp_1", "object": "response", "model": "gpt-4o",
+           "output": [{"type": "message", "content": [{"type": "output_text", "text": "x" * 70_000}]}]}
+    usage = {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion}
+    if usage_first:
+        doc["usage"], doc["metadata"] = usage, meta
+    else:  # the echo can come first too: the top-level key is still the one read
+        doc["metadata"], doc["usage"] = meta, usage
+    body = orjson.dumps(doc)
+    assert len(body) > 65_536
+    got, model = from_json_body(body)
+    assert got == usage_from_object(usage) and model == "gpt-4o"
+
+
+def test_big_body_with_null_usage_has_none():
+    body = orjson.dumps({"object": "response", "output": ["x" * 70_000], "usage": None,
+                         "metadata": {"usage": {"input_tokens": 10**9, "output_tokens": 1}}})
+    assert from_json_body(body)[0] is None

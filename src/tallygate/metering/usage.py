@@ -7,6 +7,7 @@ The SSE side is metering/sse.py.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -103,13 +104,46 @@ def _balanced_object(data: bytes, start: int) -> bytes | None:
     return None
 
 
+# what decides how deep a position is: JSON strings (escapes included) and brackets
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_COLON = re.compile(rb"\s*:\s*")
+# "usage" keys looked at from the end before giving up (nested ones an echo put there)
+_TAIL_CANDIDATES = 32
+
+
+def _is_top_level_key(body: bytes, pos: int) -> bool:
+    """Whether the `"usage"` at `pos` is a key of the outermost object: the rest of the body
+    closes exactly one container (strings skipped, so brackets inside them do not count)."""
+    if pos and body[pos - 1] == 0x5C:  # an escaped quote inside a string
+        return False
+    if not _COLON.match(body, pos + 7):
+        return False  # a value, not a key
+    depth = 0
+    for m in _STRUCTURE.finditer(body, pos + 7):
+        c = m.group()[0]
+        if c == 0x7B or c == 0x5B:  # { [
+            depth += 1
+        elif c == 0x7D or c == 0x5D:  # } ]
+            depth -= 1
+    return depth == -1
+
+
 def _tail_usage(body: bytes) -> Usage | None:
-    pos = body.rfind(b'"usage"')
-    if pos < 0:
+    """The top-level usage object of a big body, found from the end: a client's `metadata`
+    echoed after it may hold a key named usage too (the Responses API echoes it last)."""
+    pos = len(body)
+    for _ in range(_TAIL_CANDIDATES):
+        pos = body.rfind(b'"usage"', 0, pos)
+        if pos < 0:
+            return None
+        if _is_top_level_key(body, pos):
+            break
+    else:
         return None
-    brace = body.find(b"{", pos)
-    if brace < 0:
-        return None
+    colon = _COLON.match(body, pos + 7)
+    brace = colon.end() if colon else -1
+    if brace < 0 or body[brace : brace + 1] != b"{":
+        return None  # "usage": null, or not an object
     obj = _balanced_object(body, brace)
     if obj is None:
         return None
