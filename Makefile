@@ -30,9 +30,9 @@ tools:
 	  (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null 2>&1 \
 	  || echo "warning: could not install shellcheck"; }
 
-# ruff (lint and format) and mypy over the package; make test runs it first
+# ruff lint over the package and the tests, ruff format and mypy over the package; make test runs it first
 lint: $(STAMP)
-	$(BIN)/ruff check src
+	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src
 	$(BIN)/mypy
 

@@ -13,8 +13,7 @@ import urllib.request
 import openai
 import pytest
 
-from support import (MASTER, TOKEN, GatewayProcess, admin_call, base_env, call, free_port, post, sdk_client,
-                     wait_until)
+from support import MASTER, TOKEN, GatewayProcess, admin_call, base_env, call, free_port, post, sdk_client, wait_until
 from support.tenants import new_key, unique
 from tallygate.auth import Authenticator
 from tallygate.errors import GatewayError

@@ -14,8 +14,11 @@ def _fuzz_gateway(gateway):
 
 def _checks(positive: bool) -> list:
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                   status_code_conformance)
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     if positive:
         return [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -41,13 +44,13 @@ def _fuzz(gw, max_examples: int) -> list[tuple[str, str, int]]:
             @given(case=op.as_strategy(mode))
             @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.generate],
                       suppress_health_check=list(HealthCheck))
-            def run(case):
+            def run(case):  # called within this iteration only, so op and checks are this iteration's
                 response = case.call(base_url=gw.url, headers=auth, timeout=10)
-                calls.append((op.method, op.path, response.status_code))
-                chosen = checks
+                calls.append((op.method, op.path, response.status_code))  # noqa: B023
+                chosen = checks  # noqa: B023
                 if response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
                     # the spec declares a stream as text; schemathesis reads it as event objects
-                    chosen = [c for c in checks if c.__name__ != "response_schema_conformance"]
+                    chosen = [c for c in checks if c.__name__ != "response_schema_conformance"]  # noqa: B023
                 case.validate_response(response, checks=chosen)
 
             try:

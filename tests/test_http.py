@@ -11,11 +11,9 @@ import zlib
 
 import pytest
 
-from tallygate.errors import GatewayError
-from tallygate.http import (ClientGone, json_object, query_params, read_body, send_error, send_json,
-                            send_text)
-
 from support import MASTER
+from tallygate.errors import GatewayError
+from tallygate.http import ClientGone, json_object, query_params, read_body, send_error, send_json, send_text
 
 
 def receiver(*chunks: bytes, disconnect: bool = False):
@@ -106,7 +104,7 @@ async def test_responses_carry_their_length_and_type():
     await send_text(send, 200, b"metric 1\n", b"text/plain; version=0.0.4")
     heads, bodies = sent[0::2], sent[1::2]
     assert [h["status"] for h in heads] == [201, 429, 200]
-    for head, body in zip(heads, bodies):
+    for head, body in zip(heads, bodies, strict=True):
         headers = dict(head["headers"])
         assert int(headers[b"content-length"]) == len(body["body"])
         assert "more_body" not in body or not body["more_body"]

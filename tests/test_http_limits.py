@@ -145,7 +145,7 @@ def _drip(port: int, first: bytes, drip: bytes, every: float, limit: float) -> t
                 break
         try:
             chunk = s.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             break

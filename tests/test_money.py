@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -23,7 +23,7 @@ def test_usd_text_is_exact_fixed_point(value, text):
 
 
 def test_log_line_and_report_never_print_an_exponent():
-    rec = UsageRecord(request_id="req_1", created_at=datetime.now(timezone.utc), tenant_id="t",
+    rec = UsageRecord(request_id="req_1", created_at=datetime.now(UTC), tenant_id="t",
                       model="m", endpoint="/v1/chat/completions", stream=False,
                       cost_usd=Decimal("2E-8"))
     assert log_entry(rec)["cost_usd_exact"] == "0.00000002"

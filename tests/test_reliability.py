@@ -352,8 +352,10 @@ def test_upstream_redirect_is_not_followed(gateway, fresh_upstream):
         assert err["code"] == "upstream_redirect" and "HTTP 307" in err["message"]
         assert "/internal/moved-here" not in data.decode()  # where it points is for the operator only
         assert fresh_upstream.stats()["calls"] == before + 1  # asked once, not followed, not retried
-        rec = wait_until(lambda: [x for x in gw.records() if x["model"] == f"moved-{stream}"])[0]
+        model = f"moved-{stream}"
+        rec = wait_until(lambda model=model: [x for x in gw.records() if x["model"] == model])[0]
         assert rec["status_code"] == 502 and rec["status"] == "upstream_error" and rec["stream"] is stream
-        warn = wait_until(lambda: [x for x in gw.lines() if x.get("request_id") == rec["request_id"]
+        rid = rec["request_id"]
+        warn = wait_until(lambda rid=rid: [x for x in gw.lines() if x.get("request_id") == rid
                                  and x.get("upstream_status") == 307])[0]
         assert warn["location"].endswith("/internal/moved-here") and warn["severity"] == "WARNING"

@@ -151,8 +151,8 @@ def test_scrubber_knows_every_secret_setting(gateway, database, redis_with_passw
                          {"model": "keyed", "base_url": fake_url, "api_key": secrets["route api_key"]},
                          {"model": "keyed-env", "base_url": fake_url, "api_key_env": "ROUTE_KEY"})
     with open(config, "a") as fh:
-        fh.write('[[routes]]\nmodel = "with-header"\nbase_url = "%s"\nauth = "none"\n'
-                 '[routes.headers]\nx-api-key = "%s"\n' % (fake_url, secrets["route header"]))
+        fh.write('[[routes]]\nmodel = "with-header"\nbase_url = "{}"\nauth = "none"\n'
+                 '[routes.headers]\nx-api-key = "{}"\n'.format(fake_url, secrets["route header"]))
     gw = gateway(DATABASE_URL=f"postgresql://postgres:{secrets['DATABASE_URL']}@127.0.0.1:5432/{database}"
                               "?sslmode=disable",
                  PGPASSWORD=secrets["PGPASSWORD"], REDIS_URL=f"redis://:{redis_password}@127.0.0.1:{redis_port}/0",

@@ -8,8 +8,19 @@ import json
 import signal
 import socket
 
-from support import (MASTER, TOKEN, UPSTREAM_KEY, StreamReader, base_env, call, free_port, post, raw_exchange,
-                     request_bytes, status_of)
+from support import (
+    MASTER,
+    TOKEN,
+    UPSTREAM_KEY,
+    StreamReader,
+    base_env,
+    call,
+    free_port,
+    post,
+    raw_exchange,
+    request_bytes,
+    status_of,
+)
 
 PG_PASSWORD = "pg-secret-password-9f8e7d"
 MESSAGES = [{"role": "user", "content": "hi"}]

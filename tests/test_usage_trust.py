@@ -112,7 +112,7 @@ def test_answer_without_usage_is_estimated_and_charged(gateway, postgres_env):
         assert data == fake["raw_body"].encode("utf-8", "surrogateescape")  # passed through unchanged
         ids.append(headers["x-tallygate-request-id"])
     recs = [record_of(gw, rid) for rid in ids]
-    for rec, fake in zip(recs, answers):
+    for rec, fake in zip(recs, answers, strict=True):
         assert rec["usage_source"] == "estimated" and rec["usage_flag"] == "missing", rec
         assert rec["status"] == "ok" and rec["prompt_tokens"] > 0
         assert rec["completion_tokens"] == len(fake["raw_body"].encode("utf-8", "surrogateescape")) // 4

@@ -4,8 +4,9 @@ LogMetric records for them (its filter, value and label extractors run by logfil
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from logfilter import LogFilterError, compile_filter, extract_label, extract_value
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
     "LogFilterError", "MISSING", "compile_filter", "matches", "extract", "extract_value", "extract_label",

@@ -8,10 +8,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from deploy_support import (ALERTS_DIR, DEPLOY, MONITORING, PROJECT, alert_files, api_messages,
-                            cloudrun, default_values, load_yaml, metric_files, promql_selectors,
-                            rendered_json, rendered_metric, unknown_fields)
+from deploy_support import (
+    ALERTS_DIR,
+    DEPLOY,
+    MONITORING,
+    PROJECT,
+    alert_files,
+    api_messages,
+    cloudrun,
+    default_values,
+    load_yaml,
+    metric_files,
+    promql_selectors,
+    rendered_json,
+    rendered_metric,
+    unknown_fields,
+)
 
 CONTRACT_FIELDS = {  # docs/contracts.md: the log line's fields and their JSON types
     "request_id": str, "tenant_id": str, "api_key_id": (str, type(None)), "model": str,
@@ -83,7 +95,7 @@ def test_log_metric_shape(path):
     assert not {"request_id", "api_key_id", "user"} & set(labels)  # unbounded cardinality
     assert all(label["valueType"] in ("STRING", "BOOL", "INT64") for label in descriptor["labels"])
     assert set(metric["labelExtractors"]) == set(labels)  # one extractor per label, no extra
-    for key, expression in metric["labelExtractors"].items():
+    for _key, expression in metric["labelExtractors"].items():
         m = re.fullmatch(r"EXTRACT\(jsonPayload\.([a-z_]+)\)", expression)
         assert m and m.group(1) in CONTRACT_FIELDS, expression
     if kind == "DISTRIBUTION":

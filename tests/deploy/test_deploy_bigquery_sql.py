@@ -11,9 +11,8 @@ import urllib.request
 from decimal import Decimal
 
 import pytest
-
-from deploy_support import DEPLOY, PROJECT, cloudrun, parse_args
 from cloud_run_logs import cloud_run_entry
+from deploy_support import DEPLOY, PROJECT, cloudrun, parse_args
 from logfilter import compile_filter
 
 duckdb = pytest.importorskip("duckdb")
@@ -88,7 +87,7 @@ def test_tokens_cost_per_tenant_day_dedupes(run_data):
     load_logs(con, entries)
     rows = con.execute(to_duckdb(statements[0])).fetchall()
     cols = [d[0] for d in con.description]
-    got = {r[cols.index("tenant_id")]: dict(zip(cols, r)) for r in rows}
+    got = {r[cols.index("tenant_id")]: dict(zip(cols, r, strict=True)) for r in rows}
     assert set(got) == {"acme", "beta"}
     expected: dict[str, dict] = {}
     for e in entries:
@@ -103,7 +102,7 @@ def test_tokens_cost_per_tenant_day_dedupes(run_data):
         assert got[tenant]["failed_requests"] == 0
         assert abs(Decimal(str(got[tenant]["cost_usd"])) - want["cost"]) < Decimal("0.000001")
     assert got["acme"]["total_tokens"] == 1215 and got["beta"]["total_tokens"] == 340
-    assert got["acme"]["day_utc"] == dt.datetime.now(dt.timezone.utc).date()
+    assert got["acme"]["day_utc"] == dt.datetime.now(dt.UTC).date()
 
 
 def _reconcile_sql(ledger_table: str, start: dt.datetime, end: dt.datetime) -> tuple[str, str]:
@@ -132,14 +131,14 @@ def test_reconcile_ledger_vs_logs(run_data):
     import psycopg
 
     entries, conninfo = run_data
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     query, inner = _reconcile_sql("ledger_src", now - dt.timedelta(hours=1), now + dt.timedelta(hours=1))
     with psycopg.connect(conninfo) as pg:  # the federated half, on the real ledger
         cur = pg.execute(inner)
         names = [d.name for d in cur.description]
         ours = {e["jsonPayload"]["request_id"] for e in entries}
         # the session's database may hold rows of other tests
-        ledger = [row for row in (dict(zip(names, r)) for r in cur.fetchall()) if row["request_id"] in ours]
+        ledger = [row for row in (dict(zip(names, r, strict=True)) for r in cur.fetchall()) if row["request_id"] in ours]
     assert len(ledger) == 3
     assert names == ["request_id", "created_at", "tenant_id", "model", "prompt_tokens",
                      "completion_tokens", "total_tokens", "cost_usd"]

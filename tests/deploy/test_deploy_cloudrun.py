@@ -12,9 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from deploy_support import (PROJECT, ROOT, SQL_INSTANCE, bq_tree, cloudrun, dry_run, find,
-                            flag_values, gcloud_tree, script_commands)
+from deploy_support import (
+    PROJECT,
+    ROOT,
+    SQL_INSTANCE,
+    bq_tree,
+    cloudrun,
+    dry_run,
+    find,
+    flag_values,
+    gcloud_tree,
+    script_commands,
+)
 
 SECRET_ENVS = [e for e, _ in cloudrun.SECRET_ENVS]
 
@@ -89,7 +98,7 @@ def test_secrets_only_through_set_secrets_pinned(commands):
     (raw,) = flag_values(deploy, "--set-secrets")
     mapping = dict(kv.split("=", 1) for kv in raw.split(","))
     assert set(mapping) == set(SECRET_ENVS)
-    for env, ref in mapping.items():
+    for _env, ref in mapping.items():
         # gcloud's same-project form NAME:VERSION (a remote one needs a project NUMBER)
         assert re.fullmatch(r"[a-zA-Z0-9_-]{1,255}:[1-9][0-9]*", ref), ref
     assert mapping["OPENAI_API_KEY"] == "litellm-proxy-openai-api-key:1"

@@ -10,7 +10,6 @@ import stat
 import sys
 
 import pytest
-
 from deploy_support import PROJECT, ROOT, SQL_INSTANCE, cloudrun, parse_args
 
 SECRET_ENVS = [e for e, _ in cloudrun.SECRET_ENVS]

@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from deploy_support import ROOT, sdk_root
 
 DOCKERFILE = ROOT / "Dockerfile"

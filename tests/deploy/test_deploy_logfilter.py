@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from cloud_run_logs import cloud_run_entry
 from logfilter import MISSING, LogFilterError, compile_filter, extract, extract_label, extract_value, matches
 

@@ -8,9 +8,8 @@ import json
 import urllib.request
 
 import pytest
-
-from deploy_support import PROJECT, cloudrun, contract_line, metric_files, parse_args, rendered_metric
 from cloud_run_logs import cloud_run_entry, evaluate_metric
+from deploy_support import PROJECT, cloudrun, contract_line, metric_files, parse_args, rendered_metric
 from logfilter import compile_filter
 
 METRICS = {p.stem: rendered_metric(p) for p in metric_files()}

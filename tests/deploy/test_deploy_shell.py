@@ -6,9 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-
 from deploy_support import ROOT
-
 
 
 def _scripts() -> list:

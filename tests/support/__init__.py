@@ -12,8 +12,21 @@
 The fixtures (gateway, fake_upstream, postgres_env, private_postgres) are in tests/conftest.py.
 """
 
-from .http import (StreamReader, admin_call, body_of, call, call_json, metric, metrics_text, post, raw_exchange,
-                   request, request_bytes, sdk_client, status_of)
+from .http import (
+                   StreamReader,
+                   admin_call,
+                   body_of,
+                   call,
+                   call_json,
+                   metric,
+                   metrics_text,
+                   post,
+                   raw_exchange,
+                   request,
+                   request_bytes,
+                   sdk_client,
+                   status_of,
+)
 from .processes import MASTER, ROOT, TOKEN, UPSTREAM_KEY, FakeUpstream, GatewayProcess, base_env, free_port, routes_file
 from .waiting import wait_http, wait_until
 

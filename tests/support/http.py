@@ -106,7 +106,7 @@ def raw_exchange(port: int, data: bytes, timeout: float = 3.0, read_until_close:
         while time.monotonic() < deadline:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             except OSError:
                 break

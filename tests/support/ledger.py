@@ -23,7 +23,7 @@ def pg_rows(env: dict, where: str = "true", params=()) -> list[dict]:
     with psycopg.connect(conninfo(env)) as conn:
         cur = conn.execute(f"SELECT * FROM litellm_usage WHERE {where} ORDER BY created_at", params)
         cols = [d.name for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 def sqlite_rows(path: Path, where: str = "1", params=()) -> list[dict]:
