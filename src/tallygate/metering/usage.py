@@ -19,11 +19,29 @@ WHOLE_PARSE_LIMIT = 64 * 1024
 
 @dataclass(slots=True)
 class Usage:
+    """One request's billable usage, normalised to OpenAI's semantics whatever the wire format.
+
+    `prompt_tokens` counts every input token: cache reads (`cached_tokens`), cache writes
+    (`cache_write_tokens`, of which `cache_write_1h_tokens` were written for an hour) and
+    audio/image input are parts of it, not additions. `completion_tokens` includes
+    reasoning and audio output. An Anthropic usage object (whose `input_tokens` excludes
+    cache reads and writes) is converted into this shape by its wire format.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    web_search_calls: int = 0
+    file_search_calls: int = 0
+    service_tier: str | None = None  # as the provider reported it (default, flex, priority, batch, ...)
 
 
 # the ledger's token columns are 32-bit: no real count comes near, a broken upstream might
