@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 import orjson
 
-from ..metering.record import STATUSES, UsageRecord
+from ..metering.record import EXTRA_TOKEN_COLUMNS, STATUSES, UsageRecord
 from .db import open_ledger
 
 
@@ -44,6 +44,10 @@ def record_from_log(line: bytes) -> UsageRecord | None:
             return kind(0)
         return kind(value)
 
+    def text_or_none(name):
+        value = payload.get(name)
+        return value if isinstance(value, str) else None
+
     ttft = payload.get("ttft_ms")
     return UsageRecord(
         request_id=rid,
@@ -67,6 +71,9 @@ def record_from_log(line: bytes) -> UsageRecord | None:
         usage_source=str(payload.get("usage_source", "provider")),
         latency_ms=num("latency_ms", float),
         ttft_ms=None if ttft is None else float(ttft),
+        service_tier=text_or_none("service_tier"),
+        price_version=text_or_none("price_version"),
+        **{name: num(name) for name in EXTRA_TOKEN_COLUMNS},
     )
 
 

@@ -33,30 +33,72 @@ class PriceFileError(ValueError):
     pass
 
 
+# Usage fields beyond input, cache reads and output, and the price key that bills each:
+# a request using one of them goes through the library's own calculation, and is
+# priced "partial" when the model's price has no rate for it (the part is billed as the
+# plain input or output it is a part of, or not at all for a fee).
+EXTRA_DIMENSIONS = (
+    ("cache_write_tokens", "cache_write_mtok"),
+    ("cache_write_1h_tokens", "cache_write_1h_mtok"),
+    ("audio_input_tokens", "input_audio_mtok"),
+    ("audio_output_tokens", "output_audio_mtok"),
+    ("image_input_tokens", "input_image_mtok"),
+    ("image_output_tokens", "output_image_mtok"),
+    ("web_search_calls", "web_searches_kcount"),
+    ("file_search_calls", "storage_searches_kcount"),
+)
+# service tiers billed at the standard price (OpenAI answers "default" for the standard tier)
+STANDARD_TIERS = frozenset({None, "", "default", "auto", "standard", "standard_only"})
+
+
+def tier_context(tier: str | None) -> dict[str, str] | None:
+    """The genai-prices price context of a service tier: batch work is its `processing`
+    variant, flex and priority its `service_tier` variants."""
+    if tier in STANDARD_TIERS:
+        return None
+    assert tier is not None
+    return {"processing": "batch"} if tier == "batch" else {"service_tier": tier}
+
+
+def _library_usage(usage: Any) -> Any:
+    from genai_prices.types import Usage as LibUsage
+
+    writes = usage.cache_write_tokens
+    values = {
+        "input_tokens": usage.prompt_tokens,
+        "cache_read_tokens": usage.cached_tokens,
+        "output_tokens": usage.completion_tokens,
+        "cache_write_tokens": writes,
+        # the library needs the 1-hour part stated inside the total it belongs to
+        "cache_write_1h_tokens": min(usage.cache_write_1h_tokens, writes),
+        "input_audio_tokens": usage.audio_input_tokens,
+        "output_audio_tokens": usage.audio_output_tokens,
+        "input_image_tokens": usage.image_input_tokens,
+        "output_image_tokens": usage.image_output_tokens,
+        "web_searches": usage.web_search_calls,
+        "storage_searches": usage.file_search_calls,
+    }
+    return LibUsage(**values)
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million tokens. `library_price` is set for tiered prices the simple
-    formula cannot express; those go through the library's own calculation."""
+    """USD per million tokens for the common case (input, cache reads, output: a few
+    microseconds of Decimal arithmetic), and the library's `ModelPrice` for the rest:
+    tiered prices, cache writes, audio and image tokens, per-call tool fees."""
 
     input_mtok: Decimal
     output_mtok: Decimal
     cache_read_mtok: Decimal | None
     source: str
-    library_price: Any = None
+    library_price: Any = None  # a genai-prices ModelPrice (overrides are turned into one too)
     context_window: int | None = None  # the model's largest input (bounds plausible usage)
+    tiered: bool = False  # a rate depends on the request's size: always the library's calculation
+    tier_priced: bool = True  # False: the reported service tier has no price of its own here
 
-    def cost(self, usage: Usage) -> Decimal:
-        if self.library_price is not None:
-            from genai_prices.types import Usage as LibUsage
-
-            calc = self.library_price.calc_price(
-                LibUsage(
-                    input_tokens=usage.prompt_tokens,
-                    cache_read_tokens=usage.cached_tokens,
-                    output_tokens=usage.completion_tokens,
-                )
-            )
-            return calc["total_price"]
+    def cost(self, usage: Any) -> Decimal:
+        if self.tiered or (self.library_price is not None and _has_extras(usage)):
+            return self.library_price.calc_price(_library_usage(usage))["total_price"]
         cached = usage.cached_tokens
         cache_rate = self.cache_read_mtok if self.cache_read_mtok is not None else self.input_mtok
         total = (
@@ -65,6 +107,35 @@ class Price:
             + usage.completion_tokens * self.output_mtok
         )
         return total / MILLION
+
+    def source_for(self, usage: Any) -> str:
+        """`source`, or `source:partial` when the usage has a part this price has no rate for."""
+        if self.source == "unknown":
+            return self.source
+        if not self.tier_priced:
+            return self.source + ":partial"
+        if _has_extras(usage):
+            price = self.library_price
+            for field, key in EXTRA_DIMENSIONS:
+                if getattr(usage, field) and (price is None or getattr(price, key, None) is None):
+                    if field == "cache_write_tokens" or (
+                        field == "cache_write_1h_tokens" and getattr(price, "cache_write_mtok", None) is None
+                    ):
+                        continue  # OpenAI bills cache writes as input: no rate of their own is no gap
+                    return self.source + ":partial"
+        return self.source
+
+
+def _has_extras(usage: Any) -> bool:
+    return bool(
+        usage.cache_write_tokens
+        or usage.audio_input_tokens
+        or usage.audio_output_tokens
+        or usage.image_input_tokens
+        or usage.image_output_tokens
+        or usage.web_search_calls
+        or usage.file_search_calls
+    )
 
 
 def _decimal(value: object, where: str) -> Decimal:
@@ -79,14 +150,61 @@ def _decimal(value: object, where: str) -> Decimal:
     return result
 
 
+PLAIN_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok")
+
+
+def _price_key(key: str) -> bool:
+    from genai_prices.types import _is_registered_price_key  # the library's own list
+
+    return _is_registered_price_key(key)
+
+
+def _rates(table: dict, where: str) -> dict[str, Decimal]:
+    rates = {}
+    for key, value in table.items():
+        if key in ("context_window", "tiers"):
+            continue
+        if not _price_key(key):
+            raise PriceFileError(
+                f"{where}: unknown price {key!r} (genai-prices price keys: input_mtok, cache_write_mtok, input_audio_mtok, web_searches_kcount, ...)"
+            )
+        rates[key] = _decimal(value, f"{where}.{key}")
+    return rates
+
+
+def _override_price(rates: dict[str, Decimal], window: int | None, tier_priced: bool = True) -> Price:
+    from genai_prices.types import ModelPrice
+
+    return Price(
+        input_mtok=rates["input_mtok"],
+        output_mtok=rates["output_mtok"],
+        cache_read_mtok=rates.get("cache_read_mtok"),
+        source="override",
+        library_price=ModelPrice(**rates),
+        context_window=window,
+        tier_priced=tier_priced,
+    )
+
+
 def load_overrides(path: str) -> dict[str, Price]:
-    """Override file, TOML or JSON: a table per model name, USD per million tokens.
+    """Override file, TOML or JSON: a table per model name, USD per million tokens (per
+    thousand calls for `_kcount` fees), keyed by genai-prices' own price names.
 
     [models."gpt-4o"]
     input_mtok = 2.25
     output_mtok = 9
-    cache_read_mtok = 1.125   # optional; defaults to input_mtok
-    context_window = 128000   # optional: bounds plausible usage and the budget's worst case
+    cache_read_mtok = 1.125      # optional; defaults to input_mtok
+    cache_write_mtok = 2.8125    # optional; cache writes default to the input rate
+    cache_write_1h_mtok = 4.5    # optional: 1-hour cache writes (Anthropic)
+    input_audio_mtok = 40        # optional: audio tokens (else billed as text, "partial")
+    output_audio_mtok = 80
+    web_searches_kcount = 10     # optional: USD per 1,000 web search calls
+    context_window = 128000      # optional: bounds plausible usage and the budget's worst case
+    [models."gpt-4o".tiers.flex]  # optional: a service tier's rates (flex, priority, batch)
+    input_mtok = 1.125
+    output_mtok = 4.5
+
+    Tiers are stored under the name "<model>@<tier>".
     """
     raw = Path(path).read_bytes()
     try:
@@ -100,18 +218,28 @@ def load_overrides(path: str) -> dict[str, Price]:
     for name, entry in models.items():
         if not isinstance(entry, dict) or "input_mtok" not in entry or "output_mtok" not in entry:
             raise PriceFileError(f"{path}: model {name!r} needs input_mtok and output_mtok")
-        cache = entry.get("cache_read_mtok")
         window = entry.get("context_window")
         if window is not None and (type(window) is not int or window < 1):
             raise PriceFileError(f"{path}: {name}.context_window must be a positive integer")
-        prices[name] = Price(
-            input_mtok=_decimal(entry["input_mtok"], f"{name}.input_mtok"),
-            output_mtok=_decimal(entry["output_mtok"], f"{name}.output_mtok"),
-            cache_read_mtok=None if cache is None else _decimal(cache, f"{name}.cache_read_mtok"),
-            source="override",
-            context_window=window,
-        )
+        rates = _rates(entry, name)
+        prices[name] = _override_price(rates, window)
+        tiers = entry.get("tiers", {})
+        if not isinstance(tiers, dict):
+            raise PriceFileError(f"{path}: {name}.tiers must be a table of tiers")
+        for tier, table in tiers.items():
+            if not isinstance(table, dict):
+                raise PriceFileError(f"{path}: {name}.tiers.{tier} must be a table")
+            prices[f"{name}@{tier}"] = _override_price(rates | _rates(table, f"{name}.tiers.{tier}"), window)
     return prices
+
+
+def _data_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return "genai-prices " + version("genai-prices")
+    except PackageNotFoundError:  # pragma: no cover - installed with tallygate
+        return "genai-prices"
 
 
 UNKNOWN = Price(ZERO, ZERO, None, "unknown")
@@ -121,7 +249,8 @@ CACHE_LIMIT = 10_000  # resolved (provider, model, upstream model) prices kept
 class PriceBook:
     def __init__(self, overrides: dict[str, Price] | None = None) -> None:
         self._overrides = overrides or {}
-        self._cache: dict[tuple[str | None, str, str | None], Price] = {}
+        self.version = _data_version()  # written with each record, so an old bill can be explained
+        self._cache: dict[tuple[str | None, str, str | None, str | None], Price] = {}
         self._snapshot: DataSnapshot | None = None
         self._warming: asyncio.Future[None] | None = None
         self._lock = threading.Lock()
@@ -146,48 +275,76 @@ class PriceBook:
                 # collection (a full pass over them takes ~40 ms, a latency spike)
                 gc.freeze()
 
-    def price(self, provider: str | None, model: str, upstream_model: str | None = None) -> Price:
-        key = (provider, model, upstream_model)
+    def price(
+        self, provider: str | None, model: str, upstream_model: str | None = None, tier: str | None = None
+    ) -> Price:
+        """The price of a model at a service tier (None: standard), resolved once."""
+        if tier in STANDARD_TIERS:
+            tier = None
+        key = (provider, model, upstream_model, tier)
         cached = self._cache.get(key)
         if cached is None:
             if len(self._cache) >= CACHE_LIMIT:  # model names come from clients: stay bounded
                 self._cache.clear()
-            cached = self._cache[key] = self._resolve(provider, model, upstream_model)
+            cached = self._cache[key] = self._resolve(provider, model, upstream_model, tier)
         return cached
 
     def cost(self, provider: str | None, model: str, upstream_model: str | None, usage: Usage) -> tuple[Decimal, str]:
-        price = self.price(provider, model, upstream_model)
-        return price.cost(usage), price.source
+        price = self.price(provider, model, upstream_model, usage.service_tier)
+        return price.cost(usage), price.source_for(usage)
 
-    def _resolve(self, provider: str | None, model: str, upstream_model: str | None) -> Price:
+    def _resolve(self, provider: str | None, model: str, upstream_model: str | None, tier: str | None) -> Price:
         for name in (model, upstream_model):
             if name and name in self._overrides:
-                return self._overrides[name]
+                if tier is None:
+                    return self._overrides[name]
+                tiered = self._overrides.get(f"{name}@{tier}")
+                if tiered is not None:
+                    return tiered
+                # a tier the file does not price: the library's tier rate would mix two sources
+                base = self._overrides[name]
+                return Price(
+                    base.input_mtok,
+                    base.output_mtok,
+                    base.cache_read_mtok,
+                    base.source,
+                    base.library_price,
+                    base.context_window,
+                    base.tiered,
+                    tier_priced=False,
+                )
         self.warm()
         # the upstream's own name is the most precise (e.g. a dated snapshot)
         for name in (upstream_model, model):
             if not name:
                 continue
-            price = self._from_library(provider, name)
+            price = self._from_library(provider, name, tier)
             if price is not None:
                 return price
         return UNKNOWN
 
-    def _from_library(self, provider: str | None, name: str) -> Price | None:
+    def _from_library(self, provider: str | None, name: str, tier: str | None) -> Price | None:
         from genai_prices.types import TieredPrices
 
         snapshot = self._snapshot
         if snapshot is None:  # not loaded (yet): overrides only
             return None
+        context = tier_context(tier)
         for provider_id in (provider, None) if provider else (None,):
             try:
                 _, model_info = snapshot.find_provider_model(name, None, provider_id, None)
             except (LookupError, ValueError):
                 continue
-            mp = model_info.get_prices(datetime.now(UTC))
+            mp = model_info.get_prices(datetime.now(UTC), context)
+            tier_priced = context is None or any(
+                all(context.get(k) == v for k, v in variant.when.items()) for variant in model_info.price_variants or ()
+            )
             inp, out, cache = mp.input_mtok, mp.output_mtok, mp.cache_read_mtok
             window = model_info.context_window
-            if isinstance(inp, TieredPrices) or isinstance(out, TieredPrices) or isinstance(cache, TieredPrices):
-                return Price(ZERO, ZERO, None, "genai-prices", library_price=mp, context_window=window)
-            return Price(inp or ZERO, out or ZERO, cache, "genai-prices", context_window=window)
+            tiered = any(isinstance(v, TieredPrices) for v in mp.__dict__.values())
+            if tiered:
+                return Price(ZERO, ZERO, None, "genai-prices", mp, window, tiered=True, tier_priced=tier_priced)
+            assert not isinstance(inp, TieredPrices) and not isinstance(out, TieredPrices)
+            assert not isinstance(cache, TieredPrices)
+            return Price(inp or ZERO, out or ZERO, cache, "genai-prices", mp, window, tier_priced=tier_priced)
         return None

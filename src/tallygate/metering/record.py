@@ -27,8 +27,19 @@ class UsageRecord:
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # the parts of usage priced apart (metering/usage.py Usage, same names and meaning)
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    web_search_calls: int = 0
+    file_search_calls: int = 0
+    service_tier: str | None = None
     cost_usd: Decimal = Decimal(0)
-    price_source: str = "unknown"
+    price_source: str = "unknown"  # genai-prices | override | unknown; ":partial" when a part had no rate
+    price_version: str | None = None  # the price data the cost came from (genai-prices version)
     usage_source: str = "none"  # provider | estimated | clamped | none
     usage_flag: str | None = None  # missing (no usage in a 200: estimated) | implausible (clamped)
     latency_ms: float = 0.0
@@ -65,6 +76,16 @@ class UsageRecord:
             self.usage_source,
             self.latency_ms,
             self.ttft_ms,
+            self.cache_write_tokens,
+            self.cache_write_1h_tokens,
+            self.audio_input_tokens,
+            self.audio_output_tokens,
+            self.image_input_tokens,
+            self.image_output_tokens,
+            self.web_search_calls,
+            self.file_search_calls,
+            self.service_tier,
+            self.price_version,
         )
 
 
@@ -90,7 +111,19 @@ LEDGER_COLUMNS = (
     "usage_source",
     "latency_ms",
     "ttft_ms",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+    "web_search_calls",
+    "file_search_calls",
+    "service_tier",
+    "price_version",
 )
+# usage counts beyond the classic four, in the log line and the ledger (0 when absent)
+EXTRA_TOKEN_COLUMNS = LEDGER_COLUMNS[LEDGER_COLUMNS.index("cache_write_tokens") : LEDGER_COLUMNS.index("service_tier")]
 
 
 def utcnow() -> datetime:

@@ -12,7 +12,7 @@ import re
 
 import orjson
 
-from .usage import Usage, model_name, usage_from_object
+from .usage import Usage, add_response_facts, model_name, usage_from_object
 
 
 # the end of a chat stream: an event whose data is [DONE] (never the text inside a chunk)
@@ -236,7 +236,7 @@ class SSEMeter:
                 self._model = model_name(response["model"])
             usage = usage_from_object(response.get("usage"))
             if usage is not None:
-                self.usage = usage
+                self.usage = add_response_facts(usage, response)
             if doc.get("type") in RESPONSES_FINAL_EVENTS:
                 self.done = True  # Responses streams end here, with no [DONE]
             return None, usage
@@ -246,6 +246,9 @@ class SSEMeter:
                 self._model = model_name(model)
         usage = usage_from_object(doc.get("usage"))
         if usage is not None:
+            tier = doc.get("service_tier")  # every chat chunk names it: the usage chunk too
+            if isinstance(tier, str):
+                usage.service_tier = tier[:32]
             self.usage = usage
         else:
             self.content_events += 1

@@ -44,6 +44,8 @@ class Usage:
     service_tier: str | None = None  # as the provider reported it (default, flex, priority, batch, ...)
 
 
+USAGE_FIELDS = Usage.__slots__  # what a record copies from the usage it was given
+
 # the ledger's token columns are 32-bit: no real count comes near, a broken upstream might
 TOKENS_MAX = 2**31 - 1
 
@@ -66,8 +68,35 @@ def model_name(value: object) -> str | None:
     return value[:256]
 
 
+def _detail(details: object, key: str) -> int:
+    return _int(details.get(key)) if isinstance(details, dict) else 0
+
+
+def _anthropic_usage(usage: dict) -> Usage:
+    """Anthropic's usage object: `input_tokens` excludes cache reads and writes."""
+    fresh = _int(usage.get("input_tokens"))
+    reads = _int(usage.get("cache_read_input_tokens"))
+    writes = _int(usage.get("cache_creation_input_tokens"))
+    creation = usage.get("cache_creation")
+    one_hour = min(_detail(creation, "ephemeral_1h_input_tokens"), writes)
+    prompt = min(fresh + reads + writes, TOKENS_MAX)
+    completion = _int(usage.get("output_tokens"))
+    tier = usage.get("service_tier")
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=min(prompt + completion, TOKENS_MAX),
+        cached_tokens=reads,
+        cache_write_tokens=writes,
+        cache_write_1h_tokens=one_hour,
+        web_search_calls=_detail(usage.get("server_tool_use"), "web_search_requests"),
+        service_tier=tier[:32] if isinstance(tier, str) else None,
+    )
+
+
 def usage_from_object(usage: object) -> Usage | None:
-    """Normalise a usage object of any OpenAI endpoint; None when absent or not an object."""
+    """Normalise a usage object of any OpenAI endpoint (or an Anthropic-shaped one an
+    OpenAI-compatible upstream passes on); None when absent or not an object."""
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens")
@@ -75,7 +104,9 @@ def usage_from_object(usage: object) -> Usage | None:
         completion = usage.get("completion_tokens")
         in_details = usage.get("prompt_tokens_details")
         out_details = usage.get("completion_tokens_details")
-    elif "input_tokens" in usage or "output_tokens" in usage:  # Responses API
+    elif "input_tokens" in usage or "output_tokens" in usage:  # Responses API (or Anthropic)
+        if "cache_creation_input_tokens" in usage or "cache_read_input_tokens" in usage:
+            return _anthropic_usage(usage)
         prompt = usage.get("input_tokens")
         completion = usage.get("output_tokens")
         in_details = usage.get("input_tokens_details")
@@ -85,16 +116,43 @@ def usage_from_object(usage: object) -> Usage | None:
         in_details = out_details = None
     prompt = _int(prompt)
     completion = _int(completion)
-    cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
-    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    reasoning = _detail(out_details, "reasoning_tokens")
     total = _int(usage.get("total_tokens")) or min(prompt + completion, TOKENS_MAX)
+    if in_details is None and out_details is None:
+        return Usage(prompt, completion, total)
+    # parts of the input can only be as large as the input, parts of the output likewise
     return Usage(
         prompt,
         completion,
         total,
-        cached if cached <= prompt else prompt,
-        reasoning if reasoning <= completion else completion,
+        min(_detail(in_details, "cached_tokens"), prompt),
+        min(reasoning, completion),
+        cache_write_tokens=min(_detail(in_details, "cache_write_tokens"), prompt),
+        audio_input_tokens=min(_detail(in_details, "audio_tokens"), prompt),
+        audio_output_tokens=min(_detail(out_details, "audio_tokens"), completion),
+        image_input_tokens=min(_detail(in_details, "image_tokens"), prompt),
+        image_output_tokens=min(_detail(out_details, "image_tokens"), completion),
     )
+
+
+# Responses output items that carry a per-call fee, and the Usage count each adds to
+TOOL_CALL_FIELDS = {"web_search_call": "web_search_calls", "file_search_call": "file_search_calls"}
+
+
+def add_response_facts(usage: Usage, doc: dict) -> Usage:
+    """What the response object says beside its usage: the service tier it ran at and the
+    fee-carrying tool calls in its output (Responses API)."""
+    tier = doc.get("service_tier")
+    if isinstance(tier, str) and usage.service_tier is None:
+        usage.service_tier = tier[:32]
+    output = doc.get("output")
+    if isinstance(output, list):
+        for item in output:
+            kind = item.get("type") if isinstance(item, dict) else None
+            field = TOOL_CALL_FIELDS.get(kind) if isinstance(kind, str) else None
+            if field is not None:
+                setattr(usage, field, getattr(usage, field) + 1)
+    return usage
 
 
 def _balanced_object(data: bytes, start: int) -> bytes | None:
@@ -193,4 +251,7 @@ def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
         return None, None
     if not isinstance(doc, dict):
         return None, None
-    return usage_from_object(doc.get("usage")), model_name(doc.get("model"))
+    usage = usage_from_object(doc.get("usage"))
+    if usage is not None:
+        add_response_facts(usage, doc)
+    return usage, model_name(doc.get("model"))

@@ -14,7 +14,7 @@ from typing import TextIO
 import orjson
 
 from ..logs import utc_iso
-from ..metering.record import UsageRecord
+from ..metering.record import EXTRA_TOKEN_COLUMNS, UsageRecord
 from ..money import usd_text
 
 
@@ -38,9 +38,12 @@ def log_entry(record: UsageRecord) -> dict:
         "total_tokens": record.total_tokens,
         "cached_tokens": record.cached_tokens,
         "reasoning_tokens": record.reasoning_tokens,
+        **{name: getattr(record, name) for name in EXTRA_TOKEN_COLUMNS},
+        "service_tier": record.service_tier,
         "cost_usd": float(record.cost_usd),
         "cost_usd_exact": usd_text(record.cost_usd),
         "price_source": record.price_source,
+        "price_version": record.price_version,
         "usage_source": record.usage_source,
         "latency_ms": float(record.latency_ms),
         "logging.googleapis.com/labels": {"tenant_id": record.tenant_id, "model": record.model},

@@ -147,10 +147,11 @@ class Pipeline:
         records = [r for r, _ in batch]
         for rec in records:
             try:
-                price = self.prices.price(rec.provider, rec.model, rec.upstream_model)
+                price = self.prices.price(rec.provider, rec.model, rec.upstream_model, rec.service_tier)
                 # usage beyond what the request allows is billed at the bound (and flagged)
                 hold_to_bounds(rec, price.context_window, self.default_out, self.default_context)
-                rec.cost_usd, rec.price_source = price.cost(rec), price.source
+                rec.cost_usd, rec.price_source = price.cost(rec), price.source_for(rec)
+                rec.price_version = self.prices.version
             except Exception:
                 log.exception("pricing failed", extra={"fields": {"model": rec.model}})
         for sink in self._writers:

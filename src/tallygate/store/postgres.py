@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..metering.record import LEDGER_COLUMNS, UsageRecord
+from ..metering.record import EXTRA_TOKEN_COLUMNS, LEDGER_COLUMNS, UsageRecord
 from ..settings import PostgresSettings
 from .errors import RowsRefused, StoreUnavailable
 from .migrations import migrations
@@ -33,6 +33,7 @@ _CASTS = {
     "total_tokens": "integer",
     "cached_tokens": "integer",
     "reasoning_tokens": "integer",
+    **dict.fromkeys(EXTRA_TOKEN_COLUMNS, "integer"),
     "cost_usd": "numeric",
     "latency_ms": "double precision",
     "ttft_ms": "double precision",
