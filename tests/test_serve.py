@@ -20,8 +20,10 @@ def test_port_from_environment_and_demo_mode(tmp_path):
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+        # /health answers before the tenant limits are first loaded; the 503 until then says
+        # to retry (Retry-After), as the SDK does
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=env["PROXY_GATEWAY_TOKEN"],
-                          max_retries=0, default_headers={"X-Tenant-ID": "demo"})
+                          max_retries=3, default_headers={"X-Tenant-ID": "demo"})
         reply = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content == "Hello from the fake upstream"
     finally:
