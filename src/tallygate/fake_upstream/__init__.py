@@ -30,6 +30,14 @@ Untrustworthy answers (chat and completions):
     "fake": {"raw_body": "<html>...", "content_type": "text/html",  # a 200 with this body, not JSON
              "sse_blob": 100000000}  # streams: first an event of this many bytes, written in 64 KB pieces
 
+Billable parts beyond tokens (chat, completions, responses):
+
+    "fake": {"details": {"input": {"audio_tokens": 40, "cache_write_tokens": 100},
+                         "output": {"audio_tokens": 30}},   # added to the usage's token details
+             "service_tier": "flex",                        # the tier the answer says it ran at
+             "output_items": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]}
+                                                            # responses: items before the message
+
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
 received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
 /_fake/stats counts calls and lists streams whose reader hung up

@@ -18,9 +18,19 @@ def usage_numbers(doc: dict, fake: dict) -> tuple[int, int, int, int]:
     return prompt, completion, int(fake.get("cached_tokens", 0)), int(fake.get("reasoning_tokens", 0))
 
 
+def _with_details(usage: dict, fake: dict, names: tuple[str, str]) -> dict:
+    """`fake.details`: {"input": {...}, "output": {...}} added to the usage object's token
+    details (audio, cache writes, images), as a provider reports them."""
+    details = fake.get("details") or {}
+    for side, name in zip(("input", "output"), names, strict=True):
+        if details.get(side):
+            usage[name] = {**usage.get(name, {}), **details[side]}
+    return usage
+
+
 def chat_usage(doc, fake) -> dict:
     p, c, cached, reasoning = usage_numbers(doc, fake)
-    return {
+    usage = {
         "prompt_tokens": p,
         "completion_tokens": c,
         "total_tokens": p + c,
@@ -32,17 +42,19 @@ def chat_usage(doc, fake) -> dict:
             "rejected_prediction_tokens": 0,
         },
     }
+    return _with_details(usage, fake, ("prompt_tokens_details", "completion_tokens_details"))
 
 
 def responses_usage(doc, fake) -> dict:
     p, c, cached, reasoning = usage_numbers(doc, fake)
-    return {
+    usage = {
         "input_tokens": p,
         "output_tokens": c,
         "total_tokens": p + c,
         "input_tokens_details": {"cached_tokens": cached},
         "output_tokens_details": {"reasoning_tokens": reasoning},
     }
+    return _with_details(usage, fake, ("input_tokens_details", "output_tokens_details"))
 
 
 BLOB_PIECE = 64 * 1024

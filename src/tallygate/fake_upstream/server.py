@@ -216,6 +216,7 @@ class FakeUpstream:
                 "model": model,
                 "choices": [choice],
                 "system_fingerprint": "fp_fake",
+                "service_tier": fake.get("service_tier", "default"),
             }
             if not fake.get("no_usage"):
                 body["usage"] = usage
@@ -275,6 +276,7 @@ class FakeUpstream:
                         "created": created,
                         "model": model,
                         "system_fingerprint": "fp_fake",
+                        "service_tier": fake.get("service_tier", "default"),
                         "choices": [],
                         "usage": usage,
                     }
@@ -322,6 +324,8 @@ class FakeUpstream:
             "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": []}],
         }
+        # tool calls the answer made before its message (e.g. web_search_call items)
+        output = [*fake.get("output_items", []), message]
 
         def response(status: str, output: list, usage) -> dict:
             return {
@@ -335,6 +339,7 @@ class FakeUpstream:
                 "tool_choice": "auto",
                 "tools": [],
                 "usage": usage,
+                "service_tier": fake.get("service_tier", "default"),
                 "error": None,
                 "incomplete_details": None,
                 "instructions": None,
@@ -346,7 +351,7 @@ class FakeUpstream:
         usage = None if fake.get("no_usage") else responses_usage(doc, fake)
         if not doc.get("stream"):
             return web.Response(
-                body=orjson.dumps(response("completed", [message], usage)), content_type="application/json"
+                body=orjson.dumps(response("completed", output, usage)), content_type="application/json"
             )
         events = [
             b"event: response.created\ndata: "
@@ -377,7 +382,7 @@ class FakeUpstream:
                 {
                     "type": "response.completed",
                     "sequence_number": n + 1,
-                    "response": response("completed", [message], usage),
+                    "response": response("completed", output, usage),
                 }
             )
             + b"\n\n"

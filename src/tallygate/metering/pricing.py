@@ -14,7 +14,7 @@ import gc
 import json
 import threading
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -33,13 +33,12 @@ class PriceFileError(ValueError):
     pass
 
 
-# Usage fields beyond input, cache reads and output, and the price key that bills each:
-# a request using one of them goes through the library's own calculation, and is
-# priced "partial" when the model's price has no rate for it (the part is billed as the
-# plain input or output it is a part of, or not at all for a fee).
-EXTRA_DIMENSIONS = (
-    ("cache_write_tokens", "cache_write_mtok"),
-    ("cache_write_1h_tokens", "cache_write_1h_mtok"),
+# Usage parts a provider bills at a rate of their own, and the price key of each: a request
+# with one of them goes through the library's calculation, and is priced "partial" when the
+# price has no rate for it (the part is then billed as the plain input or output it is part
+# of, or, for a fee, not at all). Cache writes are not here: without a rate of their own
+# they are input (OpenAI's rule); a 1-hour write is checked apart (`_unpriced_part`).
+BILLED_APART = (
     ("audio_input_tokens", "input_audio_mtok"),
     ("audio_output_tokens", "output_audio_mtok"),
     ("image_input_tokens", "input_image_mtok"),
@@ -97,6 +96,8 @@ class Price:
     tier_priced: bool = True  # False: the reported service tier has no price of its own here
 
     def cost(self, usage: Any) -> Decimal:
+        # without a library price (a file of plain rates), extra parts are billed as the
+        # input or output they are part of: the arithmetic below, and source_for says partial
         if self.tiered or (self.library_price is not None and _has_extras(usage)):
             return self.library_price.calc_price(_library_usage(usage))["total_price"]
         cached = usage.cached_tokens
@@ -112,18 +113,19 @@ class Price:
         """`source`, or `source:partial` when the usage has a part this price has no rate for."""
         if self.source == "unknown":
             return self.source
-        if not self.tier_priced:
+        if not self.tier_priced or (_has_extras(usage) and _unpriced_part(self.library_price, usage)):
             return self.source + ":partial"
-        if _has_extras(usage):
-            price = self.library_price
-            for field, key in EXTRA_DIMENSIONS:
-                if getattr(usage, field) and (price is None or getattr(price, key, None) is None):
-                    if field == "cache_write_tokens" or (
-                        field == "cache_write_1h_tokens" and getattr(price, "cache_write_mtok", None) is None
-                    ):
-                        continue  # OpenAI bills cache writes as input: no rate of their own is no gap
-                    return self.source + ":partial"
         return self.source
+
+
+def _unpriced_part(price: Any, usage: Any) -> bool:
+    def rate(key: str) -> Any:
+        return None if price is None else getattr(price, key)
+
+    # a 1-hour write billed at the 5-minute rate would be under-billed
+    if usage.cache_write_1h_tokens and rate("cache_write_mtok") is not None and rate("cache_write_1h_mtok") is None:
+        return True
+    return any(getattr(usage, field) and rate(key) is None for field, key in BILLED_APART)
 
 
 def _has_extras(usage: Any) -> bool:
@@ -150,13 +152,20 @@ def _decimal(value: object, where: str) -> Decimal:
     return result
 
 
-PLAIN_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok")
+# the rates the fast arithmetic uses: a file with only these never imports the library
+PLAIN_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok"})
 
 
 def _price_key(key: str) -> bool:
-    from genai_prices.types import _is_registered_price_key  # the library's own list
+    """Whether genai-prices knows the price name (its ModelPrice answers None for a known
+    name it has no value for, and raises for any other)."""
+    from genai_prices.types import ModelPrice
 
-    return _is_registered_price_key(key)
+    try:
+        getattr(ModelPrice(), key)
+    except AttributeError:
+        return False
+    return True
 
 
 def _rates(table: dict, where: str) -> dict[str, Decimal]:
@@ -164,7 +173,7 @@ def _rates(table: dict, where: str) -> dict[str, Decimal]:
     for key, value in table.items():
         if key in ("context_window", "tiers"):
             continue
-        if not _price_key(key):
+        if key not in PLAIN_KEYS and not _price_key(key):
             raise PriceFileError(
                 f"{where}: unknown price {key!r} (genai-prices price keys: input_mtok, cache_write_mtok, input_audio_mtok, web_searches_kcount, ...)"
             )
@@ -172,17 +181,19 @@ def _rates(table: dict, where: str) -> dict[str, Decimal]:
     return rates
 
 
-def _override_price(rates: dict[str, Decimal], window: int | None, tier_priced: bool = True) -> Price:
-    from genai_prices.types import ModelPrice
+def _override_price(rates: dict[str, Decimal], window: int | None) -> Price:
+    library_price = None
+    if not rates.keys() <= PLAIN_KEYS:  # ~0.35 s to import: only for files that need it
+        from genai_prices.types import ModelPrice
 
+        library_price = ModelPrice(**rates)
     return Price(
         input_mtok=rates["input_mtok"],
         output_mtok=rates["output_mtok"],
         cache_read_mtok=rates.get("cache_read_mtok"),
         source="override",
-        library_price=ModelPrice(**rates),
+        library_price=library_price,
         context_window=window,
-        tier_priced=tier_priced,
     )
 
 
@@ -243,7 +254,7 @@ def _data_version() -> str:
 
 
 UNKNOWN = Price(ZERO, ZERO, None, "unknown")
-CACHE_LIMIT = 10_000  # resolved (provider, model, upstream model) prices kept
+CACHE_LIMIT = 10_000  # resolved (provider, model, upstream model, tier) prices kept
 
 
 class PriceBook:
@@ -301,18 +312,9 @@ class PriceBook:
                 tiered = self._overrides.get(f"{name}@{tier}")
                 if tiered is not None:
                     return tiered
-                # a tier the file does not price: the library's tier rate would mix two sources
-                base = self._overrides[name]
-                return Price(
-                    base.input_mtok,
-                    base.output_mtok,
-                    base.cache_read_mtok,
-                    base.source,
-                    base.library_price,
-                    base.context_window,
-                    base.tiered,
-                    tier_priced=False,
-                )
+                # a tier the file does not price: its standard rates, marked partial (the
+                # library's tier rate would mix two sources)
+                return replace(self._overrides[name], tier_priced=False)
         self.warm()
         # the upstream's own name is the most precise (e.g. a dated snapshot)
         for name in (upstream_model, model):
