@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .usage import Usage
+from .usage import Usage, has_priced_parts
 
 if TYPE_CHECKING:  # the price data is imported in a thread after start-up
     from genai_prices.data_snapshot import DataSnapshot
@@ -98,7 +98,7 @@ class Price:
     def cost(self, usage: Any) -> Decimal:
         # without a library price (a file of plain rates), extra parts are billed as the
         # input or output they are part of: the arithmetic below, and source_for says partial
-        if self.tiered or (self.library_price is not None and _has_extras(usage)):
+        if self.tiered or (self.library_price is not None and has_priced_parts(usage)):
             return self.library_price.calc_price(_library_usage(usage))["total_price"]
         cached = usage.cached_tokens
         cache_rate = self.cache_read_mtok if self.cache_read_mtok is not None else self.input_mtok
@@ -113,7 +113,7 @@ class Price:
         """`source`, or `source:partial` when the usage has a part this price has no rate for."""
         if self.source == "unknown":
             return self.source
-        if not self.tier_priced or (_has_extras(usage) and _unpriced_part(self.library_price, usage)):
+        if not self.tier_priced or (has_priced_parts(usage) and _unpriced_part(self.library_price, usage)):
             return self.source + ":partial"
         return self.source
 
@@ -126,18 +126,6 @@ def _unpriced_part(price: Any, usage: Any) -> bool:
     if usage.cache_write_1h_tokens and rate("cache_write_mtok") is not None and rate("cache_write_1h_mtok") is None:
         return True
     return any(getattr(usage, field) and rate(key) is None for field, key in BILLED_APART)
-
-
-def _has_extras(usage: Any) -> bool:
-    return bool(
-        usage.cache_write_tokens
-        or usage.audio_input_tokens
-        or usage.audio_output_tokens
-        or usage.image_input_tokens
-        or usage.image_output_tokens
-        or usage.web_search_calls
-        or usage.file_search_calls
-    )
 
 
 def _decimal(value: object, where: str) -> Decimal:

@@ -45,6 +45,23 @@ class Usage:
 
 
 USAGE_FIELDS = Usage.__slots__  # what a record copies from the usage it was given
+# the parts of usage priced apart (plus the 1-hour share of cache writes)
+PRICED_PARTS = USAGE_FIELDS[USAGE_FIELDS.index("cache_write_tokens") : USAGE_FIELDS.index("service_tier")]
+
+
+def has_priced_parts(usage) -> bool:
+    """Whether usage (a Usage or a UsageRecord) has parts beyond input, cache reads, output
+    and reasoning: most requests have none, and skip what those parts need."""
+    return bool(
+        usage.cache_write_tokens
+        or usage.audio_input_tokens
+        or usage.audio_output_tokens
+        or usage.image_input_tokens
+        or usage.image_output_tokens
+        or usage.web_search_calls
+        or usage.file_search_calls
+    )
+
 
 # the ledger's token columns are 32-bit: no real count comes near, a broken upstream might
 TOKENS_MAX = 2**31 - 1
@@ -94,6 +111,15 @@ def _anthropic_usage(usage: dict) -> Usage:
     )
 
 
+IN_PARTS = ("audio_tokens", "cache_write_tokens", "image_tokens")
+OUT_PARTS = ("audio_tokens", "image_tokens")
+
+
+def _names_priced_part(details: object, keys: tuple[str, ...]) -> bool:
+    """Whether token details give a part priced apart: OpenAI sends zeros for most."""
+    return isinstance(details, dict) and any(details.get(key) for key in keys)
+
+
 def usage_from_object(usage: object) -> Usage | None:
     """Normalise a usage object of any OpenAI endpoint (or an Anthropic-shaped one an
     OpenAI-compatible upstream passes on); None when absent or not an object."""
@@ -116,23 +142,24 @@ def usage_from_object(usage: object) -> Usage | None:
         in_details = out_details = None
     prompt = _int(prompt)
     completion = _int(completion)
-    reasoning = _detail(out_details, "reasoning_tokens")
     total = _int(usage.get("total_tokens")) or min(prompt + completion, TOKENS_MAX)
-    if in_details is None and out_details is None:
-        return Usage(prompt, completion, total)
-    # parts of the input can only be as large as the input, parts of the output likewise
-    return Usage(
+    cached = _detail(in_details, "cached_tokens")
+    reasoning = _detail(out_details, "reasoning_tokens")
+    result = Usage(
         prompt,
         completion,
         total,
-        min(_detail(in_details, "cached_tokens"), prompt),
-        min(reasoning, completion),
-        cache_write_tokens=min(_detail(in_details, "cache_write_tokens"), prompt),
-        audio_input_tokens=min(_detail(in_details, "audio_tokens"), prompt),
-        audio_output_tokens=min(_detail(out_details, "audio_tokens"), completion),
-        image_input_tokens=min(_detail(in_details, "image_tokens"), prompt),
-        image_output_tokens=min(_detail(out_details, "image_tokens"), completion),
+        cached if cached <= prompt else prompt,
+        reasoning if reasoning <= completion else completion,
     )
+    if _names_priced_part(in_details, IN_PARTS) or _names_priced_part(out_details, OUT_PARTS):
+        # parts of the input can only be as large as the input, parts of the output likewise
+        result.cache_write_tokens = min(_detail(in_details, "cache_write_tokens"), prompt)
+        result.audio_input_tokens = min(_detail(in_details, "audio_tokens"), prompt)
+        result.image_input_tokens = min(_detail(in_details, "image_tokens"), prompt)
+        result.audio_output_tokens = min(_detail(out_details, "audio_tokens"), completion)
+        result.image_output_tokens = min(_detail(out_details, "image_tokens"), completion)
+    return result
 
 
 # Responses output items that carry a per-call fee, and the Usage count each adds to

@@ -15,7 +15,7 @@ import re
 from ..errors import GatewayError
 from ..metering.bounds import EMBEDDINGS
 from ..metering.record import UsageRecord
-from ..metering.usage import USAGE_FIELDS
+from ..metering.usage import PRICED_PARTS, has_priced_parts
 from ..upstream import PASS_HEADERS
 from .ids import elapsed_ms
 from .retries import Failure
@@ -51,8 +51,15 @@ def _finish(record: UsageRecord, started: float, status_code: int, status: str) 
 
 
 def _set_usage(record: UsageRecord, usage, source: str) -> None:
-    for field in USAGE_FIELDS:
-        setattr(record, field, getattr(usage, field))
+    record.prompt_tokens = usage.prompt_tokens
+    record.completion_tokens = usage.completion_tokens
+    record.total_tokens = usage.total_tokens
+    record.cached_tokens = usage.cached_tokens
+    record.reasoning_tokens = usage.reasoning_tokens
+    record.service_tier = usage.service_tier
+    if has_priced_parts(usage):  # rare: the record's own are 0 until then
+        for field in PRICED_PARTS:
+            setattr(record, field, getattr(usage, field))
     record.usage_source = source
 
 

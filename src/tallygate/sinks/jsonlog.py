@@ -15,6 +15,7 @@ import orjson
 
 from ..logs import utc_iso
 from ..metering.record import EXTRA_TOKEN_COLUMNS, UsageRecord
+from ..metering.usage import has_priced_parts
 from ..money import usd_text
 
 
@@ -38,8 +39,6 @@ def log_entry(record: UsageRecord) -> dict:
         "total_tokens": record.total_tokens,
         "cached_tokens": record.cached_tokens,
         "reasoning_tokens": record.reasoning_tokens,
-        **{name: getattr(record, name) for name in EXTRA_TOKEN_COLUMNS},
-        "service_tier": record.service_tier,
         "cost_usd": float(record.cost_usd),
         "cost_usd_exact": usd_text(record.cost_usd),
         "price_source": record.price_source,
@@ -48,6 +47,15 @@ def log_entry(record: UsageRecord) -> dict:
         "latency_ms": float(record.latency_ms),
         "logging.googleapis.com/labels": {"tenant_id": record.tenant_id, "model": record.model},
     }
+    # parts priced apart and the tier appear when the request had them (a missing count is
+    # 0: replay and the log-based metrics read it so), keeping the common line short
+    if has_priced_parts(record):
+        for name in EXTRA_TOKEN_COLUMNS:
+            value = getattr(record, name)
+            if value:
+                entry[name] = value
+    if record.service_tier is not None:
+        entry["service_tier"] = record.service_tier
     if record.usage_flag is not None:  # missing | implausible (docs/reliability.md)
         entry["usage_flag"] = record.usage_flag
     if record.ttft_ms is not None:
