@@ -24,11 +24,15 @@ run: $(STAMP)
 demo:
 	$(MAKE) run DEMO=1
 
-# Debian tools some tests use (shellcheck); installed once when missing.
+# Debian tools some tests use (shellcheck; Chromium and its WebDriver for tests/test_console.py);
+# installed once when missing.
 tools:
 	@command -v shellcheck >/dev/null 2>&1 || { \
 	  (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null 2>&1 \
 	  || echo "warning: could not install shellcheck"; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+	  || echo "warning: could not install chromium and chromium-driver (tests/test_console.py needs them)"; }
 
 # ruff lint over the package and the tests, ruff format and mypy over the package; make test runs it first
 lint: $(STAMP)

@@ -28,6 +28,7 @@ from .upstream import Router, client_session, route_secrets, scrub
 if TYPE_CHECKING:
     import aiohttp
 
+    from .console import Console
     from .limits.guard import Guard
     from .routes.admin import Admin
     from .sinks.ledger import LedgerWriter
@@ -320,6 +321,24 @@ class App:
         self._allowed: dict[bytes, list[bytes]] = {path: [b"GET"] for path in GET_PATHS}
         for path in ENDPOINTS:
             self._allowed[path] = [b"POST"]
+        self._console: Console | None = None
+
+    def console(self) -> Console:
+        """The web console, built (and its code imported) when /ui is first asked for."""
+        if self._console is None:
+            from .console import Console
+
+            g = self.g
+            self._console = Console(
+                settings=g.settings,
+                auth=g.auth,
+                keystore=g.keystore,
+                keys=g.keys,
+                store=g.store,
+                admin=g.admin,
+                ledger_ready=lambda: g.ledger_ready,
+            )
+        return self._console
 
     async def __call__(self, scope, receive, send) -> None:
         """HTTP requests are dispatched here directly: a coroutine layer per request is
@@ -349,6 +368,9 @@ class App:
                 return
             if path.startswith(b"/admin/") or path == b"/v1/usage":
                 await self.g.admin.handle(scope, receive, send, method, path)
+                return
+            if path.startswith(b"/ui") and (len(path) == 3 or path[3] == 47):  # /ui or /ui/...
+                await self.console().handle(scope, receive, send, method, path)
                 return
             allowed = self._allowed.get(path)
             if allowed:

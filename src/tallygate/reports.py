@@ -134,3 +134,189 @@ def format_table(rows: list[dict]) -> str:
     out += [line(r) for r in cells[:-1]]
     out += ["  ".join("-" * w for w in widths), line(cells[-1])]
     return "\n".join(out)
+
+
+# -- the web console's reads (console/views.py) ----------------------------------
+#
+# Kept apart from usage_report so the rollups (per tenant, key, model and hour) can take
+# over the aggregate ones without touching the rest: usage_series and usage_report are
+# sums, latency_and_errors and the request reads need the rows.
+
+BUCKETS = ("hour", "day")
+# what the request list shows of a row (the full record has every ledger column)
+REQUEST_LIST_COLUMNS = (
+    "request_id",
+    "created_at",
+    "tenant_id",
+    "api_key_id",
+    "model",
+    "endpoint",
+    "stream",
+    "status_code",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "latency_ms",
+)
+REQUEST_LIST_MAX = 500
+
+
+def bucket_expr(dialect, bucket: str) -> str:
+    """The UTC hour (YYYY-MM-DDTHH:00) or day (YYYY-MM-DD) of created_at, as text."""
+    if bucket == "day":
+        return dialect.day_expr("created_at")
+    if dialect.name == "sqlite":  # ISO 8601 text in UTC: the first 13 characters are the hour
+        return "substr(created_at, 1, 13) || ':00'"
+    return "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00')"
+
+
+def bucket_starts(start: datetime, end: datetime, bucket: str) -> list[datetime]:
+    """Every bucket from the one holding `start` to the one holding `end`, oldest first."""
+    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
+    t = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if bucket == "day":
+        t = t.replace(hour=0)
+    out = []
+    while t < end:
+        out.append(t)
+        t += step
+    return out
+
+
+def bucket_label(t: datetime, bucket: str) -> str:
+    return t.strftime("%Y-%m-%dT%H:00") if bucket == "hour" else t.strftime("%Y-%m-%d")
+
+
+def _filters(dialect, start: datetime, end: datetime | None, equal: dict) -> tuple[str, list]:
+    ph = dialect.placeholder
+    where, params = [f"created_at >= {ph}"], [dialect.time_param(start)]
+    if end is not None:
+        where.append(f"created_at < {ph}")
+        params.append(dialect.time_param(end))
+    for column, value in equal.items():
+        if value:
+            where.append(f"{column} = {ph}")
+            params.append(value)
+    return " AND ".join(where), params
+
+
+async def usage_series(
+    store, start: datetime, end: datetime, tenant_id: str | None = None, bucket: str = "hour"
+) -> list[dict]:
+    """Requests, tokens and exact cost per hour or day, every bucket present (zeros where
+    nothing happened), oldest first; `t` is the bucket's start in Unix seconds."""
+    dialect = dialect_of(store)
+    expr = bucket_expr(dialect, bucket)
+    where, params = _filters(dialect, start, end, {"tenant_id": tenant_id})
+    rows = await store.fetch(
+        f"SELECT {expr}, count(*), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), "
+        f"{dialect.decimal_sum('cost_usd')} FROM litellm_usage WHERE {where} GROUP BY 1",
+        params,
+    )
+    found = {row[0]: row for row in rows}
+    out = []
+    for t in bucket_starts(start, end, bucket):
+        label = bucket_label(t, bucket)
+        row = found.get(label)
+        out.append(
+            {
+                "t": int(t.timestamp()),
+                "label": label,
+                "requests": int(row[1]) if row else 0,
+                "prompt_tokens": int(row[2] or 0) if row else 0,
+                "completion_tokens": int(row[3] or 0) if row else 0,
+                "total_tokens": int(row[4] or 0) if row else 0,
+                "cost_usd": usd_text(Decimal(str(row[5] or 0))) if row else "0",
+            }
+        )
+    return out
+
+
+def usage_totals(rows: list[dict]) -> dict:
+    """The sums of usage_report rows (the TOTAL line of format_table)."""
+    return {
+        "requests": sum(r["requests"] for r in rows),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        "total_tokens": sum(r["total_tokens"] for r in rows),
+        "cached_tokens": sum(r["cached_tokens"] for r in rows),
+        "cost_usd": usd_text(sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))),
+    }
+
+
+async def latency_and_errors(store, start: datetime, end: datetime | None = None, tenant_id: str | None = None) -> dict:
+    """Requests, errors (status other than ok), the error rate and the p95 latency.
+
+    p95 is the nearest-rank percentile (the ceil(0.95 n)-th smallest latency: a value some
+    request really had), the same on both databases. The error rate is errors / requests
+    as a percentage rounded half-even to two decimal places."""
+    import math
+
+    dialect = dialect_of(store)
+    where, params = _filters(dialect, start, end, {"tenant_id": tenant_id})
+    rows = await store.fetch(
+        f"SELECT count(*), sum(CASE WHEN status <> 'ok' THEN 1 ELSE 0 END) FROM litellm_usage WHERE {where}", params
+    )
+    requests = int(rows[0][0]) if rows else 0
+    errors = int(rows[0][1] or 0) if rows else 0
+    p95 = None
+    if requests:
+        rank = math.ceil(requests * 95 / 100)
+        ph = dialect.placeholder
+        found = await store.fetch(
+            f"SELECT latency_ms FROM litellm_usage WHERE {where} ORDER BY latency_ms LIMIT 1 OFFSET {ph}",
+            [*params, rank - 1],
+        )
+        if found:
+            p95 = round(float(found[0][0]), 1)
+    rate = (Decimal(errors * 100) / Decimal(requests)).quantize(Decimal("0.01")) if requests else Decimal(0)
+    return {"requests": requests, "errors": errors, "error_rate_percent": format(rate, "f"), "p95_latency_ms": p95}
+
+
+def _ledger_value(dialect, column: str, value):
+    if value is None:
+        return None
+    if column == "created_at":
+        return dialect.time_value(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if column == "cost_usd":
+        return usd_text(Decimal(str(value)))
+    if column == "stream":
+        return bool(value)
+    return value
+
+
+async def recent_requests(
+    store,
+    start: datetime,
+    end: datetime | None = None,
+    tenant_id: str | None = None,
+    model: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+) -> list[dict]:
+    """The newest ledger rows matching the filters (at most `limit`, capped at 500)."""
+    dialect = dialect_of(store)
+    where, params = _filters(dialect, start, end, {"tenant_id": tenant_id, "model": model, "status": status})
+    limit = max(1, min(limit, REQUEST_LIST_MAX))
+    rows = await store.fetch(
+        f"SELECT {', '.join(REQUEST_LIST_COLUMNS)} FROM litellm_usage WHERE {where} "
+        f"ORDER BY created_at DESC, request_id LIMIT {limit}",
+        params,
+    )
+    return [{c: _ledger_value(dialect, c, v) for c, v in zip(REQUEST_LIST_COLUMNS, row, strict=True)} for row in rows]
+
+
+async def request_record(store, request_id: str) -> dict | None:
+    """One request's full ledger row (every column), or None."""
+    from .metering.record import LEDGER_COLUMNS
+
+    dialect = dialect_of(store)
+    rows = await store.fetch(
+        f"SELECT {', '.join(LEDGER_COLUMNS)} FROM litellm_usage WHERE request_id = {dialect.placeholder}",
+        [request_id],
+    )
+    if not rows:
+        return None
+    return {c: _ledger_value(dialect, c, v) for c, v in zip(LEDGER_COLUMNS, rows[0], strict=True)}

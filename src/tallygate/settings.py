@@ -136,6 +136,10 @@ class Settings:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keep_alive_timeout: float = 75.0
+    # the web console (/ui): the key its session cookies are signed with (None: derived from the
+    # master key, see console/sessions.py) and how long a sign-in lasts
+    console_secret: str | None = field(default=None, repr=False)
+    console_session_ttl: float = 8 * 3600.0
     # secrets from the environment beyond the fields above (PGPASSWORD, the passwords in
     # DATABASE_URL and REDIS_URL, PROXY_*_TOKEN / PROXY_*_KEY)
     other_secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -143,7 +147,7 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in any output (the log formatter scrubs them)."""
-        found = [self.openai_api_key, self.gateway_token, self.master_key, *self.other_secrets]
+        found = [self.openai_api_key, self.gateway_token, self.master_key, self.console_secret, *self.other_secrets]
         if self.postgres is not None:
             found.extend(self.postgres.secrets)
         return tuple(dict.fromkeys(s for s in found if s))
@@ -333,8 +337,17 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         header_timeout=_float(env, "TALLYGATE_HEADER_TIMEOUT", 10.0),
         body_timeout=_float(env, "TALLYGATE_BODY_TIMEOUT", 30.0),
         keep_alive_timeout=_float(env, "TALLYGATE_KEEP_ALIVE_TIMEOUT", 75.0),
+        console_secret=_console_secret(env),
+        console_session_ttl=_float(env, "TALLYGATE_CONSOLE_SESSION_TTL", 8 * 3600.0),
         other_secrets=_env_secrets(env),
     )
+
+
+def _console_secret(env: Mapping[str, str]) -> str | None:
+    value = env.get("TALLYGATE_CONSOLE_SECRET") or None
+    if value is not None and len(value) < 32:
+        raise SettingsError("TALLYGATE_CONSOLE_SECRET must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+    return value
 
 
 def _env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -74,10 +74,7 @@ class Admin:
             if method != b"DELETE":
                 raise _method_not_allowed(b"DELETE")
             key_id = path[len(b"/admin/keys/") :].decode("latin-1")
-            if not await self.keystore.revoke_key(key_id):
-                raise not_found(f"No key {key_id[:100]!r}.")
-            self.keys.revoke_local(key_id)
-            await send_json(send, 200, {"key_id": key_id, "revoked": True})
+            await send_json(send, 200, await self.revoke_key(key_id))
             return
         if path == b"/admin/tenants":
             if method != b"GET":
@@ -96,10 +93,16 @@ class Admin:
         raise not_found(f"Unknown admin path {path.decode('latin-1')[:200]!r}.")
 
     async def _create_key(self, headers: dict, receive, send) -> None:
-        from ..tenants.model import InvalidInput, check_tenant, parse_limits, parse_time
-
         self._require_ledger()
         doc = json_object(await read_body(receive, ADMIN_BODY_LIMIT, headers))
+        await send_json(send, 201, await self.create_key(doc))
+
+    async def create_key(self, doc: dict) -> dict:
+        """A new key from an admin document (tenant_id, name, expires_at, limits): the
+        key's JSON with its secret, the only time the secret is shown. In force here at once.
+        The web console creates keys through this too."""
+        from ..tenants.model import InvalidInput, check_tenant, parse_limits, parse_time
+
         try:
             tenant = check_tenant(doc.get("tenant_id"))
             limits = parse_limits(doc, ("tenant_id", "name", "expires_at"))
@@ -111,7 +114,14 @@ class Admin:
             raise bad_request(str(exc), "invalid_parameter") from None
         secret, key = await self.keystore.create_key(tenant, limits, name, expires)
         self.keys.add(secret, key)
-        await send_json(send, 201, {"key": secret, **key.as_json()})
+        return {"key": secret, **key.as_json()}
+
+    async def revoke_key(self, key_id: str) -> dict:
+        """Revoke a key (here at once, elsewhere on the next refresh); a 404 for an unknown id."""
+        if not await self.keystore.revoke_key(key_id):
+            raise not_found(f"No key {key_id[:100]!r}.")
+        self.keys.revoke_local(key_id)
+        return {"key_id": key_id, "revoked": True}
 
     async def _put_tenant(self, tenant_id: str, headers: dict, receive, send) -> None:
         from ..tenants.model import InvalidInput, check_tenant, parse_limits
