@@ -118,9 +118,15 @@ function chartWidth(box) {
   return Math.max(260, box.clientWidth - 8);
 }
 
-function chart(parent, id, title, xs, ys, format, color) {
-  const box = el("div", { class: "chart", id, "data-points": ys.length, "data-sum": ys.reduce((a, b) => a + b, 0) });
-  parent.append(box);
+// whole-number steps for counts (no "0.5 requests" ticks)
+const WHOLE_STEPS = [1, 2, 5].flatMap((m) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9].map((p) => m * p)).sort((a, b) => a - b);
+
+// the box first (so the layout has every chart's place), then the plot in it
+function chartBox(id, ys) {
+  return el("div", { class: "chart", id, "data-points": ys.length, "data-sum": ys.reduce((a, b) => a + b, 0) });
+}
+
+function chart(box, title, xs, ys, format, color, whole) {
   if (typeof uPlot !== "function") {
     box.append(el("p", { class: "error" }, "The charting library did not load."));
     return;
@@ -130,13 +136,12 @@ function chart(parent, id, title, xs, ys, format, color) {
     width: chartWidth(box),
     height: 200,
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
-    scales: { x: { time: true } },
-    legend: { show: true },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
     series: [
       { label: "UTC" },
       { label: title, stroke: color, fill: color + "22", width: 2, points: { show: ys.length < 60 }, value: (u, v) => (v === null ? "–" : format(v)) },
     ],
-    axes: [{}, { size: 72, values: (u, values) => values.map(format) }],
+    axes: [{}, { size: 80, incrs: whole ? WHOLE_STEPS : undefined, values: (u, values) => values.map(format) }],
   };
   charts.push([new uPlot(opts, [xs, ys], box), box]);
 }
@@ -173,7 +178,11 @@ async function overviewPage(params) {
       figure("Error rate", h.error_rate_percent + "%", int(h.errors) + " of " + int(h.requests) + " requests", "error-rate"),
       figure("p95 latency", h.p95_latency_ms === null ? "–" : h.p95_latency_ms + " ms", "nearest rank", "p95-latency")),
   ];
-  const chartsBox = el("section", { class: "charts" });
+  const costs = doc.series.map((p) => Number(p.cost_usd));
+  const tokens = doc.series.map((p) => p.total_tokens);
+  const requests = doc.series.map((p) => p.requests);
+  const boxes = [chartBox("chart-cost", costs), chartBox("chart-tokens", tokens), chartBox("chart-requests", requests)];
+  const chartsBox = el("section", { class: "charts" }, boxes);
   out.push(chartsBox);
   out.push(el("h2", {}, session.role === "admin" ? "By tenant (highest cost first)" : "By tenant"));
   out.push(table("by-tenant", [["tenant_id", "Tenant", (r) => (r.tenant_id === undefined ? "" : el("a", { href: tenantHref(r.tenant_id) }, r.tenant_id))], ...USAGE_COLUMNS], doc.by_tenant, t));
@@ -181,9 +190,12 @@ async function overviewPage(params) {
   out.push(el("h2", {}, "By model"));
   out.push(table("by-model", [["model", "Model", (r) => (r.model === undefined ? "" : r.model)], ...USAGE_COLUMNS], doc.by_model, t));
   main.replaceChildren(...out);
-  chart(chartsBox, "chart-cost", "Cost (USD)", xs, doc.series.map((p) => Number(p.cost_usd)), (v) => "$" + Number(v).toFixed(v && Math.abs(v) < 0.01 ? 6 : 2), "#2563eb");
-  chart(chartsBox, "chart-tokens", "Tokens", xs, doc.series.map((p) => p.total_tokens), (v) => intFormat.format(Math.round(v)), "#7c3aed");
-  chart(chartsBox, "chart-requests", "Requests", xs, doc.series.map((p) => p.requests), (v) => intFormat.format(Math.round(v)), "#059669");
+  // the axis shows as many decimals as the largest amount needs (the tables have the exact ones)
+  const top = Math.max(...costs, 0);
+  const places = top >= 1 ? 2 : top > 0 ? Math.min(8, 1 - Math.floor(Math.log10(top))) : 2;
+  chart(boxes[0], "Cost (USD)", xs, costs, (v) => "$" + Number(v).toFixed(places), "#2563eb", false);
+  chart(boxes[1], "Tokens", xs, tokens, (v) => intFormat.format(Math.round(v)), "#7c3aed", true);
+  chart(boxes[2], "Requests", xs, requests, (v) => intFormat.format(Math.round(v)), "#059669", true);
 }
 
 function budgetCell(budget) {

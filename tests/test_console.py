@@ -1,0 +1,398 @@
+"""The web console (/ui) in headless Chromium, driven through Selenium, against a real
+gateway process on Postgres with usage seeded through the openai SDK.
+
+Screenshots of every page go to tests/.artifacts/console/ (not committed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from support import MASTER, ROOT, TOKEN, GatewayProcess, base_env, request, wait_until
+from support.ledger import MESSAGES, pg_rows, send_mixed
+from support.tenants import new_key, unique
+
+ARTIFACTS = ROOT / "tests" / ".artifacts" / "console"
+XSS_MODEL = "<img src=x onerror=alert(1)>"
+SEEDED = 24  # send_mixed requests, plus one with XSS_MODEL
+
+
+@pytest.fixture(scope="module")
+def console_gw(fake_upstream, postgres_env, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("console")
+    env = base_env(fake_upstream.base_url, tmp, TALLYGATE_KEYS_REFRESH="0.5", **postgres_env)
+    gw = GatewayProcess(env, tmp / "gateway.log")
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def seeded(console_gw, postgres_env):
+    """Three tenants' mixed usage and one request whose model name is markup."""
+    tenants = (unique("con-a"), unique("con-b"), unique("con-c"))
+    send_mixed(console_gw, SEEDED, tenants)
+    client = openai.OpenAI(base_url=console_gw.base_url, api_key=TOKEN, max_retries=0,
+                           default_headers={"X-Tenant-ID": tenants[0]})
+    client.chat.completions.create(model=XSS_MODEL, messages=MESSAGES)
+    wait_until(lambda: len(pg_rows(postgres_env, "tenant_id = ANY(%s)", (list(tenants),))) == SEEDED + 1,
+               message="the seeded rows in the ledger")
+    return tenants
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"console screenshots: {ARTIFACTS}")
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, css: str, timeout: float = 15.0):
+    return WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))[0]
+
+
+def shot(driver, name: str) -> None:
+    """A full-page screenshot (the window stretched to the page's height)."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, max(800, min(height + 40, 4000)))
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    driver.set_window_size(1280, 1000)
+
+
+def sign_in(driver, gw, key: str) -> None:
+    driver.get(gw.url + "/ui")
+    driver.delete_all_cookies()
+    driver.get(gw.url + "/ui")
+    field = wait_for(driver, "#key")
+    field.send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+    wait_for(driver, "#signed-in-as")
+
+
+def open_page(driver, gw, path: str, ready_css: str):
+    driver.get(gw.url + path)
+    return wait_for(driver, ready_css)
+
+
+def money(text: str) -> Decimal:
+    return Decimal(text.replace("$", "").replace(",", ""))
+
+
+def count(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def cli_usage(gw, postgres_env, *args: str) -> list[list[str]]:
+    """`tallygate usage` run on the gateway's ledger: the table's lines, split into cells."""
+    env = {**base_env("http://127.0.0.1:9/v1", ROOT), **postgres_env}
+    out = subprocess.run([sys.executable, "-m", "tallygate", "usage", *args], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    return [line.split() for line in out.splitlines()[2:] if line.strip() and not line.startswith("-")]
+
+
+def row_cells(driver, css: str) -> dict[str, str]:
+    return {td.get_attribute("data-col"): td.text for td in driver.find_elements(By.CSS_SELECTOR, css + " td")}
+
+
+def csp_violations(driver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if "Content Security Policy" in entry["message"]]
+
+
+def api_call(gw, method: str, path: str, body=None, headers: dict | None = None):
+    """(status, headers, JSON) of a console API call from outside a browser."""
+    status, h, data = request(method, gw.url + path, body, headers)
+    return status, h, json.loads(data or b"null")
+
+
+def api_session(gw, key: str = MASTER, extra: dict | None = None) -> tuple[dict, dict]:
+    """Sign in over HTTP: (headers carrying the session cookie, the session document)."""
+    status, h, doc = api_call(gw, "POST", "/ui/api/session", {"key": key}, extra)
+    assert status == 200, doc
+    cookie = h["set-cookie"].split(";", 1)[0]
+    return {"Cookie": cookie}, doc
+
+
+# -- the overview -----------------------------------------------------------------------
+
+def test_overview_chart_and_table_show_the_totals_tallygate_usage_prints(console_gw, seeded, browser,
+                                                                         postgres_env):
+    sign_in(browser, console_gw, MASTER)
+    open_page(browser, console_gw, "/ui?range=24h", "#chart-requests canvas")
+    wait_for(browser, "#by-tenant tfoot")
+    cli = cli_usage(console_gw, postgres_env, "--since", "24h", "--by", "tenant")
+    header, total = cli[0], cli[-1]
+    assert total[0] == "TOTAL"
+    cli_total = dict(zip(header, total, strict=True))
+    page_total = row_cells(browser, "#by-tenant tfoot")
+    assert count(page_total["requests"]) == int(cli_total["requests"]) >= SEEDED + 1
+    for column in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert count(page_total[column]) == int(cli_total[column]), column
+    assert money(page_total["cost_usd"]) == Decimal(cli_total["cost_usd"]) > 0
+    # each seeded tenant's row as the CLI prints it
+    cli_rows = {cells[0]: dict(zip(header, cells, strict=True)) for cells in cli[1:-1]}
+    for tenant in seeded:
+        link = browser.find_element(By.XPATH, f"//table[@id='by-tenant']//a[text()='{tenant}']")
+        cells = row_cells(browser, f"#by-tenant tbody tr:nth-child({_row_index(browser, 'by-tenant', link)})")
+        assert count(cells["requests"]) == int(cli_rows[tenant]["requests"])
+        assert money(cells["cost_usd"]) == Decimal(cli_rows[tenant]["cost_usd"])
+    # the figures and the charts: the same totals, the series really drawn
+    assert money(browser.find_element(By.CSS_SELECTOR, "#total-cost .figure-value").text) == Decimal(
+        cli_total["cost_usd"])
+    assert count(browser.find_element(By.CSS_SELECTOR, "#total-requests .figure-value").text) == int(
+        cli_total["requests"])
+    chart = browser.find_element(By.ID, "chart-requests")
+    assert int(chart.get_attribute("data-sum")) == int(cli_total["requests"])
+    assert int(chart.get_attribute("data-points")) >= 24  # every hour of the day, zeros included
+    assert _stroke_pixels(browser, "chart-requests", (5, 150, 105)) > 20  # the series' line in its colour
+    assert _stroke_pixels(browser, "chart-cost", (37, 99, 235)) > 20
+    assert browser.find_element(By.CSS_SELECTOR, "#chart-cost .u-title").text == "Cost (USD)"
+    shot(browser, "overview")
+    # the range picker: 30 days by day, the same totals
+    browser.find_element(By.LINK_TEXT, "30d").click()
+    wait_for(browser, "a.range.current[href='/ui?range=30d']")
+    wait_for(browser, "#chart-requests canvas")
+    assert count(row_cells(browser, "#by-tenant tfoot")["requests"]) == int(cli_total["requests"])
+    assert csp_violations(browser) == []
+
+
+def _row_index(driver, table_id: str, inner) -> int:
+    rows = driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")
+    for i, row in enumerate(rows, 1):
+        if inner.text in row.text.split():
+            return i
+    raise AssertionError(f"{inner.text} not in #{table_id}")
+
+
+def _stroke_pixels(driver, chart_id: str, rgb: tuple[int, int, int]) -> int:
+    """How many of the chart canvas' pixels are the series' stroke colour."""
+    return driver.execute_script(
+        """
+        const [id, r, g, b] = arguments;
+        const canvas = document.querySelector('#' + id + ' canvas');
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let n = 0;
+        for (let i = 0; i < data.length; i += 4)
+          if (data[i + 3] > 200 && Math.abs(data[i] - r) < 12 && Math.abs(data[i + 1] - g) < 12 && Math.abs(data[i + 2] - b) < 12) n++;
+        return n;
+        """, chart_id, *rgb)
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+def test_a_key_created_in_the_page_is_shown_once_works_and_stops_working_when_revoked(console_gw, browser):
+    tenant = unique("con-key")
+    sign_in(browser, console_gw, MASTER)
+    open_page(browser, console_gw, "/ui/keys", "#create-key")
+    browser.find_element(By.CSS_SELECTOR, "#create-key input[name=tenant_id]").send_keys(tenant)
+    browser.find_element(By.CSS_SELECTOR, "#create-key input[name=name]").send_keys("<b>ci</b> key")
+    browser.find_element(By.CSS_SELECTOR, "#create-key button[type=submit]").click()
+    secret = wait_for(browser, "#new-key-secret").text
+    assert secret.startswith("tg-")
+    shot(browser, "keys-created")
+    client = openai.OpenAI(base_url=console_gw.base_url, api_key=secret, max_retries=0)
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert answer.usage.total_tokens > 0
+    # shown once: a fresh load lists the key by its prefix only, its name as text
+    open_page(browser, console_gw, "/ui/keys", "#keys tbody tr")
+    assert secret not in browser.page_source
+    row = browser.find_element(By.XPATH, f"//table[@id='keys']//tr[td/a[text()='{tenant}']]")
+    assert "<b>ci</b> key" in row.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#keys b") == []
+    button = row.find_element(By.CSS_SELECTOR, "button.danger")
+    button.click()
+    assert button.text == "Confirm revoke"  # one click arms it, the second revokes
+    button.click()
+    # the list is drawn again after the change: read it in one step, not element by element
+    wait_until(lambda: "revoked" in browser.execute_script(
+        "const row = [...document.querySelectorAll('#keys tbody tr')].find(r => r.textContent.includes(arguments[0]));"
+        "return row ? row.querySelector('td[data-col=state]').textContent : '';", tenant),
+        message="the key shown revoked")
+    shot(browser, "keys-revoked")
+    with pytest.raises(openai.AuthenticationError) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert err.value.status_code == 401
+
+
+# -- a tenant's session ------------------------------------------------------------------------
+
+def test_a_tenant_session_sees_only_its_own_tenant(console_gw, seeded, browser, postgres_env):
+    mine, other = seeded[0], seeded[1]
+    key = new_key(console_gw, mine)["key"]
+    sign_in(browser, console_gw, key)
+    assert browser.find_element(By.ID, "signed-in-as").text == f"tenant {mine}"
+    assert browser.find_elements(By.LINK_TEXT, "Tenants") == []
+    open_page(browser, console_gw, "/ui?range=24h", "#by-tenant tbody tr")
+    tenants = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#by-tenant tbody a")]
+    assert tenants == [mine]
+    shot(browser, "tenant-overview")
+    open_page(browser, console_gw, "/ui/requests?since=24h", "#requests tbody tr")
+    shown = {td.text for td in browser.find_elements(By.CSS_SELECTOR, "#requests td[data-col=tenant_id]")}
+    assert shown == {mine}
+    shot(browser, "tenant-requests")
+    open_page(browser, console_gw, "/ui/tenants/" + mine, "#tenant-keys")
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Tenant {mine}"
+    assert browser.find_elements(By.CSS_SELECTOR, "#create-key, button.danger") == []  # read-only
+    shot(browser, "tenant-page")
+    # another tenant's id in a URL: refused by the server
+    error = open_page(browser, console_gw, "/ui/tenants/" + other, "#page-error")
+    assert error.get_attribute("data-status") == "403"
+    theirs = pg_rows(postgres_env, "tenant_id = %s", (other,))[0]["request_id"]
+    error = open_page(browser, console_gw, "/ui/requests/" + theirs, "#page-error")
+    assert error.get_attribute("data-status") == "404"
+    statuses = browser.execute_script(
+        """
+        const paths = arguments[0];
+        return Promise.all(paths.map(p => fetch(p).then(r => r.status)));
+        """,
+        ["/ui/api/tenants", f"/ui/api/tenants/{other}", f"/ui/api/requests?tenant_id={other}",
+         f"/ui/api/overview?tenant_id={other}", f"/ui/api/keys?tenant_id={other}", f"/ui/api/requests/{theirs}",
+         f"/ui/api/tenants/{mine}"])
+    assert statuses == [403, 403, 403, 403, 403, 404, 200]
+    # a tenant session changes nothing, even with its CSRF token
+    headers, doc = api_session(console_gw, key)
+    status, _, body = api_call(console_gw, "POST", "/ui/api/keys", {"tenant_id": mine},
+                               {**headers, "X-CSRF-Token": doc["csrf_token"]})
+    assert status == 403 and body["error"]["code"] == "admin_only"
+
+
+# -- hostile data ------------------------------------------------------------------------------
+
+def test_a_model_named_like_markup_is_shown_as_text(console_gw, seeded, browser):
+    sign_in(browser, console_gw, MASTER)
+    open_page(browser, console_gw, "/ui?range=24h", "#by-model tbody tr")
+    models = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#by-model td[data-col=model]")]
+    assert XSS_MODEL in models
+    open_page(browser, console_gw, f"/ui/requests?since=24h&tenant_id={seeded[0]}", "#requests tbody tr")
+    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#requests td[data-col=model]")]
+    assert XSS_MODEL in cells
+    link = browser.find_elements(By.XPATH, "//table[@id='requests']//tr[td[@data-col='model'][text()="
+                                           f"'{XSS_MODEL}']]//a")[0]
+    link.click()
+    field = wait_for(browser, "#request-record dd[data-field=model]")
+    assert field.text == XSS_MODEL
+    shot(browser, "request-record")
+    for path in ("/ui?range=24h", f"/ui/tenants/{seeded[0]}"):
+        open_page(browser, console_gw, path, "main table tbody tr")
+        assert browser.find_elements(By.TAG_NAME, "img") == []  # no element made from the name
+        with pytest.raises(NoAlertPresentException):
+            browser.switch_to.alert.text  # noqa: B018 (reading it is the check)
+        assert XSS_MODEL in browser.find_element(By.TAG_NAME, "main").text
+    open_page(browser, console_gw, "/ui/tenants", "#tenants tbody tr")
+    shot(browser, "tenants")
+    assert csp_violations(browser) == []
+
+
+# -- sessions, cookies, CSRF ------------------------------------------------------------------
+
+def test_the_session_cookie_is_http_only_strict_and_secure_behind_https(console_gw, browser):
+    sign_in(browser, console_gw, MASTER)
+    cookie = browser.get_cookie("tallygate_console")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict" and cookie["secure"] is False
+    assert cookie["path"] == "/ui"
+    assert 8 * 3600 - 120 < cookie["expiry"] - time.time() <= 8 * 3600
+    # neither the key nor the cookie is readable by the page's script or kept in storage
+    assert browser.execute_script("return document.cookie") == ""
+    assert browser.execute_script("return localStorage.length + sessionStorage.length") == 0
+    assert MASTER not in browser.page_source
+    # behind an HTTPS proxy (Cloud Run): Secure
+    status, headers, _ = request("POST", console_gw.url + "/ui/api/session", {"key": MASTER},
+                                 {"X-Forwarded-Proto": "https"})
+    assert status == 200
+    flags = [f.strip() for f in headers["set-cookie"].split(";")]
+    assert {"HttpOnly", "SameSite=Strict", "Secure", "Path=/ui", "Max-Age=28800"} <= set(flags)
+    # a changed cookie, or none, is no session
+    good, _ = api_session(console_gw)
+    assert api_call(console_gw, "GET", "/ui/api/overview", headers=good)[0] == 200
+    value = good["Cookie"]
+    forged = {"Cookie": value[:30] + ("A" if value[30] != "A" else "B") + value[31:]}
+    assert api_call(console_gw, "GET", "/ui/api/overview", headers=forged)[0] == 401
+    assert api_call(console_gw, "GET", "/ui/api/overview")[0] == 401
+
+
+def test_console_changes_need_the_csrf_token_and_this_origin(console_gw):
+    headers, doc = api_session(console_gw)
+    token = {"X-CSRF-Token": doc["csrf_token"]}
+    own = {"Origin": console_gw.url}
+    body = {"tenant_id": unique("con-csrf")}
+
+    def post_key(extra: dict) -> tuple[int, str | None]:
+        status, _, answer = api_call(console_gw, "POST", "/ui/api/keys", body, {**headers, **extra})
+        return status, (answer.get("error") or {}).get("code")
+
+    assert post_key(own) == (403, "csrf_token")
+    assert post_key({**own, "X-CSRF-Token": "x" * 43}) == (403, "csrf_token")
+    assert post_key({**token, "Origin": "http://evil.example"}) == (403, "cross_site_request")
+    assert post_key({**token, **own, "Sec-Fetch-Site": "cross-site"}) == (403, "cross_site_request")
+    assert post_key({**token, **own, "Sec-Fetch-Site": "same-site"}) == (403, "cross_site_request")
+    # another session's token is not this session's
+    other_headers, other = api_session(console_gw)
+    assert post_key({"X-CSRF-Token": other["csrf_token"], **own}) == (403, "csrf_token")
+    status, _, created = api_call(console_gw, "POST", "/ui/api/keys", body, {**headers, **token, **own,
+                                                                             "Sec-Fetch-Site": "same-origin"})
+    assert status == 201 and created["key"].startswith("tg-")
+    # reads from another site are refused too, and so are revocations without the token
+    status, _, _ = api_call(console_gw, "GET", "/ui/api/overview", headers={**headers, "Sec-Fetch-Site": "cross-site"})
+    assert status == 403
+    status, _, _ = api_call(console_gw, "DELETE", f"/ui/api/keys/{created['key_id']}", headers={**headers, **own})
+    assert status == 403
+    # signing in: JSON only, from this origin only, with a console key only
+    status, _, _ = request("POST", console_gw.url + "/ui/api/session", f"key={MASTER}".encode(),
+                           {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 415
+    assert api_call(console_gw, "POST", "/ui/api/session", {"key": MASTER}, {"Origin": "http://evil.example"})[0] == 403
+    assert api_call(console_gw, "POST", "/ui/api/session", {"key": TOKEN})[0] == 403  # the shared gateway token
+    assert api_call(console_gw, "POST", "/ui/api/session", {"key": "tg-not-a-key"})[0] == 401
+    # signing out needs the token as well
+    assert api_call(console_gw, "DELETE", "/ui/api/session", headers=other_headers)[0] == 403
+    assert api_call(console_gw, "DELETE", "/ui/api/session",
+                    headers={**other_headers, "X-CSRF-Token": other["csrf_token"]})[0] == 200
+
+
+def test_pages_carry_a_policy_without_unsafe_inline_and_only_packaged_files_are_served(console_gw):
+    for path in ("/ui", "/ui/keys", "/ui/tenants/x", "/ui/static/console.js",
+                 "/ui/static/vendor/uplot/uPlot.iife.min.js"):
+        status, headers, _ = request("GET", console_gw.url + path)
+        assert status == 200, path
+        csp = headers["content-security-policy"]
+        assert "unsafe-inline" not in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert headers["x-content-type-options"] == "nosniff"
+    for path in ("/ui/static/../sessions.py", "/ui/static/%2e%2e/handler.py", "/ui/elsewhere", "/uix"):
+        assert request("GET", console_gw.url + path)[0] == 404, path
+
+
+def test_the_console_is_not_imported_by_the_gateway_until_ui_is_used():
+    code = (
+        "import sys; from tallygate.app import create_app; from tallygate import settings; "
+        "create_app(settings.load({'PROXY_MASTER_KEY': 'k' * 20})); "
+        "print(sorted(m for m in sys.modules if m.startswith('tallygate.console')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_revoked_tenant_key_ends_its_console_session(console_gw, seeded):
+    made = new_key(console_gw, seeded[2])
+    headers, _ = api_session(console_gw, made["key"])
+    assert api_call(console_gw, "GET", "/ui/api/overview", headers=headers)[0] == 200
+    status, _, _ = api_call(console_gw, "DELETE", f"/admin/keys/{made['key_id']}",
+                            headers={"Authorization": f"Bearer {MASTER}"})
+    assert status == 200
+    assert api_call(console_gw, "GET", "/ui/api/overview", headers=headers)[0] == 401
+
