@@ -348,13 +348,14 @@ async function tenantPage(id) {
 
 async function requestsPage(params) {
   const query = new URLSearchParams();
-  for (const name of ["since", "tenant_id", "model", "status", "limit"]) if (params.get(name)) query.set(name, params.get(name));
+  for (const name of ["since", "until", "tenant_id", "model", "status", "limit"]) if (params.get(name)) query.set(name, params.get(name));
   const doc = await api("/ui/api/requests?" + query.toString());
   const since = params.get("since") || "24h";
   const input = (name, label, attrs = {}) => el("label", {}, el("span", {}, label), el("input", { name, value: params.get(name) || "", autocomplete: "off", ...attrs }));
   const form = el("form", { method: "get", action: "/ui/requests", class: "card form filters" },
     el("div", { class: "fields" },
       el("label", {}, el("span", {}, "Since"), el("select", { name: "since" }, ["1h", "24h", "7d", "30d", "90d"].map((s) => el("option", { value: s, selected: s === since }, s)))),
+      input("until", "Until (ISO time, UTC)", { placeholder: "now" }),
       session.role === "admin" ? input("tenant_id", "Tenant") : null,
       input("model", "Model"),
       el("label", {}, el("span", {}, "Status"), el("select", { name: "status" }, el("option", { value: "" }, "any"), doc.statuses.map((s) => el("option", { value: s, selected: s === params.get("status") }, s)))),
