@@ -411,3 +411,47 @@ def test_a_revoked_tenant_key_ends_its_console_session(console_gw, seeded):
     assert status == 200
     assert api_call(console_gw, "GET", "/ui/api/overview", headers=headers)[0] == 401
 
+
+
+# -- the SQLite ledger, sessions across instances, expiry --------------------------------------
+
+def test_the_console_api_on_the_sqlite_ledger_agrees_with_tallygate_usage(gateway, tmp_path):
+    gw = gateway()  # the SQLite ledger (base_env)
+    tenants = (unique("con-sq-a"), unique("con-sq-b"))
+    send_mixed(gw, 9, tenants)
+    gw.wait_records(9)
+    headers, _ = api_session(gw)
+
+    def overview():
+        return api_call(gw, "GET", "/ui/api/overview?range=7d", headers=headers)[2]
+
+    doc = wait_until(lambda: (d := overview())["totals"]["requests"] == 9 and d, message="the rows written")
+    env = {**base_env("http://127.0.0.1:9/v1", tmp_path), "TALLYGATE_SQLITE_PATH": gw.env["TALLYGATE_SQLITE_PATH"]}
+    out = subprocess.run([sys.executable, "-m", "tallygate", "usage", "--since", "7d", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    cli = json.loads(out)
+    assert Decimal(doc["totals"]["cost_usd"]) == sum((Decimal(r["cost_usd"]) for r in cli), Decimal(0)) > 0
+    assert {r["tenant_id"]: r for r in doc["by_tenant"]} == {r["tenant_id"]: r for r in cli}
+    assert doc["bucket"] == "hour" and len(doc["series"]) >= 7 * 24
+    assert sum(p["requests"] for p in doc["series"]) == 9
+    assert sum(Decimal(p["cost_usd"]) for p in doc["series"]) == Decimal(doc["totals"]["cost_usd"])
+    assert doc["health"]["requests"] == 9 and doc["health"]["p95_latency_ms"] > 0
+    rows = api_call(gw, "GET", f"/ui/api/requests?tenant_id={tenants[1]}", headers=headers)[2]["data"]
+    assert len(rows) == 4 and {r["tenant_id"] for r in rows} == {tenants[1]}
+    record = api_call(gw, "GET", f"/ui/api/requests/{rows[0]['request_id']}", headers=headers)[2]
+    assert record["request_id"] == rows[0]["request_id"] and "price_source" in record
+
+
+def test_sessions_carry_between_instances_with_the_same_master_key_and_expire(gateway):
+    first, second = gateway(), gateway()
+    headers, _ = api_session(first)
+    assert api_call(second, "GET", "/ui/api/session", headers=headers)[0] == 200  # the key derived alike
+    other = gateway(PROXY_MASTER_KEY="tg-another-master-key-0123456789")
+    assert api_call(other, "GET", "/ui/api/session", headers=headers)[0] == 401  # a new master key ends them
+    short = gateway(TALLYGATE_CONSOLE_SESSION_TTL="1", TALLYGATE_CONSOLE_SECRET="s" * 32)
+    status, h, _ = api_call(short, "POST", "/ui/api/session", {"key": MASTER})
+    assert status == 200 and "Max-Age=1;" in h["set-cookie"]
+    brief = {"Cookie": h["set-cookie"].split(";", 1)[0]}
+    assert api_call(short, "GET", "/ui/api/session", headers=brief)[0] == 200
+    time.sleep(1.2)
+    assert api_call(short, "GET", "/ui/api/session", headers=brief)[0] == 401
