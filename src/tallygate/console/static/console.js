@@ -89,7 +89,7 @@ async function api(path, { method = "GET", body } = {}) {
 // -- tables, figures and charts -------------------------------------------------------
 
 // columns: [name, heading, format(row) -> text or Node, numeric?]
-function table(id, columns, rows, footer) {
+function table(id, columns, rows, footer, empty = "Nothing in this period.") {
   const head = el("tr", {}, columns.map(([name, heading, , numeric]) => el("th", { scope: "col", class: numeric ? "num" : null, "data-col": name }, heading)));
   const body = rows.map((row) =>
     el("tr", {}, columns.map(([name, , format, numeric]) => el("td", { class: numeric ? "num" : null, "data-col": name }, format(row)))),
@@ -98,7 +98,7 @@ function table(id, columns, rows, footer) {
     ? el("tfoot", {}, el("tr", {}, columns.map(([name, , format, numeric], i) =>
         el("td", { class: numeric ? "num" : null, "data-col": name }, i === 0 ? "Total" : footer[name] === undefined ? "" : format(footer)))))
     : null;
-  const content = rows.length ? [el("thead", {}, head), el("tbody", {}, body), foot] : [el("thead", {}, head), el("tbody", {}, el("tr", {}, el("td", { colspan: columns.length, class: "muted" }, "Nothing in this period.")))];
+  const content = rows.length ? [el("thead", {}, head), el("tbody", {}, body), foot] : [el("thead", {}, head), el("tbody", {}, el("tr", {}, el("td", { colspan: columns.length, class: "muted" }, empty)))];
   return el("div", { class: "table-wrap" }, el("table", { id }, content));
 }
 
@@ -217,7 +217,7 @@ async function tenantsPage() {
       ["active_keys", "Active keys", (r) => int(r.active_keys), true],
       ["requests_30d", "Requests", (r) => int(r.requests_30d), true],
       ["cost_usd_30d", "Cost", (r) => usd(r.cost_usd_30d), true],
-    ], doc.data),
+    ], doc.data, null, "No tenants yet."),
   );
 }
 
@@ -301,7 +301,7 @@ async function keysPage() {
   const list = el("div", { id: "keys-list" });
   const refresh = async () => {
     const doc = await api("/ui/api/keys");
-    list.replaceChildren(table("keys", keyColumns(refresh), doc.data));
+    list.replaceChildren(table("keys", keyColumns(refresh), doc.data, null, "No keys."));
   };
   const parts = [heading("Keys")];
   if (session.role === "admin") parts.push(createKeyForm("", refresh));
@@ -316,9 +316,9 @@ async function tenantPage(id) {
   const keys = el("div", { id: "tenant-keys" });
   const refresh = async () => {
     const fresh = await api("/ui/api/keys?tenant_id=" + encodeURIComponent(id));
-    keys.replaceChildren(table("keys", keyColumns(refresh), fresh.data));
+    keys.replaceChildren(table("keys", keyColumns(refresh), fresh.data, null, "No keys."));
   };
-  keys.append(table("keys", keyColumns(refresh), doc.keys));
+  keys.append(table("keys", keyColumns(refresh), doc.keys, null, "No keys."));
   const lim = doc.limits;
   const u = doc.usage_30d;
   main.replaceChildren(
@@ -372,7 +372,7 @@ async function requestsPage(params) {
       ["total_tokens", "Tokens", (r) => int(r.total_tokens), true],
       ["cost_usd", "Cost", (r) => usd(r.cost_usd), true],
       ["latency_ms", "Latency", (r) => Math.round(r.latency_ms) + " ms", true],
-    ], doc.data),
+    ], doc.data, null, "No requests match."),
   );
 }
 
