@@ -390,6 +390,12 @@ def test_pages_carry_a_policy_without_unsafe_inline_and_only_packaged_files_are_
         assert headers["x-content-type-options"] == "nosniff"
     for path in ("/ui/static/../sessions.py", "/ui/static/%2e%2e/handler.py", "/ui/elsewhere", "/uix"):
         assert request("GET", console_gw.url + path)[0] == 404, path
+    # bad input to the API: a clear 4xx, never a 500
+    headers, _ = api_session(console_gw)
+    for path, status in (("/ui/api/overview?range=1y", 400), ("/ui/api/requests?since=999999999d", 400),
+                         ("/ui/api/requests?status=teapot", 400), ("/ui/api/requests?limit=x", 400),
+                         ("/ui/api/tenants/a%2Fb", 404), ("/ui/api/nothing", 404), ("/ui/api/requests/nope", 404)):
+        assert api_call(console_gw, "GET", path, headers=headers)[0] == status, path
 
 
 def test_the_console_is_not_imported_by_the_gateway_until_ui_is_used():

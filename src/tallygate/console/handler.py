@@ -23,6 +23,7 @@ from ..auth import Authenticator
 from ..errors import GatewayError, bad_request, forbidden, not_found, unauthorized
 from ..http import json_object, query_params, read_body, send_bytes, send_json
 from ..routes.admin import ADMIN_BODY_LIMIT, Admin, ledger_unavailable
+from ..settings import TENANT_RE
 from ..store import StoreUnavailable
 from ..tenants.cache import KeyCache
 from ..tenants.store import KeyStore
@@ -218,6 +219,8 @@ class Console:
             else:
                 if own is not None and ident != own:
                     raise forbidden("This session can read its own tenant only.", "other_tenant")
+                if not TENANT_RE.fullmatch(ident):
+                    raise not_found(f"No tenant {ident[:100]!r}.")
                 await self._json(send, 200, await self.views.tenant(ident))
         elif name == "keys" and ident is None and method == b"GET":
             asked = params.get("tenant_id") or None

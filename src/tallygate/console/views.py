@@ -164,6 +164,8 @@ class Views:
             end = parse_time(params["until"]) if params.get("until") else None
         except ReportError as exc:
             raise bad_request(str(exc), "invalid_parameter") from None
+        except OverflowError:
+            raise bad_request("since is too far back", "invalid_parameter", "since") from None
         status = params.get("status") or None
         if status is not None and status not in STATUSES:
             raise bad_request(f"status must be one of {', '.join(STATUSES)}", "invalid_parameter", "status")
