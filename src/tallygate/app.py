@@ -13,9 +13,9 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from .auth import Authenticator
+from .auth import Authenticator, api_key_credential
 from .errors import GatewayError, error_body, not_found
-from .http import ClientGone, send_error
+from .http import ClientGone, send_error, send_json
 from .metering.pricing import PriceBook, load_overrides
 from .proxy.formats import ENDPOINTS
 from .proxy.handler import ProxyHandler
@@ -46,14 +46,15 @@ GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/
 
 # a header a request may carry once only: two would let two parts of a stack (a proxy in
 # front, the gateway) each read a different one
-_SINGLE = (b"authorization", b"x-tenant-id")
+_SINGLE = (b"authorization", b"x-tenant-id", b"x-api-key")
+_SHOWN = {b"authorization": "Authorization", b"x-tenant-id": "X-Tenant-ID", b"x-api-key": "x-api-key"}
 
 
 def refuse_duplicates(raw_headers) -> None:
     seen = [name for name, _ in raw_headers if name in _SINGLE]
     for name in _SINGLE:
         if seen.count(name) > 1:
-            shown = "Authorization" if name == b"authorization" else "X-Tenant-ID"
+            shown = _SHOWN[name]
             raise GatewayError(
                 400,
                 f"The {shown} header appears more than once: send it once.",
@@ -320,6 +321,9 @@ class App:
         self._allowed: dict[bytes, list[bytes]] = {path: [b"GET"] for path in GET_PATHS}
         for path in ENDPOINTS:
             self._allowed[path] = [b"POST"]
+        # path -> (upstream path, wire format, the routes that speak it)
+        router = self.g.router
+        self.endpoints = {path: (up, fmt, router.for_wire(fmt.wire)) for path, (up, fmt) in ENDPOINTS.items()}
 
     async def __call__(self, scope, receive, send) -> None:
         """HTTP requests are dispatched here directly: a coroutine layer per request is
@@ -331,14 +335,17 @@ class App:
         path = scope["raw_path"] or scope["path"].encode()
         if path.find(b"?") >= 0:  # uvicorn's raw_path has no query; other servers' may
             path = path.split(b"?", 1)[0]
-        endpoint = ENDPOINTS.get(path)
+        endpoint = self.endpoints.get(path)
         try:
             if endpoint is not None and scope["method"] == "POST":
                 raw = scope["headers"]
                 headers = dict(raw)
                 if len(headers) != len(raw):  # a name repeated: maybe one that must come once
                     refuse_duplicates(raw)
-                principal = self.g.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
+                authorization = headers.get(b"authorization")
+                if authorization is None:  # Anthropic's SDKs send their key as x-api-key
+                    authorization = api_key_credential(headers.get(b"x-api-key"))
+                principal = self.g.auth.authenticate(authorization, headers.get(b"x-tenant-id"))
                 await self.g.proxy.handle(scope, receive, send, endpoint, principal, headers)
                 return
             refuse_duplicates(scope["headers"])
@@ -361,8 +368,11 @@ class App:
                 )
             raise not_found(f"Unknown path {scope['path'][:200]!r}.")
         except GatewayError as err:
-            if endpoint is not None and self.g.started:
-                self.g.metrics.rejected(err.code or str(err.status))
+            if endpoint is not None:
+                if self.g.started:
+                    self.g.metrics.rejected(err.code or str(err.status))
+                await send_json(send, err.status, endpoint[1].error_body(err), err.headers)  # the format's shape
+                return
             await send_error(send, err)
         except ClientGone:
             return

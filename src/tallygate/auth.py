@@ -1,5 +1,8 @@
 """Bearer tokens -> Principal(tenant_id, key_id, role).
 
+A request without an Authorization header may send its token as `x-api-key` (the header
+Anthropic's SDKs and Claude Code use): it is then read as that bearer token.
+
 Three kinds of credential: the shared gateway token (tenant from `X-Tenant-ID`),
 the master key (admin; tenant from the header too), and tenant keys (`tg-...`,
 stored hashed; the key fixes its tenant). Secrets are compared in constant time.
@@ -27,6 +30,13 @@ class Principal:
     key: object = field(default=None, repr=False)  # the TenantKey, for its limits
 
 
+def api_key_credential(value: bytes | None) -> bytes | None:
+    """An `x-api-key` header as the Authorization value it stands for (None: absent or empty)."""
+    if not value or not value.strip():
+        return None
+    return b"Bearer " + value.strip()
+
+
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -43,7 +53,7 @@ class Authenticator:
 
     def credential(self, authorization: bytes | None) -> bytes:
         if not authorization:
-            raise unauthorized("Missing credentials: send 'Authorization: Bearer <token>'.")
+            raise unauthorized("Missing credentials: send 'Authorization: Bearer <token>' (or 'x-api-key: <token>').")
         scheme, _, token = authorization.partition(b" ")
         token = token.strip()
         if scheme.lower() != b"bearer" or not token:

@@ -1,4 +1,5 @@
-"""The fake upstream's aiohttp application: one handler per OpenAI endpoint, plus /_fake/*."""
+"""The fake upstream's aiohttp application: one handler per OpenAI endpoint, Anthropic's
+Messages API (anthropic.py), plus /_fake/*."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from .answers import (
     usage_numbers,
     write_pieces,
 )
+from .anthropic import AnthropicAnswers
+
+# request headers listed by /_fake/requests (the ones a test checks were passed on, or not)
+_RECORDED_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta", "api-key", "openai-beta")
 
 
 class FakeUpstream:
@@ -38,13 +43,18 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
+        anthropic = AnthropicAnswers(self)
+        app.router.add_post("/v1/messages", anthropic.messages)
+        app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)
         app.router.add_get("/_fake/stats", self.stats)
         return app
 
-    async def _begin(self, request: web.Request):
+    async def _begin(self, request: web.Request, error_body=None):
+        """(doc, fake, None), or (None, None, the error answer) as "fake" asks; `error_body(status,
+        message)`: the error's JSON in the API's shape (None: OpenAI's)."""
         raw = await request.read()
         self.calls += 1
         try:
@@ -63,6 +73,7 @@ class FakeUpstream:
                 "path": request.path,
                 "authorization": request.headers.get("Authorization"),
                 "cookie": request.headers.get("Cookie"),
+                "headers": {k: request.headers[k] for k in _RECORDED_HEADERS if k in request.headers},
                 "body": raw.decode("utf-8", "replace"),
             }
         )
@@ -99,6 +110,8 @@ class FakeUpstream:
                     "code": None,
                 }
             }
+            if error_body is not None:
+                body = error_body(status, message)
             headers = {"x-request-id": "req_fake_err"}
             if fake.get("retry_after") is not None:
                 headers["retry-after"] = str(fake["retry_after"])
@@ -133,14 +146,15 @@ class FakeUpstream:
     def _model(self, doc, fake) -> str:
         return str(fake.get("upstream_model", doc.get("model", "gpt-4o-mini")))
 
-    async def _sse(self, request, events: list[bytes], fake: dict) -> web.StreamResponse:
+    async def _sse(self, request, events: list[bytes], fake: dict, headers: dict | None = None) -> web.StreamResponse:
         resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
+            headers=headers
+            or {
                 "x-request-id": "req_fake_stream",
                 "x-ratelimit-remaining-requests": "99",
             }
         )
+        resp.headers["Content-Type"] = "text/event-stream; charset=utf-8"
         await resp.prepare(request)
         cut = fake.get("cut_after")
         delay = float(fake.get("chunk_delay", 0))
