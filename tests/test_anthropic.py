@@ -175,7 +175,7 @@ def test_bad_key_is_an_anthropic_shaped_401(gateway, fake_upstream):
     assert err.value.body["type"] == "error" and err.value.body["error"]["type"] == "authentication_error"
     status, _, data = post(gw.url + "/v1/messages", {"model": MODEL, "messages": MESSAGES})  # no credential
     doc = json.loads(data)
-    assert status == 401 and doc["error"]["type"] == "authentication_error" and "x-api-key" in doc["error"]["message"]
+    assert status == 401 and doc["error"]["type"] == "authentication_error"
     # the OpenAI endpoints keep OpenAI's shape
     status, _, data = post(gw.base_url + "/chat/completions", {"model": "gpt-4o-mini", "messages": MESSAGES},
                            {"x-api-key": "tg-not-a-key"})

@@ -343,8 +343,9 @@ class App:
                 if len(headers) != len(raw):  # a name repeated: maybe one that must come once
                     refuse_duplicates(raw)
                 authorization = headers.get(b"authorization")
-                if authorization is None:  # Anthropic's SDKs send their key as x-api-key
-                    authorization = api_key_credential(headers.get(b"x-api-key"))
+                if authorization is None and endpoint[1].api_key_header is not None:
+                    # Anthropic's SDKs send their key as x-api-key (on the OpenAI endpoints: a 401)
+                    authorization = api_key_credential(headers.get(endpoint[1].api_key_header))
                 principal = self.g.auth.authenticate(authorization, headers.get(b"x-tenant-id"))
                 await self.g.proxy.handle(scope, receive, send, endpoint, principal, headers)
                 return

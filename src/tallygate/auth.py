@@ -1,7 +1,8 @@
 """Bearer tokens -> Principal(tenant_id, key_id, role).
 
-A request without an Authorization header may send its token as `x-api-key` (the header
-Anthropic's SDKs and Claude Code use): it is then read as that bearer token.
+On the Anthropic endpoints a request without an Authorization header may send its token
+as `x-api-key` (the header Anthropic's SDKs and Claude Code use): it is then read as that
+bearer token (WireFormat.api_key_header).
 
 Three kinds of credential: the shared gateway token (tenant from `X-Tenant-ID`),
 the master key (admin; tenant from the header too), and tenant keys (`tg-...`,
@@ -53,7 +54,7 @@ class Authenticator:
 
     def credential(self, authorization: bytes | None) -> bytes:
         if not authorization:
-            raise unauthorized("Missing credentials: send 'Authorization: Bearer <token>' (or 'x-api-key: <token>').")
+            raise unauthorized("Missing credentials: send 'Authorization: Bearer <token>'.")
         scheme, _, token = authorization.partition(b" ")
         token = token.strip()
         if scheme.lower() != b"bearer" or not token:

@@ -24,6 +24,8 @@ class WireFormat(Protocol):
     endpoints: dict[bytes, str]
     # the routes that serve it: "openai" or "anthropic" (upstream.Router.for_wire)
     wire: str
+    # a request header read as the bearer token when there is no Authorization (None: none)
+    api_key_header: bytes | None
 
     def parse(self, body: bytes) -> tuple[dict, str, bool]:
         """(document, model, stream) of a request body, or a 400 that says what is wrong."""

@@ -73,6 +73,7 @@ class AnthropicFormat:
 
     endpoints = {b"/v1/messages": "/messages"}
     wire = "anthropic"  # the routes that speak it (upstream.Router.for_wire)
+    api_key_header: bytes | None = b"x-api-key"  # read as the credential when there is no Authorization header
 
     def __init__(self) -> None:
         self.parse = OPENAI.parse  # the same checks: a JSON object, a model name, a stream flag

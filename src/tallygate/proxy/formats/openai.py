@@ -20,6 +20,7 @@ STREAM_USAGE_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 
 class OpenAIFormat:
     wire = "openai"  # the routes that speak it (upstream.Router.for_wire)
+    api_key_header: bytes | None = None  # the credential is an Authorization header only
     endpoints = {
         b"/v1/chat/completions": "/chat/completions",
         b"/v1/completions": "/completions",
