@@ -314,23 +314,28 @@ def test_client_disconnect_mid_stream_is_recorded(gateway, fake_upstream):
     gw = gateway(**anthropic_env(fake_upstream))
     r = StreamReader(gw.port, "/v1/messages", {
         "model": "claude-disconnect", "max_tokens": 500, "messages": MESSAGES, "stream": True,
-        "fake": {"chunks": 100, "chunk_delay": 0.05}}, {"x-api-key": gw.token, "X-Tenant-ID": "acme"})
+        "fake": {"chunks": 100, "chunk_delay": 0.05, "input_tokens": 77, "cache_read": 500, "cache_1h": 40}},
+        {"x-api-key": gw.token, "X-Tenant-ID": "acme"})
     r.read_until(b"event: content_block_delta", 3)
     r.hang_up()
     rec = wait_until(lambda: [x for x in gw.records() if x["model"] == "claude-disconnect"], timeout=10)[0]
     assert rec["status"] == "client_disconnected" and rec["status_code"] == 200
-    # no message_delta yet: estimated from the request's size and the deltas delivered
-    assert rec["usage_source"] == "estimated" and 3 <= rec["completion_tokens"] < 60 and rec["prompt_tokens"] > 0
+    # no message_delta yet: an estimate, its input message_start's (exact), its output the deltas delivered
+    assert rec["usage_source"] == "estimated" and 3 <= rec["completion_tokens"] < 60
+    assert (rec["prompt_tokens"], rec["cached_tokens"], rec["cache_write_1h_tokens"]) == (617, 500, 40)
+    # the upstream stopped generating for nobody
+    wait_until(lambda: [d for d in fake_upstream.stats()["disconnects"] if d["path"] == "/v1/messages"])
 
 
 def test_a_stream_cut_by_the_upstream_ends_with_an_anthropic_error_event(gateway, fake_upstream):
     gw = gateway(**anthropic_env(fake_upstream))
     with pytest.raises(anthropic.APIStatusError) as err:
         list(client(gw).messages.create(model="claude-cut", max_tokens=100, messages=MESSAGES, stream=True,
-                                        extra_body={"fake": {"chunks": 10, "cut_after": 4}}))
+                                        extra_body={"fake": {"chunks": 10, "cut_after": 4, "input_tokens": 33}}))
     assert err.value.body["type"] == "error" and err.value.body["error"]["type"] == "api_error"
     rec = wait_until(lambda: [x for x in gw.records() if x["model"] == "claude-cut"])[0]
     assert rec["status"] == "upstream_error" and rec["usage_source"] == "estimated"
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (33, 1)  # message_start's counts, one delta
 
 
 # -- a coding agent's request --------------------------------------------------------------

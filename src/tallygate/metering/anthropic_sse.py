@@ -12,8 +12,10 @@ reads is parsed once whole). What is read:
 - `content_block_delta`: counted, the basis of an estimate if the stream breaks off.
 
 `ping` and `content_block_start`/`stop` are not parsed, nor is any event's text. Usage is
-known once a `message_delta` arrived: a stream cut before that is estimated by the relay
-like an OpenAI stream without its usage chunk.
+the provider's once a `message_delta` arrived. A stream cut before that (a client that hangs
+up, an upstream that breaks off) is an estimate (`partial`): message_start's input, cache
+and tier counts, which are exact, and as output the larger of its first count and the
+content deltas delivered.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class AnthropicStreamMeter:
         if not self._final or self._usage is None:
             return None
         return _anthropic_usage(self._usage)
+
+    def partial(self) -> Usage | None:
+        """The estimate of a stream cut before its final usage (None: not even message_start)."""
+        if self._usage is None:
+            return None
+        usage = _anthropic_usage(self._usage)
+        if self.content_events > usage.completion_tokens:
+            usage.completion_tokens = self.content_events
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        return usage
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk

@@ -64,11 +64,18 @@ def _set_usage(record: UsageRecord, usage, source: str) -> None:
 
 
 def _estimate(record: UsageRecord, meter, body_len: int) -> None:
-    """No usage from the provider: the prompt from the body size, the completion from
-    the content events delivered."""
-    if meter is not None and meter.usage is not None:
-        _set_usage(record, meter.usage, "provider")
-        return
+    """No usage from the provider: the meter's partial usage if it has one (Anthropic's
+    message_start), else the prompt from the body size, the completion from the content
+    events delivered."""
+    if meter is not None:
+        if meter.usage is not None:
+            _set_usage(record, meter.usage, "provider")
+            return
+        partial = getattr(meter, "partial", None)  # a format's meter that knows part of the usage
+        usage = partial() if partial is not None else None
+        if usage is not None:
+            _set_usage(record, usage, "estimated")
+            return
     record.prompt_tokens = estimate_prompt_tokens(body_len)
     record.completion_tokens = meter.content_events if meter is not None else 0
     record.total_tokens = record.prompt_tokens + record.completion_tokens
