@@ -79,8 +79,10 @@ def last_upstream(fake_upstream, path: str = "/v1/messages") -> dict:
 def test_message_is_forwarded_and_metered(gateway, fake_upstream):
     gw = gateway(**anthropic_env(fake_upstream))
     fake_upstream.reset()
-    msg = client(gw).messages.create(model=MODEL, max_tokens=100, messages=MESSAGES,
-                                     extra_body={"fake": {"input_tokens": 30, "output_tokens": 7}})
+    raw = client(gw).messages.with_raw_response.create(model=MODEL, max_tokens=100, messages=MESSAGES,
+                                                        extra_body={"fake": {"input_tokens": 30, "output_tokens": 7}})
+    msg = raw.parse()
+    assert raw.headers["request-id"] == msg._request_id and raw.headers["anthropic-ratelimit-requests-remaining"]
     assert msg.type == "message" and msg.content[0].type == "text" and msg.content[0].text
     assert (msg.usage.input_tokens, msg.usage.output_tokens) == (30, 7)
     seen = last_upstream(fake_upstream)
@@ -336,6 +338,16 @@ def test_a_stream_cut_by_the_upstream_ends_with_an_anthropic_error_event(gateway
     rec = wait_until(lambda: [x for x in gw.records() if x["model"] == "claude-cut"])[0]
     assert rec["status"] == "upstream_error" and rec["usage_source"] == "estimated"
     assert (rec["prompt_tokens"], rec["completion_tokens"]) == (33, 1)  # message_start's counts, one delta
+
+
+def test_an_upstream_error_quoting_the_key_does_not_show_it(gateway, fake_upstream):
+    gw = gateway(**anthropic_env(fake_upstream))
+    with pytest.raises(anthropic.AuthenticationError) as err:
+        client(gw).messages.create(model=MODEL, max_tokens=10, messages=MESSAGES,
+                                   extra_body={"fake": {"status": 401, "quote_key": True}})
+    assert err.value.body["error"]["type"] == "authentication_error"
+    assert UPSTREAM_KEY not in str(err.value.body) and "[redacted]" in err.value.body["error"]["message"]
+    assert UPSTREAM_KEY not in gw.output()
 
 
 # -- a coding agent's request --------------------------------------------------------------

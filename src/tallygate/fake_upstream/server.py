@@ -101,7 +101,8 @@ class FakeUpstream:
             message = f"fake upstream error {status}"
             if fake.get("quote_key"):  # as some upstreams do: the key they were sent, in the message
                 key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-                message = f"Incorrect API key provided: {key or request.headers.get('api-key', '')}"
+                key = key or request.headers.get("api-key") or request.headers.get("x-api-key") or ""
+                message = f"Incorrect API key provided: {key}"
             body = {
                 "error": {
                     "message": message,
