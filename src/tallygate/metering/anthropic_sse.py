@@ -25,19 +25,34 @@ import orjson
 from .sse import DEFAULT_MAX_EVENT, _event_data
 from .usage import Usage, _anthropic_usage, model_name
 
-_DELTA = b"event: content_block_delta"
-_SKIPPED = (b"event: ping", b"event: content_block_start", b"event: content_block_stop")
+# every event line follows a newline (a JSON data line holds none): searched with it in
+# front, an event name is never matched inside a text
+_DELTA = b"\nevent: content_block_delta\n"
+_MESSAGE = b"\nevent: message_"  # message_start, message_delta, message_stop
+_STOP = b"event: message_stop"
 
 
 class AnthropicStreamMeter:
     """The meter of one Messages stream: `feed` returns the bytes to send on (all of them)."""
 
-    __slots__ = ("_pending", "_usage", "_final", "model", "content_events", "done", "max_event", "oversized", "_skip")
+    __slots__ = (
+        "_pending",
+        "_usage",
+        "_final",
+        "_read_usage",
+        "model",
+        "content_events",
+        "done",
+        "max_event",
+        "oversized",
+        "_skip",
+    )
 
     def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self._pending = b""  # the start of an event whose end has not arrived yet
         self._usage: dict | None = None  # message_start's usage, message_delta's merged over it
         self._final = False  # a message_delta arrived: the counts are the provider's last word
+        self._read_usage: Usage | None = None  # `usage`, computed once it is asked for
         self.model: str | None = None
         self.content_events = 0
         self.done = False
@@ -49,7 +64,9 @@ class AnthropicStreamMeter:
     def usage(self) -> Usage | None:
         if not self._final or self._usage is None:
             return None
-        return _anthropic_usage(self._usage)
+        if self._read_usage is None:
+            self._read_usage = _anthropic_usage(self._usage)
+        return self._read_usage
 
     def partial(self) -> Usage | None:
         """The estimate of a stream cut before its final usage (None: not even message_start)."""
@@ -91,14 +108,28 @@ class AnthropicStreamMeter:
         self._pending = rest
 
     def _read(self, complete: bytes) -> None:
-        for event in complete.split(b"\n\n"):
-            if event.startswith(_DELTA):
-                self.content_events += 1
-            elif not event.startswith(_SKIPPED):
+        """Whole events: the message_* ones parsed, the content deltas counted (plain
+        searches: a stream's first read often holds all of it, twenty events or more)."""
+        block = b"\n" + complete + b"\n"
+        if block.find(b"\nevent:") < 0:  # events without their name (not Anthropic's own)
+            for event in complete.split(b"\n\n"):
                 self._take(event)
+            return
+        self.content_events += block.count(_DELTA)
+        i = block.find(_MESSAGE)
+        while i >= 0:
+            end = block.find(b"\n\n", i + 1)
+            event = block[i + 1 : end if end >= 0 else len(block)]
+            if event.startswith(_STOP):
+                self.done = True
+            else:
+                self._take(event)
+            i = block.find(_MESSAGE, i + 1)
 
     def _take(self, event: bytes) -> None:
-        data = _event_data(event)
+        j = event.find(b"\ndata:")
+        # the usual shape, an `event:` line and one `data:` line; else every line is looked at
+        data = event[j + 6 :] if j >= 0 and event.find(b"\n", j + 1) < 0 else _event_data(event)
         if not data:
             return
         try:
@@ -116,6 +147,7 @@ class AnthropicStreamMeter:
                 merged.update((k, v) for k, v in usage.items() if v is not None)
                 self._usage = merged
                 self._final = True
+                self._read_usage = None
         elif kind == "message_start":
             message = doc.get("message")
             if isinstance(message, dict):
@@ -123,10 +155,10 @@ class AnthropicStreamMeter:
                 usage = message.get("usage")
                 if isinstance(usage, dict):
                     self._usage = dict(usage)
-        elif kind == "message_stop":
-            self.done = True
         elif kind == "content_block_delta":  # an event without its `event:` line
             self.content_events += 1
+        elif kind == "message_stop":
+            self.done = True
 
     def flush(self) -> bytes:
         """Nothing is held back: every byte was sent as it came."""
