@@ -262,6 +262,18 @@ def test_web_search_in_a_stream(gateway, fake_upstream, postgres_env):
     assert abs(Decimal(log["cost_usd_exact"]) - expected(rates(), fresh=300, output=40, searches=2)) < EXACT
 
 
+def test_service_tier_is_recorded_and_a_tier_without_its_own_price_is_partial(gateway, fake_upstream, postgres_env):
+    gw = gateway(**anthropic_env(fake_upstream), **postgres_env)
+    fake = {"input_tokens": 1000, "output_tokens": 100, "service_tier": "priority"}
+    msg = client(gw).messages.create(model=MODEL, max_tokens=500, messages=MESSAGES, service_tier="auto",
+                                     extra_body={"fake": fake})
+    assert msg.usage.service_tier == "priority"
+    log, row = one_record(gw, postgres_env)
+    # the price data has no priority rates of Anthropic's: the standard ones, and the record says so
+    assert row["service_tier"] == "priority" and log["price_source"] == "genai-prices:partial"
+    assert abs(Decimal(log["cost_usd_exact"]) - expected(rates(), fresh=1000, output=100)) < EXACT
+
+
 # -- reliability ---------------------------------------------------------------------------
 
 def test_overloaded_529_is_retried(gateway, fake_upstream):
@@ -375,6 +387,20 @@ AGENT_BODY = {
     "stream": True,
     "fake": {"input_tokens": 50, "output_tokens": 6},
 }
+
+
+def test_the_sdk_beta_namespace_reaches_the_upstream_with_its_betas(gateway, fake_upstream):
+    gw = gateway(**anthropic_env(fake_upstream))
+    betas = ["context-management-2025-06-27", "token-efficient-tools-2025-02-19"]
+    with client(gw).beta.messages.stream(model=MODEL, max_tokens=100, messages=MESSAGES, betas=betas,
+                                         extra_body={"fake": {"input_tokens": 8, "output_tokens": 2}}) as s:
+        final = s.get_final_message()  # POST /v1/messages?beta=true
+    assert final.usage.output_tokens == 2
+    assert last_upstream(fake_upstream)["headers"]["anthropic-beta"] == ",".join(betas)
+    counted = client(gw).beta.messages.count_tokens(model=MODEL, messages=MESSAGES, betas=betas[:1],
+                                                    extra_body={"fake": {"input_tokens": 99}})
+    assert counted.input_tokens == 99
+    assert [r["endpoint"] for r in gw.wait_records(2)[-2:]] == ["/v1/messages", "/v1/messages/count_tokens"]
 
 
 def test_a_coding_agent_request_passes_byte_for_byte(gateway, fake_upstream):
