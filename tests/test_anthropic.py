@@ -8,6 +8,8 @@ priced apart; web searches per thousand); ledger rows equal the log lines."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -15,7 +17,19 @@ import anthropic
 import pytest
 from anthropic._constants import ANTHROPIC_API_VERSION
 
-from support import StreamReader, body_of, post, raw_exchange, request_bytes, routes_file, status_of, wait_until
+from support import (
+    StreamReader,
+    base_env,
+    body_of,
+    free_port,
+    post,
+    raw_exchange,
+    request_bytes,
+    routes_file,
+    status_of,
+    wait_http,
+    wait_until,
+)
 from support.ledger import pg_rows
 from support.tenants import new_key, unique
 
@@ -360,6 +374,24 @@ def test_an_upstream_error_quoting_the_key_does_not_show_it(gateway, fake_upstre
     assert err.value.body["error"]["type"] == "authentication_error"
     assert UPSTREAM_KEY not in str(err.value.body) and "[redacted]" in err.value.body["error"]["message"]
     assert UPSTREAM_KEY not in gw.output()
+
+
+def test_demo_mode_serves_the_messages_api(tmp_path):
+    port = free_port()
+    env = base_env("http://127.0.0.1:9/v1", tmp_path, PORT=port, OPENAI_BASE_URL=None, OPENAI_API_KEY=None)
+    env = {k: v for k, v in env.items() if not k.startswith("ANTHROPIC_")}
+    with open(tmp_path / "demo.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tallygate", "serve", "--host", "127.0.0.1", "--demo"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+            c = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=env["PROXY_GATEWAY_TOKEN"],
+                                    max_retries=3, default_headers={"X-Tenant-ID": "demo"})
+            msg = c.messages.create(model=MODEL, max_tokens=10, messages=MESSAGES)
+            assert msg.content[0].text == "Hello from the fake upstream"
+        finally:
+            proc.terminate()
+            assert proc.wait(15) == 0
 
 
 # -- a coding agent's request --------------------------------------------------------------
