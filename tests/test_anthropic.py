@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -30,7 +31,7 @@ from support import (
     wait_http,
     wait_until,
 )
-from support.ledger import pg_rows
+from support.ledger import assert_rows_match_logs, pg_rows
 from support.tenants import new_key, unique
 
 MODEL = "claude-sonnet-4-5"
@@ -223,6 +224,34 @@ def test_budget_refusal_is_an_anthropic_rate_limit_error(gateway, fake_upstream,
     assert err.value.body["type"] == "error" and err.value.body["error"]["type"] == "rate_limit_error"
     assert "budget" in err.value.body["error"]["message"].lower()
     assert err.value.response.headers.get("retry-after")
+
+
+def test_concurrent_messages_ledger_equals_log_lines(gateway, fake_upstream, postgres_env):
+    gw = gateway(**anthropic_env(fake_upstream), **postgres_env)
+    tenants = [unique("claude-mix") for _ in range(3)]
+
+    def one(i: int) -> None:
+        c = client(gw, tenant=tenants[i % 3])
+        fake = {"input_tokens": 100 + i, "output_tokens": 10 + i % 7, "cache_read": 50 * (i % 3),
+                "cache_5m": 20 * (i % 2), "cache_1h": 10 * (i % 4 == 0), "delta_usage": "full" if i % 4 else None}
+        if i % 2:
+            with c.messages.stream(model=MODEL, max_tokens=100, messages=MESSAGES, extra_body={"fake": fake}) as s:
+                s.get_final_message()
+        else:
+            c.messages.create(model=MODEL, max_tokens=100, messages=MESSAGES, extra_body={"fake": fake})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(40)))
+    logs = [r for r in gw.wait_records(40) if r["tenant_id"] in tenants]
+    rows = wait_until(lambda: (lambda got: got if len(got) == 40 else None)(
+        pg_rows(postgres_env, "tenant_id = ANY(%s)", (tenants,))), message="40 ledger rows")
+    assert_rows_match_logs(rows, logs)
+    by_id = {r["request_id"]: r for r in rows}
+    for log in logs:
+        assert by_id[log["request_id"]]["cache_write_tokens"] == log.get("cache_write_tokens", 0)
+    assert sum(Decimal(r["cost_usd_exact"]) for r in logs) == sum(
+        expected(rates(), fresh=100 + i, output=10 + i % 7, reads=50 * (i % 3), writes_5m=20 * (i % 2),
+                 writes_1h=10 * (i % 4 == 0)) for i in range(40))
 
 
 # -- every dimension, priced -----------------------------------------------------------------
