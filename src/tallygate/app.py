@@ -174,10 +174,15 @@ class Gateway:
 
             self.metrics_server = MetricsServer(self.metrics.render, s.metrics_host, s.metrics_port)
             await self.metrics_server.start()
+        if s.ledger == "off":
+            log.warning(
+                "TALLYGATE_LEDGER=off: no ledger rows are written; the log lines are the only "
+                "record of usage, and budgets count only what this process saw since it started"
+            )
         self.pipeline = Pipeline(
             self.prices,
             [JsonLogSink(), self.metrics],
-            self.ledger,
+            self.ledger if s.ledger == "on" else None,
             [self.guard],
             wait_for_commit=s.ledger_mode == "sync",
             commit_timeout=s.sync_commit_timeout,
@@ -303,6 +308,8 @@ class Gateway:
 
     def ledger_stats(self) -> dict:
         w = self.ledger
+        if self.settings.ledger == "off":
+            return {}
         return {
             "depth": w.depth,
             "rows_written": w.rows_written,
