@@ -277,3 +277,20 @@ def test_trace_from_headers(gateway):
     assert recs[0]["logging.googleapis.com/trace"] == f"projects/my-proj/traces/{trace}"
     assert recs[1]["logging.googleapis.com/trace"] == f"projects/my-proj/traces/{'a' * 32}"
     assert "logging.googleapis.com/trace" not in recs[2]
+
+
+def test_sdk_responses_stream_helper_through_the_gateway(gateway):
+    """The SDK's `responses.stream` helper assembles the answer from the documented event
+    sequence (output items, content parts, text deltas): it fails on a stream that skips them."""
+    gw = gateway()
+    fake = {**FAKE, "output_items": [{"type": "web_search_call", "id": "ws_1", "status": "completed",
+                                      "action": {"type": "search", "query": "q"}}]}
+    with sdk_client(gw).responses.stream(model="gpt-4o-mini", input="hi", extra_body={"fake": fake}) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert final.output_text == "Hello from the fake upstream"
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done") == 2
+    assert "response.content_part.added" in kinds and "response.output_text.done" in kinds
+    rec = gw.wait_records(1)[-1]
+    assert rec["web_search_calls"] == 1 and rec["total_tokens"] == 1200

@@ -15,6 +15,7 @@ from .answers import (
     chat_usage,
     closed,
     raw_answer,
+    responses_events,
     responses_usage,
     usage_numbers,
     write_pieces,
@@ -353,41 +354,7 @@ class FakeUpstream:
             return web.Response(
                 body=orjson.dumps(response("completed", output, usage)), content_type="application/json"
             )
-        events = [
-            b"event: response.created\ndata: "
-            + orjson.dumps(
-                {"type": "response.created", "sequence_number": 0, "response": response("in_progress", [], None)}
-            )
-            + b"\n\n"
-        ]
-        for i, word in enumerate(words):
-            events.append(
-                b"event: response.output_text.delta\ndata: "
-                + orjson.dumps(
-                    {
-                        "type": "response.output_text.delta",
-                        "sequence_number": i + 1,
-                        "item_id": "msg_fake",
-                        "output_index": 0,
-                        "content_index": 0,
-                        "delta": word,
-                        "logprobs": [],
-                    }
-                )
-                + b"\n\n"
-            )
-        events.append(
-            b"event: response.completed\ndata: "
-            + orjson.dumps(
-                {
-                    "type": "response.completed",
-                    "sequence_number": n + 1,
-                    "response": response("completed", output, usage),
-                }
-            )
-            + b"\n\n"
-        )
-        return await self._sse(request, events, fake)
+        return await self._sse(request, responses_events(response, output, usage, words, message), fake)
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
