@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from .auth import Authenticator
 from .errors import GatewayError, error_body, not_found
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
     from .limits.guard import Guard
     from .routes.admin import Admin
+    from .routes.models import Models
     from .sinks.ledger import LedgerWriter
     from .sinks.metrics_server import MetricsServer
     from .store.postgres import PostgresStore
@@ -75,6 +77,7 @@ class Gateway:
     guard: Guard
     pipeline: Pipeline
     admin: Admin
+    models: Models
     loop: asyncio.AbstractEventLoop
     client_ready: asyncio.Event
 
@@ -210,6 +213,7 @@ class Gateway:
         service = Service(self.auth, s.metrics_mode, self.metrics.render, self.is_ready)
         models = Models(self.auth, self.router, self.client, self.upstream_secrets_b)
         self.routes = {**service.routes(), (b"GET", b"/v1/models"): models.handle}
+        self.models = models
         self.started = True
         import gc
 
@@ -356,6 +360,9 @@ class App:
                 return
             if path.startswith(b"/admin/") or path == b"/v1/usage":
                 await self.g.admin.handle(scope, receive, send, method, path)
+                return
+            if method == b"GET" and path.startswith(b"/v1/models/"):
+                await self.g.models.retrieve(scope, receive, send, unquote(path[11:].decode("utf-8", "replace")))
                 return
             allowed = self._allowed.get(path)
             if allowed:

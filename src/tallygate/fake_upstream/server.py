@@ -39,6 +39,7 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model:.+}", self.model)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)
@@ -362,6 +363,18 @@ class FakeUpstream:
             for m in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
         ]
         return web.json_response({"object": "list", "data": data})
+
+    async def model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small"):
+            return web.json_response({"id": name, "object": "model", "created": 1700000000, "owned_by": "fake"})
+        error = {
+            "message": f"The model '{name}' does not exist",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+        return web.json_response({"error": error}, status=404)
 
     async def list_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)
