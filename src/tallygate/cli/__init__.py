@@ -1,7 +1,7 @@
-"""The `tallygate` command: serve, db, ledger, usage, keys, deploy, fake-upstream.
+"""The `tallygate` command: serve, db, ledger, usage, keys, reconcile, deploy, fake-upstream.
 
 This module parses the arguments; the commands that use the ledger database live in
-db.py, ledger.py, usage.py and keys.py, imported only when run."""
+db.py, ledger.py, usage.py, keys.py and reconcile.py, imported only when run."""
 
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("key_id")
 
+    p = sub.add_parser("reconcile", help="the ledger against the provider's usage and cost reports")
+    if command in (None, "reconcile", "-h", "--help"):
+        from .reconcile import add_arguments as add_reconcile_arguments
+
+        add_reconcile_arguments(p)
+
     p = sub.add_parser("deploy", help="deploy to a cloud")
     dsub = p.add_subparsers(dest="deploy_target", metavar="TARGET", required=True)
     p = dsub.add_parser("cloudrun", help="Google Cloud Run: build, deploy, observability")
@@ -134,6 +140,10 @@ async def _run_database_command(args) -> int:
             from .usage import usage_command
 
             return await usage_command(args)
+        if args.command == "reconcile":
+            from .reconcile import reconcile_command
+
+            return await reconcile_command(args)
         if args.command == "keys":
             from .keys import keys_command
 
