@@ -66,7 +66,7 @@ class Measure:
     @property
     def percent(self) -> Decimal | None:
         if not self.provider:
-            return None if self.difference else Decimal(0)
+            return None if self.difference else Decimal("0.00")
         return (self.difference * 100 / self.provider).quantize(HUNDREDTH, ROUND_HALF_EVEN)
 
     def text(self, value: Decimal) -> str:
@@ -208,6 +208,7 @@ def format_table(rows: list[Row]) -> str:
         return "nothing in the ledger or the provider's report for this day"
     header = ["key", "model", "tenant", "measure", "ledger", "provider", "difference", "diff %", ""]
     cells: list[list[str]] = []
+    notes: dict[int, list[str]] = {}  # printed under the group's last line
     for row in rows:
         for i, m in enumerate(row.measures):
             percent = m.percent
@@ -228,8 +229,7 @@ def format_table(rows: list[Row]) -> str:
         if row.kind == "usage" and row.ledger is not None and row.ledger.cost_usd:
             # the providers price per project or workspace only: compared on the cost lines
             cells.append(["", "", "", "USD", usd_text(row.ledger.cost_usd), "(cost line)", "", "", ""])
-        for note in row.notes:
-            cells.append(["", "", "", "", "", "", "", "", "note: " + note])
+        notes[len(cells)] = row.notes
     widths = [max(len(header[i]), *(len(c[i]) for c in cells)) for i in range(len(header) - 1)]
     right = {4, 5, 6, 7}
 
@@ -238,5 +238,7 @@ def format_table(rows: list[Row]) -> str:
         return ("  ".join(parts) + "  " + values[-1]).rstrip()
 
     out = [line(header), line(["-" * w for w in widths] + [""])]
-    out += [line(c) for c in cells]
+    for i, c in enumerate(cells, 1):
+        out.append(line(c))
+        out += [f"    note: {note}" for note in notes.get(i, ())]
     return "\n".join(out)

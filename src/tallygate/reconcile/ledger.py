@@ -38,10 +38,10 @@ async def ledger_figures(
         "SELECT model, COALESCE(upstream_model, model), tenant_id, status, status_code, usage_source, "
         f"count(*), sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), {dialect.decimal_sum('cost_usd')} "
         f"FROM litellm_usage WHERE created_at >= {ph} AND created_at < {ph} AND provider = {ph} "
-        "AND endpoint NOT LIKE '%/count_tokens' "
+        f"AND endpoint NOT LIKE {ph} "
         "GROUP BY 1, 2, 3, 4, 5, 6"
     )
-    rows = await store.fetch(sql, [dialect.time_param(start), dialect.time_param(end), provider])
+    rows = await store.fetch(sql, [dialect.time_param(start), dialect.time_param(end), provider, "%/count_tokens"])
     out: dict[tuple[str, str], LedgerFigures] = {}
     for model, upstream_model, tenant, status, status_code, usage_source, n, prompt, cached, completion, cost in rows:
         key = (keymap.for_route(model), upstream_model)

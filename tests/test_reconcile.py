@@ -1,0 +1,287 @@
+"""`tallygate reconcile openai|anthropic`: a ledger seeded through a real gateway and the
+fake upstream, against the fake of the providers' usage and cost reports
+(support/fake_usage_api.py): an exact match exits 0, a seeded 5% mismatch is reported
+and exits 3, refused and failed requests are not counted, the JSON says the same."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from support import routes_file
+from support.fake_usage_api import FakeUsageApi
+from support.ledger import pg_rows, send_mixed, sqlite_rows
+from support.tenants import chat, new_key
+
+ADMIN_KEY = "sk-admin-test-0123456789"
+MODELS = ("gpt-4o-mini", "gpt-4o", "my-unpriced-model")
+
+
+@pytest.fixture
+def fake_usage():
+    fake = FakeUsageApi(ADMIN_KEY)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def ledger_db(postgres_env):
+    """A database of this test's own on the session's Postgres: the day's ledger holds
+    only what this test sent (other tests share postgres_env's database)."""
+    name = f"wt_reconcile_{uuid.uuid4().hex[:10]}"
+    admin = f"host={postgres_env['PGHOST']} port={postgres_env['PGPORT']} user={postgres_env['PGUSER']} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield {**postgres_env, "PGDATABASE": name}
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def reconcile(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("PG", "TALLYGATE_", "DATABASE_URL", "OPENAI_", "ANTHROPIC_"))}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", "tallygate", "reconcile", *args], env=full, capture_output=True,
+                          text=True, timeout=120)
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def mixed_expected(n: int) -> dict[str, dict]:
+    """What send_mixed(gw, n) asks the fake upstream to answer, per model."""
+    out = {m: {"requests": 0, "input": 0, "cached": 0, "output": 0} for m in MODELS}
+    for i in range(n):
+        e = out[MODELS[i % 3]]
+        e["requests"] += 1
+        e["input"] += 100 + i
+        e["cached"] += i % 3
+        e["output"] += 10 + i % 7
+    return out
+
+
+def row_of(doc: dict, key: str, model: str, kind: str = "usage") -> dict:
+    found = [r for r in doc["rows"] if (r["kind"], r["key"], r["model"]) == (kind, key, model)]
+    assert len(found) == 1, doc["rows"]
+    return found[0]
+
+
+def test_openai_ledger_against_usage_and_costs_postgres(gateway, ledger_db, fake_usage, tmp_path):
+    gw = gateway(**ledger_db)
+    send_mixed(gw, 30)
+    # refused by the gateway (rpm 1): never reaches the provider, never counted
+    key = new_key(gw, "rc-limited", rpm_limit=1)["key"]
+    fake_tokens = {"prompt_tokens": 40, "completion_tokens": 4, "cached_tokens": 0}
+    assert chat(gw, key, fake=fake_tokens)[0] == 200
+    assert chat(gw, key, fake=fake_tokens)[0] == 429
+    # the provider's own error answer: a ledger row, not a model request
+    status, _, _ = chat(gw, gw.token, tenant="rc-err", fake={"status": 400})
+    assert status == 400
+    gw.stop()
+    rows = pg_rows(ledger_db)
+    assert len(rows) == 32 and sum(r["status_code"] == 400 for r in rows) == 1
+
+    expected = mixed_expected(30)
+    expected["gpt-4o-mini"]["requests"] += 1
+    expected["gpt-4o-mini"]["input"] += 40
+    expected["gpt-4o-mini"]["output"] += 4
+    total_cost = sum((Decimal(str(r["cost_usd"])) for r in rows), Decimal(0))
+    assert total_cost > 0
+
+    def serve(bump: dict[str, Decimal] | None = None) -> None:
+        fake_usage.openai_completions = [
+            {"model": m, "project_id": "proj_gw", "api_key_id": "key_gw",
+             "num_model_requests": e["requests"],
+             "input_tokens": int(e["input"] * (bump or {}).get(m, Decimal(1))),
+             "input_cached_tokens": e["cached"], "output_tokens": e["output"],
+             "input_audio_tokens": 0, "output_audio_tokens": 0}
+            for m, e in expected.items()
+        ] + [  # the same organization's usage through another key: not the gateway's
+            {"model": "gpt-4o", "project_id": "proj_other", "api_key_id": "key_other", "num_model_requests": 7,
+             "input_tokens": 700, "input_cached_tokens": 0, "output_tokens": 70}]
+        # amounts as JSON numbers whose float sum is not the exact one
+        fake_usage.openai_costs = [
+            {"project_id": "proj_gw", "line_item": "gpt-4o-mini, input",
+             "amount": {"value": total_cost - Decimal("0.3"), "currency": "usd"}},
+            {"project_id": "proj_gw", "line_item": "gpt-4o, input", "amount": {"value": Decimal("0.1"), "currency": "usd"}},
+            {"project_id": "proj_gw", "line_item": "gpt-4o, output", "amount": {"value": Decimal("0.2"), "currency": "usd"}},
+            {"project_id": "proj_other", "line_item": "gpt-4o, input",
+             "amount": {"value": Decimal("1.5"), "currency": "usd"}},
+        ]
+
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "gateway"\napi_key_id = "key_gw"\nproject_id = "proj_gw"\n'
+                    'routes = ["default"]\n')
+    out_json = tmp_path / "reconcile.json"
+    env = {**ledger_db, "OPENAI_ADMIN_KEY": ADMIN_KEY, "OPENAI_BASE_URL": fake_usage.openai_base_url}
+    args = ["openai", "--day", today(), "--keys", str(keys), "--json", str(out_json)]
+
+    # an exact match, even at a tolerance of 0 and no floors
+    serve()
+    done = reconcile([*args, "--tolerance", "0%", "--floor-usd", "0"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "within the tolerance" in done.stdout
+    doc = json.loads(out_json.read_text())
+    assert doc["ok"] is True and doc["provider"] == "openai" and doc["day"] == today()
+    for m, e in expected.items():
+        row = row_of(doc, "gateway", m)
+        assert row["measures"]["requests"] == {"ledger": e["requests"], "provider": e["requests"], "difference": 0,
+                                               "percent": "0.00", "over_tolerance": False}
+        assert row["measures"]["input_tokens"]["ledger"] == e["input"]
+        assert row["measures"]["cached_tokens"]["ledger"] == e["cached"]
+        assert row["measures"]["output_tokens"]["ledger"] == e["output"]
+    assert row_of(doc, "gateway", "gpt-4o-mini")["ledger_excluded_rows"] == 1  # the upstream's 400
+    cost = row_of(doc, "proj_gw", "*", "cost")["measures"]["cost_usd"]
+    assert cost["ledger"] == cost["provider"] and Decimal(cost["ledger"]) == total_cost
+    outside = row_of(doc, "outside:key_other", "gpt-4o")
+    assert outside["outside_gateway"] is True and outside["measures"]["requests"]["provider"] == 7
+    assert row_of(doc, "outside:proj_other", "*", "cost")["outside_gateway"] is True
+    assert doc["totals"]["requests"]["ledger"] == 31 and doc["totals"]["requests"]["provider"] == 31
+    # one 429 retried; pages followed (4 usage results, 2 to a page)
+    assert doc["provider_retries"] == 1
+    completions = [c for c in fake_usage.calls if c[0].endswith("/usage/completions")]
+    assert [c[2] for c in completions] == [429, 200, 200]
+    assert dict(completions[-1][1])["page"] and ("group_by", "api_key_id") in completions[-1][1]
+
+    # one model 5% off at the provider: reported, non-zero exit
+    fake_usage.reset_calls()
+    serve({"gpt-4o": Decimal("1.05")})
+    done = reconcile(args, env)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "OVER" in done.stdout and "1 group(s) over the tolerance" in done.stdout
+    doc = json.loads(out_json.read_text())
+    assert doc["ok"] is False
+    off = row_of(doc, "gateway", "gpt-4o")
+    measure = off["measures"]["input_tokens"]
+    provider_input = int(expected["gpt-4o"]["input"] * Decimal("1.05"))
+    assert off["over_tolerance"] is True and measure["over_tolerance"] is True
+    assert measure["difference"] == expected["gpt-4o"]["input"] - provider_input
+    assert Decimal(measure["percent"]) == ((Decimal(measure["difference"]) * 100 / provider_input)
+                                           .quantize(Decimal("0.01")))
+    assert not off["measures"]["requests"]["over_tolerance"]
+    assert [r["model"] for r in doc["rows"] if r["over_tolerance"]] == ["gpt-4o"]
+
+    # within the default 1% tolerance: 0.5% off passes
+    fake_usage.reset_calls()
+    serve({"gpt-4o": Decimal("1.005")})
+    done = reconcile(args, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_openai_without_a_key_map_compares_everything(gateway, ledger_db, fake_usage, tmp_path):
+    gw = gateway(**ledger_db)
+    send_mixed(gw, 6)
+    gw.stop()
+    expected = mixed_expected(6)
+    fake_usage.openai_completions = [
+        {"model": m, "project_id": "proj_a", "api_key_id": "key_a", "num_model_requests": e["requests"],
+         "input_tokens": e["input"], "input_cached_tokens": e["cached"], "output_tokens": e["output"]}
+        for m, e in expected.items()
+    ] + [{"model": "gpt-4o", "project_id": "proj_b", "api_key_id": "key_b", "num_model_requests": 1,
+          "input_tokens": 10, "input_cached_tokens": 0, "output_tokens": 1}]
+    cost = sum((Decimal(str(r["cost_usd"])) for r in pg_rows(ledger_db)), Decimal(0))
+    fake_usage.openai_costs = [{"project_id": "proj_a", "amount": {"value": cost, "currency": "usd"}}]
+    env = {**ledger_db, "OPENAI_ADMIN_KEY": ADMIN_KEY}
+    done = reconcile(["openai", "--day", today(), "--base-url", fake_usage.openai_base_url, "--json", "-"], env)
+    # every key is the gateway's: the other key's request is a difference
+    assert done.returncode == 3, done.stdout + done.stderr
+    doc = json.loads(done.stdout[done.stdout.index("{"):])
+    assert [(r["key"], r["model"]) for r in doc["rows"] if r["over_tolerance"]] == [("*", "gpt-4o")]
+    assert row_of(doc, "*", "gpt-4o")["measures"]["requests"]["difference"] == -1
+
+
+def test_reconcile_errors_are_clear_and_keep_the_key_secret(ledger_db, fake_usage, tmp_path):
+    subprocess.run([sys.executable, "-m", "tallygate", "db", "init"], check=True, capture_output=True,
+                   env={**{k: v for k, v in os.environ.items() if not k.startswith("PG")}, **ledger_db})
+    wrong = "sk-admin-wrong-key-987654321"
+    env = {**ledger_db, "OPENAI_ADMIN_KEY": wrong, "OPENAI_BASE_URL": fake_usage.openai_base_url}
+    done = reconcile(["openai", "--day", today()], env)
+    assert done.returncode == 1 and "HTTP 401" in done.stderr and "Incorrect API key" in done.stderr
+    assert wrong not in done.stderr + done.stdout
+    done = reconcile(["openai", "--day", today()], {**ledger_db, "OPENAI_BASE_URL": fake_usage.openai_base_url})
+    assert done.returncode == 1 and "OPENAI_ADMIN_KEY" in done.stderr
+    done = reconcile(["openai", "--day", "2026-13-01"], env)
+    assert done.returncode == 1 and "YYYY-MM-DD" in done.stderr
+    done = reconcile(["openai", "--day", today(), "--tolerance", "lots"], env)
+    assert done.returncode == 1 and "--tolerance" in done.stderr
+    bad = tmp_path / "keys.toml"
+    bad.write_text('[[keys]]\nname = "x"\nroutes = ["default"]\n')
+    done = reconcile(["openai", "--day", today(), "--keys", str(bad)], env)
+    assert done.returncode == 1 and "api_key_id, project_id or workspace_id" in done.stderr
+
+
+def test_anthropic_usage_and_cost_report_sqlite(gateway, fake_upstream, fake_usage, tmp_path):
+    routes = routes_file(tmp_path / "routes.toml",
+                         {"model": "claude-*", "base_url": fake_upstream.base_url, "provider": "anthropic"})
+    gw = gateway(TALLYGATE_CONFIG=routes)
+    models = ("claude-sonnet-4-5", "claude-haiku-4-5")
+    want = {m: {"input": 0, "cached": 0, "output": 0} for m in models}
+    for i in range(8):
+        m = models[i % 2]
+        tokens = {"prompt_tokens": 200 + i, "completion_tokens": 20 + i, "cached_tokens": 50}
+        tenant = "acme" if i < 7 else "globex"
+        assert chat(gw, gw.token, tenant=tenant, model=m, fake=tokens)[0] == 200
+        want[m]["input"] += 200 + i
+        want[m]["cached"] += 50
+        want[m]["output"] += 20 + i
+    assert chat(gw, gw.token, tenant="acme", model=models[0], fake={"status": 529})[0] >= 500
+    db = tmp_path / "ledger.db"
+    gw.stop()
+    rows = sqlite_rows(db)
+    assert len(rows) == 9 and {r["provider"] for r in rows} == {"anthropic"}
+    cost = sum((Decimal(str(r["cost_usd"])) for r in rows), Decimal(0))
+    assert cost > 0
+
+    def serve(output_bump: Decimal = Decimal(1)) -> None:
+        fake_usage.anthropic_usage = [
+            {"model": m, "api_key_id": "apikey_acme", "workspace_id": "wrkspc_acme",
+             "uncached_input_tokens": w["input"] - w["cached"], "cache_read_input_tokens": w["cached"],
+             "output_tokens": int(w["output"] * (output_bump if m == models[1] else 1))}
+            for m, w in want.items()
+        ]
+        # cents, as decimal strings
+        fake_usage.anthropic_costs = [{"workspace_id": "wrkspc_acme", "amount_cents": cost * 100}]
+
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "acme"\napi_key_id = "apikey_acme"\nworkspace_id = "wrkspc_acme"\n'
+                    'routes = ["claude-*"]\ntenant = "acme"\n')
+    out_json = tmp_path / "anthropic.json"
+    env = {"TALLYGATE_SQLITE_PATH": str(db), "TALLYGATE_CONFIG": str(routes), "ANTHROPIC_ADMIN_KEY": ADMIN_KEY,
+           "ANTHROPIC_BASE_URL": fake_usage.anthropic_base_url}
+    args = ["anthropic", "--day", today(), "--keys", str(keys), "--json", str(out_json)]
+    serve()
+    done = reconcile([*args, "--tolerance", "0", "--floor-usd", "0"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(out_json.read_text())
+    for m, w in want.items():
+        row = row_of(doc, "acme", m)
+        assert "requests" not in row["measures"]  # the usage report has no request counts
+        assert row["tenant"] == "acme"
+        assert row["measures"]["input_tokens"]["ledger"] == row["measures"]["input_tokens"]["provider"] == w["input"]
+        assert row["measures"]["cached_tokens"]["provider"] == w["cached"]
+        assert row["measures"]["output_tokens"]["provider"] == w["output"]
+    # the 529 is not counted; the key mapped to acme also carried globex's request
+    assert sum(row_of(doc, "acme", m)["ledger_excluded_rows"] for m in models) == 1
+    assert any("globex" in n for m in models for n in row_of(doc, "acme", m)["notes"])
+    cost_row = row_of(doc, "wrkspc_acme", "*", "cost")["measures"]["cost_usd"]
+    assert Decimal(cost_row["provider"]) == cost == Decimal(cost_row["ledger"])
+    assert doc["provider_retries"] == 1
+    assert all(("group_by[]", "api_key_id") in c[1] for c in fake_usage.calls
+               if c[0].endswith("/messages") and c[2] == 200)
+
+    fake_usage.reset_calls(rate_limit_once=False)
+    serve(Decimal("1.05"))
+    done = reconcile(args, env)
+    assert done.returncode == 3, done.stdout + done.stderr
+    doc = json.loads(out_json.read_text())
+    assert [(r["model"], [n for n, v in r["measures"].items() if v["over_tolerance"]])
+            for r in doc["rows"] if r["over_tolerance"]] == [(models[1], ["output_tokens"])]
