@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -285,3 +285,64 @@ def test_anthropic_usage_and_cost_report_sqlite(gateway, fake_upstream, fake_usa
     doc = json.loads(out_json.read_text())
     assert [(r["model"], [n for n, v in r["measures"].items() if v["over_tolerance"]])
             for r in doc["rows"] if r["over_tolerance"]] == [(models[1], ["output_tokens"])]
+
+
+def test_what_counts_and_the_day_boundary_ledger_written_directly(fake_usage, tmp_path):
+    """Rows of every outcome, written with the ledger's own writer: only those the provider
+    served count, timeouts are noted, and the UTC day's bounds are exact."""
+    import asyncio
+
+    from tallygate.metering.record import UsageRecord
+    from tallygate.store.sqlite import SqliteStore
+
+    day = datetime(2026, 11, 30, tzinfo=UTC)
+    inside = day.replace(hour=12)
+    n = iter(range(1000))
+
+    def rec(status_code: int, status: str, usage_source: str, prompt: int = 0, at: datetime = inside,
+            **kw) -> UsageRecord:
+        return UsageRecord(request_id=f"rc-{next(n)}", created_at=at, tenant_id="t1", model="gpt-4o",
+                           endpoint="/v1/chat/completions", stream=False, upstream_model="gpt-4o-2024-08-06",
+                           status_code=status_code, status=status, usage_source=usage_source,
+                           prompt_tokens=prompt, completion_tokens=prompt // 10, total_tokens=prompt + prompt // 10,
+                           cost_usd=Decimal("0.000001") * prompt, **kw)
+
+    records = [
+        rec(200, "ok", "provider", 100, cached_tokens=20),
+        rec(200, "client_disconnected", "estimated", 50),  # a stream the client left: billed
+        rec(504, "timeout", "estimated", 30),  # the body stalled after a 200: billed
+        rec(503, "timeout", "estimated", 20),  # the gateway stopped mid-request
+        rec(499, "client_disconnected", "estimated", 40),  # gone before anything went upstream
+        rec(502, "upstream_error", "none"),  # the upstream could not be reached
+        rec(429, "upstream_error", "none"),  # the provider's rate limit
+        rec(402, "insufficient_quota", "none"),  # a refusal, should one ever be written
+        rec(200, "ok", "provider", 1000, at=day - timedelta(microseconds=1)),  # the day before
+        rec(200, "ok", "provider", 1000, at=day + timedelta(days=1)),  # the day after
+        rec(200, "ok", "provider", 7, provider="anthropic"),  # another provider
+    ]
+    path = tmp_path / "ledger.db"
+
+    async def seed() -> None:
+        store = SqliteStore(str(path))
+        await store.connect()
+        await store.migrate()
+        assert await store.write(records) == len(records)
+        await store.close()
+
+    asyncio.run(seed())
+    fake_usage.rate_limit_once = False
+    fake_usage.openai_completions = [
+        {"model": "gpt-4o-2024-08-06", "project_id": "p", "api_key_id": "k", "num_model_requests": 4,
+         "input_tokens": 200, "input_cached_tokens": 20, "output_tokens": 10 + 5 + 3 + 2}]
+    fake_usage.openai_costs = [{"project_id": "p", "amount": {"value": Decimal("0.0002"), "currency": "usd"}}]
+    env = {"TALLYGATE_SQLITE_PATH": str(path), "OPENAI_ADMIN_KEY": ADMIN_KEY,
+           "OPENAI_BASE_URL": fake_usage.openai_base_url}
+    done = reconcile(["openai", "--day", "2026-11-30", "--tolerance", "0", "--floor-usd", "0", "--json", "-"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "timed out at the gateway" in done.stdout
+    doc = json.loads(done.stdout[done.stdout.index("{"):])
+    row = row_of(doc, "*", "gpt-4o-2024-08-06")
+    assert row["measures"]["requests"]["ledger"] == 4
+    assert row["ledger_timeouts"] == 2 and row["ledger_excluded_rows"] == 4
+    assert row_of(doc, "*", "*", "cost")["measures"]["cost_usd"]["ledger"] == "0.0002"
+    assert "ended less than an hour ago" not in done.stderr
