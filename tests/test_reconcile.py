@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -346,3 +347,38 @@ def test_what_counts_and_the_day_boundary_ledger_written_directly(fake_usage, tm
     assert row["ledger_timeouts"] == 2 and row["ledger_excluded_rows"] == 4
     assert row_of(doc, "*", "*", "cost")["measures"]["cost_usd"]["ledger"] == "0.0002"
     assert "ended less than an hour ago" not in done.stderr
+
+
+def test_key_map_resolves_routes_as_the_gateway_does_and_refuses_bad_files(tmp_path):
+    from tallygate.reconcile.compare import ToleranceError, parse_tolerance
+    from tallygate.reconcile.keymap import KeyMapError, load_keymap
+
+    routes = routes_file(tmp_path / "routes.toml",
+                         {"model": "acme-*", "base_url": "http://127.0.0.1:1/v1"},
+                         {"model": "acme-special", "base_url": "http://127.0.0.1:1/v1"})
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "acme"\napi_key_id = "key_a"\nproject_id = "proj_a"\nroutes = ["acme-*"]\n'
+                    'tenant = "acme"\n\n[[keys]]\nproject_id = "proj_shared"\nroutes = ["default"]\n')
+    km = load_keymap(str(keys), str(routes))
+    assert km.for_route("acme-gpt-4o") == "acme"  # the prefix route
+    assert km.for_route("acme-special") == "route:acme-special"  # its own exact route, not mapped
+    assert km.for_route("gpt-4o") == "proj_shared"  # the default route
+    assert km.for_provider("key_a", "proj_a") == "acme" and km.tenant_of("acme") == "acme"
+    assert km.for_provider("key_zz", "proj_shared") == "proj_shared"  # a project stands for its keys
+    assert km.for_provider("key_zz", "proj_zz") == "outside:key_zz"
+    assert km.scope_of_key("acme") == "proj_a" and km.scope_for_provider("proj_b") == "outside:proj_b"
+    for text, problem in (
+        ('[[keys]]\napi_key_id = "a"\nroutes = ["x"]\n[[keys]]\napi_key_id = "b"\nroutes = ["x"]\n', "already mapped"),
+        ('[[keys]]\napi_key_id = "a"\nrouts = ["x"]\n', "unknown field"),
+        ('[[keys]]\napi_key_id = "a"\n[[keys]]\nname = "a"\nproject_id = "p"\n', "used twice"),
+        ("keys = 3\n", "no [[keys]]"),
+        ("[[keys]\n", "not valid TOML"),
+    ):
+        keys.write_text(text)
+        with pytest.raises(KeyMapError, match=re.escape(problem)):
+            load_keymap(str(keys), None)
+    assert parse_tolerance("1%") == Decimal("0.01") == parse_tolerance("1")
+    assert parse_tolerance("0.5 %") == Decimal("0.005")
+    for bad in ("-1%", "lots", "nan"):
+        with pytest.raises(ToleranceError):
+            parse_tolerance(bad)
