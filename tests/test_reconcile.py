@@ -151,7 +151,7 @@ def test_openai_ledger_against_usage_and_costs_postgres(gateway, ledger_db, fake
     assert doc["provider_retries"] == 1
     completions = [c for c in fake_usage.calls if c[0].endswith("/usage/completions")]
     assert [c[2] for c in completions] == [429, 200, 200]
-    assert dict(completions[-1][1])["page"] and ("group_by", "api_key_id") in completions[-1][1]
+    assert dict(completions[-1][1])["page"] and ("group_by[]", "api_key_id") in completions[-1][1]
 
     # one model 5% off at the provider: reported, non-zero exit
     fake_usage.reset_calls()
@@ -382,3 +382,36 @@ def test_key_map_resolves_routes_as_the_gateway_does_and_refuses_bad_files(tmp_p
     for bad in ("-1%", "lots", "nan"):
         with pytest.raises(ToleranceError):
             parse_tolerance(bad)
+
+
+def test_the_fake_serves_what_the_official_openai_sdk_parses(fake_usage):
+    """The fake's OpenAI shapes, read by the official SDK's admin client (its models are
+    generated from OpenAI's API spec): pages, the 429 retried, results and amounts."""
+    import openai
+
+    fake_usage.openai_completions = [
+        {"model": f"gpt-4o-{i}", "project_id": "proj_a", "api_key_id": "key_a", "num_model_requests": i,
+         "input_tokens": 10 * i, "input_cached_tokens": i, "output_tokens": 2 * i} for i in range(1, 4)]
+    fake_usage.openai_costs = [{"project_id": "proj_a", "line_item": "gpt-4o, input",
+                                "amount": {"value": Decimal("0.123456789"), "currency": "usd"}}]
+    client = openai.OpenAI(api_key="unused", admin_api_key=ADMIN_KEY, base_url=fake_usage.openai_base_url,
+                           max_retries=2)
+    start = int(datetime(2026, 11, 30, tzinfo=UTC).timestamp())
+    usage = client.admin.organization.usage
+    first = usage.completions(start_time=start, end_time=start + 86400, bucket_width="1d",
+                              group_by=["model", "project_id", "api_key_id"])
+    assert first.has_more and first.next_page
+    second = usage.completions(start_time=start, end_time=start + 86400, bucket_width="1d",
+                               group_by=["model", "project_id", "api_key_id"], page=first.next_page)
+    assert not second.has_more
+    results = [r for page in (first, second) for b in page.data for r in b.results]
+    assert [(r.object, r.model, r.num_model_requests, r.input_cached_tokens) for r in results] == [
+        ("organization.usage.completions.result", f"gpt-4o-{i}", i, i) for i in range(1, 4)]
+    assert first.data[0].start_time == start and first.data[0].end_time == start + 86400
+    costs = usage.costs(start_time=start, end_time=start + 86400, group_by=["project_id"])
+    amount = costs.data[0].results[0].amount
+    assert (amount.currency, amount.value) == ("usd", 0.123456789)  # a float in the SDK: not used to sum
+    assert [c[2] for c in fake_usage.calls][0] == 429  # the SDK retried the fake's 429
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(api_key="unused", admin_api_key="sk-admin-wrong", base_url=fake_usage.openai_base_url,
+                      max_retries=0).admin.organization.usage.costs(start_time=start)

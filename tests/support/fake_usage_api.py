@@ -2,7 +2,7 @@
 
 - OpenAI: GET /v1/organization/usage/completions, /v1/organization/usage/embeddings and
   /v1/organization/costs (`Authorization: Bearer <admin key>`; start_time / end_time in
-  unix seconds, bucket_width, group_by, limit, page; pages of {"object": "page", "data":
+  unix seconds, bucket_width, group_by[], limit, page; pages of {"object": "page", "data":
   [buckets], "has_more", "next_page"}, buckets of {"object": "bucket", "start_time",
   "end_time", "results"}; cost amounts as JSON numbers written exactly as given).
 - Anthropic: GET /v1/organizations/usage_report/messages and /v1/organizations/cost_report
@@ -33,7 +33,7 @@ from .processes import free_port
 
 DAY = 86400
 OPENAI_GROUPS = {"project_id", "user_id", "api_key_id", "model", "batch", "service_tier"}
-OPENAI_COST_GROUPS = {"project_id", "line_item"}
+OPENAI_COST_GROUPS = {"project_id", "user_id", "line_item", "api_key_id"}
 ANTHROPIC_GROUPS = {"api_key_id", "workspace_id", "model", "service_tier", "context_window", "inference_geo",
                     "speed", "account_id", "service_account_id"}
 ANTHROPIC_COST_GROUPS = {"workspace_id", "description"}
@@ -134,10 +134,11 @@ class FakeUsageApi:
             return None, self._openai_error(request, 400, "start_time is required (unix seconds).")
         if q.get("bucket_width", "1d") != "1d" or start % DAY or end - start != DAY:
             return None, self._openai_error(request, 400, "the fake serves one whole UTC day in a 1d bucket")
-        bad = set(q.getall("group_by", [])) - groups
-        if bad:
-            return None, self._openai_error(request, 400, f"Invalid group_by: {sorted(bad)}")
-        return (start, end, set(q.getall("group_by", []))), None
+        # a list as the official SDK sends it (group_by[]=a&group_by[]=b) or repeated (group_by=a&group_by=b)
+        asked = set(q.getall("group_by[]", [])) | set(q.getall("group_by", []))
+        if asked - groups:
+            return None, self._openai_error(request, 400, f"Invalid group_by: {sorted(asked - groups)}")
+        return (start, end, asked), None
 
     def _openai_usage(self, kind: str):
         async def handler(request: web.Request) -> web.Response:

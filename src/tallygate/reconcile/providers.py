@@ -2,7 +2,7 @@
 
 OpenAI (organization Usage API and Costs API, `Authorization: Bearer OPENAI_ADMIN_KEY`):
   GET /organization/usage/completions and /organization/usage/embeddings with start_time /
-  end_time (unix seconds), bucket_width=1d, group_by model, project_id, api_key_id; each
+  end_time (unix seconds), bucket_width=1d, group_by[] model, project_id, api_key_id; each
   result has num_model_requests, input_tokens (cache reads and writes, audio and images
   included), input_cached_tokens, output_tokens. GET /organization/costs, grouped by
   project_id (it cannot group by model): amount.value, a JSON number, in amount.currency.
@@ -71,7 +71,8 @@ async def openai_report(api: AdminApi, start: datetime, end: datetime, keymap: K
     report = ProviderReport()
     window = [("start_time", str(int(start.timestamp()))), ("end_time", str(int(end.timestamp())))]
     usage_params = [*window, ("bucket_width", "1d"), ("limit", "31")]
-    usage_params += [("group_by", g) for g in ("model", "project_id", "api_key_id")]
+    # lists as the official SDK sends them (`group_by[]=model&group_by[]=...`)
+    usage_params += [("group_by[]", g) for g in ("model", "project_id", "api_key_id")]
     for path in OPENAI_USAGE_PATHS:
         async for doc in api.pages(path, usage_params):
             for _bucket, r in items(doc, path):
@@ -84,7 +85,7 @@ async def openai_report(api: AdminApi, start: datetime, end: datetime, keymap: K
                     output_tokens=count(r, "output_tokens", path),
                 )
                 report.add_usage(key, model, fig)
-    cost_params = [*window, ("bucket_width", "1d"), ("limit", "31"), ("group_by", "project_id")]
+    cost_params = [*window, ("bucket_width", "1d"), ("limit", "31"), ("group_by[]", "project_id")]
     async for doc in api.pages(OPENAI_COSTS_PATH, cost_params):
         for _bucket, r in items(doc, OPENAI_COSTS_PATH):
             amount = r.get("amount")
