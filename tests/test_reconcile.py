@@ -108,7 +108,10 @@ def test_openai_ledger_against_usage_and_costs_postgres(gateway, ledger_db, fake
             for m, e in expected.items()
         ] + [  # the same organization's usage through another key: not the gateway's
             {"model": "gpt-4o", "project_id": "proj_other", "api_key_id": "key_other", "num_model_requests": 7,
-             "input_tokens": 700, "input_cached_tokens": 0, "output_tokens": 70}]
+             "input_tokens": 700, "input_cached_tokens": 0, "output_tokens": 70},
+            # a Batch API job with the gateway's key: it never passed the gateway
+            {"model": "gpt-4o", "project_id": "proj_gw", "api_key_id": "key_gw", "batch": True,
+             "num_model_requests": 3, "input_tokens": 300, "input_cached_tokens": 0, "output_tokens": 30}]
         # amounts as JSON numbers whose float sum is not the exact one
         fake_usage.openai_costs = [
             {"project_id": "proj_gw", "line_item": "gpt-4o-mini, input",
@@ -146,11 +149,13 @@ def test_openai_ledger_against_usage_and_costs_postgres(gateway, ledger_db, fake
     outside = row_of(doc, "outside:key_other", "gpt-4o")
     assert outside["outside_gateway"] is True and outside["measures"]["requests"]["provider"] == 7
     assert row_of(doc, "outside:proj_other", "*", "cost")["outside_gateway"] is True
+    batch = row_of(doc, "outside:batch", "gpt-4o")
+    assert batch["outside_gateway"] is True and batch["measures"]["requests"]["provider"] == 3
     assert doc["totals"]["requests"]["ledger"] == 31 and doc["totals"]["requests"]["provider"] == 31
-    # one 429 retried; pages followed (4 usage results, 2 to a page)
+    # one 429 retried; pages followed (5 usage results, 2 to a page)
     assert doc["provider_retries"] == 1
     completions = [c for c in fake_usage.calls if c[0].endswith("/usage/completions")]
-    assert [c[2] for c in completions] == [429, 200, 200]
+    assert [c[2] for c in completions] == [429, 200, 200, 200]
     assert dict(completions[-1][1])["page"] and ("group_by[]", "api_key_id") in completions[-1][1]
 
     # one model 5% off at the provider: reported, non-zero exit

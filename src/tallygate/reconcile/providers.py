@@ -2,7 +2,8 @@
 
 OpenAI (organization Usage API and Costs API, `Authorization: Bearer OPENAI_ADMIN_KEY`):
   GET /organization/usage/completions and /organization/usage/embeddings with start_time /
-  end_time (unix seconds), bucket_width=1d, group_by[] model, project_id, api_key_id; each
+  end_time (unix seconds), bucket_width=1d, group_by[] model, project_id, api_key_id, batch
+  (Batch API jobs never pass the gateway: listed apart); each
   result has num_model_requests, input_tokens (cache reads and writes, audio and images
   included), input_cached_tokens, output_tokens. GET /organization/costs, grouped by
   project_id (it cannot group by model): amount.value, a JSON number, in amount.currency.
@@ -23,9 +24,10 @@ from decimal import Decimal
 
 from .admin_api import AdminApi, AdminApiError, count, items
 from .figures import Figures
-from .keymap import KeyMap
+from .keymap import OUTSIDE, KeyMap
 
 ANTHROPIC_VERSION = "2023-06-01"
+BATCH = OUTSIDE + "batch"  # the key of OpenAI's Batch API usage: listed, never the gateway's
 OPENAI_USAGE_PATHS = ("/organization/usage/completions", "/organization/usage/embeddings")
 OPENAI_COSTS_PATH = "/organization/costs"
 ANTHROPIC_USAGE_PATH = "/v1/organizations/usage_report/messages"
@@ -72,12 +74,14 @@ async def openai_report(api: AdminApi, start: datetime, end: datetime, keymap: K
     window = [("start_time", str(int(start.timestamp()))), ("end_time", str(int(end.timestamp())))]
     usage_params = [*window, ("bucket_width", "1d"), ("limit", "31")]
     # lists as the official SDK sends them (`group_by[]=model&group_by[]=...`)
-    usage_params += [("group_by[]", g) for g in ("model", "project_id", "api_key_id")]
+    usage_params += [("group_by[]", g) for g in ("model", "project_id", "api_key_id", "batch")]
     for path in OPENAI_USAGE_PATHS:
         async for doc in api.pages(path, usage_params):
             for _bucket, r in items(doc, path):
                 model = r.get("model") or "unknown"
                 key = keymap.for_provider(r.get("api_key_id"), r.get("project_id"))
+                if r.get("batch") is True:  # Batch API jobs do not go through the gateway
+                    key = BATCH
                 fig = Figures(
                     requests=count(r, "num_model_requests", path),
                     input_tokens=count(r, "input_tokens", path),
