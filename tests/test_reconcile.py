@@ -372,6 +372,7 @@ def test_key_map_resolves_routes_as_the_gateway_does_and_refuses_bad_files(tmp_p
     assert km.for_provider("key_zz", "proj_shared") == "proj_shared"  # a project stands for its keys
     assert km.for_provider("key_zz", "proj_zz") == "outside:key_zz"
     assert km.scope_of_key("acme") == "proj_a" and km.scope_for_provider("proj_b") == "outside:proj_b"
+    assert km.scope_of_key("route:acme-special") == "route:acme-special"  # compared against nothing
     for text, problem in (
         ('[[keys]]\napi_key_id = "a"\nroutes = ["x"]\n[[keys]]\napi_key_id = "b"\nroutes = ["x"]\n', "already mapped"),
         ('[[keys]]\napi_key_id = "a"\nrouts = ["x"]\n', "unknown field"),

@@ -140,7 +140,12 @@ def compare(
         )
         tenants = {k.tenant for k in keymap.keys if k.cost_scope == scope}
         tenant = tenants.pop() if len(tenants) == 1 else None
-        rows.append(Row("cost", scope, ALL, tenant, [measure], scope.startswith(OUTSIDE)))
+        row = Row("cost", scope, ALL, tenant, [measure], scope.startswith(OUTSIDE))
+        if keymap.mapped and scope == ALL:
+            # mapped keys without a project or workspace: the provider's dollars cannot be assigned to them
+            measure.over = False
+            row.notes.append("keys without a project_id / workspace_id: their dollars are not compared")
+        rows.append(row)
     return rows
 
 

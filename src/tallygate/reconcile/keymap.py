@@ -90,7 +90,7 @@ class KeyMap:
         for k in self.keys:
             if k.name == name:
                 return k.cost_scope
-        return OUTSIDE + name
+        return name  # a route no entry lists: its dollars are compared against nothing
 
     def scope_for_provider(self, scope_id: str | None) -> str:
         if not self.mapped:
