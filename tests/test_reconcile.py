@@ -421,3 +421,34 @@ def test_the_fake_serves_what_the_official_openai_sdk_parses(fake_usage):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="unused", admin_api_key="sk-admin-wrong", base_url=fake_usage.openai_base_url,
                       max_retries=0).admin.organization.usage.costs(start_time=start)
+
+
+def test_admin_api_retries_5xx_and_429_then_gives_up_with_the_reason(fake_usage):
+    import asyncio
+
+    from tallygate.reconcile.admin_api import AdminApi, AdminApiError
+
+    start = int(datetime(2026, 11, 30, tzinfo=UTC).timestamp())
+    window = [("start_time", str(start)), ("end_time", str(start + 86400))]
+    fake_usage.openai_costs = [{"project_id": "p", "amount": {"value": Decimal("0.1"), "currency": "usd"}}]
+    fake_usage.retry_after = "0"
+
+    async def run(attempts: int = 6):
+        async with AdminApi(fake_usage.openai_base_url, {"Authorization": f"Bearer {ADMIN_KEY}"},
+                            attempts=attempts, backoff=0.01) as api:
+            return await api.get("/organization/costs", window), api
+
+    fake_usage.fail_next = [500, 503]
+    doc, api = asyncio.run(run())
+    assert doc["data"][0]["results"][0]["amount"]["value"] == Decimal("0.1")  # a Decimal, not a float
+    assert (api.calls, api.retries) == (4, 3)  # 500, 503, 429, 200
+    fake_usage.reset_calls(rate_limit_once=False)
+    fake_usage.fail_next = [502, 502, 502]
+    with pytest.raises(AdminApiError, match=r"gave up after 3 attempts \(HTTP 502: The server had an error"):
+        asyncio.run(run(attempts=3))
+    fake_usage.fail_next = []
+    fake_usage.reset_calls(rate_limit_once=True)
+    fake_usage.retry_after = "3600"  # an hour: not waited for
+    with pytest.raises(AdminApiError, match="asks to wait 3600 s"):
+        asyncio.run(run())
+    assert len(fake_usage.calls) == 1

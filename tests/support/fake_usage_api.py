@@ -14,7 +14,8 @@ The test sets the results of the day (`openai_completions`, `openai_embeddings`,
 `openai_costs`, `anthropic_usage`, `anthropic_costs`). The real APIs page by buckets; with
 one day there is one bucket, so the fake splits a bucket's results over pages of
 `page_size` (2 pages or more) to exercise the cursor. The first request of all is answered
-429 with the provider's error shape and a Retry-After (`rate_limit_once`).
+429 with the provider's error shape and a Retry-After (`rate_limit_once`); `fail_next`
+lists 5xx statuses to answer before that.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class FakeUsageApi:
         self.anthropic_usage: list[dict] = []
         self.anthropic_costs: list[dict] = []
         self.calls: list[tuple[str, list[tuple[str, str]], int]] = []  # (path, query, status)
+        self.fail_next: list[int] = []  # statuses (5xx) answered first, one a request
         self.port = free_port()
         self.openai_base_url = f"http://127.0.0.1:{self.port}/v1"
         self.anthropic_base_url = f"http://127.0.0.1:{self.port}"
@@ -101,6 +103,7 @@ class FakeUsageApi:
         return web.Response(status=status, body=_dumps(doc), content_type="application/json", headers=headers)
 
     def _throttled(self) -> bool:
+        """The 429 once (or a failure from `fail_next`): checked after authentication."""
         if self.rate_limit_once:
             self.rate_limit_once = False
             return True
@@ -123,6 +126,9 @@ class FakeUsageApi:
     def _openai_window(self, request, groups: set[str]):
         if request.headers.get("Authorization") != f"Bearer {self.admin_key}":
             return None, self._openai_error(request, 401, "Incorrect API key provided.", "invalid_api_key")
+        if self.fail_next:
+            status = self.fail_next.pop(0)
+            return None, self._openai_error(request, status, "The server had an error processing your request.")
         if self._throttled():
             return None, self._openai_error(request, 429, "Rate limit reached for requests.", "rate_limit_exceeded",
                                             {"retry-after": self.retry_after})
@@ -185,6 +191,10 @@ class FakeUsageApi:
         if not request.headers.get("anthropic-version"):
             return None, self._anthropic_error(request, 400, "invalid_request_error",
                                                "anthropic-version: header is required")
+        if self.fail_next:
+            status = self.fail_next.pop(0)
+            kind = "overloaded_error" if status == 529 else "api_error"
+            return None, self._anthropic_error(request, status, kind, "Internal server error")
         if self._throttled():
             return None, self._anthropic_error(request, 429, "rate_limit_error", "Number of requests has exceeded "
                                                "your rate limit.", {"retry-after": self.retry_after})
