@@ -286,7 +286,7 @@ def test_anthropic_usage_and_cost_report_sqlite(gateway, fake_upstream, fake_usa
 
     fake_usage.reset_calls(rate_limit_once=False)
     serve(Decimal("1.05"))
-    done = reconcile(args, env)
+    done = reconcile(args, {**env, "ANTHROPIC_BASE_URL": fake_usage.anthropic_base_url + "/v1/"})
     assert done.returncode == 3, done.stdout + done.stderr
     doc = json.loads(out_json.read_text())
     assert [(r["model"], [n for n, v in r["measures"].items() if v["over_tolerance"]])

@@ -79,6 +79,9 @@ async def reconcile_command(args) -> int:
     base_url = args.base_url or os.environ.get(BASE_URL_ENV[provider]) or DEFAULT_BASE_URLS[provider]
     if not base_url.startswith(("http://", "https://")):
         raise CommandError(f"the base URL must start with http:// or https://: {base_url!r}")
+    if provider == "anthropic":
+        # the SDK's ANTHROPIC_BASE_URL has no /v1 (the paths carry it); accept one given anyway
+        base_url = base_url.rstrip("/").removesuffix("/v1")
     try:
         keymap = load_keymap(args.keys, args.routes or os.environ.get("TALLYGATE_CONFIG"))
     except KeyMapError as exc:
