@@ -200,7 +200,7 @@ def test_openai_without_a_key_map_compares_everything(gateway, ledger_db, fake_u
     done = reconcile(["openai", "--day", today(), "--base-url", fake_usage.openai_base_url, "--json", "-"], env)
     # every key is the gateway's: the other key's request is a difference
     assert done.returncode == 3, done.stdout + done.stderr
-    doc = json.loads(done.stdout[done.stdout.index("{"):])
+    doc = json.loads(done.stdout)
     assert [(r["key"], r["model"]) for r in doc["rows"] if r["over_tolerance"]] == [("*", "gpt-4o")]
     assert row_of(doc, "*", "gpt-4o")["measures"]["requests"]["difference"] == -1
 
@@ -345,8 +345,8 @@ def test_what_counts_and_the_day_boundary_ledger_written_directly(fake_usage, tm
            "OPENAI_BASE_URL": fake_usage.openai_base_url}
     done = reconcile(["openai", "--day", "2026-11-30", "--tolerance", "0", "--floor-usd", "0", "--json", "-"], env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "timed out at the gateway" in done.stdout
-    doc = json.loads(done.stdout[done.stdout.index("{"):])
+    assert "timed out at the gateway" in done.stderr  # the table, with the JSON on stdout
+    doc = json.loads(done.stdout)
     row = row_of(doc, "*", "gpt-4o-2024-08-06")
     assert row["measures"]["requests"]["ledger"] == 4
     assert row["ledger_timeouts"] == 2 and row["ledger_excluded_rows"] == 4

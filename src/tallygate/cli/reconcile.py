@@ -30,7 +30,11 @@ def add_arguments(p) -> None:
         )
         r.add_argument("--keys", help="TOML mapping provider keys/projects/workspaces to routes and tenants")
         r.add_argument("--routes", help="the gateway's routes file (default $TALLYGATE_CONFIG)")
-        r.add_argument("--json", dest="json_file", help="also write the comparison as JSON to this file ('-': stdout)")
+        r.add_argument(
+            "--json",
+            dest="json_file",
+            help="also write the comparison as JSON to this file ('-': stdout, the table to stderr)",
+        )
         r.add_argument("--tolerance", default="1%", help="relative difference allowed (default 1%%)")
         r.add_argument("--floor-requests", type=int, default=0, help="request differences up to this are ignored")
         r.add_argument("--floor-tokens", type=int, default=0, help="token differences up to this are ignored")
@@ -113,10 +117,14 @@ async def reconcile_command(args) -> int:
 
     rows = compare(ledger, report, keymap, limits)
     doc = as_json(provider, args.day, rows, limits, report)
-    print(f"{provider} {args.day} (UTC): ledger against the provider, tolerance {doc['tolerance_percent']}%\n")
-    print(format_table(rows))
+    # with the JSON on stdout the table goes to stderr, so the JSON can be piped on as it is
+    table = sys.stderr if args.json_file == "-" else sys.stdout
     over = [r for r in rows if r.over]
-    print(f"\n{len(over)} group(s) over the tolerance" if over else "\nwithin the tolerance")
+    table.write(
+        f"{provider} {args.day} (UTC): ledger against the provider, tolerance {doc['tolerance_percent']}%\n\n"
+        + format_table(rows)
+        + (f"\n\n{len(over)} group(s) over the tolerance\n" if over else "\n\nwithin the tolerance\n")
+    )
     if args.json_file:
         data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
         if args.json_file == "-":
