@@ -158,6 +158,18 @@ def test_openai_ledger_against_usage_and_costs_postgres(gateway, ledger_db, fake
     assert [c[2] for c in completions] == [429, 200, 200, 200]
     assert dict(completions[-1][1])["page"] and ("group_by[]", "api_key_id") in completions[-1][1]
 
+    # dollars per key: the Costs API grouped by api_key_id too
+    fake_usage.reset_calls(rate_limit_once=False)
+    for line in fake_usage.openai_costs:
+        line["api_key_id"] = "key_gw" if line["project_id"] == "proj_gw" else "key_other"
+    done = reconcile([*args, "--costs-by-key", "--tolerance", "0", "--floor-usd", "0"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(out_json.read_text())
+    assert Decimal(row_of(doc, "gateway", "*", "cost")["measures"]["cost_usd"]["provider"]) == total_cost
+    assert row_of(doc, "outside:key_other", "*", "cost")["outside_gateway"] is True
+    costs_query = [c[1] for c in fake_usage.calls if c[0].endswith("/costs")][0]
+    assert ("group_by[]", "api_key_id") in costs_query and ("group_by[]", "project_id") in costs_query
+
     # one model 5% off at the provider: reported, non-zero exit
     fake_usage.reset_calls()
     serve({"gpt-4o": Decimal("1.05")})

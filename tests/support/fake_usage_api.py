@@ -173,7 +173,8 @@ class FakeUsageApi:
         start, end, groups = window
         results = [{"object": "organization.costs.result", "amount": r["amount"],
                     "line_item": r.get("line_item") if "line_item" in groups else None,
-                    "project_id": r.get("project_id") if "project_id" in groups else None}
+                    "project_id": r.get("project_id") if "project_id" in groups else None,
+                    "api_key_id": r.get("api_key_id") if "api_key_id" in groups else None}
                    for r in self.openai_costs]
         chunk, more, token = self._page(request, results)
         return self._answer(request, 200, {

@@ -36,6 +36,12 @@ def add_arguments(p) -> None:
             help="also write the comparison as JSON to this file ('-': stdout, the table to stderr)",
         )
         r.add_argument("--tolerance", default="1%", help="relative difference allowed (default 1%%)")
+        if name == "openai":
+            r.add_argument(
+                "--costs-by-key",
+                action="store_true",
+                help="compare dollars per API key (Costs API grouped by api_key_id), not per project",
+            )
         r.add_argument("--floor-requests", type=int, default=0, help="request differences up to this are ignored")
         r.add_argument("--floor-tokens", type=int, default=0, help="token differences up to this are ignored")
         r.add_argument("--floor-usd", default="0.01", help="dollar differences up to this are ignored (default 0.01)")
@@ -103,19 +109,21 @@ async def reconcile_command(args) -> int:
     finally:
         await store.close()
 
+    costs_by_key = provider == "openai" and args.costs_by_key
     if provider == "openai":
         headers = {"Authorization": f"Bearer {admin_key}"}
-        read = openai_report
     else:
         headers = {"x-api-key": admin_key, "anthropic-version": ANTHROPIC_VERSION}
-        read = anthropic_report
     try:
         async with AdminApi(base_url, headers) as api:
-            report = await read(api, start, end, keymap)
+            if provider == "openai":
+                report = await openai_report(api, start, end, keymap, costs_by_key)
+            else:
+                report = await anthropic_report(api, start, end, keymap)
     except AdminApiError as exc:
         raise CommandError(f"{provider}: {exc}") from None
 
-    rows = compare(ledger, report, keymap, limits)
+    rows = compare(ledger, report, keymap, limits, costs_by_key)
     doc = as_json(provider, args.day, rows, limits, report)
     # with the JSON on stdout the table goes to stderr, so the JSON can be piped on as it is
     table = sys.stderr if args.json_file == "-" else sys.stdout

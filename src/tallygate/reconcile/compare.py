@@ -106,8 +106,14 @@ def _measure(name: str, ledger: Decimal, provider: Decimal, limits: Limits) -> M
 
 
 def compare(
-    ledger: dict[tuple[str, str], LedgerFigures], provider: ProviderReport, keymap: KeyMap, limits: Limits
+    ledger: dict[tuple[str, str], LedgerFigures],
+    provider: ProviderReport,
+    keymap: KeyMap,
+    limits: Limits,
+    costs_by_key: bool = False,
 ) -> list[Row]:
+    """`costs_by_key`: the provider's dollars are per key (OpenAI's Costs API grouped by
+    api_key_id), not per project or workspace."""
     rows: list[Row] = []
     for key, model in sorted(set(ledger) | set(provider.usage)):
         lf = ledger.get((key, model)) or LedgerFigures()
@@ -132,16 +138,19 @@ def compare(
     # cost: the ledger's dollars summed to the provider's cost grain
     ledger_cost: dict[str, Decimal] = {}
     for (key, _model), lf in ledger.items():
-        scope = keymap.scope_of_key(key)
+        scope = key if costs_by_key else keymap.scope_of_key(key)
         ledger_cost[scope] = ledger_cost.get(scope, Decimal(0)) + (lf.cost_usd or Decimal(0))
     for scope in sorted(set(ledger_cost) | set(provider.costs)):
         measure = _measure(
             "cost_usd", ledger_cost.get(scope, Decimal(0)), provider.costs.get(scope, Decimal(0)), limits
         )
-        tenants = {k.tenant for k in keymap.keys if k.cost_scope == scope}
-        tenant = tenants.pop() if len(tenants) == 1 else None
+        if costs_by_key:
+            tenant = keymap.tenant_of(scope)
+        else:
+            tenants = {k.tenant for k in keymap.keys if k.cost_scope == scope}
+            tenant = tenants.pop() if len(tenants) == 1 else None
         row = Row("cost", scope, ALL, tenant, [measure], scope.startswith(OUTSIDE))
-        if keymap.mapped and scope == ALL:
+        if keymap.mapped and scope == ALL and not costs_by_key:
             # mapped keys without a project or workspace: the provider's dollars cannot be assigned to them
             measure.over = False
             row.notes.append("keys without a project_id / workspace_id: their dollars are not compared")

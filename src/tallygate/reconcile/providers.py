@@ -6,7 +6,8 @@ OpenAI (organization Usage API and Costs API, `Authorization: Bearer OPENAI_ADMI
   (Batch API jobs never pass the gateway: listed apart); each
   result has num_model_requests, input_tokens (cache reads and writes, audio and images
   included), input_cached_tokens, output_tokens. GET /organization/costs, grouped by
-  project_id (it cannot group by model): amount.value, a JSON number, in amount.currency.
+  project_id (it cannot group by model; by api_key_id too with --costs-by-key, where the
+  organization supports it): amount.value, a JSON number, in amount.currency.
 Anthropic (Admin API, `x-api-key: ANTHROPIC_ADMIN_KEY`, `anthropic-version`):
   GET /v1/organizations/usage_report/messages with starting_at / ending_at (RFC 3339),
   bucket_width=1d, group_by[] model, api_key_id, workspace_id; results have
@@ -69,7 +70,11 @@ def _usd(currency, path: str) -> None:
         raise AdminApiError(f"{path}: an amount in {currency!r}, not USD")
 
 
-async def openai_report(api: AdminApi, start: datetime, end: datetime, keymap: KeyMap) -> ProviderReport:
+async def openai_report(
+    api: AdminApi, start: datetime, end: datetime, keymap: KeyMap, costs_by_key: bool = False
+) -> ProviderReport:
+    """`costs_by_key`: the Costs API grouped by api_key_id too (not every organization can),
+    so dollars compare per key instead of per project."""
     report = ProviderReport()
     window = [("start_time", str(int(start.timestamp()))), ("end_time", str(int(end.timestamp())))]
     usage_params = [*window, ("bucket_width", "1d"), ("limit", "31")]
@@ -90,13 +95,18 @@ async def openai_report(api: AdminApi, start: datetime, end: datetime, keymap: K
                 )
                 report.add_usage(key, model, fig)
     cost_params = [*window, ("bucket_width", "1d"), ("limit", "31"), ("group_by[]", "project_id")]
+    if costs_by_key:
+        cost_params.append(("group_by[]", "api_key_id"))
     async for doc in api.pages(OPENAI_COSTS_PATH, cost_params):
         for _bucket, r in items(doc, OPENAI_COSTS_PATH):
             amount = r.get("amount")
             if not isinstance(amount, dict):
                 raise AdminApiError(f"{OPENAI_COSTS_PATH}: a result without an amount")
             _usd(amount.get("currency"), OPENAI_COSTS_PATH)
-            scope = keymap.scope_for_provider(r.get("project_id"))
+            if costs_by_key:
+                scope = keymap.for_provider(r.get("api_key_id"), r.get("project_id"))
+            else:
+                scope = keymap.scope_for_provider(r.get("project_id"))
             report.add_cost(scope, _amount(amount.get("value"), OPENAI_COSTS_PATH))
     report.calls, report.retries = api.calls, api.retries
     return report
