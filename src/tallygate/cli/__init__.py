@@ -1,4 +1,4 @@
-"""The `tallygate` command: serve, db, ledger, usage, keys, reconcile, deploy, fake-upstream.
+"""The `tallygate` command: serve, db, ledger, usage, keys, deploy, fake-upstream.
 
 This module parses the arguments; the commands that use the ledger database live in
 db.py, ledger.py, usage.py, keys.py and reconcile.py, imported only when run."""
@@ -53,6 +53,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--by", default="tenant", help="comma list of tenant,model,day,key,endpoint,status")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
+    p = sub.add_parser("reconcile", help="the ledger against the provider's usage and cost reports")
+    if command in (None, "reconcile", "-h", "--help"):
+        from .reconcile import add_arguments as add_reconcile_arguments
+
+        add_reconcile_arguments(p)
+
     p = sub.add_parser("keys", help="tenant keys")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     kc = ksub.add_parser("create", help="create a key (printed once)")
@@ -68,12 +74,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     kl.add_argument("--tenant")
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("key_id")
-
-    p = sub.add_parser("reconcile", help="the ledger against the provider's usage and cost reports")
-    if command in (None, "reconcile", "-h", "--help"):
-        from .reconcile import add_arguments as add_reconcile_arguments
-
-        add_reconcile_arguments(p)
 
     p = sub.add_parser("deploy", help="deploy to a cloud")
     dsub = p.add_subparsers(dest="deploy_target", metavar="TARGET", required=True)
