@@ -263,9 +263,10 @@ def test_anthropic_usage_and_cost_report_sqlite(gateway, fake_upstream, fake_usa
         fake_usage.anthropic_usage = [
             {"model": m, "api_key_id": "apikey_acme", "workspace_id": "wrkspc_acme",
              "uncached_input_tokens": w["input"] - w["cached"], "cache_read_input_tokens": w["cached"],
-             "output_tokens": int(w["output"] * (output_bump if m == models[1] else 1))}
+             "output_tokens": int(w["output"] * (output_bump if m == models[1] else 1)), "service_tier": "standard"}
             for m, w in want.items()
-        ]
+        ] + [{"model": models[0], "api_key_id": "apikey_acme", "workspace_id": "wrkspc_acme", "service_tier": "batch",
+              "uncached_input_tokens": 5000, "output_tokens": 500}]  # a Message Batch: not through the gateway
         # cents, as decimal strings
         fake_usage.anthropic_costs = [{"workspace_id": "wrkspc_acme", "amount_cents": cost * 100}]
 
@@ -290,6 +291,7 @@ def test_anthropic_usage_and_cost_report_sqlite(gateway, fake_upstream, fake_usa
     # the 529 is not counted; the key mapped to acme also carried globex's request
     assert sum(row_of(doc, "acme", m)["ledger_excluded_rows"] for m in models) == 1
     assert any("globex" in n for m in models for n in row_of(doc, "acme", m)["notes"])
+    assert row_of(doc, "outside:batch", models[0])["measures"]["input_tokens"]["provider"] == 5000
     cost_row = row_of(doc, "wrkspc_acme", "*", "cost")["measures"]["cost_usd"]
     assert Decimal(cost_row["provider"]) == cost == Decimal(cost_row["ledger"])
     assert doc["provider_retries"] == 1

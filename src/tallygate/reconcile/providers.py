@@ -10,7 +10,8 @@ OpenAI (organization Usage API and Costs API, `Authorization: Bearer OPENAI_ADMI
   organization supports it): amount.value, a JSON number, in amount.currency.
 Anthropic (Admin API, `x-api-key: ANTHROPIC_ADMIN_KEY`, `anthropic-version`):
   GET /v1/organizations/usage_report/messages with starting_at / ending_at (RFC 3339),
-  bucket_width=1d, group_by[] model, api_key_id, workspace_id; results have
+  bucket_width=1d, group_by[] model, api_key_id, workspace_id, service_tier (batch usage
+  never passes the gateway: listed apart); results have
   uncached_input_tokens, cache_read_input_tokens, cache_creation.ephemeral_5m_input_tokens
   and .ephemeral_1h_input_tokens, output_tokens, and no request count. GET
   /v1/organizations/cost_report, grouped by workspace_id: amount, a decimal string in
@@ -28,7 +29,7 @@ from .figures import Figures
 from .keymap import OUTSIDE, KeyMap
 
 ANTHROPIC_VERSION = "2023-06-01"
-BATCH = OUTSIDE + "batch"  # the key of OpenAI's Batch API usage: listed, never the gateway's
+BATCH = OUTSIDE + "batch"  # the key of batch usage (OpenAI Batch API, Anthropic Message Batches): listed only
 OPENAI_USAGE_PATHS = ("/organization/usage/completions", "/organization/usage/embeddings")
 OPENAI_COSTS_PATH = "/organization/costs"
 ANTHROPIC_USAGE_PATH = "/v1/organizations/usage_report/messages"
@@ -119,7 +120,8 @@ def _rfc3339(moment: datetime) -> str:
 async def anthropic_report(api: AdminApi, start: datetime, end: datetime, keymap: KeyMap) -> ProviderReport:
     report = ProviderReport()
     window = [("starting_at", _rfc3339(start)), ("ending_at", _rfc3339(end)), ("bucket_width", "1d")]
-    usage_params = [*window, ("limit", "31")] + [("group_by[]", g) for g in ("model", "api_key_id", "workspace_id")]
+    groups = ("model", "api_key_id", "workspace_id", "service_tier")
+    usage_params = [*window, ("limit", "31")] + [("group_by[]", g) for g in groups]
     path = ANTHROPIC_USAGE_PATH
     async for doc in api.pages(path, usage_params):
         for _bucket, r in items(doc, path):
@@ -137,6 +139,8 @@ async def anthropic_report(api: AdminApi, start: datetime, end: datetime, keymap
                 output_tokens=count(r, "output_tokens", path),
             )
             key = keymap.for_provider(r.get("api_key_id"), r.get("workspace_id"))
+            if r.get("service_tier") == "batch":  # Message Batches do not go through the gateway
+                key = BATCH
             report.add_usage(key, r.get("model") or "unknown", fig)
     path = ANTHROPIC_COST_PATH
     async for doc in api.pages(path, [*window, ("group_by[]", "workspace_id")]):
