@@ -117,7 +117,7 @@ def compare(
     rows: list[Row] = []
     for key, model in sorted(set(ledger) | set(provider.usage)):
         lf = ledger.get((key, model)) or LedgerFigures()
-        pf = provider.usage.get((key, model)) or Figures()
+        pf = provider.usage.get((key, model)) or Figures(requests=0 if provider.counts_requests else None)
         measures = []
         for name in USAGE_MEASURES:
             p = getattr(pf, name)

@@ -40,6 +40,7 @@ ANTHROPIC_COST_PATH = "/v1/organizations/cost_report"
 class ProviderReport:
     usage: dict[tuple[str, str], Figures] = field(default_factory=dict)  # (key name, model)
     costs: dict[str, Decimal] = field(default_factory=dict)  # cost scope -> USD
+    counts_requests: bool = True  # False: the usage report has no request counts (Anthropic)
     calls: int = 0  # HTTP requests made (retries included)
     retries: int = 0
 
@@ -118,7 +119,7 @@ def _rfc3339(moment: datetime) -> str:
 
 
 async def anthropic_report(api: AdminApi, start: datetime, end: datetime, keymap: KeyMap) -> ProviderReport:
-    report = ProviderReport()
+    report = ProviderReport(counts_requests=False)
     window = [("starting_at", _rfc3339(start)), ("ending_at", _rfc3339(end)), ("bucket_width", "1d")]
     groups = ("model", "api_key_id", "workspace_id", "service_tier")
     usage_params = [*window, ("limit", "31")] + [("group_by[]", g) for g in groups]
