@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from .auth import Authenticator, api_key_credential
 from .errors import GatewayError, error_body, not_found
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
     from .limits.guard import Guard
     from .routes.admin import Admin
+    from .routes.models import Models
     from .sinks.ledger import LedgerWriter
     from .sinks.metrics_server import MetricsServer
     from .store.postgres import PostgresStore
@@ -76,6 +78,7 @@ class Gateway:
     guard: Guard
     pipeline: Pipeline
     admin: Admin
+    models: Models
     loop: asyncio.AbstractEventLoop
     client_ready: asyncio.Event
 
@@ -175,10 +178,15 @@ class Gateway:
 
             self.metrics_server = MetricsServer(self.metrics.render, s.metrics_host, s.metrics_port)
             await self.metrics_server.start()
+        if s.ledger == "off":
+            log.warning(
+                "TALLYGATE_LEDGER=off: no ledger rows are written; the log lines are the only "
+                "record of usage, and budgets count only what this process saw since it started"
+            )
         self.pipeline = Pipeline(
             self.prices,
             [JsonLogSink(), self.metrics],
-            self.ledger,
+            self.ledger if s.ledger == "on" else None,
             [self.guard],
             wait_for_commit=s.ledger_mode == "sync",
             commit_timeout=s.sync_commit_timeout,
@@ -206,6 +214,7 @@ class Gateway:
         service = Service(self.auth, s.metrics_mode, self.metrics.render, self.is_ready)
         models = Models(self.auth, self.router, self.client, self.upstream_secrets_b)
         self.routes = {**service.routes(), (b"GET", b"/v1/models"): models.handle}
+        self.models = models
         self.started = True
         import gc
 
@@ -304,6 +313,8 @@ class Gateway:
 
     def ledger_stats(self) -> dict:
         w = self.ledger
+        if self.settings.ledger == "off":
+            return {}
         return {
             "depth": w.depth,
             "rows_written": w.rows_written,
@@ -357,6 +368,9 @@ class App:
                 return
             if path.startswith(b"/admin/") or path == b"/v1/usage":
                 await self.g.admin.handle(scope, receive, send, method, path)
+                return
+            if method == b"GET" and path.startswith(b"/v1/models/"):
+                await self.g.models.retrieve(scope, receive, send, unquote(path[11:].decode("utf-8", "replace")))
                 return
             allowed = self._allowed.get(path)
             if allowed:

@@ -97,6 +97,23 @@ def spec() -> dict:
             "/v1/responses": _proxy_op("Responses API (streaming or not)", True),
             "/v1/messages": _messages_op("Anthropic Messages API (streaming or not)", True),
             "/v1/messages/count_tokens": _messages_op("Anthropic token counting (recorded at $0)", False),
+            "/v1/models/{model}": {
+                "get": {
+                    "summary": "One model: a routes-file model from the gateway, others from the upstream",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {"$ref": "#/components/parameters/Tenant"},
+                        {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "model object",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_errors(401, 404, 502),
+                    },
+                }
+            },
             "/v1/models": {
                 "get": {
                     "summary": "Models of the upstream",

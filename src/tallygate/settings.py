@@ -113,6 +113,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     postgres: PostgresSettings | None = None
     sqlite_path: str = "tallygate.db"
+    ledger: str = "on"  # "off": no ledger rows (the log line and the metrics only)
     ledger_mode: str = "async"
     sync_commit_timeout: float = 5.0
     ledger_batch_size: int = 100
@@ -315,6 +316,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "TALLYGATE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         postgres=postgres_from_env(env),
         sqlite_path=env.get("TALLYGATE_SQLITE_PATH") or "tallygate.db",
+        ledger=_choice(env, "TALLYGATE_LEDGER", "on", ("on", "off")),
         ledger_mode=_choice(env, "TALLYGATE_LEDGER_MODE", "async", ("async", "sync")),
         sync_commit_timeout=_float(env, "TALLYGATE_SYNC_COMMIT_TIMEOUT", 5.0),
         ledger_batch_size=_int(env, "TALLYGATE_LEDGER_BATCH_SIZE", 100),

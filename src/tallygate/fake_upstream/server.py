@@ -16,6 +16,7 @@ from .answers import (
     chat_usage,
     closed,
     raw_answer,
+    responses_events,
     responses_usage,
     usage_numbers,
     write_pieces,
@@ -43,6 +44,7 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model:.+}", self.model)
         anthropic = AnthropicAnswers(self)
         app.router.add_post("/v1/messages", anthropic.messages)
         app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
@@ -368,41 +370,7 @@ class FakeUpstream:
             return web.Response(
                 body=orjson.dumps(response("completed", output, usage)), content_type="application/json"
             )
-        events = [
-            b"event: response.created\ndata: "
-            + orjson.dumps(
-                {"type": "response.created", "sequence_number": 0, "response": response("in_progress", [], None)}
-            )
-            + b"\n\n"
-        ]
-        for i, word in enumerate(words):
-            events.append(
-                b"event: response.output_text.delta\ndata: "
-                + orjson.dumps(
-                    {
-                        "type": "response.output_text.delta",
-                        "sequence_number": i + 1,
-                        "item_id": "msg_fake",
-                        "output_index": 0,
-                        "content_index": 0,
-                        "delta": word,
-                        "logprobs": [],
-                    }
-                )
-                + b"\n\n"
-            )
-        events.append(
-            b"event: response.completed\ndata: "
-            + orjson.dumps(
-                {
-                    "type": "response.completed",
-                    "sequence_number": n + 1,
-                    "response": response("completed", output, usage),
-                }
-            )
-            + b"\n\n"
-        )
-        return await self._sse(request, events, fake)
+        return await self._sse(request, responses_events(response, output, usage, words, message), fake)
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
@@ -410,6 +378,18 @@ class FakeUpstream:
             for m in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
         ]
         return web.json_response({"object": "list", "data": data})
+
+    async def model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small"):
+            return web.json_response({"id": name, "object": "model", "created": 1700000000, "owned_by": "fake"})
+        error = {
+            "message": f"The model '{name}' does not exist",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+        return web.json_response({"error": error}, status=404)
 
     async def list_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)
