@@ -423,6 +423,18 @@ def test_demo_mode_serves_the_messages_api(tmp_path):
             assert proc.wait(15) == 0
 
 
+def test_an_error_event_mid_stream_reaches_the_sdk_and_the_record(gateway, fake_upstream):
+    gw = gateway(**anthropic_env(fake_upstream))
+    with pytest.raises(anthropic.APIStatusError) as err:
+        with client(gw).messages.stream(model="claude-overload", max_tokens=100, messages=MESSAGES,
+                                        extra_body={"fake": {"chunks": 10, "error_after": 5, "input_tokens": 21}}) as s:
+            s.get_final_message()
+    assert err.value.body["error"]["type"] == "overloaded_error"  # Anthropic's own event, first
+    rec = wait_until(lambda: [x for x in gw.records() if x["model"] == "claude-overload"])[0]
+    assert rec["status"] == "upstream_error" and rec["usage_source"] == "estimated"
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (21, 2)
+
+
 # -- a coding agent's request --------------------------------------------------------------
 
 AGENT_BODY = {

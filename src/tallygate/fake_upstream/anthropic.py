@@ -9,7 +9,9 @@ reference. A request steers it with a "fake" body field, as on the OpenAI paths:
              "delta_usage": "full",                        # message_delta repeats the input and
                                                            # cache counts (newer API versions);
                                                            # default: output_tokens only
-             "chunks": 5, "chunk_delay": 0.1, "cut_after": 3, "upstream_model": "..."}
+             "chunks": 5, "chunk_delay": 0.1, "cut_after": 3, "upstream_model": "...",
+             "error_after": 4}                             # streams: an `error` event (overloaded)
+                                                           # after 4 events, then the end
 
 and the shared fault behaviours (status, fail_first/key, retry_after, delay, ...), whose
 error answers take Anthropic's shape here: {"type": "error", "error": {"type", "message"},
@@ -183,6 +185,8 @@ def stream_events(doc: dict, fake: dict, model: str) -> list[bytes]:
         )
     )
     events.append(_event("message_stop", {"type": "message_stop"}))
+    if fake.get("error_after") is not None:  # as Anthropic reports an overload mid-stream
+        events = events[: int(fake["error_after"])] + [_event("error", error_body(529, "Overloaded"))]
     return events
 
 
