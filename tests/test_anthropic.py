@@ -492,3 +492,20 @@ def test_a_coding_agent_request_passes_byte_for_byte(gateway, fake_upstream):
     assert seen["headers"]["anthropic-beta"] == beta and seen["headers"]["anthropic-version"] == "2023-06-01"
     rec = gw.wait_records(1)[-1]
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["status"]) == (50, 6, "ok")
+
+
+def test_a_prompt_past_200k_tokens_is_billed_at_the_long_context_rates(gateway, fake_upstream, postgres_env):
+    """The 1M-token context beta: the price data prices inputs past 200k apart, and the
+    record is not clamped to the data's 200k window."""
+    from genai_prices import data_snapshot
+
+    gw = gateway(**anthropic_env(fake_upstream), **postgres_env)
+    fake = {"input_tokens": 210_000, "output_tokens": 1_000}
+    client(gw).messages.create(model=MODEL, max_tokens=2000, messages=MESSAGES, extra_body={"fake": fake},
+                               extra_headers={"anthropic-beta": "context-1m-2025-08-07"})
+    log, _ = one_record(gw, postgres_env)
+    assert (log["prompt_tokens"], log.get("usage_flag")) == (210_000, None)
+    _, info = data_snapshot.get_snapshot().find_provider_model(MODEL, None, "anthropic", None)
+    prices = info.get_prices(datetime.now(UTC), None)
+    want = (210_000 * prices.input_mtok.tiers[-1].price + 1_000 * prices.output_mtok.tiers[-1].price) / MILLION
+    assert abs(Decimal(log["cost_usd_exact"]) - want) < EXACT
