@@ -257,13 +257,26 @@ def test_two_instances_sharing_redis_stay_within_the_credit(gateway, postgres_en
     key = new_key(gws[0], tenant)["key"]
     credit = Decimal("0.002")
     top_up(gws[0], tenant, str(credit), "pay-two")
-    wait_until(lambda: balance(gws[1], key)["prepaid"], message="the second instance loads the key")
-    time.sleep(0.7)  # ... and the account (polled with the keys)
+    def knows_account() -> bool:  # the key and the account are polled together
+        status, _, doc = call_json(gws[1].base_url + "/balance", token=key)
+        return status == 200 and doc["prepaid"]
+    wait_until(knows_account, message="the second instance loads the key and the account")
+    # both instances load the price data first (with their first prepaid request), so neither
+    # takes the whole balance while the other is still loading it
+    warm = unique("cr-warm")
+    warm_key = new_key(gws[0], warm)["key"]
+    top_up(gws[0], warm, "1", "pay-warm")
+    time.sleep(1.0)  # the second instance polls the key and the account (every 0.3 s)
+    assert [chat(gw, warm_key, max_tokens=1)[0] for gw in gws] == [200, 200]
 
     bodies = [exact_body(delay=f"0.{(i * 7) % 60 + 10:02d}") for i in range(100)]
     worst = max(worst_of(b) for b in bodies)
+    def one(i):
+        status, _, doc = call_json(gws[i % 2].base_url + "/chat/completions", "POST", bodies[i], token=key, timeout=30)
+        assert status == 200 or doc["error"]["code"] == "insufficient_quota", doc
+        return status
     with ThreadPoolExecutor(100) as pool:
-        statuses = list(pool.map(lambda i: post_chat(gws[i % 2], key, bodies[i]), range(100)))
+        statuses = list(pool.map(one, range(100)))
     assert set(statuses) == {200, 429}
     admitted = statuses.count(200)
     for gw in gws:
