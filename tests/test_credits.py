@@ -384,3 +384,27 @@ def test_credits_cli(postgres_env):
     out = cli("topup", tenant, "abc", "--reference", "x")
     assert out.returncode == 1 and "amount_usd" in out.stderr
     assert MASTER not in listing
+
+
+def test_credits_on_the_sqlite_ledger(gateway, tmp_path):
+    """The embedded ledger: amounts as exact decimal text, times as ISO text, the same answers."""
+    from support.ledger import sqlite_rows
+
+    gw = gateway()  # TALLYGATE_SQLITE_PATH in tmp_path
+    tenant = unique("cr-lite")
+    key = new_key(gw, tenant)["key"]
+    top_up(gw, tenant, "0.000300000001", "pay-lite")
+    top_up(gw, tenant, "0.000300000001", "pay-lite", expect=200)
+    body = exact_body(max_tokens=100, n=1)
+    w = worst_of(body)
+    statuses = [post_chat(gw, key, body) for _ in range(5)]
+    admitted = int(Decimal("0.000300000001") // w)
+    assert statuses == [200] * admitted + [429] * (5 - admitted)
+    wait_until(lambda: len(sqlite_rows(tmp_path / "ledger.db", "tenant_id = ?", (tenant,))) == admitted,
+               message="ledger rows")
+    spent = sum((Decimal(r["cost_usd"]) for r in sqlite_rows(tmp_path / "ledger.db", "tenant_id = ?", (tenant,))),
+                Decimal(0))
+    doc = balance(gw, key)
+    assert Decimal(doc["spent_usd"]) == spent == admitted * w
+    assert doc["balance_usd"] == str(Decimal("0.000300000001") - spent) and doc["credited_usd"] == "0.000300000001"
+    assert [e["amount_usd"] for e in admin_call(credits_url(gw, tenant))[2]["data"]] == ["0.000300000001"]
