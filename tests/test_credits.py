@@ -109,6 +109,9 @@ def test_top_ups_are_idempotent_and_adjustments_are_entries(gateway, postgres_en
     assert admin_call(credits_url(gw, tenant), token=TOKEN)[0] == 403  # the master key only
     assert admin_call(credits_url(gw, tenant), token=None)[0] == 401
     assert admin_call(credits_url(gw, tenant))[2]["balance"]["credited_usd"] == "22.499999999999"
+    # a tenant named "credits" is still a tenant: its limits are set as before
+    status, _, doc = admin_call(gw.url + "/admin/tenants/credits", "PUT", {"rpm_limit": 5})
+    assert status == 200 and doc["tenant_id"] == "credits", doc
 
 
 # -- refusal ----------------------------------------------------------------------------
@@ -230,7 +233,7 @@ def test_a_postpaid_caller_costs_one_lookup_and_no_counter():
     async def run():
         assert await guard.admit(postpaid, "gpt-4o-mini", doc, body) is None
         assert Counted.calls == 0
-        guard._prepare(account)
+        guard.prepare_account(account)
         await counters.init(account.counter_key, 0, 0)  # as if started from the ledger
         reservation = await guard.admit(prepaid, "gpt-4o-mini", doc, body)
         assert Counted.calls == 1 and reservation is not None

@@ -276,7 +276,7 @@ class Guard:
             return Reservation(checks, tokens, worst)
         raise GatewayError(503, "Limits could not be initialised.", "service_unavailable", "limits_unavailable")
 
-    def _prepare(self, account) -> None:
+    def prepare_account(self, account) -> None:
         """The account's counter key and credit_low threshold, once per account loaded (the
         cache builds new ones on each refresh)."""
         if not account.counter_key:
@@ -289,7 +289,7 @@ class Guard:
         """The prepaid balance: spent + reserved + this request's worst case within the credited
         total (nano-dollars, rounded down), the counter started from the ledger's spend since
         the tenant became prepaid (a counter per prepaid_since: it never expires)."""
-        self._prepare(account)
+        self.prepare_account(account)
         return Check(
             account.counter_key,
             account.credited_nanos,
@@ -481,7 +481,7 @@ class Guard:
             if check is not None and value is not None:
                 account = self.cache.prepaid.get(check.init[1]) if check.init else None
                 if account is not None:
-                    self._prepare(account)
+                    self.prepare_account(account)
                     if check.limit - value < account.low_nanos:
                         self._credit_event("credit_low", check, value)
 

@@ -94,7 +94,12 @@ class Admin:
                 send, 200, {"object": "list", "data": [{"tenant_id": t, **lim.as_json()} for t, lim in tenants.items()]}
             )
             return
-        if path.startswith(b"/admin/tenants/") and path.endswith(b"/credits") and self.credits is not None:
+        if (
+            self.credits is not None
+            and path.startswith(b"/admin/tenants/")
+            and path.endswith(b"/credits")
+            and len(path) > len(b"/admin/tenants//credits")
+        ):
             tenant_id = path[len(b"/admin/tenants/") : -len(b"/credits")].decode("latin-1")
             await self.credits.admin(scope, receive, send, method, tenant_id)
             return

@@ -49,10 +49,11 @@ class Credits:
         balance = account.credited - spent
         reserved: Decimal | None = None
         try:
-            self.guard._prepare(account)
+            self.guard.prepare_account(account)
             counted = await self.guard.counters.value(account.counter_key)
             spent_nanos = int((spent * NANO).to_integral_value(rounding="ROUND_CEILING"))
-            reserved = Decimal(max(0, (counted or spent_nanos) - spent_nanos)) / NANO
+            counted = spent_nanos if counted is None else counted  # no request since the counter went
+            reserved = Decimal(max(0, counted - spent_nanos)) / NANO
         except Exception:  # the counters are down: the ledger's figures still stand
             reserved = None
         return {
