@@ -151,6 +151,8 @@ def test_refused_with_insufficient_quota_and_the_sdk_does_not_retry(gateway, pos
     assert statuses == [200, 200, 200, 429, 429]
     doc = wait_until(lambda: (d := balance(gw, key2))["spent_usd"] == str(3 * w) and d, message="ledger rows")
     assert Decimal(doc["balance_usd"]) == credit - 3 * w == w / 2
+    # refusals against balances above the credit_low threshold (10% of the top-up): not "exhausted"
+    assert events(gw, "credit_exhausted") == []
 
 
 # -- exact accounting ------------------------------------------------------------------

@@ -385,7 +385,13 @@ class Guard:
         """OpenAI's own answer for an account without credit (429 insufficient_quota), with
         `x-should-retry: false`: the SDKs retry a 429 otherwise, and only a top-up helps."""
         available = Decimal(max(0, c.limit - current)) / NANO
-        self._credit_event("credit_exhausted", c, current)
+        account = self.cache.prepaid.get(c.init[1]) if c.init else None
+        if account is not None:
+            self.prepare_account(account)
+            # a request larger than a balance that is not low (n=100 without max_tokens) is
+            # refused too: that is not the tenant running out
+            if c.limit - current < max(account.low_nanos, 1):
+                self._credit_event("credit_exhausted", c, current)
         message = (
             f"You exceeded your current quota: the prepaid balance of {c.scope} (${usd_text(available)} "
             f"available, requests in flight included) cannot cover this request's worst case of "
