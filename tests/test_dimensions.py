@@ -362,3 +362,15 @@ def test_a_prompt_past_200k_tokens_is_billed_at_the_long_context_rate():
     long_in, long_out = r["input_mtok"].tiers[-1].price, r["output_mtok"].tiers[-1].price
     assert abs(cost - (210_000 * long_in + 1_000 * long_out) / MILLION) < EXACT
     assert source == "genai-prices"
+
+
+def test_a_request_asking_for_prompt_caching_reserves_its_prompt_as_1_hour_writes():
+    from tallygate.limits.guard import Guard, _nanos
+    from tallygate.metering.pricing import PriceBook
+
+    guard = Guard(None, None, PriceBook(), None)
+    plain = guard._worst_cost("anthropic", "claude-sonnet-4-5", None, 1000, 1000)
+    caching = guard._worst_cost("anthropic", "claude-sonnet-4-5", None, 1000, 1000, cache_writes=True)
+    r = rates("claude-sonnet-4-5", provider="anthropic")
+    base = {k: (v.base if hasattr(v, "base") else v) for k, v in r.items()}
+    assert caching == _nanos(expected(base, prompt=1000, completion=1000, writes=1000, writes_1h=1000)) > plain

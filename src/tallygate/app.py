@@ -29,6 +29,7 @@ from .upstream import Router, client_session, route_secrets, scrub
 if TYPE_CHECKING:
     import aiohttp
 
+    from .credits.store import CreditStore
     from .limits.guard import Guard
     from .routes.admin import Admin
     from .routes.models import Models
@@ -43,7 +44,7 @@ log = logging.getLogger("tallygate")
 
 _TRACE_RE = re.compile(rb"[0-9a-fA-F]{32}")
 # the GET endpoints outside the proxy and the admin API (routes/service.py, routes/models.py)
-GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models")
+GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models", b"/v1/balance")
 
 
 # a header a request may carry once only: two would let two parts of a stack (a proxy in
@@ -74,6 +75,7 @@ class Gateway:
     ledger: LedgerWriter
     metrics: MetricsSink
     keystore: KeyStore
+    credits: CreditStore
     keys: KeyCache
     guard: Guard
     pipeline: Pipeline
@@ -131,6 +133,7 @@ class Gateway:
 
     # -- lifespan ----------------------------------------------------------
     async def startup(self) -> None:
+        from .credits.store import CreditStore
         from .limits.counters import MemoryCounters
         from .limits.guard import Guard
         from .routes.admin import Admin
@@ -154,7 +157,8 @@ class Gateway:
         )
         self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
         self.keystore = KeyStore(self.store)
-        self.keys = KeyCache(self.keystore, s.keys_refresh)
+        self.credits = CreditStore(self.store)
+        self.keys = KeyCache(self.keystore, s.keys_refresh, self.credits)
         self.auth.keys = self.keys
         if s.redis_url:
             from .limits.redis import RedisCounters
@@ -172,6 +176,7 @@ class Gateway:
             on_redis_down=s.limits_on_redis_down,
             on_db_down=s.limits_on_db_down,
             failed_open=self.metrics.failed_open,
+            credit_low_usd=s.credit_low_usd,
         )
         if s.metrics_port:
             from .sinks.metrics_server import MetricsServer
@@ -210,10 +215,17 @@ class Gateway:
             secrets=self.upstream_secrets_b,
             scrub=scrub,
         )
-        self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready)
+        from .routes.credits import Credits
+
+        credits = Credits(self.auth, self.credits, self.keys, self.guard, lambda: self.ledger_ready)
+        self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready, credits)
         service = Service(self.auth, s.metrics_mode, self.metrics.render, self.is_ready)
         models = Models(self.auth, self.router, self.client, self.upstream_secrets_b)
-        self.routes = {**service.routes(), (b"GET", b"/v1/models"): models.handle}
+        self.routes = {
+            **service.routes(),
+            (b"GET", b"/v1/models"): models.handle,
+            (b"GET", b"/v1/balance"): credits.balance,
+        }
         self.models = models
         self.started = True
         import gc

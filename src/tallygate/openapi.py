@@ -76,6 +76,116 @@ _LIMITS = {
 }
 
 
+_AMOUNT = {"type": ["string", "null"], "description": "USD as exact fixed-point text"}
+_BALANCE = {
+    "type": "object",
+    "required": ["object", "tenant_id", "prepaid"],
+    "properties": {
+        "object": {"const": "balance"},
+        "tenant_id": {"type": "string"},
+        "prepaid": {"type": "boolean", "description": "false: postpaid (no top-up yet), the amounts are null"},
+        "prepaid_since": {"type": ["string", "null"], "format": "date-time"},
+        "credited_usd": _AMOUNT,
+        "spent_usd": {**_AMOUNT, "description": "the usage ledger's cost since prepaid_since"},
+        "balance_usd": {**_AMOUNT, "description": "credited_usd - spent_usd"},
+        "reserved_usd": {**_AMOUNT, "description": "held by requests in flight (null: the counters are down)"},
+        "available_usd": {**_AMOUNT, "description": "balance_usd - reserved_usd: what admission sees"},
+    },
+}
+_CREDIT_ENTRY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "credit_entry"},
+        "tenant_id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["topup", "adjustment"]},
+        "amount_usd": {"type": "string"},
+        "reference": {"type": "string"},
+        "note": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+
+def _credit_paths(admin: dict) -> dict:
+    """GET /v1/balance and /admin/tenants/{tenant_id}/credits (routes/credits.py)."""
+    json_of = lambda schema, description: {  # noqa: E731
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    tenant = [{"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "/v1/balance": {
+            "get": {
+                "summary": "The caller's tenant's prepaid balance",
+                "security": [{"bearer": []}],
+                "parameters": [{"$ref": "#/components/parameters/Tenant"}],
+                "responses": {"200": json_of(_BALANCE, "the balance"), **_errors(401, 503)},
+            }
+        },
+        "/admin/tenants/{tenant_id}/credits": {
+            "get": {
+                "summary": "A tenant's credit entries and balance",
+                **admin,
+                "parameters": tenant,
+                "responses": {
+                    "200": json_of(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "object": {"const": "list"},
+                                "tenant_id": {"type": "string"},
+                                "data": {"type": "array", "items": _CREDIT_ENTRY},
+                                "balance": _BALANCE,
+                            },
+                        },
+                        "the entries, oldest first",
+                    ),
+                    **_errors(400, 401, 403, 503),
+                },
+            },
+            "post": {
+                "summary": "Top up (amount > 0; the first top-up makes the tenant prepaid) or adjust (amount < 0)",
+                **admin,
+                "parameters": tenant,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["amount_usd", "reference"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "amount_usd": {
+                                        "type": ["string", "number"],
+                                        "description": "USD, at most 12 decimal places, not zero",
+                                    },
+                                    "reference": {
+                                        "type": "string",
+                                        "minLength": 1,
+                                        "maxLength": 200,
+                                        "description": "idempotency reference: the same again is the same entry",
+                                    },
+                                    "note": {"type": ["string", "null"], "maxLength": 1000},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": json_of(
+                        {**_CREDIT_ENTRY, "properties": {**_CREDIT_ENTRY["properties"], "balance": _BALANCE}},
+                        "the new entry",
+                    ),
+                    "200": json_of(_CREDIT_ENTRY, "the entry this reference already names: nothing added"),
+                    **_errors(400, 401, 403, 409, 413, 503),
+                },
+            },
+        },
+    }
+
+
 @lru_cache(maxsize=1)
 def spec() -> dict:
     usage_params = [
@@ -142,6 +252,7 @@ def spec() -> dict:
                     },
                 }
             },
+            **_credit_paths(admin),
             "/health": {
                 "get": {
                     "summary": "Liveness with version; never calls the upstream",

@@ -75,6 +75,19 @@ def _mtok(env: Mapping[str, str], name: str) -> Decimal | None:
     return value
 
 
+def _usd(env: Mapping[str, str], name: str) -> Decimal | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name} must be an amount in USD, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise SettingsError(f"{name} must be a non-negative amount in USD, got {raw!r}")
+    return value
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = (env.get(name) or default).strip().lower()
     if value not in choices:
@@ -135,6 +148,7 @@ class Settings:
     default_max_output_tokens: int = 32768
     default_context_tokens: int = 1_000_000
     unpriced_reserve_mtok: Decimal | None = None
+    credit_low_usd: Decimal | None = None  # credit_low below this balance (None: 10% of the last top-up)
     sse_max_event_bytes: int = 8 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
@@ -338,6 +352,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         default_max_output_tokens=_int(env, "TALLYGATE_DEFAULT_MAX_OUTPUT_TOKENS", 32768),
         default_context_tokens=_int(env, "TALLYGATE_DEFAULT_CONTEXT_TOKENS", 1_000_000),
         unpriced_reserve_mtok=_mtok(env, "TALLYGATE_UNPRICED_RESERVE_MTOK"),
+        credit_low_usd=_usd(env, "TALLYGATE_CREDIT_LOW_USD"),
         sse_max_event_bytes=_int(env, "TALLYGATE_SSE_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=1024),
         max_header_bytes=_int(env, "TALLYGATE_MAX_HEADER_BYTES", 64 * 1024, minimum=1024),
         max_headers=_int(env, "TALLYGATE_MAX_HEADERS", 100, minimum=10),
