@@ -116,7 +116,7 @@ class TallygateLogger(CustomLogger):
         atexit.register(self._at_exit)
 
     async def aclose(self) -> None:
-        """Flush the ledger (bounded: metering.SHUTDOWN_FLUSH_SECONDS)."""
+        """Flush the ledger (bounded by TALLYGATE_SHUTDOWN_GRACE)."""
         if self._metering is not None:
             await self._metering.close()
 

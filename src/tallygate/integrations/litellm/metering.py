@@ -30,9 +30,6 @@ from ...store import open_store
 
 log = logging.getLogger("tallygate.litellm")
 
-# Cloud Run allows 10 s from SIGTERM to SIGKILL and LiteLLM's own drain shares it: the
-# ledger gets at most this long once the proxy has drained its callbacks
-SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 class LiteLLMLogSink(JsonLogSink):
@@ -133,14 +130,16 @@ class LiteLLMMetering:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def close(self, seconds: float = SHUTDOWN_FLUSH_SECONDS) -> None:
-        """Price and log what is queued, write the ledger until the deadline, disconnect."""
+    async def close(self, seconds: float | None = None) -> None:
+        """Price and log what is queued, write the ledger until the deadline (by default
+        TALLYGATE_SHUTDOWN_GRACE, 8 s: Cloud Run allows 10 s from SIGTERM to SIGKILL, and
+        LiteLLM drains its callbacks first, usually at once), disconnect."""
         if self.closed:
             return
         self.closed = True
         if self.pipeline is None:
             return
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + (self.settings.shutdown_grace if seconds is None else seconds)
         if self._connect is not None and not self.ledger_ready:
             # one more chance to reach the database before the rows are given up
             try:

@@ -76,9 +76,20 @@ def request_headers(kwargs: dict, metadata: dict) -> dict:
     return custom if isinstance(custom, dict) else {}
 
 
+def key_metadata(kwargs: dict) -> dict:
+    """What the proxy put in the call's metadata about the key (set server-side after the
+    request's own metadata, so a client cannot supply it)."""
+    params = kwargs.get("litellm_params") or {}
+    for meta in (params.get("metadata"), params.get("litellm_metadata")):
+        if isinstance(meta, dict) and "user_api_key_metadata" in meta:
+            return meta
+    return {}
+
+
 def tenant_of(headers: dict, metadata: dict, end_user: object, default: str | None) -> str:
     """In order: the X-Tenant-ID header, the key's metadata `tenant_id`, the key's team,
-    the end user (`user` in the request), the default."""
+    the end user (`user` in the request), the default. `metadata` is the proxy's
+    (key_metadata), falling back to the standard logging payload's."""
     header = headers.get("x-tenant-id")
     if header is None:
         header = next((v for k, v in headers.items() if k.lower() == "x-tenant-id"), None)
@@ -195,7 +206,7 @@ def record_from_call(
     record = LiteLLMRecord(
         request_id=str(kwargs.get("litellm_call_id") or slo.get("litellm_call_id") or slo.get("id")),
         created_at=_utc(started),
-        tenant_id=tenant_of(headers, metadata, slo.get("end_user"), default_tenant),
+        tenant_id=tenant_of(headers, key_metadata(kwargs) or metadata, slo.get("end_user"), default_tenant),
         model=model_name(model) or "unknown",
         endpoint=ENDPOINTS.get(call_type) or str(metadata.get("user_api_key_request_route") or call_type)[:128],
         stream=bool(kwargs.get("stream")),
