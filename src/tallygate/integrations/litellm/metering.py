@@ -31,7 +31,6 @@ from ...store import open_store
 log = logging.getLogger("tallygate.litellm")
 
 
-
 class LiteLLMLogSink(JsonLogSink):
     """The gateway's `litellm_request` line, plus `litellm_response_cost` (LiteLLM's float)."""
 
