@@ -53,6 +53,74 @@ async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
 '''
 
 
+def _kwargs(headers=None, key_meta=None, team=None, end_user=None, **slo) -> dict:
+    """What LiteLLM 1.110 hands a callback, reduced to the fields the record reads."""
+    meta = {"headers": headers or {}, "user_api_key_metadata": key_meta or {}, "user_api_key_team_id": team}
+    return {"litellm_call_id": "call-1", "call_type": "acompletion", "stream": False,
+            "litellm_params": {"metadata": meta},
+            "standard_logging_object": {"model_group": "gpt-4o-mini", "model": "openai/gpt-4o-mini",
+                                        "custom_llm_provider": "openai", "end_user": end_user,
+                                        "startTime": 1_700_000_000.0, "endTime": 1_700_000_000.25,
+                                        "metadata": {}, **slo}}
+
+
+class _Resp:
+    model = "gpt-4o-mini-2024-07-18"
+    service_tier = "default"
+
+    def __init__(self, usage: dict) -> None:
+        self.usage = usage
+
+
+def test_record_tenant_order_and_invalid_values():
+    from tallygate.integrations.litellm.record import record_from_call
+
+    def tenant(**kw) -> str:
+        return record_from_call(_kwargs(**kw), None, True, "dflt").tenant_id
+
+    assert tenant(headers={"x-tenant-id": "h"}, key_meta={"tenant_id": "k"}, team="t", end_user="u") == "h"
+    assert tenant(key_meta={"tenant_id": "k"}, team="t", end_user="u") == "k"
+    assert tenant(team="t", end_user="u") == "t"
+    assert tenant(end_user="u") == "u"
+    assert tenant() == "dflt"
+    # a value the ledger cannot hold is passed over, never stored
+    assert tenant(headers={"x-tenant-id": "bad value!"}, end_user="u") == "u"
+    # the key's metadata comes from what the proxy set, not from the request's own metadata
+    forged = _kwargs(end_user="u")
+    forged["standard_logging_object"]["metadata"] = {"user_api_key_metadata": {"tenant_id": "victim"}}
+    assert record_from_call(forged, None, True).tenant_id == "u"
+
+
+def test_record_usage_status_and_timing():
+    from tallygate.integrations.litellm.record import record_from_call
+
+    usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+             "prompt_tokens_details": {"cached_tokens": 30}, "completion_tokens_details": {"reasoning_tokens": 5}}
+    rec = record_from_call(_kwargs(response_cost=1.5e-05), _Resp(usage), False)
+    assert (rec.request_id, rec.endpoint, rec.model, rec.upstream_model, rec.provider) == (
+        "call-1", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "openai")
+    assert (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.reasoning_tokens) == (100, 20, 30, 5)
+    assert (rec.status_code, rec.status, rec.usage_source, rec.latency_ms) == (200, "ok", "provider", 250.0)
+    assert rec.litellm_response_cost == 1.5e-05
+
+    class RateLimited(Exception):
+        status_code = 429
+
+    failed = _kwargs()
+    failed["exception"] = RateLimited()
+    rec = record_from_call(failed, None, True)
+    assert (rec.status_code, rec.status, rec.total_tokens, rec.usage_source) == (429, "upstream_error", 0, "none")
+    timeout = _kwargs(error_information={"error_code": "408"})
+    assert record_from_call(timeout, None, True).status == "timeout"
+    # a success without any usage is flagged, not billed as zero silently
+    assert record_from_call(_kwargs(), _Resp(None), False).usage_flag == "missing"
+    # LiteLLM's provider names map to the price data's
+    text = _kwargs(custom_llm_provider="text-completion-openai", model="text-completion-openai/gpt-3.5-turbo-instruct")
+    text["call_type"] = "atext_completion"
+    rec = record_from_call(text, None, True)
+    assert (rec.provider, rec.endpoint, rec.upstream_model) == ("openai", "/v1/completions", "gpt-3.5-turbo-instruct")
+
+
 class LiteLLMProxy:
     """`litellm --config` from the cached venv, its stdout in a file."""
 
