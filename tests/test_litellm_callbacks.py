@@ -424,11 +424,12 @@ def test_sigterm_flushes_the_ledger(venv, fake_upstream, tmp_path, private_postg
 
 
 def test_db_log_event_entry_point_meters_once(venv, fake_upstream, tmp_path):
-    """The guide's `callbacks.db.log_event` as success and failure callbacks beside the
-    logger itself: the same logger, so one line and one row a call (SQLite ledger here)."""
+    """The guide's `callbacks.db.log_event` alone, as success and failure callbacks (no
+    `callbacks:` entry): one line and one row a call, failures included (SQLite ledger here)."""
     db = tmp_path / "ledger.db"
 
     def both(config: dict) -> None:
+        del config["litellm_settings"]["callbacks"]
         config["litellm_settings"].update(success_callback=["callbacks.db.log_event"],
                                           failure_callback=["callbacks.db.log_event"])
 
