@@ -8,6 +8,7 @@ from typing import Any
 from . import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_ANTHROPIC_ERROR = {"$ref": "#/components/schemas/AnthropicError"}
 
 
 def _errors(*codes: int) -> dict:
@@ -43,6 +44,29 @@ def _proxy_op(summary: str, streams: bool) -> dict:
     }
 
 
+def _messages_op(summary: str, streams: bool) -> dict:
+    """An Anthropic Messages API operation: the credential as x-api-key or a bearer token,
+    errors in Anthropic's shape."""
+    op = _proxy_op(summary, streams)["post"]
+    op["security"] = [{"bearer": []}, {"x-api-key": []}]
+    op["parameters"] = [
+        {"$ref": "#/components/parameters/Tenant"},
+        {"name": "anthropic-version", "in": "header", "required": False, "schema": {"type": "string"}},
+        {"name": "anthropic-beta", "in": "header", "required": False, "schema": {"type": "string"}},
+    ]
+    op["responses"] = {
+        "200": op["responses"]["200"],
+        **{
+            str(c): {
+                "description": "Anthropic-style error",
+                "content": {"application/json": {"schema": _ANTHROPIC_ERROR}},
+            }
+            for c in (400, 401, 403, 404, 413, 429, 500, 502, 503, 504, 529)
+        },
+    }
+    return {"post": op}
+
+
 _LIMITS = {
     "rpm_limit": {"type": ["integer", "null"], "minimum": 1},
     "tpm_limit": {"type": ["integer", "null"], "minimum": 1},
@@ -71,6 +95,25 @@ def spec() -> dict:
             "/v1/completions": _proxy_op("Completions (legacy)", True),
             "/v1/embeddings": _proxy_op("Embeddings", False),
             "/v1/responses": _proxy_op("Responses API (streaming or not)", True),
+            "/v1/messages": _messages_op("Anthropic Messages API (streaming or not)", True),
+            "/v1/messages/count_tokens": _messages_op("Anthropic token counting (recorded at $0)", False),
+            "/v1/models/{model}": {
+                "get": {
+                    "summary": "One model: a routes-file model from the gateway, others from the upstream",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {"$ref": "#/components/parameters/Tenant"},
+                        {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "model object",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_errors(401, 404, 502),
+                    },
+                }
+            },
             "/v1/models": {
                 "get": {
                     "summary": "Models of the upstream",
@@ -242,7 +285,10 @@ def spec() -> dict:
             },
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
             "parameters": {
                 "Tenant": {
                     "name": "X-Tenant-ID",
@@ -267,7 +313,19 @@ def spec() -> dict:
                             },
                         }
                     },
-                }
+                },
+                "AnthropicError": {
+                    "type": "object",
+                    "required": ["type", "error"],
+                    "properties": {
+                        "type": {"const": "error"},
+                        "error": {
+                            "type": "object",
+                            "required": ["type", "message"],
+                            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                        },
+                    },
+                },
             },
         },
     }

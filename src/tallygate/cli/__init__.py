@@ -1,7 +1,7 @@
 """The `tallygate` command: serve, db, ledger, usage, keys, deploy, fake-upstream.
 
 This module parses the arguments; the commands that use the ledger database live in
-db.py, ledger.py, usage.py and keys.py, imported only when run."""
+db.py, ledger.py, usage.py, keys.py and reconcile.py, imported only when run."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="api key id")
     p.add_argument("--by", default="tenant", help="comma list of tenant,model,day,key,endpoint,status")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    p = sub.add_parser("reconcile", help="the ledger against the provider's usage and cost reports")
+    if command in (None, "reconcile", "-h", "--help"):
+        from .reconcile import add_arguments as add_reconcile_arguments
+
+        add_reconcile_arguments(p)
 
     p = sub.add_parser("keys", help="tenant keys")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -134,6 +140,10 @@ async def _run_database_command(args) -> int:
             from .usage import usage_command
 
             return await usage_command(args)
+        if args.command == "reconcile":
+            from .reconcile import reconcile_command
+
+            return await reconcile_command(args)
         if args.command == "keys":
             from .keys import keys_command
 

@@ -170,6 +170,7 @@ class Guard:
         # reservation waits for its record's price, which would otherwise wait for the load
         await self.prices.ensure_warm()
         if any(limits.budget_usd is not None for *_, limits in scopes):
+            tier = doc.get("service_tier")
             # one token a byte: no byte-level tokenizer makes more tokens than bytes of text
             worst = max(
                 self._worst_cost(
@@ -181,6 +182,7 @@ class Guard:
                     cap=cap,
                     choices=choices,
                     endpoint="/v1" + endpoint if endpoint else "",
+                    tier=tier if isinstance(tier, str) else None,
                 )
                 for p, m, u in [(provider, model, upstream_model), *fallbacks]
             )
@@ -296,10 +298,13 @@ class Guard:
         cap: int = 0,
         choices: int = 1,
         endpoint: str = "",
+        tier: str | None = None,
     ) -> int:
         """The most the request can cost: priced like its record will be (the route's
         provider and upstream model; tiered prices through the library), no cache discount.
         `out_tokens` None: the output bound the record is held to (metering/bounds.py).
+        A request naming a service tier (`priority`, `flex`) is reserved at the dearer of that
+        tier's price and the standard one (the provider may serve it at either).
         A model with no known price is reserved at `unpriced_reserve_mtok`, or refused."""
 
         def worst(price: Price) -> int:
@@ -311,7 +316,9 @@ class Guard:
         try:
             price = self.prices.price(provider, model, upstream_model)
             if price.source != "unknown":
-                return worst(price)
+                if tier is None:
+                    return worst(price)
+                return max(worst(price), worst(self.prices.price(provider, model, upstream_model, tier)))
         except Exception:
             log.exception("worst-case pricing failed", extra={"fields": {"model": model}})
         rate = self.unpriced_reserve_mtok
