@@ -423,6 +423,38 @@ def test_sigterm_flushes_the_ledger(venv, fake_upstream, tmp_path, private_postg
     assert flushed and flushed[-1]["ledger_records_not_written"] == 0
 
 
+def test_sigterm_with_the_database_down_names_every_row_not_written(venv, fake_upstream, tmp_path,
+                                                                    private_postgres):
+    """A shutdown that cannot reach the database within TALLYGATE_SHUTDOWN_GRACE loses no
+    record silently: an ERROR line names each one, and each has its log line (for replay)."""
+    name = "litellm_callbacks_down"
+    with psycopg.connect(conninfo(private_postgres.env()), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    env = private_postgres.env(name)
+    p = LiteLLMProxy(venv, tmp_path, fake_upstream.base_url, {**env, "TALLYGATE_SHUTDOWN_GRACE": "2"})
+    try:
+        p.client("warm").chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        wait_until(lambda: rows_of(env, "warm"), 15, "the first row (schema applied)")
+        private_postgres.stop()
+        try:
+            c = p.client("lite-down")
+            ids = {call_id(c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES))
+                   for _ in range(5)}
+            wait_until(lambda: len(p.records("lite-down")) == 5, 10, "the lines")
+            started = time.monotonic()
+            p.stop()
+            assert time.monotonic() - started < 15  # the grace bounds the shutdown
+        finally:
+            private_postgres.start()
+    finally:
+        p.stop()
+    lost = [l for l in p.lines() if l.get("message", "").startswith("shutdown deadline reached")]
+    assert lost and set(lost[-1]["request_ids"]) == ids
+    assert {l["request_id"] for l in p.records("lite-down")} == ids
+    assert rows_of(env, "lite-down") == []
+
+
 def test_db_log_event_entry_point_meters_once(venv, fake_upstream, tmp_path):
     """The guide's `callbacks.db.log_event` alone, as success and failure callbacks (no
     `callbacks:` entry): one line and one row a call, failures included (SQLite ledger here)."""
