@@ -29,7 +29,8 @@ SECRET_ENVS = [e for e, _ in cloudrun.SECRET_ENVS]
 
 
 @pytest.fixture
-def script(tmp_path) -> str:
+def script(tmp_path, monkeypatch) -> str:
+    monkeypatch.setenv("PROXY_MASTER_KEY", "mk-test")  # the admin API on: its secret is mapped
     status, out, err = dry_run(tmp_path / "rendered")
     assert status == 0, err
     return out
@@ -71,7 +72,10 @@ def test_run_deploy_flags(commands):
                         ("--add-cloudsql-instances", SQL_INSTANCE)):
         assert flag_values(deploy, flag) == [value]
     (image,) = flag_values(deploy, "--image")
-    assert image == f"us-central1-docker.pkg.dev/{PROJECT}/litellm/litellm-proxy:abc123"
+    # by digest: the tag the build pushed is resolved once, the service runs exactly that image
+    assert image == f"us-central1-docker.pkg.dev/{PROJECT}/litellm/litellm-proxy@${{IMAGE_DIGEST}}"
+    (describe,) = find(commands, "gcloud", "artifacts", "docker", "images", "describe")
+    assert describe[5] == f"us-central1-docker.pkg.dev/{PROJECT}/litellm/litellm-proxy:abc123"
     (startup,) = flag_values(deploy, "--startup-probe")
     (liveness,) = flag_values(deploy, "--liveness-probe")
     assert dict(kv.split("=", 1) for kv in startup.split(","))["httpGet.path"] == "/ready"
@@ -93,10 +97,11 @@ def test_env_vars_carry_no_secret_and_the_right_postgres_names(commands):
     assert not set(env) & {"PORT", "PGSSL", "DATABASE_URL", *SECRET_ENVS}
 
 
-def test_secrets_only_through_set_secrets_pinned(commands):
+def test_secrets_only_through_set_secrets_pinned(commands, script):
     deploy = the(commands, "gcloud", "run", "deploy")
     (raw,) = flag_values(deploy, "--set-secrets")
     mapping = dict(kv.split("=", 1) for kv in raw.split(","))
+    # PROXY_MASTER_KEY is optional: mapped only when $PROXY_MASTER_KEY is set (the fixture sets it)
     assert set(mapping) == set(SECRET_ENVS)
     for _env, ref in mapping.items():
         # gcloud's same-project form NAME:VERSION (a remote one needs a project NUMBER)
@@ -104,11 +109,16 @@ def test_secrets_only_through_set_secrets_pinned(commands):
     assert mapping["OPENAI_API_KEY"] == "litellm-proxy-openai-api-key:1"
     # every secret is created, gets a version from stdin, and the runtime account may read it
     sa = f"serviceAccount:litellm-proxy-run@{PROJECT}.iam.gserviceaccount.com"
-    for ref in mapping.values():
+    for env, ref in mapping.items():
         name = ref.split(":")[0]
         assert [c for c in find(commands, "gcloud", "secrets", "create") if c[3] == name]
         (add,) = [c for c in find(commands, "gcloud", "secrets", "versions", "add") if c[4] == name]
         assert flag_values(add, "--data-file") == ["-"]
+        line = next(l for l in script.splitlines() if f"versions add {name} " in l)
+        if env == "PGPASSWORD":  # generated, never read from the environment
+            assert "tr -dc A-Za-z0-9 </dev/urandom | head -c 32 | gcloud secrets versions add" in line
+        else:
+            assert f'printf \'%s\' "${env}" | gcloud secrets versions add' in line
         (grant,) = [c for c in find(commands, "gcloud", "secrets", "add-iam-policy-binding") if c[3] == name]
         assert flag_values(grant, "--member") == [sa]
         assert flag_values(grant, "--role") == ["roles/secretmanager.secretAccessor"]
@@ -132,11 +142,14 @@ def test_sink_is_partitioned_narrow_and_granted(commands):
                  f'logName="projects/{PROJECT}/logs/run.googleapis.com%2Fstdout"',
                  'jsonPayload.message="litellm_request"'):
         assert part in flt
-    (update,) = find(commands, "gcloud", "logging", "sinks", "update")
-    assert "--use-partitioned-tables" in update
+    assert "--disabled" in create  # exports nothing before its writer identity may write
+    update, enable = find(commands, "gcloud", "logging", "sinks", "update")
+    assert "--use-partitioned-tables" in update and "--disabled" not in update
+    assert enable[4:] == ["litellm-proxy-bq-sink", "--no-disabled", f"--project={PROJECT}"]
     grants = [c for c in find(commands, "gcloud", "projects", "add-iam-policy-binding")
               if "--role=roles/bigquery.dataEditor" in c]
     assert grants and flag_values(grants[0], "--member") == ["${WRITER_IDENTITY}"]
+    assert commands.index(grants[0]) < commands.index(enable)
 
 
 def test_log_metrics_from_files_not_flags(commands, tmp_path):
@@ -150,7 +163,8 @@ def test_log_metrics_from_files_not_flags(commands, tmp_path):
 
 
 def test_order_of_the_set_up(script):
-    lines = [l for l in script.splitlines() if l and not l.startswith("#") and l != "set -eu"]
+    body = script.split("\n# --- services\n", 1)[1]  # after the header and the retry function
+    lines = [l for l in body.splitlines() if l and not l.startswith("#")]
 
     def first(pattern: str) -> int:
         for i, line in enumerate(lines):
@@ -162,8 +176,15 @@ def test_order_of_the_set_up(script):
     assert first("artifacts repositories create") < first("gcloud builds submit") < first("gcloud run deploy")
     assert first("secretmanager.secretAccessor") < first("gcloud run deploy")  # checked at deploy time
     assert first("roles/cloudsql.client") < first("gcloud run deploy")
-    assert first("gcloud logging metrics create") < first("gcloud monitoring policies create")
+    assert first("gcloud logging metrics create") < first("monitoring policies create")
     assert first("bq --location=US") < first("gcloud logging sinks create") < first("roles/bigquery.dataEditor")
+    assert first("roles/bigquery.dataEditor") < first("--no-disabled")
+    # the database exists, with its user's password from Secret Manager, before the schema job and the service
+    assert first("versions add litellm-proxy-pgpassword") < first("gcloud sql users create")
+    assert first("gcloud sql instances create") < first("gcloud sql databases create") < first("gcloud sql users")
+    assert first("gcloud sql users create") < first("gcloud run jobs deploy") < first("gcloud run deploy")
+    assert first("gcloud builds submit") < first("artifacts docker images describe") < first("gcloud run jobs")
+    assert first("roles/cloudbuild.builds.builder") < first("gcloud builds submit")
 
 
 def test_script_is_valid_posix_shell(script, tmp_path):
@@ -191,6 +212,8 @@ def test_every_gcloud_command_and_flag_exists_in_the_sdk(commands):
     tree = gcloud_tree()
     global_flags = set(tree["flags"])
     for cmd in find(commands, "gcloud"):
+        if cmd[-1] == "--help":  # the probe choosing between GA and alpha
+            continue
         words = [w for w in cmd[1:] if not w.startswith("-")]
         node, used = _gcloud_node(tree, words)
         if words[:2] == ["monitoring", "policies"] and used < 2:
@@ -278,15 +301,70 @@ def test_env_value_with_a_comma_uses_gcloud_delimiter_syntax(tmp_path):
     assert env["NOTE"] == "a,b" and env["TALLYGATE_DEFAULT_TENANT"] == "acme"
 
 
-def test_without_cloud_sql(tmp_path):
-    status, out, _ = dry_run(tmp_path, with_sql=False)
+def test_sqlite_ledger_only_when_asked_for(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--sqlite-ledger", with_sql=False)
     assert status == 0
     deploy = the(script_commands(out), "gcloud", "run", "deploy")
     (raw,) = flag_values(deploy, "--set-env-vars")
     assert "PGHOST" not in raw and "--add-cloudsql-instances" not in " ".join(deploy)
     assert "PGPASSWORD" not in flag_values(deploy, "--set-secrets")[0]
-    assert "WARNING: no --cloudsql-instance" in out
+    assert "WARNING: --sqlite-ledger: the ledger is SQLite inside each instance and is LOST" in out
     assert "sqladmin.googleapis.com" not in out and "cloudsql.client" not in out
+    assert "gcloud sql " not in out and "run jobs" not in out and "cloudsql_health" not in out
+    status, _, err = dry_run(tmp_path, "--sqlite-ledger")
+    assert status == 2 and "exclude each other" in err
+
+
+def test_without_an_instance_name_one_is_adopted_or_created(tmp_path):
+    status, out, _ = dry_run(tmp_path, with_sql=False)
+    assert status == 0
+    commands = script_commands(out)
+    instance = f"{PROJECT}:us-central1:litellm-proxy-ledger"
+    deploy = the(commands, "gcloud", "run", "deploy")
+    assert flag_values(deploy, "--add-cloudsql-instances") == [instance]
+    (create,) = find(commands, "gcloud", "sql", "instances", "create")
+    assert create[4] == "litellm-proxy-ledger"
+    for flag in ("--enable-point-in-time-recovery", "--storage-auto-increase", "--deletion-protection"):
+        assert flag in create
+    assert flag_values(create, "--backup-start-time") == ["03:00"]
+    assert flag_values(create, "--database-version") == ["POSTGRES_16"]
+    (patch,) = find(commands, "gcloud", "sql", "instances", "patch")  # adopted: backups and PITR turned on
+    assert "--enable-point-in-time-recovery" in patch and flag_values(patch, "--backup-start-time") == ["03:00"]
+    (job,) = find(commands, "gcloud", "run", "jobs", "deploy")
+    assert flag_values(job, "--set-cloudsql-instances") == [instance]
+    assert flag_values(job, "--command") == ["tallygate"] and flag_values(job, "--args") == ["db,init"]
+    assert "--execute-now" in job and "--wait" in job
+    assert flag_values(job, "--set-secrets") == ["PGPASSWORD=litellm-proxy-pgpassword:1"]
+    assert flag_values(job, "--image") == flag_values(deploy, "--image")
+    (env,) = flag_values(job, "--set-env-vars")
+    assert f"PGHOST=/cloudsql/{instance}" in env.split(",")
+
+
+def test_the_database_password_never_on_a_command_line(script, commands):
+    users = [l for l in script.splitlines() if "gcloud sql users" in l]
+    assert len(users) == 1
+    line = users[0]
+    # the user is created, or its password set again, from the pinned secret version, via a
+    # gcloud flags file on stdin
+    access = "gcloud secrets versions access 1 --secret=litellm-proxy-pgpassword --project=acme-llm-prod"
+    assert line.count(f'printf \'"--password": "%s"\\n\' "$({access})" | gcloud sql users') == 2
+    for cmd in find(commands, "gcloud", "sql", "users"):
+        assert not any(t.startswith("--password") for t in cmd)
+    assert {c[3] for c in find(commands, "gcloud", "sql", "users")} == {"describe", "create", "set-password"}
+    for c in find(commands, "gcloud", "sql", "users"):
+        if c[3] != "describe":
+            assert "--flags-file=-" in c
+
+
+def test_master_key_is_optional(tmp_path, monkeypatch):
+    monkeypatch.delenv("PROXY_MASTER_KEY", raising=False)
+    status, out, _ = dry_run(tmp_path)
+    assert status == 0
+    (raw,) = flag_values(the(script_commands(out), "gcloud", "run", "deploy"), "--set-secrets")
+    assert "PROXY_MASTER_KEY" not in raw and "proxy-master-key" not in out  # the admin API is off
+    status, out, _ = dry_run(tmp_path, "--master-key")
+    (raw,) = flag_values(the(script_commands(out), "gcloud", "run", "deploy"), "--set-secrets")
+    assert "PROXY_MASTER_KEY=litellm-proxy-proxy-master-key:1" in raw.split(",")
 
 
 def test_skips_and_only(tmp_path):
@@ -309,7 +387,14 @@ def test_rendered_files_carry_the_options(tmp_path):
     assert status == 0
     ratio = json.loads((tmp_path / "alerts" / "error_ratio_5xx.json").read_text())
     assert ratio["conditions"][0]["conditionThreshold"]["thresholdValue"] == 0.05
-    assert ratio["notificationChannels"] == [f"projects/{PROJECT}/notificationChannels/42"]
+    assert ratio["userLabels"]["tallygate_policy"] == "error_ratio_5xx"  # its stable identity
+    assert ratio["displayName"] == "gw-staging: 5xx ratio (5 min)"  # no threshold in the name
+    commands = script_commands(out)
+    for create in find(commands, "gcloud", "monitoring", "policies", "create"):
+        assert flag_values(create, "--notification-channels") == [f"projects/{PROJECT}/notificationChannels/42"]
+    for update in find(commands, "gcloud", "monitoring", "policies", "update"):
+        assert flag_values(update, "--set-notification-channels") == [
+            f"projects/{PROJECT}/notificationChannels/42"]
     assert 'service_name="gw-staging"' in ratio["conditions"][0]["conditionThreshold"]["filter"]
     metric = (tmp_path / "metrics" / "litellm_total_tokens.yaml").read_text()
     assert 'resource.labels.service_name="gw-staging"' in metric

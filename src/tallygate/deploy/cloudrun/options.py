@@ -34,7 +34,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cloudsql-instance",
         default=None,
         metavar="PROJECT:REGION:INSTANCE",
-        help="connect over the Cloud SQL unix socket: sets --add-cloudsql-instances and PGHOST=/cloudsql/...",
+        help="the ledger's Cloud SQL for PostgreSQL instance, adopted when it exists and created otherwise "
+        "(default: PROJECT:REGION:SERVICE-ledger); reached over its unix socket (--add-cloudsql-instances, "
+        "PGHOST=/cloudsql/...)",
+    )
+    g.add_argument(
+        "--sqlite-ledger",
+        action="store_true",
+        help="no Cloud SQL: the ledger is SQLite inside each instance and LOSES billing rows when an "
+        "instance stops (demos only)",
+    )
+    g.add_argument("--sql-tier", default="db-custom-1-3840", help="machine tier of a created instance")
+    g.add_argument("--sql-version", default="POSTGRES_16", choices=("POSTGRES_15", "POSTGRES_16", "POSTGRES_17"))
+    g.add_argument(
+        "--sql-availability",
+        default="zonal",
+        choices=("zonal", "regional"),
+        help="regional adds a standby in another zone (twice the cost)",
     )
     g.add_argument("--pg-user", default="litellm", help="PGUSER")
     g.add_argument("--pg-database", default="litellm", help="PGDATABASE")
@@ -85,7 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ENV=PATH",
-        help="read a secret's value from PATH instead of the environment variable ENV (repeatable)",
+        help="read a secret's value from PATH instead of the environment variable ENV (repeatable); "
+        "PGPASSWORD is generated when no file is given",
+    )
+    g.add_argument(
+        "--master-key",
+        action="store_true",
+        help="map PROXY_MASTER_KEY (the admin API's key) even when $PROXY_MASTER_KEY is not set here "
+        "(its pinned version must exist); without it and without $PROXY_MASTER_KEY the admin API is off",
     )
 
     g = parser.add_argument_group("observability")
@@ -97,7 +120,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="projects/PROJECT/notificationChannels/ID added to every alert policy (repeatable)",
+        help="projects/PROJECT/notificationChannels/ID (a Slack, PagerDuty or webhook channel made in the "
+        "console) added to every alert policy (repeatable)",
+    )
+    g.add_argument(
+        "--alert-email",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="e-mail notification channel, created when missing and added to every alert policy (repeatable)",
     )
     for placeholder, dest, default, text in ALERT_THRESHOLDS:
         g.add_argument(
