@@ -66,6 +66,20 @@ def execute(
             out.write(f"  {name}={captured[name]!r}\n")
             continue
 
+        def piped() -> str | None:
+            """stdin_from's output, fetched where the script's `printf ... "$(...)" |` fetches it."""
+            assert step.stdin_from
+            result = probe(step.stdin_from)
+            if result.returncode != 0 or not (result.stdout or "").strip():
+                err.write(
+                    f"error: step {index} ({step.phase}): {show(step.stdin_from)} failed with exit "
+                    f"status {result.returncode}\n"
+                )
+                if result.stderr:
+                    err.write(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
+                return None
+            return step.stdin_format % result.stdout.strip()
+
         stdin: str | None = None
         if step.stdin_env:
             stdin = env.get(step.stdin_env)
@@ -75,21 +89,15 @@ def execute(
                     f"or pass --secret-file {step.stdin_env}=PATH\n"
                 )
                 return 2
-        elif step.stdin_from:
-            result = probe(step.stdin_from)
-            if result.returncode != 0 or not (result.stdout or "").strip():
-                err.write(
-                    f"error: step {index} ({step.phase}): {show(step.stdin_from)} failed with exit "
-                    f"status {result.returncode}\n"
-                )
-                if result.stderr:
-                    err.write(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
-                return result.returncode or 1
-            stdin = step.stdin_format % result.stdout.strip()
 
         argv = _fill(step.argv, captured)
         if step.unless:
-            if probe(step.unless, stdin if step.probe_stdin else None).returncode == 0:
+            probe_stdin = None
+            if step.probe_stdin:
+                probe_stdin = piped()
+                if probe_stdin is None:
+                    return 1
+            if probe(step.unless, probe_stdin).returncode == 0:
                 if not step.otherwise:
                     out.write("  exists, skipped\n")
                     continue
@@ -115,6 +123,10 @@ def execute(
                 argv = _fill(step.otherwise, captured)
         if step.stdin_password:
             stdin = new_password()
+        elif step.stdin_from:
+            stdin = piped()
+            if stdin is None:
+                return 1
 
         out.write(f"  $ {show(argv)}\n")
         out.flush()
