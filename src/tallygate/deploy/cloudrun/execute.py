@@ -66,7 +66,7 @@ def execute(
             out.write(f"  {name}={captured[name]!r}\n")
             continue
 
-        def piped() -> str | None:
+        def piped(step: Step = step, index: int = index) -> str | None:
             """stdin_from's output, fetched where the script's `printf ... "$(...)" |` fetches it."""
             assert step.stdin_from
             result = probe(step.stdin_from)
