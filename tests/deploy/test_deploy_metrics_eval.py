@@ -133,3 +133,45 @@ def test_metrics_against_lines_the_gateway_really_printed(gateway):
     for e in exported:
         assert not {"severity", "time", "logging.googleapis.com/labels"} & set(e["jsonPayload"])
         assert e["labels"]["tenant_id"] == "acme"
+
+
+# ----------------------------------------------------------------------------- the ledger's own lines
+
+def test_ledger_metrics_count_the_lines_the_ledger_writer_prints():
+    """The ledger alerts' metrics, fed the lines LedgerWriter prints when its database is down
+    and its buffer overflows (formatted by the gateway's JSON formatter, as on stdout)."""
+    import asyncio
+    import logging
+    from datetime import UTC, datetime
+
+    from deploy_support import ledger_metric_files
+
+    from tallygate.logs import JsonFormatter
+    from tallygate.metering.record import UsageRecord
+    from tallygate.sinks.ledger import LedgerWriter
+
+    class DatabaseDown:  # what a store raises when Postgres refuses connections
+        async def write(self, records):
+            raise OSError("connection to server on socket \"/cloudsql/p:r:i/.s.PGSQL.5432\" failed")
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(JsonFormatter().format(record))  # type: ignore[method-assign]
+    logger = logging.getLogger("tallygate.ledger")
+    logger.addHandler(handler)
+    try:
+        writer = LedgerWriter(DatabaseDown(), buffer_limit=2)
+        records = [UsageRecord(f"req_{i}", datetime.now(UTC), "acme", "gpt-4o-mini", "/v1/chat/completions", False)
+                   for i in range(3)]
+        writer.add(records)  # one over the limit: an ERROR line, records_not_written=1
+        assert asyncio.run(writer._write_batch()) is False  # the database is down: a WARNING line
+    finally:
+        logger.removeHandler(handler)
+    entries = [entry(line) for line in lines] + [entry(contract_line())]
+    metrics = {p.stem: rendered_metric(p) for p in ledger_metric_files()}
+    failures = evaluate_metric(metrics["tallygate_ledger_write_failures"], entries)
+    assert [p.value for p in failures] == [1.0]
+    lost = evaluate_metric(metrics["tallygate_ledger_records_not_written"], entries)
+    assert [p.value for p in lost] == [1.0]
+    depth = evaluate_metric(metrics["tallygate_ledger_buffer_depth"], entries)
+    assert [p.value for p in depth] == [2.0]
