@@ -209,6 +209,10 @@ def _gcloud_node(tree: dict, words: list[str]) -> tuple[dict, int]:
 
 @pytest.mark.skipif(gcloud_tree() is None, reason="Cloud SDK not installed")
 def test_every_gcloud_command_and_flag_exists_in_the_sdk(commands):
+    check_against_the_sdk(commands)
+
+
+def check_against_the_sdk(commands):
     tree = gcloud_tree()
     global_flags = set(tree["flags"])
     for cmd in find(commands, "gcloud"):
@@ -431,3 +435,51 @@ def test_deployment_guide_commands_are_clean_shell():
     for fixed in ("--allow-unauthenticated=false", "PORT=8080", "gcr.io", "projects/$PROJECT_ID/secrets",
                   "PGSSL=require", "--value-extractor", "--use-partitioned-tables", "X-Serverless-Authorization"):
         assert fixed in text
+
+
+@pytest.mark.skipif(gcloud_tree() is None, reason="Cloud SDK not installed")
+def test_public_edge_and_vpc_egress(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--public-domain", "gw.acme.example", "--vpc-network", "default",
+                             "--vpc-subnet", "run-egress", "--alert-email", "ops@acme.example")
+    assert status == 0
+    commands = script_commands(out)
+    check_against_the_sdk(commands)
+    deploy = the(commands, "gcloud", "run", "deploy")
+    assert flag_values(deploy, "--ingress") == ["internal-and-cloud-load-balancing"]
+    (job,) = find(commands, "gcloud", "run", "jobs", "deploy")
+    for cmd in (deploy, job):
+        assert flag_values(cmd, "--network") == ["default"] and flag_values(cmd, "--subnet") == ["run-egress"]
+        assert flag_values(cmd, "--vpc-egress") == ["all-traffic"]
+    (neg,) = find(commands, "gcloud", "compute", "network-endpoint-groups", "create")
+    assert flag_values(neg, "--network-endpoint-type") == ["serverless"]
+    assert flag_values(neg, "--cloud-run-service") == ["litellm-proxy"]
+    rules = find(commands, "gcloud", "compute", "security-policies", "rules", "create")
+    rate = next(r for r in rules if r[5] == "1000")
+    assert flag_values(rate, "--enforce-on-key") == ["IP"] and flag_values(rate, "--exceed-action") == ["deny-429"]
+    waf = next(r for r in rules if r[5] == "2000")
+    assert "--preview" in waf and "evaluatePreconfiguredWaf('sqli-v33-stable'" in flag_values(waf, "--expression")[0]
+    (attach,) = find(commands, "gcloud", "compute", "backend-services", "update")
+    assert flag_values(attach, "--security-policy") == ["litellm-proxy-armor"]
+    (cert,) = find(commands, "gcloud", "compute", "ssl-certificates", "create")
+    assert flag_values(cert, "--domains") == ["gw.acme.example"]
+    (rule,) = find(commands, "gcloud", "compute", "forwarding-rules", "create")
+    assert flag_values(rule, "--ports") == ["443"]
+    (uptime,) = find(commands, "gcloud", "monitoring", "uptime", "create")
+    assert flag_values(uptime, "--resource-labels") == [f"host=gw.acme.example,project_id={PROJECT}"]
+    # the add-backend runs once: skipped when the backend service already has a backend
+    assert "[ -n \"$(gcloud compute backend-services describe litellm-proxy-backend --global" in out
+    # without the option the service is open again and nothing of the edge is made
+    status, out, _ = dry_run(tmp_path)
+    assert "--ingress=all" in out and "gcloud compute" not in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--public-domain", "not a domain"], "--public-domain"),
+    (["--vpc-subnet", "s"], "--vpc-network"),
+    (["--vpc-connector", "c", "--vpc-network", "n"], "exclude each other"),
+    (["--slo-availability", "1.5"], "between 0 and 1"),
+    (["--alert-email", "nobody"], "--alert-email"),
+])
+def test_bad_network_and_alert_options(tmp_path, argv, message):
+    status, out, err = dry_run(tmp_path, *argv)
+    assert status == 2 and out == "" and message in err

@@ -75,6 +75,9 @@ class Config:
     sink_name: str
     notification_channels: tuple[str, ...]
     alert_emails: tuple[str, ...]
+    public_domain: str | None
+    armor_rate_limit: int
+    vpc: tuple[str, ...]  # the VPC egress flags of the service and the schema job
     thresholds: dict[str, float]
     phases: tuple[str, ...]
 
@@ -280,6 +283,24 @@ def build_config(args: argparse.Namespace) -> Config:
     for email in emails:
         if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", email):
             raise DeployError(f"--alert-email: {email!r} is not an e-mail address")
+    domain = args.public_domain
+    if domain and not re.fullmatch(r"(?=.{4,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", domain):
+        raise DeployError(f"--public-domain: {domain!r} is not a domain name like gateway.example.com")
+    if not 1 <= args.armor_rate_limit <= 1_000_000:
+        raise DeployError("--armor-rate-limit must be between 1 and 1000000 requests per minute")
+    if args.vpc_connector and (args.vpc_network or args.vpc_subnet):
+        raise DeployError("--vpc-connector and --vpc-network/--vpc-subnet exclude each other")
+    if args.vpc_subnet and not args.vpc_network:
+        raise DeployError("--vpc-subnet needs --vpc-network")
+    vpc: tuple[str, ...] = ()
+    if args.vpc_network:
+        vpc = (f"--network={args.vpc_network}",)
+        vpc += (f"--subnet={args.vpc_subnet}",) if args.vpc_subnet else ()
+    elif args.vpc_connector:
+        vpc = (f"--vpc-connector={args.vpc_connector}",)
+    if vpc:
+        vpc += (f"--vpc-egress={args.vpc_egress}",)
+
     for placeholder in ("SLO_AVAILABILITY", "SLO_TTFT"):
         dest = next(d for p, d, _x, _t in ALERT_THRESHOLDS if p == placeholder)
         if not 0 < getattr(args, dest) < 1:
@@ -316,6 +337,8 @@ def build_config(args: argparse.Namespace) -> Config:
         skip.update(DATABASE_PHASES)
     if not emails:
         skip.add("channels")
+    if not domain:
+        skip.add("edge")
     phases = tuple(p for p in PHASES if p in phases and p not in skip)
 
     return Config(
@@ -350,6 +373,9 @@ def build_config(args: argparse.Namespace) -> Config:
         sink_name=args.sink_name or f"{args.service}-bq-sink",
         notification_channels=tuple(args.notification_channel),
         alert_emails=emails,
+        public_domain=domain,
+        armor_rate_limit=args.armor_rate_limit,
+        vpc=vpc,
         thresholds=thresholds,
         phases=phases,
     )

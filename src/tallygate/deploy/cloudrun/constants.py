@@ -43,6 +43,7 @@ PHASES: tuple[str, ...] = (
     "schema",
     "deploy",
     "access",
+    "edge",
     "metrics",
     "dashboard",
     "channels",

@@ -118,8 +118,10 @@ def execute(
                     captured[step.capture] = found[0]
                     out.write(f"  exists: {found[0]}\n")
                     continue
+                if not step.otherwise:
+                    out.write("  exists, skipped\n")
+                    continue
                 captured[FOUND] = found[0]
-                assert step.otherwise
                 argv = _fill(step.otherwise, captured)
         if step.stdin_password:
             stdin = new_password()

@@ -89,6 +89,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra non-secret environment variable (repeatable)",
     )
 
+    g = parser.add_argument_group("network")
+    g.add_argument(
+        "--public-domain",
+        default=None,
+        metavar="DOMAIN",
+        help="front the service with an external HTTPS load balancer for DOMAIN (serverless NEG, Google-managed "
+        "certificate, Cloud Armor policy) and accept only internal and load-balancer traffic",
+    )
+    g.add_argument(
+        "--armor-rate-limit",
+        type=int,
+        default=600,
+        help="with --public-domain: requests per minute one client IP may send before Cloud Armor answers 429",
+    )
+    g.add_argument(
+        "--vpc-network", default=None, help="Direct VPC egress: the VPC network the service's outbound traffic uses"
+    )
+    g.add_argument("--vpc-subnet", default=None, help="Direct VPC egress: the subnet (with --vpc-network)")
+    g.add_argument("--vpc-connector", default=None, help="Serverless VPC Access connector (instead of Direct VPC)")
+    g.add_argument(
+        "--vpc-egress",
+        choices=("all-traffic", "private-ranges-only"),
+        default="all-traffic",
+        help="with a VPC: all-traffic sends the upstream calls through it too (egress firewall, NAT with a fixed IP)",
+    )
+
     g = parser.add_argument_group("secrets (Secret Manager)")
     g.add_argument(
         "--secret-versions",

@@ -78,6 +78,8 @@ def command_line(step: Step, variables: Iterable[str] = (), words: Iterable[str]
         return f'{var}="$({q(step.find)})"; [ -n "${var}" ] || {var}="$({line})"'
     if step.capture:
         line = f'{step.capture}="$({line})"'
+    if step.find and not step.otherwise:
+        return f'[ -n "$({q(step.find)})" ] || {line}'
     if step.find:
         assert step.otherwise
         return f'{FOUND}="$({q(step.find)})"; if [ -n "${FOUND}" ]; then {prefix}{q(step.otherwise)}; else {line}; fi'

@@ -32,7 +32,7 @@ class Step:
     argv: tuple[str, ...]
     unless: tuple[str, ...] | None = None  # the resource exists when this probe exits 0: skip, or `otherwise`
     find: tuple[str, ...] | None = None  # prints the existing resource's name (kept as ${FOUND}), or nothing
-    otherwise: tuple[str, ...] | None = None  # with `unless` or `find`: update in place instead of creating
+    otherwise: tuple[str, ...] | None = None  # with `unless` or `find`: update in place (none: skip)
     stdin_env: str | None = None  # the value of this env var goes to stdin
     stdin_password: bool = False  # a new random password goes to stdin
     stdin_from: tuple[str, ...] | None = None  # this command's output, put in `stdin_format`, goes to stdin
@@ -103,6 +103,10 @@ def deploy_argv(config: Config) -> tuple[str, ...]:
     ]
     if config.cloudsql_instance:
         argv.append(f"--add-cloudsql-instances={config.cloudsql_instance}")
+    # behind the load balancer, nothing reaches the run.app URL from outside; set either way,
+    # so dropping --public-domain opens it again
+    argv.append("--ingress=internal-and-cloud-load-balancing" if config.public_domain else "--ingress=all")
+    argv.extend(config.vpc)
     argv.append(f"--set-env-vars={_env_flag(config.env_vars)}")
     argv.append("--set-secrets=" + ",".join(f"{s.env}={s.name}:{s.version}" for s in config.secrets))
     argv.append("--quiet")
@@ -172,6 +176,8 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
         services.append("sqladmin.googleapis.com")
     if "bigquery" in config.phases:
         services.append("bigquery.googleapis.com")
+    if "edge" in config.phases:
+        services.append("compute.googleapis.com")
     add("services", "enable the APIs the set-up uses", ["gcloud", "services", "enable", *services, pf])
 
     add(
@@ -405,6 +411,7 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
             f"--set-cloudsql-instances={config.cloudsql_instance}",
             f"--set-env-vars={env}",
             *([f"--set-secrets=PGPASSWORD={pw.name}:{pw.version}"] if pw else []),
+            *config.vpc,
             "--command=tallygate",
             "--args=db,init",
             "--tasks=1",
@@ -441,6 +448,9 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
             ],
             retry=True,
         )
+
+    if config.public_domain:
+        _edge_steps(add, config)
 
     for name, path in rendered.metrics:
         add(
@@ -586,8 +596,15 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
             "uptime",
             "create",
             uptime_name,
-            "--resource-type=cloud-run-revision",
-            f"--resource-labels=project_id={p},service_name={config.service},location={config.region}",
+            *(
+                # behind the load balancer only its domain is reachable from outside
+                ["--resource-type=uptime-url", f"--resource-labels=host={config.public_domain},project_id={p}"]
+                if config.public_domain
+                else [
+                    "--resource-type=cloud-run-revision",
+                    f"--resource-labels=project_id={p},service_name={config.service},location={config.region}",
+                ]
+            ),
             "--protocol=https",
             *uptime_common,
             "--status-classes=2xx",
@@ -697,4 +714,120 @@ def _rest_upsert(
         stdin_from=token,
         stdin_format=TOKEN_HEADER,
         probe_stdin=True,
+    )
+
+
+def _edge_steps(add: Any, config: Config) -> None:
+    """External HTTPS load balancer -> serverless NEG -> the service, with a Google-managed
+    certificate and a Cloud Armor policy: per-IP rate limiting, and the preconfigured WAF rules
+    in preview (prompts are arbitrary text: SQLi/XSS signatures match them; read the logs for
+    false positives before enforcing)."""
+    s, p = config.service, config.project
+    pf = f"--project={p}"
+    c = ["gcloud", "compute"]
+
+    def ensure(comment: str, kind: list[str], name: str, create: list[str], where: list[str]) -> None:
+        add(
+            "edge",
+            comment,
+            [*c, *kind, "create", name, *create, *where, pf],
+            unless=[*c, *kind, "describe", name, *where, "--format=value(name)", pf],
+        )
+
+    region, glob = [f"--region={config.region}"], ["--global"]
+    neg, backend, armor = f"{s}-neg", f"{s}-backend", f"{s}-armor"
+    ensure(
+        "serverless network endpoint group: the load balancer's way to the service",
+        ["network-endpoint-groups"],
+        neg,
+        ["--network-endpoint-type=serverless", f"--cloud-run-service={s}"],
+        region,
+    )
+    ensure(
+        "backend service of the load balancer",
+        ["backend-services"],
+        backend,
+        ["--load-balancing-scheme=EXTERNAL_MANAGED", "--enable-logging"],
+        glob,
+    )
+    add(
+        "edge",
+        "the endpoint group behind the backend service (once)",
+        [
+            *c,
+            "backend-services",
+            "add-backend",
+            backend,
+            f"--network-endpoint-group={neg}",
+            f"--network-endpoint-group-region={config.region}",
+            "--global",
+            pf,
+        ],
+        find=[*c, "backend-services", "describe", backend, "--global", "--format=value(backends.group)", pf],
+    )
+    ensure("Cloud Armor policy", ["security-policies"], armor, ["--type=CLOUD_ARMOR", f"--description={s} edge"], [])
+    rate = [
+        "--action=rate-based-ban",
+        "--expression=true",
+        f"--rate-limit-threshold-count={config.armor_rate_limit}",
+        "--rate-limit-threshold-interval-sec=60",
+        "--ban-duration-sec=300",
+        "--conform-action=allow",
+        "--exceed-action=deny-429",
+        "--enforce-on-key=IP",
+        f"--security-policy={armor}",
+    ]
+    waf = [
+        "--action=deny-403",
+        "--expression=evaluatePreconfiguredWaf('sqli-v33-stable', {'sensitivity': 1}) || "
+        "evaluatePreconfiguredWaf('xss-v33-stable', {'sensitivity': 1}) || "
+        "evaluatePreconfiguredWaf('lfi-v33-stable', {'sensitivity': 1}) || "
+        "evaluatePreconfiguredWaf('rce-v33-stable', {'sensitivity': 1})",
+        "--preview",
+        f"--security-policy={armor}",
+    ]
+    for priority, flags, what in (
+        ("1000", rate, f"per-IP rate limit: {config.armor_rate_limit} requests a minute, then 429 and a 5-minute ban"),
+        ("2000", waf, "preconfigured WAF rules (SQLi, XSS, LFI, RCE at sensitivity 1), in preview"),
+    ):
+        rules = [*c, "security-policies", "rules"]
+        add(
+            "edge",
+            f"Cloud Armor rule {priority}: {what} (updated in place when it exists)",
+            [*rules, "create", priority, *flags, pf],
+            unless=[*rules, "describe", priority, f"--security-policy={armor}", "--format=value(priority)", pf],
+            otherwise=[*rules, "update", priority, *flags, pf],
+        )
+    add(
+        "edge",
+        "the backend service is protected by the Cloud Armor policy",
+        [*c, "backend-services", "update", backend, f"--security-policy={armor}", "--global", pf],
+    )
+    ensure(
+        f"Google-managed certificate for {config.public_domain} (active once DNS points at the address)",
+        ["ssl-certificates"],
+        f"{s}-cert",
+        [f"--domains={config.public_domain}"],
+        glob,
+    )
+    ensure("URL map: every path to the backend", ["url-maps"], f"{s}-lb", [f"--default-service={backend}"], glob)
+    ensure(
+        "HTTPS proxy",
+        ["target-https-proxies"],
+        f"{s}-https",
+        [f"--url-map={s}-lb", f"--ssl-certificates={s}-cert"],
+        glob,
+    )
+    ensure("the load balancer's global IP address", ["addresses"], f"{s}-ip", ["--ip-version=IPV4"], glob)
+    ensure(
+        "forwarding rule: HTTPS on the address to the proxy",
+        ["forwarding-rules"],
+        f"{s}-https",
+        [
+            f"--address={s}-ip",
+            f"--target-https-proxy={s}-https",
+            "--ports=443",
+            "--load-balancing-scheme=EXTERNAL_MANAGED",
+        ],
+        glob,
     )
