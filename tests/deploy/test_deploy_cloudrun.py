@@ -22,6 +22,7 @@ from deploy_support import (
     find,
     flag_values,
     gcloud_tree,
+    parse_args,
     script_commands,
 )
 
@@ -483,3 +484,34 @@ def test_public_edge_and_vpc_egress(tmp_path):
 def test_bad_network_and_alert_options(tmp_path, argv, message):
     status, out, err = dry_run(tmp_path, *argv)
     assert status == 2 and out == "" and message in err
+
+
+def test_a_dirty_work_tree_is_refused_or_tagged(tmp_path):
+    repo = tmp_path / "src"
+    repo.mkdir()
+    (repo / "Dockerfile").write_text("FROM scratch\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "Dockerfile"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+
+    def script(*extra):
+        return cloudrun.run(parse_args("--project", PROJECT, "--source", str(repo), "--render-dir",
+                                       str(tmp_path / "r"), "--dry-run", *extra))
+
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert script() == 0
+    assert f"litellm-proxy:{commit} " in out.getvalue()  # a clean tree: the commit is the tag
+    (repo / "Dockerfile").write_text("FROM scratch\nLABEL changed=1\n")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert script() == 2
+        assert script("--allow-dirty") == 0
+    assert "uncommitted changes" in err.getvalue()
+    assert f"litellm-proxy:{commit}-dirty " in out.getvalue()

@@ -20,7 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--service", default="litellm-proxy", help="Cloud Run service name")
     g.add_argument("--repository", default="litellm", help="Artifact Registry Docker repository")
     g.add_argument(
-        "--image-tag", default=None, help="image tag (default: the git commit of --source, else a UTC timestamp)"
+        "--image-tag",
+        default=None,
+        help="image tag (default: the git commit of --source, else a UTC timestamp); the service runs the "
+        "image by the digest the tag points to",
+    )
+    g.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="build from a work tree with uncommitted changes (the tag becomes COMMIT-dirty); refused otherwise",
     )
     g.add_argument("--source", default=".", help="build context holding the Dockerfile (default: current directory)")
     g.add_argument(
