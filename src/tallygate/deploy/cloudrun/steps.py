@@ -490,7 +490,8 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
     channel_vars: list[str] = []
     for i, email in enumerate(config.alert_emails, 1):
         var = f"ALERT_CHANNEL_{i}"
-        channel_vars.append(var)
+        if "channels" in config.phases:  # (--only alerts: the e-mail channels are not looked up)
+            channel_vars.append(var)
         add(
             "channels",
             f"e-mail notification channel for {email} (found by its address, created otherwise)",
