@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from devtools import litellm_venv
+
 BENCH = Path(__file__).resolve().parent.parent
 ROOT = BENCH.parent
 WORK = BENCH / ".work"
 RESULTS = BENCH / "results"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
-LITELLM_VENV = WORK / "litellm-venv"
-LITELLM_REQ = BENCH / "litellm-requirements.txt"
+LITELLM_VENV = litellm_venv.venv_path()  # outside the repository, shared with the tests
+LITELLM_REQ = litellm_venv.REQUIREMENTS
+PORTKEY_PKG = BENCH / "portkey"  # package.json + package-lock.json: the pinned Portkey gateway
+PORTKEY_DIR = WORK / "portkey"
 LUA = BENCH / "post.lua"
 
 HOST = "127.0.0.1"
 NGINX_JSON, NGINX_SSE, NGINX_STATUS = 18101, 18102, 18103
-FLOOR_PORT, TG_PORT, LITELLM_PORT = 18201, 18301, 18401
+FLOOR_PORT, TG_PORT, LITELLM_PORT, PORTKEY_PORT = 18201, 18301, 18401, 18501
 
 GATEWAY_TOKEN = "bench-gateway-token"
 MASTER_KEY = "sk-bench-master-key"
