@@ -261,8 +261,14 @@ def test_a_tenant_session_sees_only_its_own_tenant(console_gw, seeded, browser, 
     shown = {td.text for td in browser.find_elements(By.CSS_SELECTOR, "#requests td[data-col=tenant_id]")}
     assert shown == {mine}
     shot(browser, "tenant-requests")
+    status, _, _ = api_call(console_gw, "POST", f"/admin/tenants/{mine}/credits",
+                            {"amount_usd": "25.5", "reference": "inv-console-1"},
+                            {"Authorization": f"Bearer {MASTER}"})
+    assert status == 201
     open_page(browser, console_gw, "/ui/tenants/" + mine, "#tenant-keys")
     assert browser.find_element(By.TAG_NAME, "h1").text == f"Tenant {mine}"
+    credit = browser.find_element(By.ID, "tenant-credit").text
+    assert credit.startswith("prepaid since") and "of $25.50 credited" in credit, credit
     assert browser.find_elements(By.CSS_SELECTOR, "#create-key, button.danger") == []  # read-only
     shot(browser, "tenant-page")
     # another tenant's id in a URL: refused by the server

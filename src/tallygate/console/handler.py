@@ -104,7 +104,8 @@ class Console:
         self.keys = keys
         self.admin = admin
         self.ledger_ready = ledger_ready
-        self.views = Views(store, keystore)
+        credits = getattr(admin, "credits", None)
+        self.views = Views(store, keystore, credits.balance_doc if credits is not None else None)
         self.static = load_static()
         self.shell = self.static["index.html"][1]
 

@@ -8,6 +8,7 @@ the decimal places named beside them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -70,9 +71,10 @@ def budget_status(limits: Limits | None, spent: Decimal) -> dict | None:
 
 
 class Views:
-    def __init__(self, store, keystore: KeyStore) -> None:
+    def __init__(self, store, keystore: KeyStore, balance: Callable[[str], Awaitable[dict]] | None = None) -> None:
         self.store = store
         self.keystore = keystore
+        self.balance = balance  # a tenant's prepaid credit (routes/credits.py's balance document)
 
     async def overview(self, params: dict, tenant: str | None) -> dict:
         now = datetime.now(UTC)
@@ -153,6 +155,7 @@ class Views:
             "by_model": await usage_report(self.store, start, None, tenant_id, None, ["model"]),
             "by_day_model": await usage_report(self.store, start, None, tenant_id, None, ["day", "model"]),
             "keys": [k.as_json() for k in await self.keystore.keys(tenant_id)],
+            "credit": await self.balance(tenant_id) if self.balance is not None else None,
         }
 
     async def keys(self, tenant: str | None) -> dict:

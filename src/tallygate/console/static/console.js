@@ -205,6 +205,14 @@ function budgetCell(budget) {
     " " + usd(budget.spent_usd) + " of " + usd(budget.budget_usd) + " a " + budget.budget_period + (budget.used_percent === null ? "" : " (" + budget.used_percent + "%)"));
 }
 
+function creditText(credit) {
+  if (!credit) return "not available";
+  if (!credit.prepaid) return "not prepaid (billed after use)";
+  const parts = ["balance " + usd(credit.balance_usd) + " of " + usd(credit.credited_usd) + " credited, " + usd(credit.spent_usd) + " spent"];
+  if (credit.available_usd !== null) parts.push("available " + usd(credit.available_usd));
+  return "prepaid since " + when(credit.prepaid_since) + ": " + parts.join("; ");
+}
+
 async function tenantsPage() {
   const doc = await api("/ui/api/tenants");
   main.replaceChildren(
@@ -334,7 +342,7 @@ async function tenantPage(id) {
         el("dt", {}, "Tokens a minute"), el("dd", {}, lim && lim.tpm_limit !== null ? int(lim.tpm_limit) : "no limit"),
         el("dt", {}, "Models"), el("dd", {}, lim && lim.models ? lim.models.join(", ") : "any"),
         el("dt", {}, "Budget"), el("dd", { id: "tenant-budget" }, budgetCell(doc.budget)),
-        el("dt", {}, "Credit"), el("dd", {}, "not set up"))),
+        el("dt", {}, "Credit"), el("dd", { id: "tenant-credit" }, creditText(doc.credit)))),
     el("h2", {}, "Usage by model, 30 days"),
     table("tenant-by-model", [["model", "Model", (r) => (r.model === undefined ? "" : r.model)], ...USAGE_COLUMNS], doc.by_model, u),
     el("h2", {}, "Usage by day and model"),
