@@ -270,6 +270,7 @@ def test_a_tenant_session_sees_only_its_own_tenant(console_gw, seeded, browser, 
     credit = browser.find_element(By.ID, "tenant-credit").text
     assert credit.startswith("prepaid since") and "of $25.50 credited" in credit, credit
     assert browser.find_elements(By.CSS_SELECTOR, "#create-key, button.danger") == []  # read-only
+    assert "null" not in browser.find_element(By.TAG_NAME, "main").text.split()
     shot(browser, "tenant-page")
     # another tenant's id in a URL: refused by the server
     error = open_page(browser, console_gw, "/ui/tenants/" + other, "#page-error")

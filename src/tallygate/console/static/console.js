@@ -34,6 +34,11 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// the page's content (null parts left out: replaceChildren would show them as "null")
+function show(...parts) {
+  main.replaceChildren(...parts.filter((part) => part !== null && part !== undefined));
+}
+
 // links are built from fixed paths and encoded ids only
 const tenantHref = (id) => "/ui/tenants/" + encodeURIComponent(id);
 const requestHref = (id) => "/ui/requests/" + encodeURIComponent(id);
@@ -329,7 +334,7 @@ async function tenantPage(id) {
   keys.append(table("keys", keyColumns(refresh), doc.keys, null, "No keys."));
   const lim = doc.limits;
   const u = doc.usage_30d;
-  main.replaceChildren(
+  show(
     heading("Tenant " + doc.tenant_id),
     el("section", { class: "figures" },
       figure("Cost, 30 days", usd(u.cost_usd), null, "tenant-cost"),
