@@ -468,3 +468,26 @@ def test_sessions_carry_between_instances_with_the_same_master_key_and_expire(ga
     assert api_call(short, "GET", "/ui/api/session", headers=brief)[0] == 200
     time.sleep(1.2)
     assert api_call(short, "GET", "/ui/api/session", headers=brief)[0] == 401
+
+
+def test_tenants_nearest_their_budget_come_first(console_gw, seeded, browser):
+    master = {"Authorization": f"Bearer {MASTER}"}
+    spent = {r["tenant_id"]: Decimal(r["cost_usd"]) for r in
+             api_call(console_gw, "GET", "/admin/usage?since=1d", headers=master)[2]["data"]}
+    near = seeded[1]  # the gpt-4o tenant: the most spent
+    budget = (spent[near] * 5 / 4).quantize(Decimal("0.000001"))  # 80% used
+    for tenant, amount in ((near, str(budget)), (seeded[2], "1000")):
+        assert api_call(console_gw, "PUT", f"/admin/tenants/{tenant}", {"budget_usd": amount, "budget_period": "day"},
+                        master)[0] == 200
+    headers, _ = api_session(console_gw)
+    listed = api_call(console_gw, "GET", "/ui/api/tenants", headers=headers)[2]["data"]
+    assert listed[0]["tenant_id"] == near
+    first = listed[0]["budget"]
+    assert Decimal(first["spent_usd"]) == spent[near] and Decimal(first["budget_usd"]) == budget
+    assert Decimal(first["used_percent"]) == (spent[near] * 100 / budget).quantize(Decimal("0.1"))
+    assert first["exceeded"] is False
+    sign_in(browser, console_gw, MASTER)
+    open_page(browser, console_gw, "/ui/tenants", "#tenants tbody tr")
+    row = browser.find_element(By.CSS_SELECTOR, "#tenants tbody tr")
+    assert near in row.text and f"({first['used_percent']}%)" in row.text
+    shot(browser, "tenants")
