@@ -423,6 +423,7 @@ def test_a_revoked_tenant_key_ends_its_console_session(console_gw, seeded):
                             headers={"Authorization": f"Bearer {MASTER}"})
     assert status == 200
     assert api_call(console_gw, "GET", "/ui/api/overview", headers=headers)[0] == 401
+    assert api_call(console_gw, "GET", "/ui/api/session", headers=headers)[0] == 401
 
 
 

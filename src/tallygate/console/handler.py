@@ -257,7 +257,9 @@ class Console:
     async def _session_api(self, scope, receive, send, method: bytes, headers: dict) -> None:
         secure = self._secure(scope, headers)
         if method == b"GET":
-            await self._json(send, 200, self._session_doc(self._session(headers)))
+            session = self._session(headers)
+            await self._check_key(session)
+            await self._json(send, 200, self._session_doc(session))
             return
         if method == b"DELETE":
             session = self._session(headers)
