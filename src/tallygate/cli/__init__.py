@@ -1,4 +1,4 @@
-"""The `tallygate` command: serve, db, ledger, usage, keys, deploy, fake-upstream.
+"""The `tallygate` command: serve, db, ledger, usage, keys, billing, deploy, fake-upstream.
 
 This module parses the arguments; the commands that use the ledger database live in
 db.py, ledger.py, usage.py and keys.py, imported only when run."""
@@ -69,6 +69,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("key_id")
 
+    p = sub.add_parser("billing", help="billing exports (Stripe meter events, OpenMeter)")
+    if command in (None, "billing", "-h", "--help"):
+        from .billing import add_arguments as billing_arguments
+
+        billing_arguments(p)
+
     p = sub.add_parser("deploy", help="deploy to a cloud")
     dsub = p.add_subparsers(dest="deploy_target", metavar="TARGET", required=True)
     p = dsub.add_parser("cloudrun", help="Google Cloud Run: build, deploy, observability")
@@ -138,6 +144,10 @@ async def _run_database_command(args) -> int:
             from .keys import keys_command
 
             return await keys_command(args)
+        if args.command == "billing":
+            from .billing import billing_command
+
+            return await billing_command(args)
     except StoreUnavailable as exc:  # the database went away mid-command
         raise CommandError(f"cannot use the ledger: {exc}") from None
     raise CommandError(f"unknown command {args.command}")

@@ -1,0 +1,76 @@
+"""Running an export once (a Cloud Run job, cron) or in a loop (`--loop`): the leader
+(pg advisory lock, held by the loop's connection) exports, the others stand by."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+
+from .config import ExportError, ExportOptions, openmeter_config, stripe_config
+from .db import ExportDB, open_export_db
+
+log = logging.getLogger("tallygate.billing")
+
+
+def run_export(
+    target: str,
+    settings,
+    opts: ExportOptions,
+    loop: bool = False,
+    interval: float = 60.0,
+    env=None,
+    write: Callable[[str], None] = print,
+) -> int:
+    """Exit status: 0 done (or standing by), 1 an error or an event Stripe refused."""
+    import psycopg
+
+    from . import openmeter, stripe_export
+
+    env = os.environ if env is None else env
+    stripe_cfg = om_cfg = client = None
+    if target == "stripe":
+        stripe_cfg = stripe_config(env, need_key=not opts.dry_run)
+        client = None if opts.dry_run else stripe_export.stripe_client(stripe_cfg)
+    else:
+        om_cfg = openmeter_config(env, need_url=not opts.dry_run)
+    db: ExportDB | None = None
+    was_leading: bool | None = None
+    try:
+        while True:
+            status = 0
+            try:
+                if db is None:
+                    db = open_export_db(settings)
+                if stripe_cfg is not None:
+                    run = stripe_export.export_stripe(db, stripe_cfg, opts, client)
+                    status = 1 if run.sent.failed else 0
+                    if run.led or was_leading is not False:
+                        stripe_export.report(run, opts, write)
+                else:
+                    assert om_cfg is not None
+                    om_run = openmeter.export_openmeter(db, om_cfg, opts)
+                    if om_run.led or was_leading is not False:
+                        openmeter.report(om_run, opts, write)
+                    run_led = om_run.led
+                was_leading = run.led if stripe_cfg is not None else run_led
+            except ExportError as exc:
+                write(f"tallygate: billing export {target}: {exc}")
+                status = 1
+            except (psycopg.OperationalError, psycopg.InterfaceError, sqlite3.OperationalError) as exc:
+                write(f"tallygate: billing export {target}: the ledger database: {exc}")
+                status = 1
+                if db is not None:
+                    try:
+                        db.close()
+                    except Exception:
+                        log.debug("closing the export connection", exc_info=True)
+                db = None  # reconnect (and contend for the lead again) on the next round
+            if not loop or opts.dry_run:
+                return status
+            time.sleep(interval)
+    finally:
+        if db is not None:
+            db.close()
