@@ -44,18 +44,19 @@ def run_export(
             try:
                 if db is None:
                     db = open_export_db(settings)
+                # a standby says so once, not every round
                 if stripe_cfg is not None:
                     run = stripe_export.export_stripe(db, stripe_cfg, opts, client)
                     status = 1 if run.sent.failed else 0
                     if run.led or was_leading is not False:
                         stripe_export.report(run, opts, write)
+                    was_leading = run.led
                 else:
                     assert om_cfg is not None
                     om_run = openmeter.export_openmeter(db, om_cfg, opts)
                     if om_run.led or was_leading is not False:
                         openmeter.report(om_run, opts, write)
-                    run_led = om_run.led
-                was_leading = run.led if stripe_cfg is not None else run_led
+                    was_leading = om_run.led
             except ExportError as exc:
                 write(f"tallygate: billing export {target}: {exc}")
                 status = 1
