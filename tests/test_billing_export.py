@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -317,5 +318,47 @@ def test_openmeter_events_are_the_rows_once(gateway, export_db):
         status, out = export(export_db, "openmeter", "--settle", "1s", OPENMETER_URL=fake.url,
                              OPENMETER_API_KEY="om_wrong")
         assert status == 0, out  # nothing left to send: the key is not even needed
+    finally:
+        fake.stop()
+
+
+# -- SQLite (the embedded default) -------------------------------------------------------
+
+
+def test_sqlite_ledger_exports_both_ways(gateway, tmp_path, stripe_fake):
+    """The same exports from the default SQLite ledger: rows through a gateway, Stripe
+    micro-USD equal to the ledger's floor per tenant, OpenMeter one event per row."""
+    path = tmp_path / "ledger.db"
+    db = {"TALLYGATE_SQLITE_PATH": str(path)}
+    gw = gateway(**db)
+    tenants = (f"sq1-{uuid.uuid4().hex[:6]}", f"sq2-{uuid.uuid4().hex[:6]}")
+    send_mixed(gw, 16, tenants)
+    gw.stop()
+    set_customers(db, {tenants[0]: "cus_sqlite0001", tenants[1]: "cus_sqlite0002"})
+    threading.Event().wait(2.1)
+    status, out = export(db, "stripe", "--window", "1s", "--settle", "1s", "--since", "1h", fake=stripe_fake)
+    assert status == 0, out
+    conn = sqlite3.connect(path)
+    sums: dict[str, Decimal] = {}
+    ids = []
+    for rid, tenant, cost, ingested in conn.execute(
+            "SELECT request_id, tenant_id, cost_usd, ingested_at FROM litellm_usage"):
+        sums[tenant] = sums.get(tenant, Decimal(0)) + Decimal(cost)
+        ids.append(rid)
+        assert ingested and ingested.endswith("Z") and len(ingested) == len("2026-01-01T00:00:00.000000Z")
+    conn.close()
+    expected = {f"cus_sqlite000{i + 1}": int((sums[t] * 1_000_000).to_integral_value(rounding=ROUND_FLOOR))
+                for i, t in enumerate(tenants)}
+    assert stripe_fake.totals() == expected and all(expected.values())
+    again = len(stripe_fake.events)
+    status, out = export(db, "stripe", "--window", "1s", "--settle", "1s", fake=stripe_fake)
+    assert status == 0 and len(stripe_fake.events) == again, out
+
+    fake = FakeOpenMeter()
+    try:
+        status, out = export(db, "openmeter", "--since", "1h", "--settle", "1s", "--batch", "5",
+                             OPENMETER_URL=fake.url, OPENMETER_API_KEY=fake.api_key)
+        assert status == 0, out
+        assert sorted(e["id"] for e in fake.events) == sorted(ids) and fake.duplicates == 0
     finally:
         fake.stop()

@@ -1,10 +1,9 @@
 -- 0005: billing exports (Stripe meter events, OpenMeter CloudEvents) from the ledger.
 -- ingested_at is when a row reached the ledger, not when the request happened. SQLite
--- cannot add a column with a time default: a trigger stamps each new row (same text format
--- as every other time here, microseconds, so times compare as text).
+-- cannot add a column with a time default: the ledger's INSERT stamps it (store/sqlite.py),
+-- in the text format of every other time here (microseconds, so times compare as text).
 ALTER TABLE litellm_usage ADD COLUMN ingested_at text;
 UPDATE litellm_usage SET ingested_at = strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z' WHERE ingested_at IS NULL;
-CREATE TRIGGER IF NOT EXISTS litellm_usage_ingested AFTER INSERT ON litellm_usage WHEN NEW.ingested_at IS NULL BEGIN UPDATE litellm_usage SET ingested_at = strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z' WHERE rowid = NEW.rowid; END;
 CREATE INDEX IF NOT EXISTS litellm_usage_ingested ON litellm_usage (ingested_at);
 
 ALTER TABLE tallygate_tenants ADD COLUMN stripe_customer_id text;
