@@ -182,9 +182,38 @@ def test_carry_late_rows_and_exact_totals(export_db, stripe_fake):
     assert top_up["identifier"].endswith(":1") and top_up["value"] == 2  # 0.9 carried + 1.7 = 2.6
     assert stripe_fake.totals() == {customer: ledger_micro(export_db)[tenant]} == {customer: 1234570}
 
+    with psycopg.connect(conninfo(export_db)) as conn:
+        cursor = conn.execute("SELECT exported_before FROM ledger_export_cursors WHERE name = 'stripe'").fetchone()
+    assert cursor[0] == hours_ago(0)  # the end of the last closed window
+
     # the window setting is the export's: another would count windows twice
     status, out = export(export_db, "stripe", "--window", "15m", "--settle", "1s", fake=stripe_fake)
     assert status == 1 and "3600-second windows" in out, out
+
+
+def test_values_stripe_would_refuse_stop_the_run_before_anything_is_written(export_db, stripe_fake):
+    tenant = f"big-{uuid.uuid4().hex[:6]}"
+    set_customers(export_db, {tenant: "cus_big0000001"})
+    # 11 x 99,999,999 USD in one window: 1.1 x 10^15 micro-USD, 16 digits
+    insert_rows(export_db, [(tenant, hours_ago(2) + timedelta(minutes=i), "99999999") for i in range(11)])
+    status, out = export(export_db, "stripe", "--since", "3h", "--settle", "1s", fake=stripe_fake)
+    assert status == 1 and "more than 15 digits" in out, out
+    assert stripe_fake.calls == 0 and outbox(export_db) == []
+
+
+def test_micro_usd_and_identifiers():
+    from tallygate.billing.windows import identifier, micro_usd
+
+    assert micro_usd(Decimal("0.0000009999")) == 0
+    assert micro_usd(Decimal("1.2345679")) == 1234567
+    assert micro_usd(Decimal("0")) == 0
+    start = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    short = identifier("stripe", "tallygate_cost_micro_usd", "acme", start, 2)
+    assert short == f"tg:stripe:tallygate_cost_micro_usd:acme:{int(start.timestamp())}:2"
+    long_a = identifier("stripe", "tallygate_cost_micro_usd", "t" * 128, start, 0)
+    long_b = identifier("stripe", "tallygate_cost_micro_usd", "t" * 127 + "u", start, 0)
+    assert len(long_a) <= 100 and len(long_b) <= 100 and long_a != long_b
+    assert identifier("stripe", "tallygate_cost_micro_usd", "t" * 128, start, 0) == long_a  # stable
 
 
 def test_dry_run_sends_and_saves_nothing(export_db, stripe_fake):
@@ -303,8 +332,11 @@ def test_openmeter_events_are_the_rows_once(gateway, export_db):
         assert status == 1 and "503" in out, out
         assert len(fake.events) == 14
         fake.fail_after = None
+        fake.rate_limit_every = 2
         status, out = export(export_db, "openmeter", "--settle", "1s", "--batch", "7", **env)
         assert status == 0, out
+        assert fake.rate_limited >= 1 and "429s waited out" in out, out
+        fake.rate_limit_every = 0
         with psycopg.connect(conninfo(export_db)) as conn:
             rows = conn.execute("SELECT request_id, tenant_id, cost_usd, total_tokens FROM litellm_usage").fetchall()
         assert sorted(e["id"] for e in fake.events) == sorted(r[0] for r in rows)

@@ -12,7 +12,8 @@ Stripe took an event).
 
 FakeOpenMeter serves POST /api/v1/events (application/cloudevents+json or
 application/cloudevents-batch+json, bearer key): 204, events deduplicated by (id, source),
-400 problem+json for an event without the required CloudEvents attributes.
+400 problem+json for an event without the required CloudEvents attributes, 401 for a wrong
+key, 429 with Retry-After when asked to (`rate_limit_every`), 503 after `fail_after` requests.
 """
 
 from __future__ import annotations
@@ -199,6 +200,17 @@ class _OpenMeterHandler(BaseHTTPRequestHandler):
                 return
         with fake.lock:
             fake.requests += 1
+            if fake.rate_limit_every and fake.requests % fake.rate_limit_every == 0:
+                fake.rate_limited += 1
+                self.send_response(429)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Type", "application/problem+json")
+                data = json.dumps({"type": "about:blank", "title": "Too Many Requests", "status": 429,
+                                   "detail": "rate limit exceeded"}).encode()
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             if fake.fail_after is not None and fake.requests > fake.fail_after:
                 self._problem(503, "Service Unavailable", "ingest is down")
                 return
@@ -222,4 +234,6 @@ class FakeOpenMeter(_Server):
         self.requests = 0
         self.duplicates = 0
         self.fail_after: int | None = None
+        self.rate_limit_every = 0  # every Nth request: 429 with Retry-After: 0
+        self.rate_limited = 0
         super().__init__(_OpenMeterHandler)
