@@ -394,3 +394,35 @@ def test_sqlite_ledger_exports_both_ways(gateway, tmp_path, stripe_fake):
         assert sorted(e["id"] for e in fake.events) == sorted(ids) and fake.duplicates == 0
     finally:
         fake.stop()
+
+
+def test_export_loop_inside_two_gateways(gateway, export_db, stripe_fake):
+    """TALLYGATE_BILLING_EXPORT=stripe: two gateways on one database, each with the export
+    loop in a thread; one leads, and the micro-USD at Stripe reach the ledger's floor per
+    tenant, each event once."""
+    tenants = (f"in1-{uuid.uuid4().hex[:6]}", f"in2-{uuid.uuid4().hex[:6]}", f"in3-{uuid.uuid4().hex[:6]}")
+    customers = {t: f"cus_in{i}{uuid.uuid4().hex[:8]}" for i, t in enumerate(tenants)}
+    set_customers(export_db, customers)
+    loop_env = {"TALLYGATE_BILLING_EXPORT": "stripe", "TALLYGATE_BILLING_WINDOW": "1s",
+                "TALLYGATE_BILLING_SETTLE": "1s", "TALLYGATE_BILLING_INTERVAL": "1s",
+                "STRIPE_API_KEY": stripe_fake.api_key, "STRIPE_API_BASE": stripe_fake.url}
+    gws = [gateway(**export_db, **loop_env) for _ in range(2)]
+    send_mixed(gws[0], 10, tenants)
+    send_mixed(gws[1], 10, tenants)
+
+    def exported() -> bool:
+        ledger = ledger_micro(export_db)
+        return bool(ledger) and stripe_fake.totals() == {customers[t]: v for t, v in ledger.items() if v}
+
+    wait_until(exported, timeout=40, message="Stripe totals equal to the ledger's")
+    idents = [e["identifier"] for e in stripe_fake.events]
+    assert len(idents) == len(set(idents)) and stripe_fake.duplicates == 0
+    logs = [line for gw in gws for line in gw.lines() if "another exporter leads" in str(line.get("message"))]
+    assert len(logs) == 1, logs  # the standby said so once
+    with psycopg.connect(conninfo(export_db)) as conn:
+        assert conn.execute("SELECT count(*) FROM billing_export_outbox WHERE sent_at IS NULL").fetchone()[0] == 0
+
+
+def test_bad_export_setting_stops_gateway_start(gateway, export_db):
+    with pytest.raises(RuntimeError, match="STRIPE_API_KEY is not set"):  # the gateway exits at start-up
+        gateway(**export_db, TALLYGATE_BILLING_EXPORT="stripe")

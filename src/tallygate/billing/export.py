@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 
@@ -75,3 +76,36 @@ def run_export(
     finally:
         if db is not None:
             db.close()
+
+
+def start_in_gateway(settings, env) -> threading.Thread | None:
+    """TALLYGATE_BILLING_EXPORT=stripe|openmeter: the export's --loop in a thread of the
+    gateway (its own database connection; the instance holding the lead exports, the others
+    try again every TALLYGATE_BILLING_INTERVAL). Its lines go to the log, not stdout's JSON
+    stream. A bad setting stops start-up with its message."""
+    target = env.get("TALLYGATE_BILLING_EXPORT", "").strip()
+    if not target:
+        return None
+    if target not in ("stripe", "openmeter"):
+        raise ExportError("TALLYGATE_BILLING_EXPORT must be stripe or openmeter")
+    from .config import duration_seconds, settle_seconds
+
+    opts = ExportOptions(
+        window_seconds=duration_seconds(env.get("TALLYGATE_BILLING_WINDOW", "1h"), "TALLYGATE_BILLING_WINDOW"),
+        settle_seconds=settle_seconds(env),
+    )
+    interval = duration_seconds(env.get("TALLYGATE_BILLING_INTERVAL", "60s"), "TALLYGATE_BILLING_INTERVAL")
+    if target == "stripe":
+        stripe_config(env)  # checked now, not in the thread
+    else:
+        openmeter_config(env)
+
+    def loop() -> None:
+        try:
+            run_export(target, settings, opts, loop=True, interval=float(interval), env=env, write=log.info)
+        except Exception:  # noqa: BLE001 - a thread's end must be visible in the log
+            log.exception("billing export %s stopped", target)
+
+    thread = threading.Thread(target=loop, name=f"tallygate-billing-{target}", daemon=True)
+    thread.start()
+    return thread
