@@ -121,8 +121,9 @@ def export_openmeter(
         where = f"created_at >= {p} AND ingested_at <= {p}"
         params: list = [tp(state.since), tp(horizon)]
         if state.scanned_to is not None:
-            where += f" AND (ingested_at, request_id) > ({p}, {p})"
-            params += [tp(state.scanned_to), state.last_request_id or ""]
+            # the plain bound lets the ingested_at index narrow the scan; the row comparison breaks ties
+            where += f" AND ingested_at >= {p} AND (ingested_at, request_id) > ({p}, {p})"
+            params += [tp(state.scanned_to), tp(state.scanned_to), state.last_request_id or ""]
         rows = db.fetch(
             f"SELECT {COLUMNS} FROM litellm_usage WHERE {where} ORDER BY ingested_at, request_id LIMIT {p}",
             [*params, opts.batch],

@@ -185,10 +185,12 @@ def candidate_windows(db: ExportDB, state: State, close: datetime, settle: int) 
     # overlap the last scan by the settle time: a row whose insert began before the last
     # horizon but committed after it is still found (looking twice counts nothing twice)
     scan_from = state.scanned_to - timedelta(seconds=settle) if state.scanned_to else state.since - timedelta(days=1)
+    # two scans, each on its own index (created_at; ingested_at), rather than one OR
+    expr = _window_expr(db)
     rows = db.fetch(
-        f"SELECT DISTINCT {_window_expr(db)} FROM litellm_usage WHERE created_at >= {p} AND created_at < {p} "
-        f"AND (created_at >= {p} OR ingested_at > {p})",
-        (w, w, tp(state.since), tp(close), tp(prev_close), tp(scan_from)),
+        f"SELECT {expr} FROM litellm_usage WHERE created_at >= {p} AND created_at < {p} UNION "
+        f"SELECT {expr} FROM litellm_usage WHERE ingested_at > {p} AND created_at >= {p} AND created_at < {p}",
+        (w, w, tp(max(prev_close, state.since)), tp(close), w, w, tp(scan_from), tp(state.since), tp(close)),
     )
     return sorted(datetime.fromtimestamp(int(r[0]), UTC) for r in rows)
 
