@@ -248,6 +248,9 @@ def test_tenant_without_customer_is_held_then_exported(export_db, stripe_fake):
     assert status == 0, out
     assert f"held: tenant {tenant!r} has no Stripe customer" in out, out
     assert stripe_fake.events == []
+    shown = subprocess.run([sys.executable, "-m", "tallygate", "billing", "status"], env=_env(export_db),
+                           capture_output=True, text=True, timeout=30)
+    assert "outbox: 0 sent, 1 unsent (1 held: no Stripe customer, 0 refused by Stripe)" in shown.stdout, shown
     set_customers(export_db, {tenant: "cus_heldlater01"})
     status, out = export(export_db, "stripe", "--settle", "1s", fake=stripe_fake)
     assert status == 0, out

@@ -109,3 +109,33 @@ def start_in_gateway(settings, env) -> threading.Thread | None:
     thread = threading.Thread(target=loop, name=f"tallygate-billing-{target}", daemon=True)
     thread.start()
     return thread
+
+
+def status_lines(db: ExportDB) -> list[str]:
+    """What each export has done and what waits: the cursor, and the outbox's unsent,
+    held (no Stripe customer) and refused events."""
+    lines = []
+    for name, w, since, closed, scanned, updated in db.fetch(
+        "SELECT name, window_seconds, since, closed_before, scanned_to, updated_at FROM billing_export_state "
+        "ORDER BY name"
+    ):
+        t = db.time
+        lines.append(
+            f"{name}: since {t(since).isoformat()}, window {w}s, closed before "
+            f"{t(closed).isoformat() if closed else '-'}, scanned to {t(scanned).isoformat() if scanned else '-'}, "
+            f"updated {t(updated).isoformat() if updated else '-'}"
+        )
+        p = db.dialect.placeholder
+        (sent, unsent, held, refused), *_ = db.fetch(
+            "SELECT count(sent_at), "
+            "sum(CASE WHEN sent_at IS NULL THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN sent_at IS NULL AND customer_id IS NULL THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN sent_at IS NULL AND last_error IS NOT NULL THEN 1 ELSE 0 END) "
+            f"FROM billing_export_outbox WHERE name = {p}",
+            (name,),
+        )
+        lines.append(
+            f"  outbox: {sent} sent, {unsent or 0} unsent ({held or 0} held: no Stripe customer, "
+            f"{refused or 0} refused by Stripe)"
+        )
+    return lines or ["no billing export has run yet"]

@@ -136,6 +136,7 @@ class StripeRun:
     plan: Plan = field(default_factory=Plan)
     sent: Sent = field(default_factory=Sent)
     closed_before: datetime | None = None
+    resumed: bool = False  # the export had a cursor: --since did not apply
 
 
 def export_stripe(db: ExportDB, cfg: StripeConfig, opts: ExportOptions, client=None, name: str = "stripe") -> StripeRun:
@@ -151,13 +152,14 @@ def export_stripe(db: ExportDB, cfg: StripeConfig, opts: ExportOptions, client=N
         with db.transaction():
             now = db.now()
             state = load_state(db, name, opts, now)
+            run.resumed = not state.new
             horizon = now - timedelta(seconds=opts.settle_seconds)
             close = floor_time(horizon, state.window_seconds)
             if close <= state.since:
                 close = state.since
             windows = candidate_windows(db, state, close, opts.settle_seconds)
             if opts.dry_run:
-                plan_windows(db, name, state, windows, horizon, cfg.cost_event, cfg.tokens_event, run.plan)
+                plan_windows(db, name, state, windows, horizon, cfg.cost_event, cfg.tokens_event, run.plan, now)
                 raise Rollback
     except Rollback:
         run.closed_before = close
@@ -166,7 +168,7 @@ def export_stripe(db: ExportDB, cfg: StripeConfig, opts: ExportOptions, client=N
     for i in range(0, max(len(windows), 1), opts.batch):
         with db.transaction():
             plan_windows(
-                db, name, state, windows[i : i + opts.batch], horizon, cfg.cost_event, cfg.tokens_event, run.plan
+                db, name, state, windows[i : i + opts.batch], horizon, cfg.cost_event, cfg.tokens_event, run.plan, now
             )
             if i + opts.batch >= len(windows):  # the last batch moves the cursor
                 state.closed_before = max(close, state.closed_before or close)
@@ -183,6 +185,8 @@ def report(run: StripeRun, opts: ExportOptions, write: Callable[[str], None] = p
         write("another exporter leads this export (pg advisory lock held elsewhere): nothing done")
         return
     plan = run.plan
+    if run.resumed and opts.since is not None:
+        write("note: this export resumes from its cursor; --since applies only to a new export")
     mode = "dry run, nothing sent or saved: " if opts.dry_run else ""
     total = sum(plan.accounted.values(), Decimal(0))
     write(

@@ -204,6 +204,7 @@ def plan_windows(
     cost_event: str,
     tokens_event: str | None,
     plan: Plan,
+    now: datetime | None = None,
 ) -> None:
     """Account `windows` (inside the caller's transaction): window and tenant state, outbox rows."""
     sql, p, tp = db.dialect, db.dialect.placeholder, db.dialect.time_param
@@ -308,7 +309,7 @@ def plan_windows(
                 (name, tenant, sql.decimal_param(account.cost), account.micro, account.tokens, tp(horizon)),
             )
             account.changed = False
-    write_outbox(db, name, plan.events[first_new:], horizon)
+    write_outbox(db, name, plan.events[first_new:], now or horizon)
 
 
 def write_outbox(db: ExportDB, name: str, events: list[Event], now: datetime) -> None:

@@ -1,4 +1,4 @@
-"""`tallygate billing export stripe|openmeter` and `tallygate billing set-customer`."""
+"""`tallygate billing export stripe|openmeter`, `billing status` and `billing set-customer`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def add_arguments(parser) -> None:
         help="how old a ledger row must be to count (default $TALLYGATE_BILLING_SETTLE or 60s)",
     )
     e.add_argument("--batch", type=int, default=500, help="windows per transaction / OpenMeter events per request")
+    sub.add_parser("status", help="each export's cursor and its outbox (unsent, held, refused events)")
     c = sub.add_parser("set-customer", help="map a tenant to its Stripe customer (or --clear)")
     c.add_argument("tenant_id")
     c.add_argument("customer_id", nargs="?", help="cus_...")
@@ -33,6 +34,8 @@ def add_arguments(parser) -> None:
 async def billing_command(args) -> int:
     if args.billing_command == "set-customer":
         return await _set_customer(args)
+    if args.billing_command == "status":
+        return await _status()
     import os
 
     from ..billing.config import ExportError, ExportOptions, duration_seconds, settle_seconds
@@ -55,6 +58,24 @@ async def billing_command(args) -> int:
     await store.close()
     settings = settings_module.load()
     return await asyncio.to_thread(run_export, args.target, settings, opts, args.loop, float(interval))
+
+
+async def _status() -> int:
+    from ..billing.db import open_export_db
+    from ..billing.export import status_lines
+
+    store = await open_ledger()
+    await store.close()
+
+    def read() -> list[str]:
+        db = open_export_db(settings_module.load())
+        try:
+            return status_lines(db)
+        finally:
+            db.close()
+
+    sys.stdout.write("\n".join(await asyncio.to_thread(read)) + "\n")
+    return 0
 
 
 async def _set_customer(args) -> int:
