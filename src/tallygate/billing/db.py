@@ -24,6 +24,9 @@ class ExportDB:
     def execute(self, sql: str, params: Sequence = ()) -> int:
         raise NotImplementedError
 
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        raise NotImplementedError
+
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError
 
@@ -63,6 +66,11 @@ class PostgresExportDB(ExportDB):
     def execute(self, sql: str, params: Sequence = ()) -> int:
         return self.conn.execute(sql, params).rowcount
 
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        if rows:  # psycopg pipelines these: one round trip for the lot, not one each
+            with self.conn.cursor() as cur:
+                cur.executemany(sql, rows)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         # one snapshot for every read of a pass: the window sums agree with each other
@@ -96,6 +104,9 @@ class SqliteExportDB(ExportDB):
 
     def execute(self, sql: str, params: Sequence = ()) -> int:
         return self.conn.execute(sql, tuple(params)).rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        self.conn.executemany(sql, [tuple(r) for r in rows])
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

@@ -217,6 +217,7 @@ def plan_windows(
     }
     customers = {r[0]: r[1] for r in db.fetch("SELECT tenant_id, stripe_customer_id FROM tallygate_tenants")}
     first_new = len(plan.events)
+    window_rows: list[tuple] = []
     for start in windows:
         plan.windows += 1
         ledger = {
@@ -280,13 +281,7 @@ def plan_windows(
             account.tokens += delta.total
             account.changed = True
             plan.accounted[tenant] = plan.accounted.get(tenant, Decimal(0)) + delta.cost
-            db.execute(
-                "INSERT INTO billing_export_windows (name, tenant_id, window_start, cost_usd, prompt_tokens, "
-                "completion_tokens, total_tokens, requests, seq, updated_at) VALUES "
-                f"({sql.placeholders(10)}) ON CONFLICT (name, tenant_id, window_start) DO UPDATE SET "
-                "cost_usd = excluded.cost_usd, prompt_tokens = excluded.prompt_tokens, "
-                "completion_tokens = excluded.completion_tokens, total_tokens = excluded.total_tokens, "
-                "requests = excluded.requests, seq = excluded.seq, updated_at = excluded.updated_at",
+            window_rows.append(
                 (
                     name,
                     tenant,
@@ -298,28 +293,40 @@ def plan_windows(
                     now_sums.requests,
                     seq,
                     tp(horizon),
-                ),
+                )
             )
-    for tenant, account in accounts.items():
-        if account.changed:
-            db.execute(
-                "INSERT INTO billing_export_tenants (name, tenant_id, cost_usd, micro_usd, tokens, updated_at) VALUES "
-                f"({sql.placeholders(6)}) ON CONFLICT (name, tenant_id) DO UPDATE SET cost_usd = excluded.cost_usd, "
-                "micro_usd = excluded.micro_usd, tokens = excluded.tokens, updated_at = excluded.updated_at",
-                (name, tenant, sql.decimal_param(account.cost), account.micro, account.tokens, tp(horizon)),
-            )
-            account.changed = False
+    db.executemany(
+        "INSERT INTO billing_export_windows (name, tenant_id, window_start, cost_usd, prompt_tokens, "
+        "completion_tokens, total_tokens, requests, seq, updated_at) VALUES "
+        f"({sql.placeholders(10)}) ON CONFLICT (name, tenant_id, window_start) DO UPDATE SET "
+        "cost_usd = excluded.cost_usd, prompt_tokens = excluded.prompt_tokens, "
+        "completion_tokens = excluded.completion_tokens, total_tokens = excluded.total_tokens, "
+        "requests = excluded.requests, seq = excluded.seq, updated_at = excluded.updated_at",
+        window_rows,
+    )
+    db.executemany(
+        "INSERT INTO billing_export_tenants (name, tenant_id, cost_usd, micro_usd, tokens, updated_at) VALUES "
+        f"({sql.placeholders(6)}) ON CONFLICT (name, tenant_id) DO UPDATE SET cost_usd = excluded.cost_usd, "
+        "micro_usd = excluded.micro_usd, tokens = excluded.tokens, updated_at = excluded.updated_at",
+        [
+            (name, tenant, sql.decimal_param(a.cost), a.micro, a.tokens, tp(horizon))
+            for tenant, a in accounts.items()
+            if a.changed
+        ],
+    )
     write_outbox(db, name, plan.events[first_new:], now or horizon)
 
 
 def write_outbox(db: ExportDB, name: str, events: list[Event], now: datetime) -> None:
     sql, tp = db.dialect, db.dialect.time_param
-    for e in events:
-        db.execute(
-            "INSERT INTO billing_export_outbox (identifier, name, tenant_id, window_start, seq, event_name, value, "
-            f"customer_id, created_at) VALUES ({sql.placeholders(9)})",
-            (e.identifier, name, e.tenant_id, tp(e.window_start), e.seq, e.event_name, e.value, e.customer_id, tp(now)),
-        )
+    db.executemany(
+        "INSERT INTO billing_export_outbox (identifier, name, tenant_id, window_start, seq, event_name, value, "
+        f"customer_id, created_at) VALUES ({sql.placeholders(9)})",
+        [
+            (e.identifier, name, e.tenant_id, tp(e.window_start), e.seq, e.event_name, e.value, e.customer_id, tp(now))
+            for e in events
+        ],
+    )
 
 
 def _check_value(value: int, tenant: str, start: datetime) -> None:
