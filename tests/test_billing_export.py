@@ -201,6 +201,13 @@ def test_values_stripe_would_refuse_stop_the_run_before_anything_is_written(expo
     assert stripe_fake.calls == 0 and outbox(export_db) == []
 
 
+def test_billing_keys_are_secrets_the_log_scrubs():
+    from tallygate import settings
+
+    loaded = settings.load({"STRIPE_API_KEY": "sk_live_abc123secret", "OPENMETER_API_KEY": "om_secret_456"})
+    assert {"sk_live_abc123secret", "om_secret_456"} <= set(loaded.secrets)
+
+
 def test_micro_usd_and_identifiers():
     from tallygate.billing.windows import identifier, micro_usd
 
