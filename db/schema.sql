@@ -107,9 +107,12 @@ CREATE TABLE IF NOT EXISTS ledger_export_cursors (
 );
 
 -- Per export: its window size, the windows closed so far, how far the ledger was scanned
--- by ingested_at (OpenMeter: the last row sent, ingested_at then request_id).
+-- by ingested_at (OpenMeter: the last row sent, ingested_at then request_id). ledger_tag:
+-- random, in every meter event identifier, so two ledgers (staging and production) that
+-- share a Stripe account never send the same identifier for different usage.
 CREATE TABLE IF NOT EXISTS billing_export_state (
     name             text PRIMARY KEY,
+    ledger_tag       text NOT NULL,
     window_seconds   integer NOT NULL,
     since            timestamptz NOT NULL,
     closed_before    timestamptz,

@@ -215,12 +215,14 @@ def test_micro_usd_and_identifiers():
     assert micro_usd(Decimal("1.2345679")) == 1234567
     assert micro_usd(Decimal("0")) == 0
     start = datetime(2026, 12, 1, 10, tzinfo=UTC)
-    short = identifier("stripe", "tallygate_cost_micro_usd", "acme", start, 2)
-    assert short == f"tg:stripe:tallygate_cost_micro_usd:acme:{int(start.timestamp())}:2"
-    long_a = identifier("stripe", "tallygate_cost_micro_usd", "t" * 128, start, 0)
-    long_b = identifier("stripe", "tallygate_cost_micro_usd", "t" * 127 + "u", start, 0)
+    short = identifier("0a1b2c3d", "stripe", "tallygate_cost_micro_usd", "acme", start, 2)
+    assert short == f"tg-0a1b2c3d:stripe:tallygate_cost_micro_usd:acme:{int(start.timestamp())}:2"
+    long_a = identifier("0a1b2c3d", "stripe", "tallygate_cost_micro_usd", "t" * 128, start, 0)
+    long_b = identifier("0a1b2c3d", "stripe", "tallygate_cost_micro_usd", "t" * 127 + "u", start, 0)
     assert len(long_a) <= 100 and len(long_b) <= 100 and long_a != long_b
-    assert identifier("stripe", "tallygate_cost_micro_usd", "t" * 128, start, 0) == long_a  # stable
+    assert identifier("0a1b2c3d", "stripe", "tallygate_cost_micro_usd", "t" * 128, start, 0) == long_a  # stable
+    # another ledger (staging sharing the Stripe account) never sends the same identifier
+    assert identifier("99aa88bb", "stripe", "tallygate_cost_micro_usd", "acme", start, 2) != short
 
 
 def test_dry_run_sends_and_saves_nothing(export_db, stripe_fake):

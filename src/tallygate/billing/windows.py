@@ -13,6 +13,7 @@ so each event carries what earlier ones left below a micro-dollar.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -29,15 +30,15 @@ def micro_usd(cost: Decimal) -> int:
     return int((cost * MICRO).to_integral_value(rounding=ROUND_FLOOR))
 
 
-def identifier(export: str, event_name: str, tenant_id: str, window_start: datetime, seq: int) -> str:
-    """Stable for one (export, meter, tenant, window, sequence): a retry sends the same one
-    and Stripe refuses it as a duplicate. At most 100 characters (Stripe's limit)."""
+def identifier(tag: str, export: str, event_name: str, tenant_id: str, window_start: datetime, seq: int) -> str:
+    """Stable for one (ledger, export, meter, tenant, window, sequence): a retry sends the
+    same one and Stripe refuses it as a duplicate. At most 100 characters (Stripe's limit)."""
     epoch = int(window_start.timestamp())
-    text = f"tg:{export}:{event_name}:{tenant_id}:{epoch}:{seq}"
+    text = f"tg-{tag}:{export}:{event_name}:{tenant_id}:{epoch}:{seq}"
     if len(text) <= 100:
         return text
     digest = hashlib.sha256(f"{event_name}\0{tenant_id}".encode()).hexdigest()[:24]
-    return f"tg:{export}:{digest}:{epoch}:{seq}"[:100]
+    return f"tg-{tag}:{export}:{digest}:{epoch}:{seq}"[:100]
 
 
 def floor_time(t: datetime, seconds: int) -> datetime:
@@ -102,6 +103,7 @@ class Plan:
 
 @dataclass
 class State:
+    tag: str  # this ledger's, in every identifier (billing_export_state.ledger_tag)
     window_seconds: int
     since: datetime
     closed_before: datetime | None
@@ -113,7 +115,7 @@ class State:
 def load_state(db: ExportDB, name: str, opts: ExportOptions, now: datetime, align: bool = True) -> State:
     p = db.dialect.placeholder
     rows = db.fetch(
-        "SELECT window_seconds, since, closed_before, scanned_to, last_request_id FROM billing_export_state "
+        "SELECT ledger_tag, window_seconds, since, closed_before, scanned_to, last_request_id FROM billing_export_state "
         f"WHERE name = {p}",
         (name,),
     )
@@ -121,26 +123,27 @@ def load_state(db: ExportDB, name: str, opts: ExportOptions, now: datetime, alig
         since = opts.since or now - timedelta(days=STRIPE_MAX_AGE_DAYS)
         if align:
             since = floor_time(since, opts.window_seconds)
-        return State(opts.window_seconds, since, None, None, None, new=True)
-    w, since, closed, scanned, last_id = rows[0]
+        return State(secrets.token_hex(4), opts.window_seconds, since, None, None, None, new=True)
+    tag, w, since, closed, scanned, last_id = rows[0]
     if align and w != opts.window_seconds:
         raise ExportError(
             f"the export {name!r} runs with {w}-second windows; --window {opts.window_seconds}s would count "
             "windows twice (use another export name, or the same window)"
         )
     t = db.time
-    return State(w, t(since), t(closed) if closed else None, t(scanned) if scanned else None, last_id)
+    return State(tag, w, t(since), t(closed) if closed else None, t(scanned) if scanned else None, last_id)
 
 
 def save_state(db: ExportDB, name: str, state: State, now: datetime) -> None:
     tp = db.dialect.time_param
     db.execute(
-        "INSERT INTO billing_export_state (name, window_seconds, since, closed_before, scanned_to, last_request_id, "
-        f"updated_at) VALUES ({db.dialect.placeholders(7)}) ON CONFLICT (name) DO UPDATE SET "
+        "INSERT INTO billing_export_state (name, ledger_tag, window_seconds, since, closed_before, scanned_to, "
+        f"last_request_id, updated_at) VALUES ({db.dialect.placeholders(8)}) ON CONFLICT (name) DO UPDATE SET "
         "closed_before = excluded.closed_before, scanned_to = excluded.scanned_to, "
         "last_request_id = excluded.last_request_id, updated_at = excluded.updated_at",
         (
             name,
+            state.tag,
             state.window_seconds,
             tp(state.since),
             tp(state.closed_before),
@@ -254,7 +257,7 @@ def plan_windows(
                 _check_value(value, tenant, start)
                 plan.events.append(
                     Event(
-                        identifier(name, cost_event, tenant, start, seq),
+                        identifier(state.tag, name, cost_event, tenant, start, seq),
                         tenant,
                         start,
                         seq,
@@ -267,7 +270,7 @@ def plan_windows(
                 _check_value(delta.total, tenant, start)
                 plan.events.append(
                     Event(
-                        identifier(name, tokens_event, tenant, start, seq),
+                        identifier(state.tag, name, tokens_event, tenant, start, seq),
                         tenant,
                         start,
                         seq,

@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS ledger_export_cursors (
 
 CREATE TABLE IF NOT EXISTS billing_export_state (
     name             text PRIMARY KEY,
+    ledger_tag       text NOT NULL,
     window_seconds   integer NOT NULL,
     since            text NOT NULL,
     closed_before    text,
