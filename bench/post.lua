@@ -7,6 +7,7 @@
 --   BENCH_MODEL   model name              (default "gpt-4o-mini")
 --   BENCH_STREAM  "1" for a stream request with stream_options.include_usage
 --   BENCH_OUT     path of the JSON summary (default: stdout, one line prefixed BENCH_JSON)
+--   BENCH_HEADERS more request headers, "Name: value" pairs separated by newlines
 --
 -- JSON fields: requests (completed responses), sent (requests written), duration_us,
 -- bytes, rps, errors {connect, read, write, status (HTTP status > 399), timeout},
@@ -30,6 +31,9 @@ wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. token
 wrk.headers["X-Tenant-ID"] = tenant
+for name, value in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^:\n]+):%s*([^\n]*)") do
+  wrk.headers[name] = value
+end
 
 local threads = {}
 

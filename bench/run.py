@@ -27,6 +27,7 @@ from benchlib.config import BENCH, PG_ENV, RESULTS, ROOT, VENV_PY, WORK  # noqa:
 from benchlib.host import log  # noqa: E402
 from benchlib.install import (  # noqa: E402
     ensure_litellm,
+    ensure_portkey,
     ensure_tools,
     git_state,
     litellm_info,
@@ -67,7 +68,7 @@ def main() -> int:
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM rows (and its install)")
     ap.add_argument("--no-tallygate", action="store_true", help="skip the tallygate rows")
     ap.add_argument("--no-workers", action="store_true", help="skip the 2-worker scaling rows")
-    ap.add_argument("--systems", default="direct,floor,tallygate-pg,tallygate-sqlite,litellm",
+    ap.add_argument("--systems", default="direct,floor,tallygate-pg,tallygate-sqlite,tallygate-noledger,litellm,portkey",
                     help="comma-separated subset, in order")
     ap.add_argument("--modes", default="json,stream")
     ap.add_argument("--concurrency", default=None, help="comma list (default 1,15,64; quick: 15)")
@@ -124,12 +125,19 @@ def main() -> int:
         else:
             notes.append("LiteLLM rows skipped: install failed (bench/.work/litellm-install.log)")
             systems.remove("litellm")
+    pk_info = None
+    if "portkey" in systems:
+        pk_info = ensure_portkey()
+        if pk_info is None:
+            notes.append("Portkey rows skipped: install failed (bench/.work/portkey-install.log)")
+            systems.remove("portkey")
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%m%d%H%M%S")
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
         "versions": versions(),
         "litellm": li_info,
+        "portkey": pk_info,
         "run_id": run_id,
         "notes": notes,
         "git": git_state(),
@@ -151,7 +159,7 @@ def main() -> int:
                 repeat = 15 if (name == "tallygate-pg" and not a.quick and 15 in concs) else None
                 results.append(bench_system(name, stream, concs, a, run_id, repeat_c=repeat))
         if not a.no_workers:
-            for name in ("floor", "tallygate-pg"):
+            for name in ("floor", "tallygate-pg", "litellm"):
                 if name not in systems:
                     continue
                 if name == "tallygate-pg" and not tallygate_supports_workers():

@@ -15,6 +15,7 @@ import pytest
 
 from support import MASTER, sdk_client
 from support.ledger import conninfo, pg_rows
+from support.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 MILLION = Decimal(1_000_000)
@@ -46,7 +47,8 @@ def expected(r: dict, prompt=0, completion=0, cached=0, writes=0, writes_1h=0, a
 
 def one_record(gw, env) -> tuple[dict, dict]:
     log = gw.wait_records(1)[-1]
-    rows = pg_rows(env, "request_id = %s", (log["request_id"],))
+    # the log line is written before the row commits
+    rows = wait_until(lambda: pg_rows(env, "request_id = %s", (log["request_id"],)), message="the ledger row")
     assert len(rows) == 1
     row = rows[0]
     for field in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
@@ -269,3 +271,106 @@ def test_a_1_hour_write_with_only_a_5_minute_rate_is_partial(tmp_path):
     hour = Usage(prompt_tokens=1000, completion_tokens=0, total_tokens=1000, cache_write_tokens=400,
                  cache_write_1h_tokens=400)
     assert book.cost("anthropic", "c", None, hour)[1] == "override:partial"
+
+
+def test_a_big_chat_body_keeps_its_service_tier(gateway, postgres_env):
+    """Bodies over 64 KiB are not parsed whole: the top-level tier is still found (after the
+    usage, where chat completions put it), not one a message's text mentions."""
+    import orjson
+
+    text = 'say "service_tier": "flex" ' + "x" * 80_000
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-5",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10_000, "completion_tokens": 2_000, "total_tokens": 12_000},
+            "service_tier": "priority", "system_fingerprint": None}
+    gw = gateway(**postgres_env)
+    fake = {"raw_body": orjson.dumps(body).decode(), "content_type": "application/json"}
+    sdk_client(gw).chat.completions.create(model="gpt-5", messages=MESSAGES, extra_body={"fake": fake})
+    log, row = one_record(gw, postgres_env)
+    assert row["service_tier"] == "priority"
+    want = expected(rates("gpt-5", context={"service_tier": "priority"}), prompt=10_000, completion=2_000)
+    assert abs(Decimal(log["cost_usd_exact"]) - want) < EXACT
+
+
+def test_a_big_responses_body_counts_its_tool_calls_and_reads_the_top_level_usage():
+    import orjson
+
+    from tallygate.metering.usage import WHOLE_PARSE_LIMIT, from_json_body
+
+    doc = {"id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-5",
+           "output": [{"type": "web_search_call", "id": "ws_1", "status": "completed"},
+                      {"type": "web_search_call", "id": "ws_2", "status": "completed"},
+                      {"type": "message", "id": "msg_1", "role": "assistant",
+                       "content": [{"type": "output_text", "text": "y" * 100_000}]}],
+           "service_tier": "flex",
+           "usage": {"input_tokens": 900, "output_tokens": 90, "total_tokens": 990},
+           "metadata": {"usage": '{"input_tokens": 1}', "note": "web_search_call"}}
+    body = orjson.dumps(doc)
+    assert len(body) > WHOLE_PARSE_LIMIT
+    usage, model = from_json_body(body)
+    assert model == "gpt-5"
+    assert (usage.prompt_tokens, usage.completion_tokens) == (900, 90)
+    assert (usage.web_search_calls, usage.service_tier) == (2, "flex")
+
+
+def test_unpriced_and_partial_requests_are_counted_and_warned_once_per_model(gateway, postgres_env):
+    from support import metric, metrics_text
+
+    gw = gateway(**postgres_env)
+    c = sdk_client(gw)
+    audio = {"prompt_tokens": 500, "completion_tokens": 50, "details": {"input": {"audio_tokens": 400}}}
+    for _ in range(3):
+        c.chat.completions.create(model="gpt-4o-audio-preview", messages=MESSAGES, extra_body={"fake": audio})
+        c.chat.completions.create(model="house-model-x", messages=MESSAGES)
+        c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    logs = gw.wait_records(9)
+    assert {r["price_source"] for r in logs if r["model"] == "house-model-x"} == {"unknown"}
+    text = metrics_text(f"{gw.url}/metrics")
+    assert metric(text, "tallygate_unpriced_requests_total", model="gpt-4o-audio-preview", price="partial") == 3
+    assert metric(text, "tallygate_unpriced_requests_total", model="house-model-x", price="unknown") == 3
+    assert 'tallygate_unpriced_requests_total{model="gpt-4o-mini"' not in text
+    out = gw.output()
+    assert out.count("model priced in part: some of its usage has no rate") == 1
+    assert out.count("model has no price: its requests are recorded at cost 0") == 1
+
+
+def test_a_priority_request_reserves_its_budget_at_the_priority_price():
+    from tallygate.limits.guard import Guard, _nanos
+    from tallygate.metering.pricing import PriceBook
+
+    guard = Guard(None, None, PriceBook(), None)
+    standard = guard._worst_cost("openai", "gpt-5", None, 1000, 1000)
+    priority = guard._worst_cost("openai", "gpt-5", None, 1000, 1000, tier="priority")
+    flex = guard._worst_cost("openai", "gpt-5", None, 1000, 1000, tier="flex")
+    r = rates("gpt-5", context={"service_tier": "priority"})
+    assert priority == _nanos(expected(r, prompt=1000, completion=1000)) > standard
+    assert flex == standard  # the dearer of the tier and the standard price
+
+
+def test_a_prompt_past_200k_tokens_is_billed_at_the_long_context_rate():
+    """claude-sonnet-4-5's data says a 200k window but prices inputs past 200k (the 1M-token
+    beta) at a higher rate: such a prompt is neither clamped to 200k nor billed at the base rate."""
+    from tallygate.metering.pricing import PriceBook
+    from tallygate.metering.usage import Usage
+
+    book = PriceBook()
+    price = book.price("anthropic", "claude-sonnet-4-5")
+    assert price.context_window >= 1_000_000
+    usage = Usage(prompt_tokens=210_000, completion_tokens=1_000, total_tokens=211_000)
+    cost, source = book.cost("anthropic", "claude-sonnet-4-5", None, usage)
+    r = rates("claude-sonnet-4-5", provider="anthropic")
+    long_in, long_out = r["input_mtok"].tiers[-1].price, r["output_mtok"].tiers[-1].price
+    assert abs(cost - (210_000 * long_in + 1_000 * long_out) / MILLION) < EXACT
+    assert source == "genai-prices"
+
+
+def test_a_request_asking_for_prompt_caching_reserves_its_prompt_as_1_hour_writes():
+    from tallygate.limits.guard import Guard, _nanos
+    from tallygate.metering.pricing import PriceBook
+
+    guard = Guard(None, None, PriceBook(), None)
+    plain = guard._worst_cost("anthropic", "claude-sonnet-4-5", None, 1000, 1000)
+    caching = guard._worst_cost("anthropic", "claude-sonnet-4-5", None, 1000, 1000, cache_writes=True)
+    r = rates("claude-sonnet-4-5", provider="anthropic")
+    base = {k: (v.base if hasattr(v, "base") else v) for k, v in r.items()}
+    assert caching == _nanos(expected(base, prompt=1000, completion=1000, writes=1000, writes_1h=1000)) > plain

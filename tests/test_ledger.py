@@ -357,3 +357,14 @@ def test_writer_connection_closed_between_batches_is_replaced(postgres_env, monk
     first, again, after_kill, rewrite, pid, new_pid = asyncio.run(run())
     assert (first, again, after_kill, rewrite) == (2, 3, 4, 0) and new_pid != pid
     assert len(pg_rows(postgres_env, f"tenant_id = '{tenant}'")) == 12
+
+
+def test_ledger_off_writes_log_lines_and_no_rows(gateway, tmp_path):
+    gw = gateway(TALLYGATE_LEDGER="off")
+    send_mixed(gw, 6)
+    logs = gw.wait_records(6)
+    assert all(line["cost_usd_exact"] for line in logs)
+    assert "TALLYGATE_LEDGER=off: no ledger rows are written" in gw.output()
+    text = metrics_text(f"{gw.url}/metrics")
+    assert "tallygate_ledger_rows_written" not in text and "tallygate_requests_total" in text
+    assert sqlite_rows(tmp_path / "ledger.db") == []  # the keys' tables exist, no usage row

@@ -10,7 +10,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from support import FakeUpstream, post, sdk_client
+from support import FakeUpstream, call, post, sdk_client
 
 FAKE = {"prompt_tokens": 1000, "completion_tokens": 200}
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -277,3 +277,36 @@ def test_trace_from_headers(gateway):
     assert recs[0]["logging.googleapis.com/trace"] == f"projects/my-proj/traces/{trace}"
     assert recs[1]["logging.googleapis.com/trace"] == f"projects/my-proj/traces/{'a' * 32}"
     assert "logging.googleapis.com/trace" not in recs[2]
+
+
+def test_sdk_responses_stream_helper_through_the_gateway(gateway):
+    """The SDK's `responses.stream` helper assembles the answer from the documented event
+    sequence (output items, content parts, text deltas): it fails on a stream that skips them."""
+    gw = gateway()
+    fake = {**FAKE, "output_items": [{"type": "web_search_call", "id": "ws_1", "status": "completed",
+                                      "action": {"type": "search", "query": "q"}}]}
+    with sdk_client(gw).responses.stream(model="gpt-4o-mini", input="hi", extra_body={"fake": fake}) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert final.output_text == "Hello from the fake upstream"
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done") == 2
+    assert "response.content_part.added" in kinds and "response.output_text.done" in kinds
+    rec = gw.wait_records(1)[-1]
+    assert rec["web_search_calls"] == 1 and rec["total_tokens"] == 1200
+
+
+def test_models_retrieve(gateway, fake_upstream, tmp_path):
+    routes = tmp_path / "routes.toml"
+    routes.write_text(f'[[routes]]\nmodel = "team-default"\nbase_url = "{fake_upstream.base_url}"\n'
+                      'upstream_model = "gpt-4o"\n')
+    gw = gateway(TALLYGATE_CONFIG=routes)
+    c = sdk_client(gw)
+    assert c.models.retrieve("gpt-4o-mini").owned_by == "fake"  # the upstream's answer
+    local = c.models.retrieve("team-default")  # a routes-file model: the gateway's own
+    assert (local.id, local.owned_by) == ("team-default", "openai")
+    with pytest.raises(openai.NotFoundError) as err:
+        c.models.retrieve("no-such-model")
+    assert err.value.body["code"] == "model_not_found"
+    status, _, _ = call(f"{gw.url}/v1/models/gpt-4o-mini", token="wrong")
+    assert status == 401

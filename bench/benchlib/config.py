@@ -11,11 +11,13 @@ RESULTS = BENCH / "results"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 LITELLM_VENV = WORK / "litellm-venv"
 LITELLM_REQ = BENCH / "litellm-requirements.txt"
+PORTKEY_PKG = BENCH / "portkey"  # package.json + package-lock.json: the pinned Portkey gateway
+PORTKEY_DIR = WORK / "portkey"
 LUA = BENCH / "post.lua"
 
 HOST = "127.0.0.1"
 NGINX_JSON, NGINX_SSE, NGINX_STATUS = 18101, 18102, 18103
-FLOOR_PORT, TG_PORT, LITELLM_PORT = 18201, 18301, 18401
+FLOOR_PORT, TG_PORT, LITELLM_PORT, PORTKEY_PORT = 18201, 18301, 18401, 18501
 
 GATEWAY_TOKEN = "bench-gateway-token"
 MASTER_KEY = "sk-bench-master-key"

@@ -83,6 +83,20 @@ def rss_mb(pid: int) -> float:
     return round(total_kb / 1024, 1)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of pid and its descendants so far (/proc/<pid>/stat): what
+    the system under test itself spent, whatever else shares the cores."""
+    ticks = 0
+    for q in proc_tree(pid):
+        try:
+            stat = Path(f"/proc/{q}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 _STATUS_CALLS = [0]
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import HOST, LITELLM_REQ, LITELLM_VENV, ROOT, VENV_PY, WORK
+from .config import HOST, LITELLM_REQ, LITELLM_VENV, PORTKEY_DIR, PORTKEY_PKG, ROOT, VENV_PY, WORK
 from .host import log, nginx_bin, sh
 from .systems import base_env
 
@@ -53,6 +53,38 @@ def ensure_litellm() -> bool:
         return False
     marker.write_text(want)
     return True
+
+
+def ensure_portkey() -> dict | None:
+    """Install the pinned Portkey gateway from npm into bench/.work/portkey (`npm ci` from the
+    committed lock, idempotent); its versions, or None when it could not be installed."""
+    lock = (PORTKEY_PKG / "package-lock.json").read_bytes()
+    want = hashlib.sha256(lock).hexdigest()
+    marker = PORTKEY_DIR / ".bench-installed"
+    main = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "package.json"
+    if not (marker.exists() and marker.read_text().strip() == want and main.exists()):
+        if not shutil.which("npm") or not shutil.which("node"):
+            log("Portkey rows skipped: node and npm are needed")
+            return None
+        PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(PORTKEY_PKG / name, PORTKEY_DIR / name)
+        log(f"installing the Portkey gateway into {PORTKEY_DIR} (npm ci)")
+        with open(WORK / "portkey-install.log", "a") as f:
+            r = subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=PORTKEY_DIR,
+                               stdout=f, stderr=subprocess.STDOUT, timeout=600)
+        if r.returncode != 0 or not main.exists():
+            log("Portkey install failed; see bench/.work/portkey-install.log")
+            return None
+        marker.write_text(want)
+
+    def version(package: str) -> str | None:
+        path = PORTKEY_DIR / "node_modules" / package / "package.json"
+        return json.loads(path.read_text()).get("version") if path.exists() else None
+
+    node = sh(["node", "--version"]).stdout.strip()
+    return {"gateway": version("@portkey-ai/gateway"), "hono": version("hono"),
+            "@hono/node-server": version("@hono/node-server"), "node": node}
 
 
 def litellm_info() -> dict:

@@ -10,7 +10,8 @@ from .config import HOST, LUA, MODEL, WORK
 from .processes import NICE
 
 
-def run_wrk(port: int, c: int, seconds: float, tenant: str, stream: bool, token: str, tag: str) -> dict:
+def run_wrk(port: int, c: int, seconds: float, tenant: str, stream: bool, token: str, tag: str,
+            headers: dict | None = None) -> dict:
     out = WORK / "wrk" / f"{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
@@ -21,6 +22,7 @@ def run_wrk(port: int, c: int, seconds: float, tenant: str, stream: bool, token:
         "BENCH_MODEL": MODEL,
         "BENCH_STREAM": "1" if stream else "0",
         "BENCH_OUT": str(out),
+        "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in (headers or {}).items()),
     }
     cmd = (["nice", "-n", str(NICE[0])] if NICE[0] else []) + [
         "taskset", "-c", "1", "wrk", "-t1", f"-c{c}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",

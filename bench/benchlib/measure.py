@@ -12,6 +12,7 @@ from .host import (
     other_cpu,
     port_free,
     rss_mb,
+    tree_cpu_seconds,
     upstream_quiet,
     wait_quiet,
 )
@@ -45,41 +46,47 @@ def bench_system(name: str, stream: bool, concs: list[int], a, run_id: str, work
             return res
         time.sleep(0.5)
         res["rss_idle_mb"] = rss_mb(proc.p.pid)
-        err = smoke(sysd["port"], sysd["token"], stream)
+        err = smoke(sysd["port"], sysd["token"], stream, sysd.get("headers"))
         if err:
             res["error"] = err + "\n" + proc.log_tail(1500)
             res.update(proc.stop(10))
             log(f"{label} {mode}: smoke failed: {err}")
             return res
-        port, token = sysd["port"], sysd["token"]
+        port, token, headers = sysd["port"], sysd["token"], sysd.get("headers")
         log(f"{label} {mode}: healthy in {res['start_s']} s, RSS idle {res['rss_idle_mb']} MB")
     else:
         port = NGINX_SSE if stream else NGINX_JSON
-        token = GATEWAY_TOKEN
+        token, headers = GATEWAY_TOKEN, None
     tenants = []
     plan = [(c, "") for c in concs] + ([(repeat_c, "-repeat")] if repeat_c else [])
     for c, suffix in plan:
         base = f"bench-{run_id}-{name}-w{workers}-{mode}-c{c}{suffix}"
         warm_t, meas_t = base + "-warm", base
         tenants += [warm_t, meas_t]
-        run_wrk(port, c, a.warmup, warm_t, stream, token, warm_t)
+        run_wrk(port, c, a.warmup, warm_t, stream, token, warm_t, headers)
         h0 = upstream_quiet()
         waited = wait_quiet(a.quiet_wait) if a.quiet_wait > 0 else 0.0
         s0 = _STATUS_CALLS[0]
         cpu0 = cpu_sample()
-        r = run_wrk(port, c, a.duration, meas_t, stream, token, meas_t)
+        own0 = tree_cpu_seconds(sysd["proc"].p.pid) if sysd else 0.0
+        r = run_wrk(port, c, a.duration, meas_t, stream, token, meas_t, headers)
+        own = tree_cpu_seconds(sysd["proc"].p.pid) - own0 if sysd else 0.0
         other, steal = other_cpu(cpu0, cpu_sample())
         h1 = upstream_quiet()
         hits = h1 - h0 - (_STATUS_CALLS[0] - s0)
         row = {"c": c, "repeat": bool(suffix), "tenant": meas_t, **r, "upstream_hits": hits,
                "other_cpu_cores": other, "steal_cores": steal, "waited_for_quiet_s": waited}
+        if sysd and r.get("requests"):
+            # the system's own CPU a request (ledger writes after the row included only as far
+            # as they happened inside it): what more cores or more instances multiply
+            row["cpu_us_per_request"] = round(own * 1e6 / r["requests"], 1)
         if sysd:
             row["rss_after_mb"] = rss_mb(sysd["proc"].p.pid)
         res["rows"].append(row)
         lat = r["latency_us"]
         log(f"{label} {mode} c={c}{suffix}: {r['rps']:.0f} req/s p50 {lat['p50']/1000:.2f} ms "
             f"p99 {lat['p99']/1000:.2f} ms errors {sum(r['errors'].values())} rss {row.get('rss_after_mb', '-')} "
-            f"other-cpu {other:.2f} steal {steal:.2f}")
+            f"other-cpu {other:.2f} steal {steal:.2f} cpu/req {row.get('cpu_us_per_request', '-')} us")
     if sysd:
         proc = sysd["proc"]
         res["rss_after_mb"] = rss_mb(proc.p.pid)

@@ -1,4 +1,5 @@
-"""The systems under test: direct, floor, tallygate (SQLite / Postgres), LiteLLM."""
+"""The systems under test: direct, floor, tallygate (Postgres, SQLite, no ledger), LiteLLM,
+the Portkey gateway."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from .config import (
     NGINX_JSON,
     NGINX_SSE,
     PG_ENV,
+    PORTKEY_DIR,
+    PORTKEY_PORT,
     ROOT,
     TG_PORT,
     VENV_PY,
@@ -60,14 +63,19 @@ def make_system(name: str, stream: bool, workers: int, run_id: str) -> dict:
         env.update(OPENAI_BASE_URL=upstream_url(stream), OPENAI_API_KEY="x", PROXY_GATEWAY_TOKEN=GATEWAY_TOKEN)
         cmd = ["taskset", "-c", cores, str(VENV_PY), str(BENCH / "floor_proxy.py"), "--port", str(FLOOR_PORT), "--workers", str(workers)]
         return dict(proc=Proc(name, cmd, env, logf), port=FLOOR_PORT, health="/health", token=GATEWAY_TOKEN, ledger=None)
-    if name in ("tallygate-pg", "tallygate-sqlite"):
+    if name in ("tallygate-pg", "tallygate-sqlite", "tallygate-noledger"):
         env.update(
             OPENAI_BASE_URL=upstream_url(stream), OPENAI_API_KEY="x",
             PROXY_GATEWAY_TOKEN=GATEWAY_TOKEN, PROXY_MASTER_KEY=MASTER_KEY,
         )
+        ledger: tuple | None
         if name == "tallygate-pg":
             env.update(PG_ENV)
             ledger = ("pg", None)
+        elif name == "tallygate-noledger":  # the like-for-like row against peers that keep none
+            env["TALLYGATE_LEDGER"] = "off"
+            env["TALLYGATE_SQLITE_PATH"] = str(WORK / "tallygate-noledger.db")
+            ledger = None
         else:
             db = WORK / "tallygate-bench.db"
             env["TALLYGATE_SQLITE_PATH"] = str(db)
@@ -96,16 +104,24 @@ def make_system(name: str, stream: bool, workers: int, run_id: str) -> dict:
         cmd = ["taskset", "-c", cores, str(LITELLM_VENV / "bin" / "litellm"), "--config", str(cfg),
                "--host", HOST, "--port", str(LITELLM_PORT), "--num_workers", str(workers), "--telemetry", "False"]
         return dict(proc=Proc(name, cmd, env, logf), port=LITELLM_PORT, health="/health/liveliness", token=MASTER_KEY, ledger=None)
+    if name == "portkey":
+        # Portkey keeps no ledger and no per-tenant state: it proxies to the upstream named
+        # by its headers (provider openai, custom host)
+        cmd = ["taskset", "-c", cores, "node", str(PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" /
+               "start-server.js"), f"--port={PORTKEY_PORT}"]
+        headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": upstream_url(stream)}
+        return dict(proc=Proc(name, cmd, env, logf), port=PORTKEY_PORT, health="/", token="x", ledger=None,
+                    headers=headers)
     raise ValueError(name)
 
 
-def smoke(port: int, token: str, stream: bool) -> str | None:
+def smoke(port: int, token: str, stream: bool, headers: dict | None = None) -> str | None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     if stream:
         body.update(stream=True, stream_options={"include_usage": True})
     try:
         st, out = http_post(port, "/v1/chat/completions", body,
-                            {"Authorization": f"Bearer {token}", "X-Tenant-ID": "bench-smoke"})
+                            {"Authorization": f"Bearer {token}", "X-Tenant-ID": "bench-smoke", **(headers or {})})
     except OSError as e:
         return f"smoke request failed: {e}"
     if st != 200:

@@ -13,10 +13,11 @@ import os
 import re
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
-from .auth import Authenticator
+from .auth import Authenticator, api_key_credential
 from .errors import GatewayError, error_body, not_found
-from .http import ClientGone, send_error
+from .http import ClientGone, send_error, send_json
 from .metering.pricing import PriceBook, load_overrides
 from .proxy.formats import ENDPOINTS
 from .proxy.handler import ProxyHandler
@@ -29,8 +30,10 @@ from .upstream import Router, client_session, route_secrets, scrub
 if TYPE_CHECKING:
     import aiohttp
 
+    from .credits.store import CreditStore
     from .limits.guard import Guard
     from .routes.admin import Admin
+    from .routes.models import Models
     from .sinks.ledger import LedgerWriter
     from .sinks.metrics_server import MetricsServer
     from .store.postgres import PostgresStore
@@ -42,19 +45,20 @@ log = logging.getLogger("tallygate")
 
 _TRACE_RE = re.compile(rb"[0-9a-fA-F]{32}")
 # the GET endpoints outside the proxy and the admin API (routes/service.py, routes/models.py)
-GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models")
+GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models", b"/v1/balance")
 
 
 # a header a request may carry once only: two would let two parts of a stack (a proxy in
 # front, the gateway) each read a different one
-_SINGLE = (b"authorization", b"x-tenant-id")
+_SINGLE = (b"authorization", b"x-tenant-id", b"x-api-key")
+_SHOWN = {b"authorization": "Authorization", b"x-tenant-id": "X-Tenant-ID", b"x-api-key": "x-api-key"}
 
 
 def refuse_duplicates(raw_headers) -> None:
     seen = [name for name, _ in raw_headers if name in _SINGLE]
     for name in _SINGLE:
         if seen.count(name) > 1:
-            shown = "Authorization" if name == b"authorization" else "X-Tenant-ID"
+            shown = _SHOWN[name]
             raise GatewayError(
                 400,
                 f"The {shown} header appears more than once: send it once.",
@@ -72,10 +76,12 @@ class Gateway:
     ledger: LedgerWriter
     metrics: MetricsSink
     keystore: KeyStore
+    credits: CreditStore
     keys: KeyCache
     guard: Guard
     pipeline: Pipeline
     admin: Admin
+    models: Models
     loop: asyncio.AbstractEventLoop
     client_ready: asyncio.Event
 
@@ -128,6 +134,7 @@ class Gateway:
 
     # -- lifespan ----------------------------------------------------------
     async def startup(self) -> None:
+        from .credits.store import CreditStore
         from .limits.counters import MemoryCounters
         from .limits.guard import Guard
         from .routes.admin import Admin
@@ -151,7 +158,8 @@ class Gateway:
         )
         self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
         self.keystore = KeyStore(self.store)
-        self.keys = KeyCache(self.keystore, s.keys_refresh)
+        self.credits = CreditStore(self.store)
+        self.keys = KeyCache(self.keystore, s.keys_refresh, self.credits)
         self.auth.keys = self.keys
         if s.redis_url:
             from .limits.redis import RedisCounters
@@ -169,16 +177,22 @@ class Gateway:
             on_redis_down=s.limits_on_redis_down,
             on_db_down=s.limits_on_db_down,
             failed_open=self.metrics.failed_open,
+            credit_low_usd=s.credit_low_usd,
         )
         if s.metrics_port:
             from .sinks.metrics_server import MetricsServer
 
             self.metrics_server = MetricsServer(self.metrics.render, s.metrics_host, s.metrics_port)
             await self.metrics_server.start()
+        if s.ledger == "off":
+            log.warning(
+                "TALLYGATE_LEDGER=off: no ledger rows are written; the log lines are the only "
+                "record of usage, and budgets count only what this process saw since it started"
+            )
         self.pipeline = Pipeline(
             self.prices,
             [JsonLogSink(), self.metrics],
-            self.ledger,
+            self.ledger if s.ledger == "on" else None,
             [self.guard],
             wait_for_commit=s.ledger_mode == "sync",
             commit_timeout=s.sync_commit_timeout,
@@ -202,10 +216,18 @@ class Gateway:
             secrets=self.upstream_secrets_b,
             scrub=scrub,
         )
-        self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready)
+        from .routes.credits import Credits
+
+        credits = Credits(self.auth, self.credits, self.keys, self.guard, lambda: self.ledger_ready)
+        self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready, credits)
         service = Service(self.auth, s.metrics_mode, self.metrics.render, self.is_ready)
         models = Models(self.auth, self.router, self.client, self.upstream_secrets_b)
-        self.routes = {**service.routes(), (b"GET", b"/v1/models"): models.handle}
+        self.routes = {
+            **service.routes(),
+            (b"GET", b"/v1/models"): models.handle,
+            (b"GET", b"/v1/balance"): credits.balance,
+        }
+        self.models = models
         self.started = True
         import gc
 
@@ -308,6 +330,8 @@ class Gateway:
 
     def ledger_stats(self) -> dict:
         w = self.ledger
+        if self.settings.ledger == "off":
+            return {}
         return {
             "depth": w.depth,
             "rows_written": w.rows_written,
@@ -325,6 +349,9 @@ class App:
         self._allowed: dict[bytes, list[bytes]] = {path: [b"GET"] for path in GET_PATHS}
         for path in ENDPOINTS:
             self._allowed[path] = [b"POST"]
+        # path -> (upstream path, wire format, the routes that speak it)
+        router = self.g.router
+        self.endpoints = {path: (up, fmt, router.for_wire(fmt.wire)) for path, (up, fmt) in ENDPOINTS.items()}
 
     async def __call__(self, scope, receive, send) -> None:
         """HTTP requests are dispatched here directly: a coroutine layer per request is
@@ -336,14 +363,18 @@ class App:
         path = scope["raw_path"] or scope["path"].encode()
         if path.find(b"?") >= 0:  # uvicorn's raw_path has no query; other servers' may
             path = path.split(b"?", 1)[0]
-        endpoint = ENDPOINTS.get(path)
+        endpoint = self.endpoints.get(path)
         try:
             if endpoint is not None and scope["method"] == "POST":
                 raw = scope["headers"]
                 headers = dict(raw)
                 if len(headers) != len(raw):  # a name repeated: maybe one that must come once
                     refuse_duplicates(raw)
-                principal = self.g.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
+                authorization = headers.get(b"authorization")
+                if authorization is None and endpoint[1].api_key_header is not None:
+                    # Anthropic's SDKs send their key as x-api-key (on the OpenAI endpoints: a 401)
+                    authorization = api_key_credential(headers.get(endpoint[1].api_key_header))
+                principal = self.g.auth.authenticate(authorization, headers.get(b"x-tenant-id"))
                 await self.g.proxy.handle(scope, receive, send, endpoint, principal, headers)
                 return
             refuse_duplicates(scope["headers"])
@@ -354,6 +385,9 @@ class App:
                 return
             if path.startswith(b"/admin/") or path == b"/v1/usage":
                 await self.g.admin.handle(scope, receive, send, method, path)
+                return
+            if method == b"GET" and path.startswith(b"/v1/models/"):
+                await self.g.models.retrieve(scope, receive, send, unquote(path[11:].decode("utf-8", "replace")))
                 return
             allowed = self._allowed.get(path)
             if allowed:
@@ -366,8 +400,11 @@ class App:
                 )
             raise not_found(f"Unknown path {scope['path'][:200]!r}.")
         except GatewayError as err:
-            if endpoint is not None and self.g.started:
-                self.g.metrics.rejected(err.code or str(err.status))
+            if endpoint is not None:
+                if self.g.started:
+                    self.g.metrics.rejected(err.code or str(err.status))
+                await send_json(send, err.status, endpoint[1].error_body(err), err.headers)  # the format's shape
+                return
             await send_error(send, err)
         except ClientGone:
             return

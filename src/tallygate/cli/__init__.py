@@ -1,7 +1,7 @@
-"""The `tallygate` command: serve, db, ledger, usage, keys, billing, deploy, fake-upstream.
+"""The `tallygate` command: serve, db, ledger, usage, keys, credits, billing, deploy, fake-upstream.
 
 This module parses the arguments; the commands that use the ledger database live in
-db.py, ledger.py, usage.py and keys.py, imported only when run."""
+db.py, ledger.py, usage.py, keys.py, credits.py and reconcile.py, imported only when run."""
 
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--by", default="tenant", help="comma list of tenant,model,day,key,endpoint,status")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
+    p = sub.add_parser("reconcile", help="the ledger against the provider's usage and cost reports")
+    if command in (None, "reconcile", "-h", "--help"):
+        from .reconcile import add_arguments as add_reconcile_arguments
+
+        add_reconcile_arguments(p)
+
     p = sub.add_parser("keys", help="tenant keys")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     kc = ksub.add_parser("create", help="create a key (printed once)")
@@ -68,6 +74,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     kl.add_argument("--tenant")
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("key_id")
+
+    p = sub.add_parser("credits", help="prepaid credits of a tenant")
+    csub = p.add_subparsers(dest="credits_command", metavar="ACTION", required=True)
+    ct = csub.add_parser(
+        "topup", help="add credit (a negative amount: an adjustment); the first top-up makes the tenant prepaid"
+    )
+    ct.add_argument("tenant_id")
+    ct.add_argument("amount_usd", help="exact decimal USD, e.g. 25 or -1.50")
+    ct.add_argument("--reference", required=True, help="idempotency reference (a payment id): once per tenant")
+    ct.add_argument("--note")
+    csub.add_parser("list", help="list the credit entries").add_argument("tenant_id")
+    csub.add_parser("balance", help="credited, spent and balance").add_argument("tenant_id")
 
     p = sub.add_parser("billing", help="billing exports (Stripe meter events, OpenMeter)")
     if command in (None, "billing", "-h", "--help"):
@@ -140,10 +158,18 @@ async def _run_database_command(args) -> int:
             from .usage import usage_command
 
             return await usage_command(args)
+        if args.command == "reconcile":
+            from .reconcile import reconcile_command
+
+            return await reconcile_command(args)
         if args.command == "keys":
             from .keys import keys_command
 
             return await keys_command(args)
+        if args.command == "credits":
+            from .credits import credits_command
+
+            return await credits_command(args)
         if args.command == "billing":
             from .billing import billing_command
 

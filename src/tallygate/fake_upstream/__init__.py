@@ -38,6 +38,10 @@ Billable parts beyond tokens (chat, completions, responses):
              "output_items": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]}
                                                             # responses: items before the message
 
+Responses streams carry the documented event sequence (response.created, in_progress,
+each output item added and done, a message's content part and text deltas, completed), so
+the SDKs' `responses.stream` helpers work against it.
+
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
 received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
 /_fake/stats counts calls and lists streams whose reader hung up

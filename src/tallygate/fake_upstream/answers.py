@@ -81,3 +81,39 @@ async def write_pieces(resp, event: bytes) -> None:
 
 def closed(request) -> bool:
     return request.transport is None or request.transport.is_closing()
+
+
+def responses_events(response, output: list, usage, words: list[str], message: dict) -> list[bytes]:
+    """A Responses stream as the API reference documents it: created, in_progress, each
+    output item added and done (a message's content part and text deltas between), completed.
+    `response(status, output, usage)` builds the response object at each stage."""
+    events: list[dict] = [
+        {"type": "response.created", "response": response("in_progress", [], None)},
+        {"type": "response.in_progress", "response": response("in_progress", [], None)},
+    ]
+    tools = output[:-1]
+    for index, item in enumerate(tools):
+        events.append({"type": "response.output_item.added", "output_index": index, "item": item})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    index = len(tools)
+    item_id = message["id"]
+    text = "".join(words)
+    part = {"type": "output_text", "text": "", "annotations": []}
+    where = {"item_id": item_id, "output_index": index, "content_index": 0}
+    events.append(
+        {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": {**message, "status": "in_progress", "content": []},
+        }
+    )
+    events.append({"type": "response.content_part.added", **where, "part": part})
+    events.extend({"type": "response.output_text.delta", **where, "delta": w, "logprobs": []} for w in words)
+    events.append({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+    events.append({"type": "response.content_part.done", **where, "part": {**part, "text": text}})
+    events.append({"type": "response.output_item.done", "output_index": index, "item": message})
+    events.append({"type": "response.completed", "response": response("completed", output, usage)})
+    return [
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps({**e, "sequence_number": i}) + b"\n\n"
+        for i, e in enumerate(events)
+    ]

@@ -1,4 +1,5 @@
-"""The fake upstream's aiohttp application: one handler per OpenAI endpoint, plus /_fake/*."""
+"""The fake upstream's aiohttp application: one handler per OpenAI endpoint, Anthropic's
+Messages API (anthropic.py), plus /_fake/*."""
 
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ from .answers import (
     chat_usage,
     closed,
     raw_answer,
+    responses_events,
     responses_usage,
     usage_numbers,
     write_pieces,
 )
+from .anthropic import AnthropicAnswers
+
+# request headers listed by /_fake/requests (the ones a test checks were passed on, or not)
+_RECORDED_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta", "api-key", "openai-beta")
 
 
 class FakeUpstream:
@@ -38,13 +44,19 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model:.+}", self.model)
+        anthropic = AnthropicAnswers(self)
+        app.router.add_post("/v1/messages", anthropic.messages)
+        app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)
         app.router.add_get("/_fake/stats", self.stats)
         return app
 
-    async def _begin(self, request: web.Request):
+    async def _begin(self, request: web.Request, error_body=None):
+        """(doc, fake, None), or (None, None, the error answer) as "fake" asks; `error_body(status,
+        message)`: the error's JSON in the API's shape (None: OpenAI's)."""
         raw = await request.read()
         self.calls += 1
         try:
@@ -63,6 +75,7 @@ class FakeUpstream:
                 "path": request.path,
                 "authorization": request.headers.get("Authorization"),
                 "cookie": request.headers.get("Cookie"),
+                "headers": {k: request.headers[k] for k in _RECORDED_HEADERS if k in request.headers},
                 "body": raw.decode("utf-8", "replace"),
             }
         )
@@ -90,7 +103,8 @@ class FakeUpstream:
             message = f"fake upstream error {status}"
             if fake.get("quote_key"):  # as some upstreams do: the key they were sent, in the message
                 key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-                message = f"Incorrect API key provided: {key or request.headers.get('api-key', '')}"
+                key = key or request.headers.get("api-key") or request.headers.get("x-api-key") or ""
+                message = f"Incorrect API key provided: {key}"
             body = {
                 "error": {
                     "message": message,
@@ -99,6 +113,8 @@ class FakeUpstream:
                     "code": None,
                 }
             }
+            if error_body is not None:
+                body = error_body(status, message)
             headers = {"x-request-id": "req_fake_err"}
             if fake.get("retry_after") is not None:
                 headers["retry-after"] = str(fake["retry_after"])
@@ -133,14 +149,15 @@ class FakeUpstream:
     def _model(self, doc, fake) -> str:
         return str(fake.get("upstream_model", doc.get("model", "gpt-4o-mini")))
 
-    async def _sse(self, request, events: list[bytes], fake: dict) -> web.StreamResponse:
+    async def _sse(self, request, events: list[bytes], fake: dict, headers: dict | None = None) -> web.StreamResponse:
         resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
+            headers=headers
+            or {
                 "x-request-id": "req_fake_stream",
                 "x-ratelimit-remaining-requests": "99",
             }
         )
+        resp.headers["Content-Type"] = "text/event-stream; charset=utf-8"
         await resp.prepare(request)
         cut = fake.get("cut_after")
         delay = float(fake.get("chunk_delay", 0))
@@ -353,41 +370,7 @@ class FakeUpstream:
             return web.Response(
                 body=orjson.dumps(response("completed", output, usage)), content_type="application/json"
             )
-        events = [
-            b"event: response.created\ndata: "
-            + orjson.dumps(
-                {"type": "response.created", "sequence_number": 0, "response": response("in_progress", [], None)}
-            )
-            + b"\n\n"
-        ]
-        for i, word in enumerate(words):
-            events.append(
-                b"event: response.output_text.delta\ndata: "
-                + orjson.dumps(
-                    {
-                        "type": "response.output_text.delta",
-                        "sequence_number": i + 1,
-                        "item_id": "msg_fake",
-                        "output_index": 0,
-                        "content_index": 0,
-                        "delta": word,
-                        "logprobs": [],
-                    }
-                )
-                + b"\n\n"
-            )
-        events.append(
-            b"event: response.completed\ndata: "
-            + orjson.dumps(
-                {
-                    "type": "response.completed",
-                    "sequence_number": n + 1,
-                    "response": response("completed", output, usage),
-                }
-            )
-            + b"\n\n"
-        )
-        return await self._sse(request, events, fake)
+        return await self._sse(request, responses_events(response, output, usage, words, message), fake)
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
@@ -395,6 +378,18 @@ class FakeUpstream:
             for m in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
         ]
         return web.json_response({"object": "list", "data": data})
+
+    async def model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small"):
+            return web.json_response({"id": name, "object": "model", "created": 1700000000, "owned_by": "fake"})
+        error = {
+            "message": f"The model '{name}' does not exist",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+        return web.json_response({"error": error}, status=404)
 
     async def list_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)

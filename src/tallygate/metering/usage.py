@@ -214,15 +214,16 @@ _COLON = re.compile(rb"\s*:\s*")
 _TAIL_CANDIDATES = 32
 
 
-def _is_top_level_key(body: bytes, pos: int) -> bool:
-    """Whether the `"usage"` at `pos` is a key of the outermost object: the rest of the body
-    closes exactly one container (strings skipped, so brackets inside them do not count)."""
+def _is_top_level_key(body: bytes, pos: int, key_len: int) -> bool:
+    """Whether the key at `pos` (its opening quote) is a key of the outermost object: the
+    rest of the body closes exactly one container (strings skipped, so brackets inside them
+    do not count)."""
     if pos and body[pos - 1] == 0x5C:  # an escaped quote inside a string
         return False
-    if not _COLON.match(body, pos + 7):
+    if not _COLON.match(body, pos + key_len):
         return False  # a value, not a key
     depth = 0
-    for m in _STRUCTURE.finditer(body, pos + 7):
+    for m in _STRUCTURE.finditer(body, pos + key_len):
         c = m.group()[0]
         if c == 0x7B or c == 0x5B:  # { [
             depth += 1
@@ -231,29 +232,52 @@ def _is_top_level_key(body: bytes, pos: int) -> bool:
     return depth == -1
 
 
+def _tail_value(body: bytes, key: bytes, start: int = 0) -> int:
+    """Where the value of the outermost object's `key` (quoted) begins, found from the end
+    and not before `start`; -1 when absent."""
+    pos = len(body)
+    for _ in range(_TAIL_CANDIDATES):
+        pos = body.rfind(key, start, pos)
+        if pos < 0:
+            return -1
+        if _is_top_level_key(body, pos, len(key)):
+            colon = _COLON.match(body, pos + len(key))
+            return colon.end() if colon else -1
+    return -1
+
+
 def _tail_usage(body: bytes) -> Usage | None:
     """The top-level usage object of a big body, found from the end: a client's `metadata`
     echoed after it may hold a key named usage too (the Responses API echoes it last)."""
-    pos = len(body)
-    for _ in range(_TAIL_CANDIDATES):
-        pos = body.rfind(b'"usage"', 0, pos)
-        if pos < 0:
-            return None
-        if _is_top_level_key(body, pos):
-            break
-    else:
-        return None
-    colon = _COLON.match(body, pos + 7)
-    brace = colon.end() if colon else -1
+    brace = _tail_value(body, b'"usage"')
     if brace < 0 or body[brace : brace + 1] != b"{":
         return None  # "usage": null, or not an object
     obj = _balanced_object(body, brace)
     if obj is None:
         return None
     try:
-        return usage_from_object(orjson.loads(obj))
+        usage = usage_from_object(orjson.loads(obj))
     except orjson.JSONDecodeError:
         return None
+    if usage is not None and usage.service_tier is None:
+        usage.service_tier = _tail_tier(body)
+    return usage
+
+
+# Chat completions name the tier after usage; other objects near their end too: a big
+# body's tier is looked for in its last 64 KiB only (embeddings have none to find)
+TIER_WINDOW = 64 * 1024
+_TIER_VALUE = re.compile(rb'"([^"\\]{1,32})"')
+
+
+def _tail_tier(body: bytes) -> str | None:
+    at = _tail_value(body, b'"service_tier"', max(0, len(body) - TIER_WINDOW))
+    m = _TIER_VALUE.match(body, at) if at >= 0 else None
+    return m.group(1).decode("ascii", "replace") if m else None
+
+
+# A Responses object is parsed whole at any size: its output items carry tool fees
+_RESPONSE_OBJECT = re.compile(rb'"object"\s*:\s*"response"')
 
 
 def _head_model(body: bytes) -> str | None:
@@ -270,7 +294,7 @@ def _head_model(body: bytes) -> str | None:
 
 def from_json_body(body: bytes) -> tuple[Usage | None, str | None]:
     """(usage, upstream model) of a non-streamed response body."""
-    if len(body) > WHOLE_PARSE_LIMIT:
+    if len(body) > WHOLE_PARSE_LIMIT and not _RESPONSE_OBJECT.search(body, 0, 4096):
         return _tail_usage(body), _head_model(body)
     try:
         doc = orjson.loads(body)

@@ -84,6 +84,7 @@ class MetricsSink:
         self.errors: dict[tuple, int] = {}  # (model, status)
         self.rejections: dict[tuple, int] = {}  # (reason,)
         self.flagged: dict[tuple, int] = {}  # (model, flag): usage missing or implausible
+        self.unpriced: dict[tuple, int] = {}  # (model, price): "unknown" (no price) or "partial"
         self.limits_failed_open: dict[tuple, int] = {}  # (reason,)
         self.latency = _Histograms()
         self.ttft = _Histograms()
@@ -115,6 +116,10 @@ class MetricsSink:
             if rec.usage_flag is not None:
                 pair = (model, rec.usage_flag)
                 self.flagged[pair] = self.flagged.get(pair, 0) + 1
+            source = rec.price_source
+            if source == "unknown" or source.endswith(":partial"):
+                pair = (model, "unknown" if source == "unknown" else "partial")
+                self.unpriced[pair] = self.unpriced.get(pair, 0) + 1
 
     def rejected(self, reason: str) -> None:
         """A request refused before it reached an upstream (auth, limits, bad input)."""
@@ -144,6 +149,13 @@ class MetricsSink:
             "Answers whose usage was missing (estimated) or implausible (billed at the request's bounds)",
             ["model", "flag"],
             self.flagged,
+        )
+        yield _counter(
+            "tallygate_unpriced_requests",
+            "Requests whose model has no price (price=unknown, recorded at cost 0) or a part of whose "
+            "usage has no rate (price=partial, that part recorded at 0)",
+            ["model", "price"],
+            self.unpriced,
         )
         yield _counter(
             "tallygate_limits_failed_open",

@@ -25,6 +25,8 @@ log = logging.getLogger("tallygate.pipeline")
 # anyone reading the log or /metrics can notice. The sync ledger mode uses 0: there a
 # response waits for its row.
 LINGER = 0.005
+# models named in the once-per-model WARNING about missing rates (names come from clients)
+UNPRICED_WARNINGS = 1000
 
 
 class Sink(Protocol):
@@ -87,6 +89,7 @@ class Pipeline:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._warned_unpriced: set[str] = set()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -152,6 +155,10 @@ class Pipeline:
                 hold_to_bounds(rec, price.context_window, self.default_out, self.default_context)
                 rec.cost_usd, rec.price_source = price.cost(rec), price.source_for(rec)
                 rec.price_version = self.prices.version
+                # source_for hands back the price's own source unless a part had no rate
+                unpriced = rec.price_source is not price.source or price.source == "unknown"
+                if unpriced and rec.model not in self._warned_unpriced:
+                    self._warn_unpriced(rec)
             except Exception:
                 log.exception("pricing failed", extra={"fields": {"model": rec.model}})
         for sink in self._writers:
@@ -166,6 +173,30 @@ class Pipeline:
             for _, fut in batch:
                 if fut is not None and not fut.done():
                     fut.set_result(True)
+
+    def _warn_unpriced(self, rec: UsageRecord) -> None:
+        """Once per model and process: the gateway served a model it cannot fully price
+        (counted per request in tallygate_unpriced_requests_total)."""
+        if len(self._warned_unpriced) >= UNPRICED_WARNINGS:
+            return
+        self._warned_unpriced.add(rec.model)
+        partial = rec.price_source.endswith(":partial")
+        log.warning(
+            "model priced in part: some of its usage has no rate"
+            if partial
+            else "model has no price: its requests are recorded at cost 0",
+            extra={
+                "fields": {
+                    "model": rec.model,
+                    "upstream_model": rec.upstream_model,
+                    "provider": rec.provider,
+                    "service_tier": rec.service_tier,
+                    "price_source": rec.price_source,
+                    "hint": "add the missing rates to the price file (TALLYGATE_PRICES_FILE); "
+                    "see README, 'Costs and prices'",
+                }
+            },
+        )
 
     async def close(self, deadline: float) -> None:
         """Drain the queue, then flush the ledger until `deadline` (monotonic)."""
