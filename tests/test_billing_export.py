@@ -274,6 +274,8 @@ def test_wrong_key_is_a_clear_error_and_loses_nothing(export_db, stripe_fake):
                          STRIPE_API_KEY="sk_test_wrong_key_999")
     assert status == 1 and "Stripe refused the API key" in out, out
     assert "sk_test_wrong_key_999" not in out
+    status, out = export(export_db, "stripe", "--settle", "1s")  # no STRIPE_API_KEY at all
+    assert status == 1 and "STRIPE_API_KEY is not set" in out and "Traceback" not in out, out
     status, out = export(export_db, "stripe", "--settle", "1s", fake=stripe_fake)
     assert status == 0, out
     assert stripe_fake.totals() == {"cus_auth000001": 300000}

@@ -57,7 +57,10 @@ async def billing_command(args) -> int:
     store = await open_ledger()  # the schema must be in place (tallygate db init)
     await store.close()
     settings = settings_module.load()
-    return await asyncio.to_thread(run_export, args.target, settings, opts, args.loop, float(interval))
+    try:
+        return await asyncio.to_thread(run_export, args.target, settings, opts, args.loop, float(interval))
+    except ExportError as exc:  # a missing or bad setting (STRIPE_API_KEY, OPENMETER_URL, ...)
+        raise CommandError(str(exc)) from None
 
 
 async def _status() -> int:
