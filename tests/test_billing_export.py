@@ -281,6 +281,21 @@ def test_wrong_key_is_a_clear_error_and_loses_nothing(export_db, stripe_fake):
     assert stripe_fake.totals() == {"cus_auth000001": 300000}
 
 
+def test_stripe_unreachable_keeps_the_outbox_for_the_next_run(export_db, stripe_fake):
+    from support import free_port
+
+    tenant = f"down-{uuid.uuid4().hex[:6]}"
+    set_customers(export_db, {tenant: "cus_down000001"})
+    insert_rows(export_db, [(tenant, hours_ago(2), "0.75")])
+    status, out = export(export_db, "stripe", "--since", "3h", "--settle", "1s", fake=stripe_fake,
+                         STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    assert status == 1 and "Stripe is not reachable" in out, out
+    assert [r["sent_at"] for r in outbox(export_db)] == [None]  # accounted, waiting
+    status, out = export(export_db, "stripe", "--settle", "1s", fake=stripe_fake)
+    assert status == 0, out
+    assert stripe_fake.totals() == {"cus_down000001": 750000} and len(stripe_fake.events) == 1
+
+
 def test_two_exporters_one_leader(export_db, stripe_fake):
     """Two `--loop` exporters on one database: one holds the advisory lock and exports,
     the other stands by; every event reaches Stripe once."""
