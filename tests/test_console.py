@@ -492,3 +492,37 @@ def test_tenants_nearest_their_budget_come_first(console_gw, seeded, browser):
     row = browser.find_element(By.CSS_SELECTOR, "#tenants tbody tr")
     assert near in row.text and f"({first['used_percent']}%)" in row.text
     shot(browser, "tenants")
+
+
+def test_the_billing_page_shows_what_tallygate_billing_status_prints(console_gw, seeded, browser, postgres_env):
+    from support.fake_billing import FakeStripe
+
+    stripe = FakeStripe()
+    env = {**base_env("http://127.0.0.1:9/v1", ROOT), **postgres_env,
+           "STRIPE_API_KEY": stripe.api_key, "STRIPE_API_BASE": stripe.url}
+    try:
+        sign_in(browser, console_gw, MASTER)
+        open_page(browser, console_gw, "/ui/billing", "#billing")
+        before = {td.text for td in browser.find_elements(By.CSS_SELECTOR, "#billing td")}
+        time.sleep(6)  # the seeded rows' 5-second windows have closed
+        run = subprocess.run([sys.executable, "-m", "tallygate", "billing", "export", "stripe", "--since", "3h",
+                              "--window", "5s", "--settle", "1s"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert run.returncode == 0, run.stdout + run.stderr
+        status = subprocess.run([sys.executable, "-m", "tallygate", "billing", "status"], env=env,
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+    finally:
+        stripe.stop()
+    # "  outbox: 0 sent, 3 unsent (3 held: no Stripe customer, 0 refused by Stripe)"
+    outbox = next(line for line in status.splitlines() if line.strip().startswith("outbox:"))
+    numbers = [int(word) for word in outbox.replace(",", " ").replace("(", " ").split() if word.isdigit()]
+    open_page(browser, console_gw, "/ui/billing", "#billing tbody tr td[data-col=sent]")
+    row = row_cells(browser, "#billing tbody tr")
+    assert row["name"] == status.split(":", 1)[0].strip()
+    assert [count(row[c]) for c in ("sent", "unsent", "held", "refused")] == numbers
+    # no tenant here has a Stripe customer: the two priced tenants' events wait (the third's
+    # usage is unpriced, nothing to charge)
+    assert count(row["held"]) >= 2 and count(row["sent"]) == 0
+    assert "No billing export has run yet." in before
+    shot(browser, "billing")
+    headers, _ = api_session(console_gw, new_key(console_gw, seeded[0])["key"])
+    assert api_call(console_gw, "GET", "/ui/api/billing", headers=headers)[0] == 403

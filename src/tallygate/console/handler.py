@@ -56,7 +56,7 @@ TYPES = {
     ".css": b"text/css; charset=utf-8",
 }
 # the pages (all the same shell; the script renders the one the path names)
-PAGES = re.compile(r"/ui(/|/tenants(/[^/]+)?|/keys|/requests(/[^/]+)?)?")
+PAGES = re.compile(r"/ui(/|/tenants(/[^/]+)?|/keys|/requests(/[^/]+)?|/billing)?")
 SIGN_IN_LIMIT = 4096
 
 
@@ -235,6 +235,9 @@ class Console:
         elif name == "keys" and ident is not None and method == b"DELETE":
             self._require_admin(session)
             await self._json(send, 200, await self.admin.revoke_key(ident))
+        elif name == "billing" and ident is None and method == b"GET":
+            self._require_admin(session, "Billing exports are shown to the master key's session.")
+            await self._json(send, 200, await self.views.billing())
         elif name == "requests" and method == b"GET":
             if ident is None:
                 asked = params.get("tenant_id") or None
@@ -250,9 +253,11 @@ class Console:
             raise not_found(f"No console API {method.decode()} {path[:200]!r}.")
 
     @staticmethod
-    def _require_admin(session: Session) -> None:
+    def _require_admin(
+        session: Session, message: str = "Keys are created and revoked with the master key's session."
+    ) -> None:
         if not session.is_admin:
-            raise forbidden("Keys are created and revoked with the master key's session.", "admin_only")
+            raise forbidden(message, "admin_only")
 
     async def _session_api(self, scope, receive, send, method: bytes, headers: dict) -> None:
         secure = self._secure(scope, headers)

@@ -399,6 +399,25 @@ async function requestPage(id) {
     el("p", {}, el("a", { href: "/ui/requests?tenant_id=" + encodeURIComponent(doc.tenant_id) }, "Other requests of tenant " + doc.tenant_id)));
 }
 
+async function billingPage() {
+  const doc = await api("/ui/api/billing");
+  show(
+    heading("Billing exports"),
+    el("p", { class: "muted" }, "What each export (tallygate billing export) has sent and what waits in its outbox."),
+    table("billing", [
+      ["name", "Export", (e) => e.name],
+      ["window_seconds", "Window", (e) => int(e.window_seconds) + " s", true],
+      ["closed_before", "Closed before", (e) => when(e.closed_before)],
+      ["scanned_to", "Scanned to", (e) => when(e.scanned_to)],
+      ["sent", "Sent", (e) => int(e.outbox.sent), true],
+      ["unsent", "Unsent", (e) => int(e.outbox.unsent), true],
+      ["held", "Held (no Stripe customer)", (e) => int(e.outbox.held), true],
+      ["refused", "Refused", (e) => int(e.outbox.refused), true],
+      ["updated_at", "Updated", (e) => when(e.updated_at)],
+    ], doc.data, null, "No billing export has run yet."),
+  );
+}
+
 // -- signing in and out -----------------------------------------------------------------
 
 function signInPage(problem) {
@@ -438,7 +457,7 @@ async function signOut() {
 }
 
 function chrome(path) {
-  const links = [["/ui", "Overview"], ...(session.role === "admin" ? [["/ui/tenants", "Tenants"]] : [[tenantHref(session.tenant_id), "My tenant"]]), ["/ui/keys", "Keys"], ["/ui/requests", "Requests"]];
+  const links = [["/ui", "Overview"], ...(session.role === "admin" ? [["/ui/tenants", "Tenants"]] : [[tenantHref(session.tenant_id), "My tenant"]]), ["/ui/keys", "Keys"], ["/ui/requests", "Requests"], ...(session.role === "admin" ? [["/ui/billing", "Billing"]] : [])];
   nav.replaceChildren(...links.map(([href, label]) => {
     const current = href === "/ui" ? path === "/ui" || path === "/ui/" : path.startsWith(href);
     return el("a", { href, class: current ? "current" : null, "aria-current": current ? "page" : null }, label);
@@ -461,6 +480,7 @@ async function route() {
     else if (page === "keys") await keysPage();
     else if (page === "requests" && id) await requestPage(id);
     else if (page === "requests") await requestsPage(params);
+    else if (page === "billing" && !id) await billingPage();
     else main.replaceChildren(el("p", { class: "error" }, "No such page."));
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) {
