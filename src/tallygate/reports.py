@@ -94,7 +94,7 @@ def format_table(rows: list[dict]) -> str:
     gaps = [c for c in PRICING_GAPS if any(r.get(c) for r in rows)]
     columns = groups + list(TABLE_MEASURES) + gaps
     cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
-    totals: dict[str, str] = {c: str(sum(r[c] for r in rows)) for c in columns if c in rollups.MEASURES}
+    totals = {c: str(sum(r[c] for r in rows)) for c in columns if c in rollups.MEASURES and c != "cost_usd"}
     totals["cost_usd"] = usd_text(sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0)))
     cells.append([totals.get(c, "TOTAL" if i == 0 else "") for i, c in enumerate(columns)])
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
