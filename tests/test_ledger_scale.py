@@ -416,3 +416,21 @@ def test_one_maintenance_pass_at_a_time(fresh_pg):
     assert skipped is None and done == {"partitions_created": 0}
 
 
+
+
+def test_the_gateway_creates_partitions_ahead(gateway, fresh_pg):
+    """A partition missing from the week ahead is made by the gateway's maintenance pass."""
+    from support import wait_until
+
+    assert cli(fresh_pg, "db", "init").returncode == 0
+    day = (datetime.now(UTC) + timedelta(days=5)).strftime("%Y%m%d")
+    with psycopg.connect(conninfo(fresh_pg), autocommit=True) as conn:
+        conn.execute(f"DROP TABLE litellm_usage_p{day}")
+
+    def present() -> bool:
+        with psycopg.connect(conninfo(fresh_pg)) as conn:
+            return conn.execute("SELECT to_regclass(%s)", (f"litellm_usage_p{day}",)).fetchone()[0] is not None
+
+    assert not present()
+    gateway(**fresh_pg)
+    wait_until(present, 10, message=f"litellm_usage_p{day} made by the gateway")

@@ -41,7 +41,11 @@ async def ensure_partitions(store, days_ahead: int = DAYS_AHEAD) -> int:
     """Create the daily partitions from yesterday to `days_ahead` days ahead; how many were new."""
     if store.dialect != "postgres":
         return 0
-    rows = await store.fetch("SELECT tallygate_ledger_partitions_ahead(%s)", (days_ahead,))
+    # a short lock wait: DDL queued behind a long report would hold the writers' inserts back
+    # behind it; a pass that times out is retried by the next (a week ahead leaves time)
+    _, rows = await store.transaction(
+        [("SET LOCAL lock_timeout = '2s'", ()), ("SELECT tallygate_ledger_partitions_ahead(%s)", (days_ahead,))]
+    )
     return int(rows[0][0])
 
 
