@@ -83,13 +83,62 @@ def one_round(name: str, sql: str, recs, batch: int) -> dict:
     return {"rows_per_s": n / wall, "server_us": server / n * 1e6, "client_us": client / n * 1e6}
 
 
+def sqlite_rounds(rows: int, batch: int, rounds: int, groups: int) -> dict[str, float]:
+    """SQLite: the plain executemany insert (0003) against the store's batch + rollups transaction."""
+    import sqlite3
+    import tempfile
+
+    from tallygate.metering.record import LEDGER_COLUMNS
+    from tallygate.store import sqlite as store_sqlite
+    from tallygate.store.migrations import migrations
+
+    plain = (f"INSERT INTO litellm_usage ({', '.join(LEDGER_COLUMNS)}) VALUES "
+             f"({', '.join('?' for _ in LEDGER_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING")
+    out: dict[str, list[float]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        before = sqlite3.connect(f"{tmp}/before.db", isolation_level=None)
+        before.execute("PRAGMA journal_mode=WAL")
+        before.execute("PRAGMA synchronous=NORMAL")
+        for m in migrations("sqlite"):
+            if m.version <= 3:
+                for statement in m.sql.split(";\n"):
+                    if statement.strip():
+                        before.execute(statement)
+        after = store_sqlite.SqliteStore(f"{tmp}/after.db")
+        after._open()
+        after._migrate()
+        for _ in range(rounds):
+            recs = [store_sqlite._row(r) for r in records(rows, groups)]
+            t = time.perf_counter()
+            for i in range(0, rows, batch):
+                before.execute("BEGIN")
+                before.executemany(plain, recs[i:i + batch])
+                before.execute("COMMIT")
+            out["before"].append(rows / (time.perf_counter() - t))
+            recs = [store_sqlite._row(r) for r in records(rows, groups)]
+            t = time.perf_counter()
+            for i in range(0, rows, batch):
+                after._write(recs[i:i + batch])
+            out["after"].append(rows / (time.perf_counter() - t))
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--batch-sizes", default="100,500", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--groups", default="1,60", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--sqlite", action="store_true", help="the SQLite store instead (a temporary directory)")
     a = ap.parse_args()
+    if a.sqlite:
+        print("| SQLite | batch | groups a batch | rows/s before (insert) | rows/s after (insert + rollups) |")
+        print("|---|---|---|---|---|")
+        for batch in a.batch_sizes:
+            for groups in a.groups:
+                r = sqlite_rounds(a.rows, batch, a.rounds, groups)
+                print(f"| | {batch} | {groups} | {r['before']:,.0f} | {r['after']:,.0f} |", flush=True)
+        return 0
     from tallygate.store import postgres
 
     before_sql = postgres._ROWS_SQL.replace("(request_id, created_at)", "(request_id)")

@@ -30,9 +30,9 @@ CREATE_BATCH_SQL = (
     "CREATE UNIQUE INDEX IF NOT EXISTS temp.tallygate_batch_id ON tallygate_batch (request_id)",
 )
 BATCH_INSERT_SQL = f"INSERT OR IGNORE INTO {BATCH} ({_COLUMNS}) VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)})"
-BATCH_DROP_PRESENT_SQL = (
-    f"DELETE FROM {BATCH} WHERE request_id IN "
-    f"(SELECT u.request_id FROM main.litellm_usage AS u JOIN {BATCH} AS b ON u.request_id = b.request_id)"
+BATCH_DROP_PRESENT_SQL = (  # a key lookup per batch row (a join let the planner scan the ledger)
+    f"DELETE FROM {BATCH} WHERE EXISTS "
+    "(SELECT 1 FROM main.litellm_usage AS u WHERE u.request_id = tallygate_batch.request_id)"
 )
 BATCH_TO_LEDGER_SQL = f"INSERT INTO main.litellm_usage ({_COLUMNS}) SELECT {_COLUMNS} FROM {BATCH} WHERE true"
 BATCH_TO_ROLLUPS_SQL = rollups.upsert_sql(SQLITE, rollups.aggregate_rows_sql(SQLITE, BATCH))
