@@ -96,6 +96,7 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA temp_store=MEMORY")  # the batch table (store/sqlite.py _write) never touches disk
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
         conn.create_aggregate("dsum", 1, DecimalSum)  # type: ignore[arg-type]  # a class is its own factory
