@@ -216,6 +216,21 @@ FROM litellm_usage
 WHERE NOT EXISTS (SELECT 1 FROM litellm_usage_hourly)
 GROUP BY 1, 2, 3, 4;
 
+-- The same sums per UTC day, for the days maintenance has sealed (store/rollups.py): whole
+-- days before `sealed_before` (tallygate_ledger_state) are read from here. A row written
+-- later for a sealed day (a replay) is added here by the writer's statement too.
+CREATE TABLE IF NOT EXISTS litellm_usage_daily (LIKE litellm_usage_hourly INCLUDING DEFAULTS);
+DO $daily$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'litellm_usage_daily_pkey') THEN
+        ALTER TABLE litellm_usage_daily RENAME COLUMN hour TO day;
+        ALTER TABLE litellm_usage_daily ADD CONSTRAINT litellm_usage_daily_pkey
+            PRIMARY KEY (tenant_id, api_key_id, model, day);
+    END IF;
+END
+$daily$;
+CREATE INDEX IF NOT EXISTS litellm_usage_daily_day ON litellm_usage_daily (day);
+
 -- How far each billing export has read: retention keeps every row at or after the
 -- smallest exported_before (written by the exports, read by `tallygate ledger retention`).
 CREATE TABLE IF NOT EXISTS ledger_export_cursors (
@@ -230,6 +245,19 @@ CREATE TABLE IF NOT EXISTS tallygate_ledger_state (
     name   text PRIMARY KEY,
     value  timestamptz NOT NULL
 );
+
+-- Where the sealed days end, read under a shared advisory lock that sealing takes
+-- exclusively, and with a snapshot of its own (a volatile function's query sees what
+-- committed while the calling statement ran): the writer's statement calls it after its
+-- hourly upsert, so a batch either committed before a day was sealed (its sums are in
+-- what was sealed) or sees the new bound and adds its rows of that day to the daily sums.
+CREATE OR REPLACE FUNCTION tallygate_ledger_sealed_before(after_rows bigint) RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(7301267);
+    RETURN (SELECT value FROM tallygate_ledger_state WHERE name = 'sealed_before');
+END
+$fn$;
 
 INSERT INTO tallygate_schema_migrations (version, name) VALUES (4, 'partitioned_ledger')
     ON CONFLICT (version) DO NOTHING;

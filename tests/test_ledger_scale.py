@@ -124,6 +124,23 @@ def hourly_sums(env: dict) -> tuple[int, Decimal]:
     return sum(r[0] for r in rows), sum((Decimal(r[1]) for r in rows), Decimal(0))
 
 
+def assert_daily_matches_hourly(env: dict, expect_days: int = 0) -> None:
+    """Postgres: the daily sums of the sealed days equal their hourly sums, group by group."""
+    if "PGDATABASE" not in env:
+        return
+    cols = "requests, prompt_tokens, audio_output_tokens, file_search_calls, cost_usd, errors, partial_requests"
+    sums = ", ".join(f"sum({c})" for c in cols.split(", "))
+    with psycopg.connect(conninfo(env)) as conn:
+        sealed = conn.execute("SELECT value FROM tallygate_ledger_state WHERE name = 'sealed_before'").fetchone()[0]
+        daily = conn.execute(f"SELECT tenant_id, api_key_id, model, day, {sums} FROM litellm_usage_daily "
+                             "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4").fetchall()
+        hourly = conn.execute(f"SELECT tenant_id, api_key_id, model, date_trunc('day', hour, 'UTC'), {sums} "
+                              "FROM litellm_usage_hourly WHERE hour < %s GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+                              (sealed,)).fetchall()
+    assert daily == hourly
+    assert len({r[3] for r in daily}) >= expect_days
+
+
 def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "DATABASE_URL"}
     full.update(env)
@@ -247,7 +264,7 @@ def test_reports_and_budget_rebuild_from_rollups_equal_summing_the_rows(ledger_e
     """Random rows over four days, written in overlapping (retried) batches; for random
     ranges with odd edges and every grouping the rollup-backed answers equal the rows'."""
     from tallygate.reports import GROUPS, usage_report
-    from tallygate.store.rollups import spend_since
+    from tallygate.store.rollups import seal_days, spend_since
 
     rng = random.Random(19)
     base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
@@ -261,6 +278,8 @@ def test_reports_and_budget_rebuild_from_rollups_equal_summing_the_rows(ledger_e
             for i in range(0, len(records), 200):
                 await store.write(records[i:i + 200])
                 await store.write(records[max(0, i - 50):i + 100])  # a retry overlapping the last batch
+                if i == 600:  # the closed days into the daily sums: later rows of those days add to them
+                    await seal_days(store)
             checks = 0
             for _ in range(12):
                 start = base + timedelta(seconds=rng.randint(-3600, 3 * 86400))
@@ -286,6 +305,7 @@ def test_reports_and_budget_rebuild_from_rollups_equal_summing_the_rows(ledger_e
 
     assert run(go()) >= 6  # most ranges held rows
     assert hourly_sums(ledger_env) == row_sums(ledger_env)
+    assert_daily_matches_hourly(ledger_env, expect_days=3)
     n_rows = row_sums(ledger_env)[0]
     assert n_rows == 1500
 
@@ -295,9 +315,12 @@ def test_rebuild_rollups_counts_rows_inserted_by_sql(ledger_env):
     written = [record(i, now - timedelta(hours=i)) for i in range(30)]
 
     async def go():
+        from tallygate.store.rollups import seal_days
+
         store = await opened(ledger_env)
         try:
             await store.write(written)
+            await seal_days(store)
         finally:
             await store.close()
 
@@ -327,6 +350,7 @@ def test_rebuild_rollups_counts_rows_inserted_by_sql(ledger_env):
     done = cli(ledger_env, "ledger", "rebuild-rollups")  # from the first row
     assert done.returncode == 0, done.stderr
     assert hourly_sums(ledger_env) == rows
+    assert_daily_matches_hourly(ledger_env, expect_days=1)
     usage = cli(ledger_env, "usage", "--since", "2d", "--by", "tenant")
     assert usage.returncode == 0, usage.stderr
     header = usage.stdout.splitlines()[2]

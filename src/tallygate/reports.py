@@ -66,7 +66,8 @@ async def usage_report(
     ledger rows, so the totals are those of summing the rows (`rows_only`: sum the rows)."""
     group_by = group_by or ["tenant"]
     filters = {k: v for k, v in (("tenant_id", tenant_id), ("api_key_id", api_key_id)) if v}
-    sql, params = rollups.usage_sql(dialect_of(store), group_by, start, end, filters, rows_only)
+    sealed = None if rows_only else await rollups.sealed_before(store)
+    sql, params = rollups.usage_sql(dialect_of(store), group_by, start, end, filters, rows_only, sealed)
     rows = await store.fetch(sql, params) if sql else []
     out = []
     n = len(group_by)

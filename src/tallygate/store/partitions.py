@@ -122,6 +122,9 @@ async def maintain(store, retention_days: int | None) -> dict | None:
             return None
         made = await ensure_partitions(store)
         out: dict = {"partitions_created": made}
+        from .rollups import seal_days
+
+        await seal_days(store)  # yesterday's hourly sums into the daily ones
         if retention_days is not None:
             r = await apply_retention(store, retention_days)
             out.update(partitions_dropped=r.dropped, held_for_export=r.held_for_export)

@@ -54,9 +54,21 @@ _ROWS_SQL = (
     + ", ".join(f"(r->>{i})::{_CASTS[c]}" if c in _CASTS else f"r->>{i}" for i, c in enumerate(LEDGER_COLUMNS))
     + " FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (request_id, created_at) DO NOTHING"
 )
+# Rows of days already sealed into the daily sums (a replay, a clock behind) are added to
+# those too; the bound is read after the hourly upsert, under the seal lock (migration 0004,
+# tallygate_ledger_sealed_before), so sealing a day and a batch of that day never miss each other.
+_DAY_SQL = rollups.upsert_sql(
+    POSTGRES,
+    rollups.aggregate_rows_sql(
+        POSTGRES, "ins, seal", "ins.created_at < seal.t", "date_trunc('day', created_at, 'UTC')"
+    ),
+    rollups.DAILY,
+)
 INSERT_SQL = (
     f"WITH ins AS ({_ROWS_SQL} RETURNING {', '.join(rollups.ROW_INPUTS)}), "
-    f"up AS ({rollups.upsert_sql(POSTGRES, rollups.aggregate_rows_sql(POSTGRES, 'ins'))}) "
+    f"up AS ({rollups.upsert_sql(POSTGRES, rollups.aggregate_rows_sql(POSTGRES, 'ins'))} RETURNING 1), "
+    "seal AS (SELECT tallygate_ledger_sealed_before((SELECT count(*) FROM up)) AS t), "
+    f"day AS ({_DAY_SQL}) "
     "SELECT count(*) FROM ins"
 )
 WRITER_CONN_MAX_AGE = 600.0  # seconds the ledger writer keeps one connection

@@ -18,6 +18,10 @@ from ..metering.record import EXTRA_TOKEN_COLUMNS
 from .dialect import Dialect, dialect_of
 
 HOURLY = "litellm_usage_hourly"
+# Postgres: the same sums per UTC day for the days maintenance sealed (all before
+# `sealed_before`), so a month reads 30 rows a group, not 720 (seal_days below)
+DAILY = "litellm_usage_daily"
+SEAL_LOCK = 7301267  # advisory lock key; the same in tallygate_ledger_sealed_before() (migration 0004)
 TOKEN_SUMS = (
     "prompt_tokens",
     "completion_tokens",
@@ -29,6 +33,8 @@ TOKEN_SUMS = (
 # what a rollup row counts, in its column order after the key
 MEASURES = ("requests", *TOKEN_SUMS, "cost_usd", "errors", "unpriced_requests", "partial_requests")
 KEY = ("tenant_id", "api_key_id", "model", "hour")
+DAY_KEY = ("tenant_id", "api_key_id", "model", "day")
+DAY = timedelta(days=1)
 # the columns a ledger row needs for its rollup (the writer's RETURNING list)
 ROW_INPUTS = ("created_at", "tenant_id", "api_key_id", "model", "status", "price_source", *TOKEN_SUMS, "cost_usd")
 UNPRICED_SOURCE = "unknown"  # metering/pricing.py: a model with no price
@@ -61,7 +67,7 @@ def row_measures(dialect: Dialect) -> list[str]:
     ]
 
 
-def aggregate_rows_sql(dialect: Dialect, source: str, where: str = "true") -> str:
+def aggregate_rows_sql(dialect: Dialect, source: str, where: str = "true", period: str | None = None) -> str:
     """SELECT KEY + MEASURES from ledger rows in `source`, grouped by hour and ordered by
     the key: concurrent writers then lock the rollup rows they update in one order, so
     two batches touching the same hours wait for each other instead of deadlocking."""
@@ -70,13 +76,15 @@ def aggregate_rows_sql(dialect: Dialect, source: str, where: str = "true") -> st
         for name, m in zip(MEASURES, row_measures(dialect), strict=True)
     ]
     return (
-        f"SELECT tenant_id, coalesce(api_key_id, ''), model, {hour_expr(dialect)}, {', '.join(sums)} "
+        f"SELECT tenant_id, coalesce(api_key_id, ''), model, {period or hour_expr(dialect)}, {', '.join(sums)} "
         f"FROM {source} WHERE {where} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     )
 
 
-def upsert_sql(dialect: Dialect, select: str) -> str:
-    """Add the sums `select` yields (KEY + MEASURES) to the rollups."""
+def upsert_sql(dialect: Dialect, select: str, table: str = "") -> str:
+    """Add the sums `select` yields (KEY + MEASURES) to the rollups (hourly, or `table`)."""
+    table = table or HOURLY
+    key = KEY if table == HOURLY else DAY_KEY
 
     def add(c: str) -> str:
         if c == "cost_usd" and dialect.name == "sqlite":
@@ -84,8 +92,8 @@ def upsert_sql(dialect: Dialect, select: str) -> str:
         return f"{c} = h.{c} + excluded.{c}"
 
     return (
-        f"INSERT INTO {HOURLY} AS h ({', '.join(KEY + MEASURES)}) {select} "
-        f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {', '.join(add(c) for c in MEASURES)}"
+        f"INSERT INTO {table} AS h ({', '.join(key + MEASURES)}) {select} "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(add(c) for c in MEASURES)}"
     )
 
 
@@ -127,6 +135,38 @@ def split(start: datetime | None, end: datetime | None) -> Split:
     return Split((hs, he), head + tail)
 
 
+def floor_day(t: datetime) -> datetime:
+    return floor_hour(t).replace(hour=0)
+
+
+def ceil_day(t: datetime) -> datetime:
+    f = floor_day(t)
+    return f if f == t else f + DAY
+
+
+Range = tuple[datetime | None, datetime | None]
+
+
+def by_day(hours: Range, sealed_before: datetime | None) -> tuple[Range | None, list[Range]]:
+    """Whole hours [a, b) as the sealed whole days in them (read from the daily sums) and
+    the hours left (from the hourly ones)."""
+    a, b = hours
+    if sealed_before is None:
+        return None, [hours]
+    ds = None if a is None else ceil_day(a)
+    de = floor_day(sealed_before)
+    if b is not None:
+        de = min(de, floor_day(b))
+    if ds is not None and ds >= de:
+        return None, [hours]
+    rest: list[Range] = []
+    if a is not None and ds is not None and a < ds:
+        rest.append((a, ds))
+    if b is None or de < b:
+        rest.append((de, b))
+    return (ds, de), rest
+
+
 # report groups: how each reads from the rollups and from the rows (None: rows only)
 def _group_exprs(dialect: Dialect, group: str) -> tuple[str | None, str]:
     if group == "day":
@@ -144,6 +184,7 @@ def usage_sql(
     end: datetime | None,
     filters: dict[str, str],
     rows_only: bool = False,
+    sealed_before: datetime | None = None,
 ) -> tuple[str, list]:
     """One query: MEASURES summed per group over [start, end), rollups for whole hours
     (unless a group is not in them, e.g. endpoint, or `rows_only`), rows for the rest.
@@ -175,9 +216,15 @@ def usage_sql(
         return ", ".join(f"{e} AS {a}" for e, a in zip(exprs, names, strict=True))
 
     if cut.hours is not None:
-        where = conditions("hour", *cut.hours)
-        exprs = [h for h, _ in pairs if h is not None] + list(MEASURES)
-        branches.append(f"SELECT {select(exprs)} FROM {HOURLY} WHERE {' AND '.join(where)}")
+        days, hours = by_day(cut.hours, sealed_before)
+        if days is not None:
+            where = conditions("day", *days)
+            exprs = [h.replace("hour", "day") for h, _ in pairs if h is not None] + list(MEASURES)
+            branches.append(f"SELECT {select(exprs)} FROM {DAILY} WHERE {' AND '.join(where)}")
+        for lo, hi in hours:
+            where = conditions("hour", lo, hi)
+            exprs = [h for h, _ in pairs if h is not None] + list(MEASURES)
+            branches.append(f"SELECT {select(exprs)} FROM {HOURLY} WHERE {' AND '.join(where)}")
     for lo, hi in cut.edges:
         where = conditions("created_at", lo, hi)
         exprs = [r for _, r in pairs] + row_measures(dialect)
@@ -201,6 +248,14 @@ def measures_of(row: tuple | list) -> dict:
     return out
 
 
+async def sealed_before(store) -> datetime | None:
+    """Where the sealed days end (Postgres; None: no daily sums to read)."""
+    if store.dialect != "postgres":
+        return None
+    rows = await store.fetch("SELECT value FROM tallygate_ledger_state WHERE name = 'sealed_before'")
+    return rows[0][0] if rows else None
+
+
 async def spend_since(store, column: str, value: str, since: datetime | None) -> Decimal:
     """Cost in the ledger for one tenant or key since a time (None: ever): the budget rebuild."""
     assert column in ("tenant_id", "api_key_id")
@@ -209,10 +264,16 @@ async def spend_since(store, column: str, value: str, since: datetime | None) ->
     cut = split(since, None)
     branches, params = [], []
     if cut.hours is not None:
-        lo = cut.hours[0]
-        where = f"{column} = {ph}" + ("" if lo is None else f" AND hour >= {ph}")
-        params += [value] + ([] if lo is None else [dialect.time_param(lo)])
-        branches.append(f"SELECT cost_usd FROM {HOURLY} WHERE {where}")
+        days, hours = by_day(cut.hours, await sealed_before(store))
+        parts = ([(DAILY, "day", days)] if days is not None else []) + [(HOURLY, "hour", h) for h in hours]
+        for table, col, (lo, hi) in parts:
+            where = [f"{column} = {ph}"]
+            params.append(value)
+            for op, bound in ((">=", lo), ("<", hi)):
+                if bound is not None:
+                    where.append(f"{col} {op} {ph}")
+                    params.append(dialect.time_param(bound))
+            branches.append(f"SELECT cost_usd FROM {table} WHERE {' AND '.join(where)}")
     for lo, hi in cut.edges:
         branches.append(
             f"SELECT cost_usd FROM litellm_usage WHERE {column} = {ph} AND created_at >= {ph} AND created_at < {ph}"
@@ -223,6 +284,57 @@ async def spend_since(store, column: str, value: str, since: datetime | None) ->
     sql = f"SELECT {dialect.decimal_sum('cost_usd')} FROM ({' UNION ALL '.join(branches)}) AS u"
     rows = await store.fetch(sql, params)
     return Decimal(str(rows[0][0] or 0)) if rows else Decimal(0)
+
+
+def _daily_from_hourly_sql(unsealed_only: bool = False) -> str:
+    """The daily sums of the hourly ones in [%s, %s) (Postgres); `unsealed_only`: not
+    before the current seal either (what another pass sealed meanwhile is not added twice)."""
+    from .dialect import POSTGRES
+
+    sums = [f"sum({m})" for m in MEASURES]
+    floor = "%s"
+    if unsealed_only:
+        floor = (
+            "greatest(%s, (SELECT coalesce(max(value), '-infinity') FROM tallygate_ledger_state "
+            "WHERE name = 'sealed_before'))"
+        )
+    select = (
+        f"SELECT tenant_id, api_key_id, model, date_trunc('day', hour, 'UTC'), {', '.join(sums)} FROM {HOURLY} "
+        f"WHERE hour >= {floor} AND hour < %s GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+    )
+    return upsert_sql(POSTGRES, select, DAILY)
+
+
+async def seal_days(store, now: datetime | None = None) -> datetime | None:
+    """Fold the closed UTC days since the last seal into the daily sums and move
+    `sealed_before` to today's start (Postgres; the gateway's hourly pass does it).
+    Under the seal lock taken exclusively: writers' statements that ran before it are in
+    the hourly sums folded; those after it see the new bound and add to the daily sums."""
+    if store.dialect != "postgres":
+        return None
+    today = floor_day(now or datetime.now(UTC))
+    current = await sealed_before(store)
+    if current is None:
+        first = (await store.fetch(f"SELECT min(hour) FROM {HOURLY}"))[0][0]
+        current = floor_day(first) if first is not None else today
+    if current < today:
+        await store.transaction(
+            [
+                (f"SELECT pg_advisory_xact_lock({SEAL_LOCK})", ()),
+                (_daily_from_hourly_sql(unsealed_only=True), (current, today)),
+                (
+                    "INSERT INTO tallygate_ledger_state (name, value) VALUES ('sealed_before', %s) ON CONFLICT (name) "
+                    "DO UPDATE SET value = greatest(tallygate_ledger_state.value, excluded.value)",
+                    (today,),
+                ),
+            ]
+        )
+    elif await sealed_before(store) is None:
+        await store.execute(
+            "INSERT INTO tallygate_ledger_state (name, value) VALUES ('sealed_before', %s) ON CONFLICT DO NOTHING",
+            (today,),
+        )
+    return today
 
 
 async def retained_from(store) -> datetime | None:
@@ -266,7 +378,6 @@ async def rebuild(store, since: datetime | None = None, now: datetime | None = N
         bounds.append((lo, None))
     else:
         bounds.append((lower, None))
-    rows = 0
     for lo, hi in bounds:
         t = dialect.time_param
         steps: list[tuple[str, list]] = []
@@ -279,6 +390,16 @@ async def rebuild(store, since: datetime | None = None, now: datetime | None = N
             steps.append((f"DELETE FROM {HOURLY} WHERE hour >= {ph} AND hour < {ph}", [t(lo), t(hi)]))
             steps.append((insert, [t(lo), t(hi)]))
         await store.transaction(steps)
+    sealed = await sealed_before(store)
+    if sealed is not None and floor_day(lower) < sealed:
+        # the sealed days from `lower`'s day on, again from the hourly sums, under the seal lock
+        await store.transaction(
+            [
+                (f"SELECT pg_advisory_xact_lock({SEAL_LOCK})", ()),
+                (f"DELETE FROM {DAILY} WHERE day >= %s AND day < %s", (floor_day(lower), sealed)),
+                (_daily_from_hourly_sql(), (floor_day(lower), sealed)),
+            ]
+        )
     rows = (
         await store.fetch(
             f"SELECT coalesce(sum(requests), 0) FROM {HOURLY} WHERE hour >= {ph}", [dialect.time_param(lower)]
