@@ -89,6 +89,179 @@ ALTER TABLE litellm_usage ADD COLUMN IF NOT EXISTS price_version text;
 INSERT INTO tallygate_schema_migrations (version, name) VALUES (3, 'usage_dimensions')
     ON CONFLICT (version) DO NOTHING;
 
+-- 0004: the ledger partitioned by UTC day on created_at, hourly rollups kept in the same
+-- statement as each batch insert, export cursors that retention respects (docs/DESIGN.md,
+-- "The ledger at scale"). Safe to run twice; converts a 0003 table without losing a row.
+
+-- One day's partition, litellm_usage_pYYYYMMDD, covering [day, day + 1) in UTC. Rows of that
+-- day that had landed in the DEFAULT partition (no partition existed when they were written)
+-- are moved into it, so creating a partition late never fails and never loses a row.
+CREATE OR REPLACE FUNCTION tallygate_ledger_partition(day date) RETURNS text
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    part text := 'litellm_usage_p' || to_char(day, 'YYYYMMDD');
+    lo timestamptz := (day::timestamp AT TIME ZONE 'UTC');
+    hi timestamptz := ((day + 1)::timestamp AT TIME ZONE 'UTC');
+BEGIN
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN part;
+    END IF;
+    IF to_regclass('litellm_usage_default') IS NOT NULL
+       AND EXISTS (SELECT 1 FROM litellm_usage_default WHERE created_at >= lo AND created_at < hi) THEN
+        -- the default partition holds rows of this day: the new partition is filled first,
+        -- then attached (attaching checks the default holds none of its range any more)
+        EXECUTE format('CREATE TABLE %I (LIKE litellm_usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+        EXECUTE format(
+            'WITH moved AS (DELETE FROM litellm_usage_default WHERE created_at >= %L AND created_at < %L RETURNING *) '
+            'INSERT INTO %I SELECT * FROM moved', lo, hi, part);
+        EXECUTE format('ALTER TABLE litellm_usage ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+    ELSE
+        EXECUTE format('CREATE TABLE %I PARTITION OF litellm_usage FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+    END IF;
+    RETURN part;
+END
+$fn$;
+
+-- The partitions from yesterday to `days` days ahead (UTC); returns how many it created.
+CREATE OR REPLACE FUNCTION tallygate_ledger_partitions_ahead(days integer DEFAULT 7) RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    today date := (now() AT TIME ZONE 'UTC')::date;
+    d date;
+    made integer := 0;
+BEGIN
+    FOR d IN SELECT generate_series(today - 1, today + days, interval '1 day')::date LOOP
+        IF to_regclass('litellm_usage_p' || to_char(d, 'YYYYMMDD')) IS NULL THEN
+            PERFORM tallygate_ledger_partition(d);
+            made := made + 1;
+        END IF;
+    END LOOP;
+    RETURN made;
+END
+$fn$;
+
+DO $convert$
+DECLARE
+    d date;
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('litellm_usage')) IS DISTINCT FROM 'r' THEN
+        RETURN;  -- already partitioned
+    END IF;
+    ALTER TABLE litellm_usage RENAME TO litellm_usage_0003;
+    -- every column, type, default and NOT NULL of the old table whatever migrations added to it
+    CREATE TABLE litellm_usage (LIKE litellm_usage_0003 INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+        PARTITION BY RANGE (created_at);
+    -- a row of any date lands, whichever partitions exist (a replay of old log lines, a clock far off)
+    CREATE TABLE litellm_usage_default PARTITION OF litellm_usage DEFAULT;
+    FOR d IN SELECT DISTINCT (created_at AT TIME ZONE 'UTC')::date FROM litellm_usage_0003 LOOP
+        PERFORM tallygate_ledger_partition(d);
+    END LOOP;
+    PERFORM tallygate_ledger_partitions_ahead(7);
+    INSERT INTO litellm_usage SELECT * FROM litellm_usage_0003;
+    DROP TABLE litellm_usage_0003;  -- frees the index and key names for the new table
+    -- the key includes the partition key (Postgres requires it): see DESIGN.md on the
+    -- idempotency this keeps (a retried row carries its created_at unchanged)
+    ALTER TABLE litellm_usage ADD CONSTRAINT litellm_usage_pkey PRIMARY KEY (request_id, created_at);
+END
+$convert$;
+
+-- the indexes of 0001, on the partitioned table (each partition gets its own)
+CREATE INDEX IF NOT EXISTS litellm_usage_tenant_time ON litellm_usage (tenant_id, created_at);
+CREATE INDEX IF NOT EXISTS litellm_usage_time ON litellm_usage (created_at);
+CREATE INDEX IF NOT EXISTS litellm_usage_key_time ON litellm_usage (api_key_id, created_at)
+    WHERE api_key_id IS NOT NULL;
+
+DO $ahead$ BEGIN PERFORM tallygate_ledger_partitions_ahead(7); END $ahead$;
+
+-- Per tenant, key ('' for none: a key column may not be null), model and UTC hour: the sums
+-- of every row the writer really added (store/rollups.py). Costs are exact numerics.
+CREATE TABLE IF NOT EXISTS litellm_usage_hourly (
+    tenant_id              text NOT NULL,
+    api_key_id             text NOT NULL DEFAULT '',
+    model                  text NOT NULL,
+    hour                   timestamptz NOT NULL,
+    requests               bigint NOT NULL DEFAULT 0,
+    prompt_tokens          bigint NOT NULL DEFAULT 0,
+    completion_tokens      bigint NOT NULL DEFAULT 0,
+    total_tokens           bigint NOT NULL DEFAULT 0,
+    cached_tokens          bigint NOT NULL DEFAULT 0,
+    reasoning_tokens       bigint NOT NULL DEFAULT 0,
+    cache_write_tokens     bigint NOT NULL DEFAULT 0,
+    cache_write_1h_tokens  bigint NOT NULL DEFAULT 0,
+    audio_input_tokens     bigint NOT NULL DEFAULT 0,
+    audio_output_tokens    bigint NOT NULL DEFAULT 0,
+    image_input_tokens     bigint NOT NULL DEFAULT 0,
+    image_output_tokens    bigint NOT NULL DEFAULT 0,
+    web_search_calls       bigint NOT NULL DEFAULT 0,
+    file_search_calls      bigint NOT NULL DEFAULT 0,
+    cost_usd               numeric NOT NULL DEFAULT 0,
+    errors                 bigint NOT NULL DEFAULT 0,
+    unpriced_requests      bigint NOT NULL DEFAULT 0,
+    partial_requests       bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, api_key_id, model, hour)
+);
+CREATE INDEX IF NOT EXISTS litellm_usage_hourly_hour ON litellm_usage_hourly (hour);
+CREATE INDEX IF NOT EXISTS litellm_usage_hourly_key ON litellm_usage_hourly (api_key_id, hour)
+    WHERE api_key_id <> '';
+
+-- the rows already in the ledger when the rollups start (a no-op once they hold anything)
+INSERT INTO litellm_usage_hourly
+SELECT tenant_id, coalesce(api_key_id, ''), model, date_trunc('hour', created_at, 'UTC'), count(*),
+       sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), sum(cached_tokens), sum(reasoning_tokens),
+       sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(audio_input_tokens), sum(audio_output_tokens),
+       sum(image_input_tokens), sum(image_output_tokens), sum(web_search_calls), sum(file_search_calls),
+       sum(cost_usd), count(*) FILTER (WHERE status <> 'ok'), count(*) FILTER (WHERE price_source = 'unknown'),
+       count(*) FILTER (WHERE price_source LIKE '%:partial')
+FROM litellm_usage
+WHERE NOT EXISTS (SELECT 1 FROM litellm_usage_hourly)
+GROUP BY 1, 2, 3, 4;
+
+-- The same sums per UTC day, for the days maintenance has sealed (store/rollups.py): whole
+-- days before `sealed_before` (tallygate_ledger_state) are read from here. A row written
+-- later for a sealed day (a replay) is added here by the writer's statement too.
+CREATE TABLE IF NOT EXISTS litellm_usage_daily (LIKE litellm_usage_hourly INCLUDING DEFAULTS);
+DO $daily$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'litellm_usage_daily_pkey') THEN
+        ALTER TABLE litellm_usage_daily RENAME COLUMN hour TO day;
+        ALTER TABLE litellm_usage_daily ADD CONSTRAINT litellm_usage_daily_pkey
+            PRIMARY KEY (tenant_id, api_key_id, model, day);
+    END IF;
+END
+$daily$;
+CREATE INDEX IF NOT EXISTS litellm_usage_daily_day ON litellm_usage_daily (day);
+
+-- How far each billing export has read: retention keeps every row at or after the
+-- smallest exported_before (written by the exports, read by `tallygate ledger retention`).
+CREATE TABLE IF NOT EXISTS ledger_export_cursors (
+    name             text PRIMARY KEY,
+    exported_before  timestamptz NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- What ledger maintenance remembers: `retained_from`, the start of the rows retention kept
+-- (rollups before it are no longer rebuilt from rows, which are gone).
+CREATE TABLE IF NOT EXISTS tallygate_ledger_state (
+    name   text PRIMARY KEY,
+    value  timestamptz NOT NULL
+);
+
+-- Where the sealed days end, read under a shared advisory lock that sealing takes
+-- exclusively, and with a snapshot of its own (a volatile function's query sees what
+-- committed while the calling statement ran): the writer's statement calls it after its
+-- hourly upsert, so a batch either committed before a day was sealed (its sums are in
+-- what was sealed) or sees the new bound and adds its rows of that day to the daily sums.
+CREATE OR REPLACE FUNCTION tallygate_ledger_sealed_before(after_rows bigint) RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(7301267);
+    RETURN (SELECT value FROM tallygate_ledger_state WHERE name = 'sealed_before');
+END
+$fn$;
+
+INSERT INTO tallygate_schema_migrations (version, name) VALUES (4, 'partitioned_ledger')
+    ON CONFLICT (version) DO NOTHING;
+
 -- 0005: billing exports (Stripe meter events, OpenMeter CloudEvents) from the ledger.
 -- ingested_at is when a row reached the ledger (the insert's transaction start), not when
 -- the request happened: a row flushed late (a buffered ledger after an outage) is found by

@@ -272,6 +272,12 @@ class Gateway:
             log.info("ledger schema applied", extra={"fields": {"migrations": applied}})
         await self.keys.refresh()
         self.keys.start()
+        if self.store.dialect == "postgres":  # partitions ahead, retention: hourly, one instance of many
+            from .store.partitions import maintenance_loop
+
+            self._background.append(
+                asyncio.create_task(maintenance_loop(self.store, self.settings.ledger_retention_days))
+            )
         self.ledger_ready = True
         log.info(
             "ledger ready",

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from .money import usd_text
+from .store import rollups
 from .store.dialect import dialect_of
 
 GROUPS = ("tenant", "model", "day", "key", "endpoint", "status")
@@ -58,71 +59,47 @@ async def usage_report(
     tenant_id: str | None = None,
     api_key_id: str | None = None,
     group_by: list[str] | None = None,
+    rows_only: bool = False,
 ) -> list[dict]:
+    """Usage per group over [start, end): whole hours from the hourly rollups, the partial
+    hours at the edges (and groups the rollups do not hold: endpoint, status) from the
+    ledger rows, so the totals are those of summing the rows (`rows_only`: sum the rows)."""
     group_by = group_by or ["tenant"]
-    dialect = dialect_of(store)
-    ph = dialect.placeholder
-    select, keys = [], []
-    for g in group_by:
-        if g == "day":
-            expr = dialect.day_expr("created_at")
-        else:
-            expr = _COLUMN[g]
-        select.append(expr)
-        keys.append(g)
-    cost = dialect.decimal_sum("cost_usd")
-    where, params = [f"created_at >= {ph}"], [dialect.time_param(start)]
-    if end is not None:
-        where.append(f"created_at < {ph}")
-        params.append(dialect.time_param(end))
-    if tenant_id:
-        where.append(f"tenant_id = {ph}")
-        params.append(tenant_id)
-    if api_key_id:
-        where.append(f"api_key_id = {ph}")
-        params.append(api_key_id)
-    sql = (
-        f"SELECT {', '.join(select)}, count(*), sum(prompt_tokens), sum(completion_tokens), "
-        f"sum(total_tokens), sum(cached_tokens), {cost} FROM litellm_usage "
-        f"WHERE {' AND '.join(where)} GROUP BY {', '.join(str(i + 1) for i in range(len(select)))} "
-        f"ORDER BY {', '.join(str(i + 1) for i in range(len(select)))}"
-    )
-    rows = await store.fetch(sql, params)
+    filters = {k: v for k, v in (("tenant_id", tenant_id), ("api_key_id", api_key_id)) if v}
+    sealed = None if rows_only else await rollups.sealed_before(store)
+    sql, params = rollups.usage_sql(dialect_of(store), group_by, start, end, filters, rows_only, sealed)
+    rows = await store.fetch(sql, params) if sql else []
     out = []
-    n = len(keys)
+    n = len(group_by)
     for row in rows:
         item = {
-            ("tenant_id" if k == "tenant" else "api_key_id" if k == "key" else k): row[i] for i, k in enumerate(keys)
+            ("tenant_id" if k == "tenant" else "api_key_id" if k == "key" else k): row[i]
+            for i, k in enumerate(group_by)
         }
-        item.update(
-            requests=int(row[n]),
-            prompt_tokens=int(row[n + 1] or 0),
-            completion_tokens=int(row[n + 2] or 0),
-            total_tokens=int(row[n + 3] or 0),
-            cached_tokens=int(row[n + 4] or 0),
-            cost_usd=usd_text(Decimal(str(row[n + 5] or 0))),
-        )
+        measures = rollups.measures_of(row[n:])
+        measures["cost_usd"] = usd_text(measures["cost_usd"])
+        item.update(measures)
         out.append(item)
     return out
+
+
+TABLE_MEASURES = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cost_usd")
+# shown only when a row has them: requests priced at 0 (no price) or in part (a part had no rate)
+PRICING_GAPS = ("unpriced_requests", "partial_requests")
 
 
 def format_table(rows: list[dict]) -> str:
     if not rows:
         return "no usage in this period"
-    columns = list(rows[0].keys())
+    groups = [c for c in rows[0] if c not in rollups.MEASURES]
+    gaps = [c for c in PRICING_GAPS if any(r.get(c) for r in rows)]
+    columns = groups + list(TABLE_MEASURES) + gaps
     cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
-    total_cost = sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))
-    totals = {
-        "requests": sum(r["requests"] for r in rows),
-        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
-        "completion_tokens": sum(r["completion_tokens"] for r in rows),
-        "total_tokens": sum(r["total_tokens"] for r in rows),
-        "cached_tokens": sum(r["cached_tokens"] for r in rows),
-        "cost_usd": usd_text(total_cost),
-    }
-    cells.append([str(totals.get(c, "TOTAL" if i == 0 else "")) for i, c in enumerate(columns)])
+    totals = {c: str(sum(r[c] for r in rows)) for c in columns if c in rollups.MEASURES and c != "cost_usd"}
+    totals["cost_usd"] = usd_text(sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0)))
+    cells.append([totals.get(c, "TOTAL" if i == 0 else "") for i, c in enumerate(columns)])
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    numeric = {"requests", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cost_usd"}
+    numeric = set(rollups.MEASURES)
 
     def line(values):
         return "  ".join(

@@ -133,6 +133,7 @@ class Settings:
     ledger_flush_interval: float = 0.02
     ledger_buffer_limit: int = 100_000
     ledger_pool_max: int = 5
+    ledger_retention_days: int | None = None  # TALLYGATE_LEDGER_RETENTION: whole days of rows kept (None: all)
     auto_migrate: bool = True
     shutdown_grace: float = 8.0
     google_cloud_project: str | None = None
@@ -348,6 +349,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ledger_flush_interval=_float(env, "TALLYGATE_LEDGER_FLUSH_INTERVAL", 0.02),
         ledger_buffer_limit=_int(env, "TALLYGATE_LEDGER_BUFFER_LIMIT", 100_000),
         ledger_pool_max=_int(env, "TALLYGATE_PG_POOL_MAX", 5),
+        ledger_retention_days=_retention_days(env, "TALLYGATE_LEDGER_RETENTION"),
         auto_migrate=_bool(env, "TALLYGATE_AUTO_MIGRATE", True),
         shutdown_grace=_float(env, "TALLYGATE_SHUTDOWN_GRACE", 8.0),
         google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT") or None,
@@ -381,6 +383,19 @@ def _console_secret(env: Mapping[str, str]) -> str | None:
     if value is not None and len(value) < 32:
         raise SettingsError("TALLYGATE_CONSOLE_SECRET must be at least 32 characters (e.g. `openssl rand -hex 32`)")
     return value
+
+
+def _retention_days(env: Mapping[str, str], name: str) -> int | None:
+    """`400d`, `57w` or a number of days; unset, empty or `forever`: keep every row.
+    Whole days, since retention drops whole daily partitions."""
+    text = env.get(name, "").strip().lower()
+    if not text or text == "forever":
+        return None
+    m = re.fullmatch(r"(\d+)\s*([dw]?)", text)
+    days = int(m.group(1)) * (7 if m.group(2) == "w" else 1) if m else 0
+    if days < 1:
+        raise SettingsError(f"{name} must be a number of days such as 400d (or 57w, or forever), got {text!r}")
+    return days
 
 
 def _env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -44,6 +44,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r = lsub.add_parser("replay", help="re-import records from JSON log lines (idempotent)")
     r.add_argument("files", nargs="+", help="files of JSON lines ('-' for stdin)")
     r.add_argument("--batch-size", type=int, default=1000)
+    rr = lsub.add_parser("rebuild-rollups", help="rebuild the hourly rollups from the rows (after a bulk import)")
+    rr.add_argument("--since", help="from this hour on (24h, 7d, or ISO 8601); default: the first row's")
+    rt = lsub.add_parser("retention", help="drop ledger partitions past TALLYGATE_LEDGER_RETENTION")
+    rt.add_argument("--dry-run", action="store_true", help="say what would be dropped, drop nothing")
 
     p = sub.add_parser("usage", help="usage report from the ledger")
     p.add_argument("--since", default="24h", help="24h, 7d, 30m or an ISO time (default 24h)")
@@ -151,9 +155,9 @@ async def _run_database_command(args) -> int:
 
             return await db_command(args)
         if args.command == "ledger":
-            from .ledger import replay
+            from .ledger import ledger_command
 
-            return await replay(args.files, args.batch_size)
+            return await ledger_command(args)
         if args.command == "usage":
             from .usage import usage_command
 

@@ -53,9 +53,12 @@ async def db_command(args) -> int:
 
         sys.stdout.write(schema_sql("postgres"))
         return 0
+    from ..store.partitions import ensure_partitions
+
     store = await open_ledger(schema_required=False)
     try:
         applied = await store.migrate()
+        await ensure_partitions(store)  # the daily partitions to a week ahead (Postgres)
     finally:
         await store.close()
     print(f"{store.description}: schema up to date" + (f" (applied {applied})" if applied else ""))

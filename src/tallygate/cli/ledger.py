@@ -1,4 +1,5 @@
-"""`tallygate ledger replay`: re-import records from JSON log lines (idempotent)."""
+"""`tallygate ledger`: replay (re-import records from JSON log lines, idempotent),
+rebuild-rollups (the hourly rollups from the rows) and retention (drop old partitions)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,61 @@ from decimal import Decimal, InvalidOperation
 import orjson
 
 from ..metering.record import EXTRA_TOKEN_COLUMNS, STATUSES, UsageRecord
-from .db import open_ledger
+from .db import CommandError, open_ledger
+
+
+async def ledger_command(args) -> int:
+    if args.ledger_command == "replay":
+        return await replay(args.files, args.batch_size)
+    if args.ledger_command == "rebuild-rollups":
+        return await rebuild_rollups(args.since)
+    return await retention(args.dry_run)
+
+
+async def rebuild_rollups(since_text: str | None) -> int:
+    from ..reports import ReportError, parse_since
+    from ..store.rollups import rebuild
+
+    try:
+        since = parse_since(since_text) if since_text else None
+    except ReportError as exc:
+        raise CommandError(str(exc)) from None
+    store = await open_ledger()
+    try:
+        done = await rebuild(store, since)
+    finally:
+        await store.close()
+    if done["since"] is None:
+        print("no rows in the ledger: nothing to rebuild")
+    else:
+        print(f"rollups rebuilt from {done['since'].isoformat()}: {done['rows']} requests in them since")
+    return 0
+
+
+async def retention(dry_run: bool) -> int:
+    from .. import settings as settings_module
+    from ..store.partitions import apply_retention
+
+    days = settings_module.load().ledger_retention_days
+    if days is None:
+        raise CommandError("TALLYGATE_LEDGER_RETENTION is not set (e.g. 400d): every row is kept")
+    store = await open_ledger()
+    try:
+        r = await apply_retention(store, days, dry_run=dry_run)
+    finally:
+        await store.close()
+    verb = "would drop" if dry_run else "dropped"
+    cursor = "no billing export cursor" if r.export_cursor is None else f"exports passed {r.export_cursor.isoformat()}"
+    print(f"retention {days}d: rows before {r.cutoff.isoformat(timespec='seconds')} are past it ({cursor})")
+    print(f"{verb} {len(r.dropped)} partitions" + (f": {', '.join(r.dropped)}" if r.dropped else ""))
+    if r.held_for_export:
+        print(
+            f"kept {len(r.held_for_export)} partitions a billing export has not passed: {', '.join(r.held_for_export)}"
+        )
+    if r.rows_deleted:
+        print(f"{'would delete' if dry_run else 'deleted'} {r.rows_deleted} rows before {r.keep_from.isoformat()}")
+    print("the hourly rollups are kept")
+    return 0
 
 
 def record_from_log(line: bytes) -> UsageRecord | None:

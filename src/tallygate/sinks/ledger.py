@@ -1,8 +1,8 @@
 """The ledger writer: batched, idempotent, never loses a record silently.
 
 Records wait in a bounded in-memory buffer and are written in batches (size or
-time, whichever first) with `ON CONFLICT (request_id) DO NOTHING`, so a retried
-batch never double counts. While the database is down, batches are retried with
+time, whichever first) with `ON CONFLICT (request_id, created_at) DO NOTHING` (the
+hourly rollups updated from the rows really added), so a retried batch never double counts. While the database is down, batches are retried with
 backoff and the gateway keeps serving. If the buffer overflows, the records that
 could not be kept are counted and named in an ERROR line (their log lines remain,
 and `tallygate ledger replay` rebuilds them).

@@ -14,6 +14,8 @@ import orjson
 
 from ..metering.record import EXTRA_TOKEN_COLUMNS, LEDGER_COLUMNS, UsageRecord
 from ..settings import PostgresSettings
+from . import rollups
+from .dialect import POSTGRES
 from .errors import RowsRefused, StoreUnavailable
 from .migrations import migrations
 
@@ -42,11 +44,32 @@ _CASTS = {
 # about a microsecond a row), unpacked by the server. On an autocommit connection that is
 # one round trip, atomic on its own; COPY into a temporary table inside a transaction
 # took five, and psycopg spends tens of microseconds of CPU on each. Costs travel as
-# decimal strings and are cast to numeric: exact.
-INSERT_SQL = (
+# decimal strings and are cast to numeric: exact. The same statement adds the rows it
+# really inserted (RETURNING: not those skipped as already present) to the hourly rollups
+# (store/rollups.py), so a retried batch counts once in both. The conflict target is the
+# partitioned table's key, (request_id, created_at): a retry or a replay carries the
+# record's created_at unchanged (docs/DESIGN.md, "The ledger at scale").
+_ROWS_SQL = (
     f"INSERT INTO litellm_usage ({_COLUMNS}) SELECT "
     + ", ".join(f"(r->>{i})::{_CASTS[c]}" if c in _CASTS else f"r->>{i}" for i, c in enumerate(LEDGER_COLUMNS))
-    + " FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (request_id) DO NOTHING"
+    + " FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (request_id, created_at) DO NOTHING"
+)
+# Rows of days already sealed into the daily sums (a replay, a clock behind) are added to
+# those too; the bound is read after the hourly upsert, under the seal lock (migration 0004,
+# tallygate_ledger_sealed_before), so sealing a day and a batch of that day never miss each other.
+_DAY_SQL = rollups.upsert_sql(
+    POSTGRES,
+    rollups.aggregate_rows_sql(
+        POSTGRES, "ins, seal", "ins.created_at < seal.t", "date_trunc('day', created_at, 'UTC')"
+    ),
+    rollups.DAILY,
+)
+INSERT_SQL = (
+    f"WITH ins AS ({_ROWS_SQL} RETURNING {', '.join(rollups.ROW_INPUTS)}), "
+    f"up AS ({rollups.upsert_sql(POSTGRES, rollups.aggregate_rows_sql(POSTGRES, 'ins'))} RETURNING 1), "
+    "seal AS (SELECT tallygate_ledger_sealed_before((SELECT count(*) FROM up)) AS t), "
+    f"day AS ({_DAY_SQL}) "
+    "SELECT count(*) FROM ins"
 )
 WRITER_CONN_MAX_AGE = 600.0  # seconds the ledger writer keeps one connection
 MIGRATION_LOCK = 7301265  # pg_advisory_xact_lock key: one instance migrates at a time
@@ -201,7 +224,8 @@ class PostgresStore:
             self._writer_since = time.monotonic()
         try:
             cur = await self._writer_conn.execute(INSERT_SQL, (payload,))
-            return cur.rowcount
+            row = await cur.fetchone()
+            return 0 if row is None else int(row[0])
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             # the statement failed; the connection is fine (autocommit: no transaction left open)
             raise RowsRefused(str(exc).strip().splitlines()[0]) from None
@@ -255,3 +279,25 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return cur.rowcount
+
+    async def transaction(self, steps: Sequence[tuple[str, Sequence]]) -> list[list[tuple]]:
+        """The statements in one transaction; each one's rows ([] for none)."""
+        out: list[list[tuple]] = []
+        async with self._connection() as conn:
+            async with conn.transaction():
+                for sql, params in steps:
+                    cur = await conn.execute(sql, params)
+                    out.append(await cur.fetchall() if cur.description else [])
+        return out
+
+    @contextlib.asynccontextmanager
+    async def try_lock(self, key: int):
+        """A session advisory lock if no one holds it (yields True), else yields False at once:
+        of many gateway instances, one does the ledger's maintenance."""
+        async with self._connection() as conn:
+            got = bool(await _scalar(conn, f"SELECT pg_try_advisory_lock({int(key)})"))
+            try:
+                yield got
+            finally:
+                if got:
+                    await conn.execute(f"SELECT pg_advisory_unlock({int(key)})")

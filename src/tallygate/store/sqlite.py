@@ -15,15 +15,31 @@ from pathlib import Path
 
 from ..metering.record import LEDGER_COLUMNS, UsageRecord
 from ..money import usd_text
+from . import rollups
+from .dialect import SQLITE
 from .errors import StoreUnavailable
 from .migrations import migrations
 
-# ingested_at: when the row reached the ledger (billing exports find late rows by it)
-INSERT_SQL = (
-    f"INSERT INTO litellm_usage ({', '.join(LEDGER_COLUMNS)}, ingested_at) VALUES "
-    f"({', '.join('?' for _ in LEDGER_COLUMNS)}, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z') "
-    "ON CONFLICT (request_id) DO NOTHING"
+_COLUMNS = ", ".join(LEDGER_COLUMNS)
+# A batch goes into a temporary table first (one row per request id), loses the rows the
+# ledger already holds, and what is left is inserted and added to the hourly rollups, in
+# one transaction under the write lock: a retried batch counts once in both.
+BATCH = "temp.tallygate_batch"
+CREATE_BATCH_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS tallygate_batch AS SELECT * FROM litellm_usage WHERE 0",
+    "CREATE UNIQUE INDEX IF NOT EXISTS temp.tallygate_batch_id ON tallygate_batch (request_id)",
 )
+BATCH_INSERT_SQL = f"INSERT OR IGNORE INTO {BATCH} ({_COLUMNS}) VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)})"
+BATCH_DROP_PRESENT_SQL = (  # a key lookup per batch row (a join let the planner scan the ledger)
+    f"DELETE FROM {BATCH} WHERE EXISTS "
+    "(SELECT 1 FROM main.litellm_usage AS u WHERE u.request_id = tallygate_batch.request_id)"
+)
+# ingested_at: when the row reached the ledger (billing exports find late rows by it)
+BATCH_TO_LEDGER_SQL = (
+    f"INSERT INTO main.litellm_usage ({_COLUMNS}, ingested_at) "
+    f"SELECT {_COLUMNS}, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z' FROM {BATCH} WHERE true"
+)
+BATCH_TO_ROLLUPS_SQL = rollups.upsert_sql(SQLITE, rollups.aggregate_rows_sql(SQLITE, BATCH))
 
 
 class DecimalSum:
@@ -40,6 +56,11 @@ class DecimalSum:
         return str(self.total)
 
 
+def dadd(a, b) -> str:
+    """sqlite function dadd(text, text): an exact sum of two decimal strings, as plain digits."""
+    return format(Decimal(str(a or 0)) + Decimal(str(b or 0)), "f")
+
+
 def _row(r: UsageRecord) -> tuple:
     row = list(r.ledger_row())
     row[1] = r.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -54,6 +75,7 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._batch_ready = False  # the temporary batch table exists on this connection
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tallygate-sqlite")
 
     @property
@@ -78,9 +100,11 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA temp_store=MEMORY")  # the batch table (store/sqlite.py _write) never touches disk
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
         conn.create_aggregate("dsum", 1, DecimalSum)  # type: ignore[arg-type]  # a class is its own factory
+        conn.create_function("dadd", 2, dadd, deterministic=True)
         self._conn = conn
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -92,6 +116,7 @@ class SqliteStore:
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
+            self._batch_ready = False
             await self._run(conn.close)
 
     def _applied(self) -> set[int]:
@@ -106,6 +131,8 @@ class SqliteStore:
 
     def _migrate(self) -> list[int]:
         applied = []
+        self._db.execute("DROP TABLE IF EXISTS temp.tallygate_batch")  # made again with the new columns
+        self._batch_ready = False
         self._db.execute("BEGIN IMMEDIATE")
         try:
             done = self._applied()
@@ -125,15 +152,24 @@ class SqliteStore:
         return await self._run(self._migrate)
 
     def _write(self, rows: list[tuple]) -> int:
-        before = self._db.total_changes
-        self._db.execute("BEGIN")
+        db = self._db
+        if not self._batch_ready:
+            for statement in CREATE_BATCH_SQL:
+                db.execute(statement)
+            self._batch_ready = True
+        db.execute("BEGIN IMMEDIATE")  # the write lock first: nothing lands between the check and the insert
         try:
-            self._db.executemany(INSERT_SQL, rows)
-            self._db.execute("COMMIT")
+            db.executemany(BATCH_INSERT_SQL, rows)
+            db.execute(BATCH_DROP_PRESENT_SQL)
+            added = db.execute(BATCH_TO_LEDGER_SQL).rowcount
+            if added:
+                db.execute(BATCH_TO_ROLLUPS_SQL)
+            db.execute(f"DELETE FROM {BATCH}")
+            db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        return self._db.total_changes - before
+        return added
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
         if self._conn is None:
@@ -156,3 +192,19 @@ class SqliteStore:
 
     async def execute(self, sql: str, params: Sequence = ()) -> int:
         return await self._query(lambda: self._db.execute(sql, tuple(params)).rowcount)
+
+    def _transaction(self, steps: Sequence[tuple[str, Sequence]]) -> list[list[tuple]]:
+        out = []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in steps:
+                out.append(self._db.execute(sql, tuple(params)).fetchall())
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return out
+
+    async def transaction(self, steps: Sequence[tuple[str, Sequence]]) -> list[list[tuple]]:
+        """The statements in one transaction (under the write lock); each one's rows."""
+        return await self._query(lambda: self._transaction(steps))

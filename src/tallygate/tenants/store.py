@@ -146,12 +146,8 @@ class KeyStore:
         return {r[0]: self._limits(r[1:]) for r in rows}
 
     async def spend_since(self, column: str, value: str, since: datetime | None) -> Decimal:
-        """Cost in the ledger for a tenant or key since a time (budget rebuild)."""
-        assert column in ("tenant_id", "api_key_id")
-        sql = f"SELECT {self.sql.decimal_sum('cost_usd')} FROM litellm_usage WHERE {column} = {self.p}"
-        params: list = [value]
-        if since is not None:
-            sql += f" AND created_at >= {self.p}"
-            params.append(self.sql.time_param(since))
-        rows = await self.store.fetch(sql, params)
-        return Decimal(str(rows[0][0] or 0)) if rows else Decimal(0)
+        """Cost in the ledger for a tenant or key since a time (budget rebuild): whole
+        hours from the hourly rollups, the hour `since` falls in from the rows."""
+        from ..store.rollups import spend_since
+
+        return await spend_since(self.store, column, value, since)
