@@ -20,6 +20,7 @@ from .answers import (
     usage_numbers,
     write_pieces,
 )
+from .objects import FakeObjects, new_id
 
 
 class FakeUpstream:
@@ -31,6 +32,7 @@ class FakeUpstream:
         self.by_key: dict[str, int] = {}  # calls per fake "key", for fail_first / drop_first
         self.disconnects: list[dict] = []
         self.completed_streams = 0
+        self.objects = FakeObjects()  # stored responses, conversations, files
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -40,6 +42,7 @@ class FakeUpstream:
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model:.+}", self.model)
+        self.objects.add_routes(app)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)
@@ -319,6 +322,7 @@ class FakeUpstream:
         words = [WORDS[i % len(WORDS)] for i in range(n)]
         text = "".join(words)
         created = CREATED
+        response_id = new_id("resp_")
         message = {
             "type": "message",
             "id": "msg_fake",
@@ -331,7 +335,7 @@ class FakeUpstream:
 
         def response(status: str, output: list, usage) -> dict:
             return {
-                "id": "resp_fake",
+                "id": response_id,
                 "object": "response",
                 "created_at": created,
                 "status": status,
@@ -351,6 +355,7 @@ class FakeUpstream:
             }
 
         usage = None if fake.get("no_usage") else responses_usage(doc, fake)
+        self.objects.remember_response(response("completed", output, usage), doc)
         if not doc.get("stream"):
             return web.Response(
                 body=orjson.dumps(response("completed", output, usage)), content_type="application/json"

@@ -149,6 +149,8 @@ class Pipeline:
     def _process(self, batch: list) -> None:
         records = [r for r, _ in batch]
         for rec in records:
+            if rec.price_source == "free":  # a call that costs nothing (routes/objects.py): $0, no rate to find
+                continue
             try:
                 price = self.prices.price(rec.provider, rec.model, rec.upstream_model, rec.service_tier)
                 # usage beyond what the request allows is billed at the bound (and flagged)
