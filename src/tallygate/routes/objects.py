@@ -209,17 +209,24 @@ class Objects:
         await self._forward(scope, receive, send, method.decode(), op, headers, body, principal, record, started)
 
     # -- ownership ---------------------------------------------------------------------
-    async def _owner(self, object_id: str) -> str | None:
+    async def _owner(self, kind: str, object_id: str) -> str | None:
         try:
-            return await self.owners.owner(object_id)
+            owner = await self.owners.owner(object_id)
         except StoreUnavailable:
             raise unavailable(
                 "The owner of this id cannot be checked: the database is not reachable. Retry shortly.",
                 "ledger_unavailable",
             ) from None
+        if owner is None and kind == "response":
+            # a response answered a moment ago: its record (which names its id) may still wait
+            # for the pipeline's next pass; between awaits it is either queued or cached
+            owner = self.owners.cached(object_id)
+            if owner is None:
+                owner = next((r.tenant_id for r in self.pipeline.queued() if r.object_id == object_id), None)
+        return owner
 
     async def _require_owner(self, principal: Principal, kind: str, object_id: str) -> None:
-        if await self._owner(object_id) != principal.tenant_id:
+        if await self._owner(kind, object_id) != principal.tenant_id:
             # 404, not 403: another tenant's id and an unknown one look the same
             raise GatewayError(404, f"No {kind} found with id '{object_id}'.", "invalid_request_error", "not_found")
 

@@ -104,6 +104,10 @@ class Pipeline:
             self._wakeup.set()
         return None
 
+    def queued(self) -> list[UsageRecord]:
+        """The records submitted and not yet handed to the sinks, oldest first."""
+        return [r for r, _ in self._queue]
+
     def _submit_or_wait(self, record: UsageRecord, wait: bool = False) -> Awaitable[None] | None:
         if not wait:
             return Pipeline.submit(self, record)

@@ -54,6 +54,9 @@ class Owners:
             params,
         )
 
+    def cached(self, object_id: str) -> str | None:
+        return self._cache.get(object_id)
+
     async def owner(self, object_id: str) -> str | None:
         tenant = self._cache.get(object_id)
         if tenant is not None:
