@@ -199,3 +199,76 @@ def test_unknown_and_unauthenticated(gateway):
     assert status == 405 and headers["allow"] == "POST"
     status, _, _ = call(f"{gw.base_url}/files/abc/nothing", token=gw.token, headers={"X-Tenant-ID": "t"})
     assert status == 404
+
+
+def test_responses_continue_only_own_state(gateway, fake_upstream):
+    gw = gateway()
+    a, b = sdk_client(gw, "cont-a"), sdk_client(gw, "cont-b")
+    first = a.responses.create(model="gpt-4o-mini", input="remember this")
+    conv = a.conversations.create()
+    assert a.responses.create(model="gpt-4o-mini", input="and then?", previous_response_id=first.id).id
+    assert a.responses.create(model="gpt-4o-mini", input="in a conversation", conversation=conv.id).id
+    fake_upstream.reset()
+    # another tenant continuing A's response or conversation would read its context
+    with pytest.raises(openai.NotFoundError):
+        b.responses.create(model="gpt-4o-mini", input="what did A say?", previous_response_id=first.id)
+    with pytest.raises(openai.NotFoundError):
+        b.responses.create(model="gpt-4o-mini", input="what did A say?", conversation={"id": conv.id})
+    with pytest.raises(openai.NotFoundError):
+        list(b.responses.create(model="gpt-4o-mini", input="x", previous_response_id=first.id, stream=True))
+    assert fake_upstream.requests() == []  # refused before any upstream call
+
+
+def test_rpm_limit_counts_free_calls(gateway, tmp_path):
+    from support.tenants import new_key, unique
+
+    gw = gateway()
+    tenant = unique("rpm")
+    key = new_key(gw, tenant, rpm_limit=2)["key"]
+    c = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    c.moderations.create(input="one")
+    c.files.list()
+    with pytest.raises(openai.RateLimitError) as err:
+        c.moderations.create(input="three")
+    assert err.value.response.headers["x-ratelimit-limit-requests"] == "2"
+
+
+def test_upload_without_length_cut_at_limit(gateway):
+    """A chunked upload (no Content-Length) is counted as it streams: 413 past the limit."""
+    import http.client
+
+    gw = gateway(TALLYGATE_MAX_FILE_BYTES=100_000)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    boundary = "tgboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jsonl\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+    def chunks():
+        yield head
+        for _ in range(50):
+            yield b"z" * 10_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    conn.request("POST", "/v1/files", body=chunks(), encode_chunked=True,
+                 headers={**gw.headers("chunky"), "Content-Type": f"multipart/form-data; boundary={boundary}",
+                          "Transfer-Encoding": "chunked"})
+    resp = conn.getresponse()
+    assert resp.status == 413
+    assert b"TALLYGATE_MAX_FILE_BYTES" in resp.read()
+    # an upload under the limit, chunked, goes through whole
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+
+    def small():
+        yield head
+        yield b"z" * 5_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    conn.request("POST", "/v1/files", body=small(), encode_chunked=True,
+                 headers={**gw.headers("chunky"), "Content-Type": f"multipart/form-data; boundary={boundary}",
+                          "Transfer-Encoding": "chunked"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    import json
+
+    assert json.loads(resp.read())["bytes"] == 5_000

@@ -202,6 +202,18 @@ class Gateway:
             default_context_tokens=s.default_context_tokens,
         )
         self.pipeline.start()
+        self.objects = Objects(
+            auth=self.auth,
+            router=self.router,
+            client=self.client,
+            guard=self.guard,
+            pipeline=self.pipeline,
+            owners=self.owners,
+            secrets=self.upstream_secrets_b,
+            trace_for=self.trace_for,
+            max_body_bytes=s.max_body_bytes,
+            max_file_bytes=s.max_file_bytes,
+        )
         self.proxy = ProxyHandler(
             router=self.router,
             guard=self.guard,
@@ -217,24 +229,13 @@ class Gateway:
             trace_for=self.trace_for,
             secrets=self.upstream_secrets_b,
             scrub=scrub,
+            references=self.objects.require_references,
         )
         self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready)
         service = Service(self.auth, s.metrics_mode, self.metrics.render, self.is_ready)
         models = Models(self.auth, self.router, self.client, self.upstream_secrets_b)
         self.routes = {**service.routes(), (b"GET", b"/v1/models"): models.handle}
         self.models = models
-        self.objects = Objects(
-            auth=self.auth,
-            router=self.router,
-            client=self.client,
-            guard=self.guard,
-            pipeline=self.pipeline,
-            owners=self.owners,
-            secrets=self.upstream_secrets_b,
-            trace_for=self.trace_for,
-            max_body_bytes=s.max_body_bytes,
-            max_file_bytes=s.max_file_bytes,
-        )
         self.started = True
         import gc
 

@@ -8,7 +8,7 @@ The SSE side is metering/sse.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -42,7 +42,8 @@ class Usage:
     web_search_calls: int = 0
     file_search_calls: int = 0
     service_tier: str | None = None  # as the provider reported it (default, flex, priority, batch, ...)
-    response_id: str | None = None  # a Responses answer's id (its tenant owns it: tenants/owners.py)
+    # a Responses answer's id (its tenant owns it: tenants/owners.py); not part of the usage's value
+    response_id: str | None = field(default=None, compare=False)
 
 
 # what a record copies from the usage it was given, as ledger columns (the response id is

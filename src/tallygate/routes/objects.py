@@ -192,7 +192,7 @@ class Objects:
             doc = json_object(body)
             given = doc.get("model")
             model = given[:256] if isinstance(given, str) else ""
-            await self._require_references(principal, doc)
+            await self.require_references(principal, doc)
         record = UsageRecord(
             request_id=new_request_id(),
             created_at=created,
@@ -230,9 +230,9 @@ class Objects:
             # 404, not 403: another tenant's id and an unknown one look the same
             raise GatewayError(404, f"No {kind} found with id '{object_id}'.", "invalid_request_error", "not_found")
 
-    async def _require_references(self, principal: Principal, doc: dict) -> None:
-        """A body naming a stored response or conversation (input_tokens counts its context)
-        must name the caller's own."""
+    async def require_references(self, principal: Principal, doc: dict) -> None:
+        """A body naming a stored response or conversation (POST /v1/responses continues it,
+        input_tokens counts its context) must name the caller's own."""
         previous = doc.get("previous_response_id")
         if isinstance(previous, str) and previous:
             await self._require_owner(principal, "response", previous)
