@@ -252,19 +252,23 @@ class FakeObjects:
 
     # -- files -------------------------------------------------------------------------
     async def file_create(self, request: web.Request) -> web.Response:
-        reader = await request.multipart()
         purpose, filename, size, content = None, "upload", 0, bytearray()
-        async for part in reader:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "purpose":
-                purpose = (await part.read()).decode()
-            elif part.name == "file":
-                filename = part.filename or filename
-                while chunk := await part.read_chunk(1 << 20):
-                    size += len(chunk)
-                    if len(content) < 1 << 20:  # the first MiB kept for /content: big test files are noise
-                        content += chunk
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "purpose":
+                    purpose = (await part.read()).decode()
+                elif part.name == "file":
+                    filename = part.filename or filename
+                    while chunk := await part.read_chunk(1 << 20):
+                        size += len(chunk)
+                        if len(content) < 1 << 20:  # the first MiB kept for /content: big test files are noise
+                            content += chunk
+        except Exception:  # not multipart, or broken: what OpenAI answers 400
+            error = {"message": "The request body is not valid multipart/form-data.", "type": "invalid_request_error"}
+            return _json({"error": {**error, "param": None, "code": None}}, 400)
         if purpose is None:
             error = {"message": "Missing required parameter: 'purpose'.", "type": "invalid_request_error"}
             return _json({"error": {**error, "param": "purpose", "code": None}}, 400)
