@@ -272,3 +272,13 @@ def test_upload_without_length_cut_at_limit(gateway):
     import json
 
     assert json.loads(resp.read())["bytes"] == 5_000
+
+
+def test_sync_ledger_row_before_answer(gateway, tmp_path):
+    gw = gateway(TALLYGATE_LEDGER_MODE="sync")
+    c = sdk_client(gw, "sync-tenant")
+    conv = c.conversations.create()
+    rows = sqlite_rows(tmp_path / "ledger.db")  # no waiting: the answer came after the commit
+    assert [(r["endpoint"], r["tenant_id"], r["status_code"]) for r in rows] == [
+        ("/v1/conversations", "sync-tenant", 200)]
+    assert c.conversations.retrieve(conv.id).id == conv.id

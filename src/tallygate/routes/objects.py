@@ -335,7 +335,9 @@ class Objects:
             await self._remember_created(data, op.creates, principal)
         elif op.lists_files:
             data = await self._own_files(data, principal)
-        self._submit(record, started, status, "ok" if status < 400 else "upstream_error")
+        committed = self._submit(record, started, status, "ok" if status < 400 else "upstream_error", wait=True)
+        if committed is not None:  # sync-ledger mode: the row first, then the answer
+            await committed
         out = self._headers(resp, record)
         out.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": out})
@@ -405,11 +407,11 @@ class Objects:
                 out.append((lname, value))
         return out
 
-    def _submit(self, record: UsageRecord, started: float, status_code: int, status: str) -> None:
+    def _submit(self, record: UsageRecord, started: float, status_code: int, status: str, wait: bool = False):
         record.latency_ms = elapsed_ms(started)
         record.status_code = status_code
         record.status = status
-        self.pipeline.submit(record)
+        return self.pipeline.submit(record, wait=wait)
 
 
 class _Upload:
