@@ -68,7 +68,8 @@ def main() -> int:
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM rows (and its install)")
     ap.add_argument("--no-tallygate", action="store_true", help="skip the tallygate rows")
     ap.add_argument("--no-workers", action="store_true", help="skip the 2-worker scaling rows")
-    ap.add_argument("--systems", default="direct,floor,tallygate-pg,tallygate-sqlite,tallygate-noledger,litellm,portkey",
+    ap.add_argument("--systems",
+                    default="direct,floor,tallygate-pg,tallygate-sqlite,tallygate-noledger,litellm,litellm-tallygate,portkey",
                     help="comma-separated subset, in order")
     ap.add_argument("--modes", default="json,stream")
     ap.add_argument("--concurrency", default=None, help="comma list (default 1,15,64; quick: 15)")
@@ -100,7 +101,7 @@ def main() -> int:
     concs = [int(x) for x in (a.concurrency or ("15" if a.quick else "1,15,64")).split(",")]
     systems = [s for s in a.systems.split(",") if s]
     if a.no_litellm:
-        systems = [s for s in systems if s != "litellm"]
+        systems = [s for s in systems if not s.startswith("litellm")]
     notes: list[str] = []
     if a.no_tallygate:
         systems = [s for s in systems if not s.startswith("tallygate")]
@@ -119,12 +120,12 @@ def main() -> int:
     ensure_tools()
     fresh_ledgers(systems)
     li_info = None
-    if "litellm" in systems:
+    if any(s.startswith("litellm") for s in systems):
         if ensure_litellm():
             li_info = litellm_info()
         else:
             notes.append("LiteLLM rows skipped: install failed (bench/.work/litellm-install.log)")
-            systems.remove("litellm")
+            systems = [s for s in systems if not s.startswith("litellm")]
     pk_info = None
     if "portkey" in systems:
         pk_info = ensure_portkey()

@@ -345,3 +345,32 @@ def test_a_priority_request_reserves_its_budget_at_the_priority_price():
     r = rates("gpt-5", context={"service_tier": "priority"})
     assert priority == _nanos(expected(r, prompt=1000, completion=1000)) > standard
     assert flex == standard  # the dearer of the tier and the standard price
+
+
+def test_a_prompt_past_200k_tokens_is_billed_at_the_long_context_rate():
+    """claude-sonnet-4-5's data says a 200k window but prices inputs past 200k (the 1M-token
+    beta) at a higher rate: such a prompt is neither clamped to 200k nor billed at the base rate."""
+    from tallygate.metering.pricing import PriceBook
+    from tallygate.metering.usage import Usage
+
+    book = PriceBook()
+    price = book.price("anthropic", "claude-sonnet-4-5")
+    assert price.context_window >= 1_000_000
+    usage = Usage(prompt_tokens=210_000, completion_tokens=1_000, total_tokens=211_000)
+    cost, source = book.cost("anthropic", "claude-sonnet-4-5", None, usage)
+    r = rates("claude-sonnet-4-5", provider="anthropic")
+    long_in, long_out = r["input_mtok"].tiers[-1].price, r["output_mtok"].tiers[-1].price
+    assert abs(cost - (210_000 * long_in + 1_000 * long_out) / MILLION) < EXACT
+    assert source == "genai-prices"
+
+
+def test_a_request_asking_for_prompt_caching_reserves_its_prompt_as_1_hour_writes():
+    from tallygate.limits.guard import Guard, _nanos
+    from tallygate.metering.pricing import PriceBook
+
+    guard = Guard(None, None, PriceBook(), None)
+    plain = guard._worst_cost("anthropic", "claude-sonnet-4-5", None, 1000, 1000)
+    caching = guard._worst_cost("anthropic", "claude-sonnet-4-5", None, 1000, 1000, cache_writes=True)
+    r = rates("claude-sonnet-4-5", provider="anthropic")
+    base = {k: (v.base if hasattr(v, "base") else v) for k, v in r.items()}
+    assert caching == _nanos(expected(base, prompt=1000, completion=1000, writes=1000, writes_1h=1000)) > plain

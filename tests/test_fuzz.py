@@ -8,8 +8,10 @@ from hypothesis import HealthCheck, given, settings
 schemathesis = pytest.importorskip("schemathesis")
 
 
-def _fuzz_gateway(gateway):
-    return gateway(TALLYGATE_DEFAULT_TENANT="fuzz", TALLYGATE_MAX_BODY_BYTES="65536")
+def _fuzz_gateway(gateway, fake_upstream):
+    # the Messages API's upstream is the fake's too (it serves /v1/messages)
+    return gateway(TALLYGATE_DEFAULT_TENANT="fuzz", TALLYGATE_MAX_BODY_BYTES="65536",
+                   ANTHROPIC_BASE_URL=fake_upstream.base_url.removesuffix("/v1"))
 
 
 def _checks(positive: bool) -> list:
@@ -60,18 +62,18 @@ def _fuzz(gw, max_examples: int) -> list[tuple[str, str, int]]:
     return calls
 
 
-def test_api_conforms_to_its_openapi(gateway):
+def test_api_conforms_to_its_openapi(gateway, fake_upstream):
     """Every operation of /openapi.json, valid and invalid data: never a 5xx, only declared
     statuses, bodies as declared. (The schemathesis pytest loader does not run under this
     pytest version, so the strategies are driven by hypothesis directly.)"""
-    calls = _fuzz(_fuzz_gateway(gateway), 8)
+    calls = _fuzz(_fuzz_gateway(gateway, fake_upstream), 8)
     assert len(calls) > 100
     assert not [c for c in calls if c[2] >= 500]
 
 
-def test_fuzzed_gateway_stayed_healthy(gateway):
+def test_fuzzed_gateway_stayed_healthy(gateway, fake_upstream):
     """After a fuzz run of its own, the gateway still runs and printed no traceback."""
-    gw = _fuzz_gateway(gateway)
+    gw = _fuzz_gateway(gateway, fake_upstream)
     assert _fuzz(gw, 3)
     out = gw.output()
     assert gw.proc.poll() is None

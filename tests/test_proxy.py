@@ -34,7 +34,7 @@ def test_chat_non_stream_metered_exactly(gateway):
     assert rec["cost_usd"] == 0.00027
     assert rec["price_source"] == "genai-prices" and rec["usage_source"] == "provider"
     assert rec["request_id"].startswith("req_") and "ttft_ms" not in rec
-    assert rec["logging.googleapis.com/labels"] == {"tenant_id": "acme", "model": "gpt-4o-mini"}
+    assert rec["logging.googleapis.com/labels"] == {"tenant_id": "acme", "model": "gpt-4o-mini", "stream": "false"}
     assert "logging.googleapis.com/trace" not in rec
 
 

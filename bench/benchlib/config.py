@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from devtools import litellm_venv
+
 BENCH = Path(__file__).resolve().parent.parent
 ROOT = BENCH.parent
 WORK = BENCH / ".work"
 RESULTS = BENCH / "results"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
-LITELLM_VENV = WORK / "litellm-venv"
-LITELLM_REQ = BENCH / "litellm-requirements.txt"
+LITELLM_VENV = litellm_venv.venv_path()  # outside the repository, shared with the tests
+LITELLM_REQ = litellm_venv.REQUIREMENTS
 PORTKEY_PKG = BENCH / "portkey"  # package.json + package-lock.json: the pinned Portkey gateway
 PORTKEY_DIR = WORK / "portkey"
 LUA = BENCH / "post.lua"

@@ -13,7 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import HOST, LITELLM_REQ, LITELLM_VENV, PORTKEY_DIR, PORTKEY_PKG, ROOT, VENV_PY, WORK
+from devtools import litellm_venv
+
+from .config import HOST, LITELLM_VENV, PORTKEY_DIR, PORTKEY_PKG, ROOT, VENV_PY, WORK
 from .host import log, nginx_bin, sh
 from .systems import base_env
 
@@ -34,24 +36,15 @@ def ensure_tools() -> None:
 
 
 def ensure_litellm() -> bool:
-    """Install the pinned LiteLLM proxy into its own venv (idempotent, keyed on the requirements)."""
-    want = hashlib.sha256(LITELLM_REQ.read_bytes()).hexdigest()
-    marker = LITELLM_VENV / ".bench-installed"
-    if marker.exists() and marker.read_text().strip() == want and (LITELLM_VENV / "bin" / "litellm").exists():
-        return True
-    base_py = getattr(sys, "_base_executable", None) or shutil.which("python3")
-    log(f"installing LiteLLM into {LITELLM_VENV} (a few minutes, log in {WORK}/litellm-install.log)")
-    if not (LITELLM_VENV / "bin" / "python").exists():
-        subprocess.run([base_py, "-m", "venv", str(LITELLM_VENV)], check=True)
-    with open(WORK / "litellm-install.log", "a") as f:
-        r = subprocess.run(
-            [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "-r", str(LITELLM_REQ)],
-            stdout=f, stderr=subprocess.STDOUT, timeout=1800,
-        )
-    if r.returncode != 0 or not (LITELLM_VENV / "bin" / "litellm").exists():
-        log("LiteLLM install failed; see litellm-install.log")
+    """The pinned LiteLLM proxy in its own venv (devtools/litellm_venv.py: cached outside the
+    repository, keyed on the requirements; the tests use the same one)."""
+    if not (LITELLM_VENV / litellm_venv.MARKER).exists():
+        log(f"installing LiteLLM into {LITELLM_VENV} (a few minutes, log in {WORK}/litellm-install.log)")
+    try:
+        litellm_venv.ensure(WORK / "litellm-install.log")
+    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+        log(f"LiteLLM install failed: {exc}")
         return False
-    marker.write_text(want)
     return True
 
 

@@ -27,7 +27,7 @@ def empty_pg_ledger() -> None:
 
 def fresh_ledgers(systems) -> None:
     """Every run starts with empty ledgers."""
-    if any(s.startswith("tallygate-pg") for s in systems):
+    if any(s.startswith("tallygate-pg") or s == "litellm-tallygate" for s in systems):
         fresh_bench_db()
     if any(s.startswith("tallygate-sqlite") for s in systems):
         for suffix in ("", "-wal", "-shm"):

@@ -4,6 +4,9 @@ the Portkey gateway."""
 from __future__ import annotations
 
 import os
+import shutil
+
+from devtools import litellm_venv
 
 from .config import (
     BENCH,
@@ -84,8 +87,16 @@ def make_system(name: str, stream: bool, workers: int, run_id: str) -> dict:
         if workers > 1:
             cmd += ["--workers", str(workers)]
         return dict(proc=Proc(name, cmd, env, logf), port=TG_PORT, health="/health", token=GATEWAY_TOKEN, ledger=ledger)
-    if name == "litellm":
-        cfg = WORK / f"litellm-{mode}.yaml"
+    if name in ("litellm", "litellm-tallygate"):
+        # litellm-tallygate: the same proxy with tallygate's callbacks (deploy/litellm/callbacks)
+        # metering into the benchmark's Postgres ledger; the pair gives the callbacks' overhead
+        metered = name == "litellm-tallygate"
+        cfg_dir = WORK / name
+        if metered:
+            shutil.rmtree(cfg_dir / "callbacks", ignore_errors=True)
+            shutil.copytree(ROOT / "deploy" / "litellm" / "callbacks", cfg_dir / "callbacks")
+        cfg_dir.mkdir(parents=True, exist_ok=True)
+        cfg = cfg_dir / f"litellm-{mode}.yaml"
         cfg.write_text(
             "model_list:\n"
             f"  - model_name: {MODEL}\n"
@@ -96,14 +107,18 @@ def make_system(name: str, stream: bool, workers: int, run_id: str) -> dict:
             "litellm_settings:\n"
             "  telemetry: false\n"
             "  set_verbose: false\n"
-            "general_settings:\n"
+            + ('  callbacks: ["callbacks.logging.proxy_handler_instance"]\n' if metered else "")
+            + "general_settings:\n"
             f"  master_key: {MASTER_KEY}\n"
         )
         env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR", LITELLM_MODE="PRODUCTION",
                    LITELLM_TELEMETRY="False", DISABLE_SCHEMA_UPDATE="True")
+        if metered:
+            env.update(PG_ENV, PYTHONPATH=litellm_venv.pythonpath())
         cmd = ["taskset", "-c", cores, str(LITELLM_VENV / "bin" / "litellm"), "--config", str(cfg),
                "--host", HOST, "--port", str(LITELLM_PORT), "--num_workers", str(workers), "--telemetry", "False"]
-        return dict(proc=Proc(name, cmd, env, logf), port=LITELLM_PORT, health="/health/liveliness", token=MASTER_KEY, ledger=None)
+        return dict(proc=Proc(name, cmd, env, logf), port=LITELLM_PORT, health="/health/liveliness", token=MASTER_KEY,
+                    ledger=("pg", None) if metered else None)
     if name == "portkey":
         # Portkey keeps no ledger and no per-tenant state: it proxies to the upstream named
         # by its headers (provider openai, custom host)

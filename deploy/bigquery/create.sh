@@ -33,17 +33,27 @@ if ! bq --project_id="${PROJECT_ID}" show --dataset "${PROJECT_ID}:${DATASET}" >
     --description="tallygate request log lines (Cloud Logging sink)" "${PROJECT_ID}:${DATASET}"
 fi
 
-# 2. the sink: one table, partitioned on timestamp (no date-suffixed tables)
+# 2. the sink: one table, partitioned on timestamp (no date-suffixed tables); a new sink is
+#    created disabled and enabled in step 4, once its writer identity may write
 if gcloud logging sinks describe "${SINK}" --project="${PROJECT_ID}" >/dev/null 2>&1; then
   gcloud logging sinks update "${SINK}" "${DESTINATION}" --use-partitioned-tables \
     --log-filter="${FILTER}" --project="${PROJECT_ID}"
 else
   gcloud logging sinks create "${SINK}" "${DESTINATION}" --use-partitioned-tables \
     --log-filter="${FILTER}" --description="tallygate litellm_request lines" \
-    --project="${PROJECT_ID}"
+    --disabled --project="${PROJECT_ID}"
 fi
 
-# 3. the sink writes as its own service account: let it write to BigQuery
+# 3. the sink writes as its own service account: let it write to BigQuery (IAM is
+#    eventually consistent: a new identity can be unknown for a minute, so retry)
+retry() {
+  local n=1
+  until "$@"; do
+    if [ "$n" -gt 5 ]; then return 1; fi
+    sleep $((1 << n))
+    n=$((n + 1))
+  done
+}
 WRITER_IDENTITY="$(gcloud logging sinks describe "${SINK}" --project="${PROJECT_ID}" \
   --format='value(writerIdentity)')"
 if [ -z "${WRITER_IDENTITY}" ]; then
@@ -52,11 +62,11 @@ if [ -z "${WRITER_IDENTITY}" ]; then
 fi
 case "${GRANT_SCOPE}" in
   project)
-    gcloud projects add-iam-policy-binding "${PROJECT_ID}" --member="${WRITER_IDENTITY}" \
+    retry gcloud projects add-iam-policy-binding "${PROJECT_ID}" --member="${WRITER_IDENTITY}" \
       --role=roles/bigquery.dataEditor --condition=None --quiet >/dev/null
     ;;
   dataset)
-    bq --project_id="${PROJECT_ID}" add-iam-policy-binding --member="${WRITER_IDENTITY}" \
+    retry bq --project_id="${PROJECT_ID}" add-iam-policy-binding --member="${WRITER_IDENTITY}" \
       --role=roles/bigquery.dataEditor --dataset "${PROJECT_ID}:${DATASET}" >/dev/null
     ;;
   *)
@@ -64,6 +74,9 @@ case "${GRANT_SCOPE}" in
     exit 2
     ;;
 esac
+
+# 4. now it may write: the sink exports
+gcloud logging sinks update "${SINK}" --no-disabled --project="${PROJECT_ID}"
 
 echo "sink ${SINK} -> ${DESTINATION} (writer ${WRITER_IDENTITY})"
 echo "rows land in ${PROJECT_ID}.${DATASET}.run_googleapis_com_stdout within minutes of the next request"

@@ -14,9 +14,9 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from .auth import Authenticator
+from .auth import Authenticator, api_key_credential
 from .errors import GatewayError, error_body, not_found
-from .http import ClientGone, send_error
+from .http import ClientGone, send_error, send_json
 from .metering.pricing import PriceBook, load_overrides
 from .proxy.formats import ENDPOINTS
 from .proxy.handler import ProxyHandler
@@ -29,6 +29,7 @@ from .upstream import Router, client_session, route_secrets, scrub
 if TYPE_CHECKING:
     import aiohttp
 
+    from .credits.store import CreditStore
     from .limits.guard import Guard
     from .routes.admin import Admin
     from .routes.models import Models
@@ -47,19 +48,20 @@ _TRACE_RE = re.compile(rb"[0-9a-fA-F]{32}")
 # the GET endpoints outside the proxy and the admin API (routes/service.py, routes/models.py)
 # the stateful and free endpoints (routes/objects.py)
 OBJECT_PATHS = (b"/v1/responses/", b"/v1/conversations", b"/v1/moderations", b"/v1/files")
-GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models")
+GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models", b"/v1/balance")
 
 
 # a header a request may carry once only: two would let two parts of a stack (a proxy in
 # front, the gateway) each read a different one
-_SINGLE = (b"authorization", b"x-tenant-id")
+_SINGLE = (b"authorization", b"x-tenant-id", b"x-api-key")
+_SHOWN = {b"authorization": "Authorization", b"x-tenant-id": "X-Tenant-ID", b"x-api-key": "x-api-key"}
 
 
 def refuse_duplicates(raw_headers) -> None:
     seen = [name for name, _ in raw_headers if name in _SINGLE]
     for name in _SINGLE:
         if seen.count(name) > 1:
-            shown = "Authorization" if name == b"authorization" else "X-Tenant-ID"
+            shown = _SHOWN[name]
             raise GatewayError(
                 400,
                 f"The {shown} header appears more than once: send it once.",
@@ -77,6 +79,7 @@ class Gateway:
     ledger: LedgerWriter
     metrics: MetricsSink
     keystore: KeyStore
+    credits: CreditStore
     keys: KeyCache
     guard: Guard
     pipeline: Pipeline
@@ -136,6 +139,7 @@ class Gateway:
 
     # -- lifespan ----------------------------------------------------------
     async def startup(self) -> None:
+        from .credits.store import CreditStore
         from .limits.counters import MemoryCounters
         from .limits.guard import Guard
         from .routes.admin import Admin
@@ -161,7 +165,8 @@ class Gateway:
         )
         self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
         self.keystore = KeyStore(self.store)
-        self.keys = KeyCache(self.keystore, s.keys_refresh)
+        self.credits = CreditStore(self.store)
+        self.keys = KeyCache(self.keystore, s.keys_refresh, self.credits)
         self.auth.keys = self.keys
         if s.redis_url:
             from .limits.redis import RedisCounters
@@ -179,6 +184,7 @@ class Gateway:
             on_redis_down=s.limits_on_redis_down,
             on_db_down=s.limits_on_db_down,
             failed_open=self.metrics.failed_open,
+            credit_low_usd=s.credit_low_usd,
         )
         if s.metrics_port:
             from .sinks.metrics_server import MetricsServer
@@ -231,10 +237,17 @@ class Gateway:
             scrub=scrub,
             references=self.objects.require_references,
         )
-        self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready)
+        from .routes.credits import Credits
+
+        credits = Credits(self.auth, self.credits, self.keys, self.guard, lambda: self.ledger_ready)
+        self.admin = Admin(self.auth, self.keystore, self.keys, self.store, lambda: self.ledger_ready, credits)
         service = Service(self.auth, s.metrics_mode, self.metrics.render, self.is_ready)
         models = Models(self.auth, self.router, self.client, self.upstream_secrets_b)
-        self.routes = {**service.routes(), (b"GET", b"/v1/models"): models.handle}
+        self.routes = {
+            **service.routes(),
+            (b"GET", b"/v1/models"): models.handle,
+            (b"GET", b"/v1/balance"): credits.balance,
+        }
         self.models = models
         self.started = True
         import gc
@@ -354,6 +367,9 @@ class App:
         self._allowed: dict[bytes, list[bytes]] = {path: [b"GET"] for path in GET_PATHS}
         for path in ENDPOINTS:
             self._allowed[path] = [b"POST"]
+        # path -> (upstream path, wire format, the routes that speak it)
+        router = self.g.router
+        self.endpoints = {path: (up, fmt, router.for_wire(fmt.wire)) for path, (up, fmt) in ENDPOINTS.items()}
 
     async def __call__(self, scope, receive, send) -> None:
         """HTTP requests are dispatched here directly: a coroutine layer per request is
@@ -365,14 +381,18 @@ class App:
         path = scope["raw_path"] or scope["path"].encode()
         if path.find(b"?") >= 0:  # uvicorn's raw_path has no query; other servers' may
             path = path.split(b"?", 1)[0]
-        endpoint = ENDPOINTS.get(path)
+        endpoint = self.endpoints.get(path)
         try:
             if endpoint is not None and scope["method"] == "POST":
                 raw = scope["headers"]
                 headers = dict(raw)
                 if len(headers) != len(raw):  # a name repeated: maybe one that must come once
                     refuse_duplicates(raw)
-                principal = self.g.auth.authenticate(headers.get(b"authorization"), headers.get(b"x-tenant-id"))
+                authorization = headers.get(b"authorization")
+                if authorization is None and endpoint[1].api_key_header is not None:
+                    # Anthropic's SDKs send their key as x-api-key (on the OpenAI endpoints: a 401)
+                    authorization = api_key_credential(headers.get(endpoint[1].api_key_header))
+                principal = self.g.auth.authenticate(authorization, headers.get(b"x-tenant-id"))
                 await self.g.proxy.handle(scope, receive, send, endpoint, principal, headers)
                 return
             refuse_duplicates(scope["headers"])
@@ -401,8 +421,11 @@ class App:
                 )
             raise not_found(f"Unknown path {scope['path'][:200]!r}.")
         except GatewayError as err:
-            if endpoint is not None and self.g.started:
-                self.g.metrics.rejected(err.code or str(err.status))
+            if endpoint is not None:
+                if self.g.started:
+                    self.g.metrics.rejected(err.code or str(err.status))
+                await send_json(send, err.status, endpoint[1].error_body(err), err.headers)  # the format's shape
+                return
             await send_error(send, err)
         except ClientGone:
             return

@@ -1,5 +1,9 @@
 """Bearer tokens -> Principal(tenant_id, key_id, role).
 
+On the Anthropic endpoints a request without an Authorization header may send its token
+as `x-api-key` (the header Anthropic's SDKs and Claude Code use): it is then read as that
+bearer token (WireFormat.api_key_header).
+
 Three kinds of credential: the shared gateway token (tenant from `X-Tenant-ID`),
 the master key (admin; tenant from the header too), and tenant keys (`tg-...`,
 stored hashed; the key fixes its tenant). Secrets are compared in constant time.
@@ -25,6 +29,13 @@ class Principal:
     role: str
     key_id: str | None = None
     key: object = field(default=None, repr=False)  # the TenantKey, for its limits
+
+
+def api_key_credential(value: bytes | None) -> bytes | None:
+    """An `x-api-key` header as the Authorization value it stands for (None: absent or empty)."""
+    if not value or not value.strip():
+        return None
+    return b"Bearer " + value.strip()
 
 
 def hash_key(secret: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from . import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_ANTHROPIC_ERROR = {"$ref": "#/components/schemas/AnthropicError"}
 
 
 def _errors(*codes: int) -> dict:
@@ -41,6 +42,29 @@ def _proxy_op(summary: str, streams: bool, *more_errors: int) -> dict:
             "responses": {"200": ok, **_errors(400, 401, 403, 413, 429, 502, 503, 504, *more_errors)},
         }
     }
+
+
+def _messages_op(summary: str, streams: bool) -> dict:
+    """An Anthropic Messages API operation: the credential as x-api-key or a bearer token,
+    errors in Anthropic's shape."""
+    op = _proxy_op(summary, streams)["post"]
+    op["security"] = [{"bearer": []}, {"x-api-key": []}]
+    op["parameters"] = [
+        {"$ref": "#/components/parameters/Tenant"},
+        {"name": "anthropic-version", "in": "header", "required": False, "schema": {"type": "string"}},
+        {"name": "anthropic-beta", "in": "header", "required": False, "schema": {"type": "string"}},
+    ]
+    op["responses"] = {
+        "200": op["responses"]["200"],
+        **{
+            str(c): {
+                "description": "Anthropic-style error",
+                "content": {"application/json": {"schema": _ANTHROPIC_ERROR}},
+            }
+            for c in (400, 401, 403, 404, 413, 429, 500, 502, 503, 504, 529)
+        },
+    }
+    return {"post": op}
 
 
 _OBJECT_ERRORS = (400, 401, 403, 404, 429, 502, 503)
@@ -137,6 +161,116 @@ _LIMITS = {
 }
 
 
+_AMOUNT = {"type": ["string", "null"], "description": "USD as exact fixed-point text"}
+_BALANCE = {
+    "type": "object",
+    "required": ["object", "tenant_id", "prepaid"],
+    "properties": {
+        "object": {"const": "balance"},
+        "tenant_id": {"type": "string"},
+        "prepaid": {"type": "boolean", "description": "false: postpaid (no top-up yet), the amounts are null"},
+        "prepaid_since": {"type": ["string", "null"], "format": "date-time"},
+        "credited_usd": _AMOUNT,
+        "spent_usd": {**_AMOUNT, "description": "the usage ledger's cost since prepaid_since"},
+        "balance_usd": {**_AMOUNT, "description": "credited_usd - spent_usd"},
+        "reserved_usd": {**_AMOUNT, "description": "held by requests in flight (null: the counters are down)"},
+        "available_usd": {**_AMOUNT, "description": "balance_usd - reserved_usd: what admission sees"},
+    },
+}
+_CREDIT_ENTRY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "credit_entry"},
+        "tenant_id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["topup", "adjustment"]},
+        "amount_usd": {"type": "string"},
+        "reference": {"type": "string"},
+        "note": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+
+def _credit_paths(admin: dict) -> dict:
+    """GET /v1/balance and /admin/tenants/{tenant_id}/credits (routes/credits.py)."""
+    json_of = lambda schema, description: {  # noqa: E731
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    tenant = [{"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "/v1/balance": {
+            "get": {
+                "summary": "The caller's tenant's prepaid balance",
+                "security": [{"bearer": []}],
+                "parameters": [{"$ref": "#/components/parameters/Tenant"}],
+                "responses": {"200": json_of(_BALANCE, "the balance"), **_errors(401, 503)},
+            }
+        },
+        "/admin/tenants/{tenant_id}/credits": {
+            "get": {
+                "summary": "A tenant's credit entries and balance",
+                **admin,
+                "parameters": tenant,
+                "responses": {
+                    "200": json_of(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "object": {"const": "list"},
+                                "tenant_id": {"type": "string"},
+                                "data": {"type": "array", "items": _CREDIT_ENTRY},
+                                "balance": _BALANCE,
+                            },
+                        },
+                        "the entries, oldest first",
+                    ),
+                    **_errors(400, 401, 403, 503),
+                },
+            },
+            "post": {
+                "summary": "Top up (amount > 0; the first top-up makes the tenant prepaid) or adjust (amount < 0)",
+                **admin,
+                "parameters": tenant,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["amount_usd", "reference"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "amount_usd": {
+                                        "type": ["string", "number"],
+                                        "description": "USD, at most 12 decimal places, not zero",
+                                    },
+                                    "reference": {
+                                        "type": "string",
+                                        "minLength": 1,
+                                        "maxLength": 200,
+                                        "description": "idempotency reference: the same again is the same entry",
+                                    },
+                                    "note": {"type": ["string", "null"], "maxLength": 1000},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": json_of(
+                        {**_CREDIT_ENTRY, "properties": {**_CREDIT_ENTRY["properties"], "balance": _BALANCE}},
+                        "the new entry",
+                    ),
+                    "200": json_of(_CREDIT_ENTRY, "the entry this reference already names: nothing added"),
+                    **_errors(400, 401, 403, 409, 413, 503),
+                },
+            },
+        },
+    }
+
+
 @lru_cache(maxsize=1)
 def spec() -> dict:
     usage_params = [
@@ -157,6 +291,8 @@ def spec() -> dict:
             "/v1/embeddings": _proxy_op("Embeddings", False),
             "/v1/responses": _proxy_op("Responses API (streaming or not)", True, 404),
             **_object_paths(),
+            "/v1/messages": _messages_op("Anthropic Messages API (streaming or not)", True),
+            "/v1/messages/count_tokens": _messages_op("Anthropic token counting (recorded at $0)", False),
             "/v1/models/{model}": {
                 "get": {
                     "summary": "One model: a routes-file model from the gateway, others from the upstream",
@@ -202,6 +338,7 @@ def spec() -> dict:
                     },
                 }
             },
+            **_credit_paths(admin),
             "/health": {
                 "get": {
                     "summary": "Liveness with version; never calls the upstream",
@@ -345,7 +482,10 @@ def spec() -> dict:
             },
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
             "parameters": {
                 "Tenant": {
                     "name": "X-Tenant-ID",
@@ -370,7 +510,19 @@ def spec() -> dict:
                             },
                         }
                     },
-                }
+                },
+                "AnthropicError": {
+                    "type": "object",
+                    "required": ["type", "error"],
+                    "properties": {
+                        "type": {"const": "error"},
+                        "error": {
+                            "type": "object",
+                            "required": ["type", "message"],
+                            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                        },
+                    },
+                },
             },
         },
     }

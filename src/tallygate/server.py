@@ -84,6 +84,8 @@ def start_demo_upstream():
             time.sleep(0.05)
     os.environ["OPENAI_BASE_URL"] = url
     os.environ.setdefault("OPENAI_API_KEY", "sk-demo")
+    os.environ["ANTHROPIC_BASE_URL"] = url.removesuffix("/v1")  # it serves /v1/messages too
+    os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-demo")
     sys.stderr.write(f"  tallygate --demo: requests go to the built-in fake upstream at {url}\n")
     return proc
 

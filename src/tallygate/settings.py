@@ -13,6 +13,8 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl, unquote
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+# as the Anthropic SDKs take it: without /v1 (the Messages API is {base}/v1/messages)
+DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # Cloud Run's HTTP/1 request cap
 # uploads to /v1/files are streamed to the upstream, never held whole: OpenAI's own cap is 512 MB
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -75,6 +77,19 @@ def _mtok(env: Mapping[str, str], name: str) -> Decimal | None:
     return value
 
 
+def _usd(env: Mapping[str, str], name: str) -> Decimal | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name} must be an amount in USD, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise SettingsError(f"{name} must be a non-negative amount in USD, got {raw!r}")
+    return value
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = (env.get(name) or default).strip().lower()
     if value not in choices:
@@ -97,6 +112,8 @@ class Settings:
     port: int = 8080
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str = DEFAULT_OPENAI_BASE_URL
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_base_url: str = DEFAULT_ANTHROPIC_BASE_URL
     gateway_token: str | None = field(default=None, repr=False)
     master_key: str | None = field(default=None, repr=False)
     default_tenant: str | None = None
@@ -134,6 +151,7 @@ class Settings:
     default_max_output_tokens: int = 32768
     default_context_tokens: int = 1_000_000
     unpriced_reserve_mtok: Decimal | None = None
+    credit_low_usd: Decimal | None = None  # credit_low below this balance (None: 10% of the last top-up)
     sse_max_event_bytes: int = 8 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
@@ -147,7 +165,7 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in any output (the log formatter scrubs them)."""
-        found = [self.openai_api_key, self.gateway_token, self.master_key, *self.other_secrets]
+        found = [self.openai_api_key, self.anthropic_api_key, self.gateway_token, self.master_key, *self.other_secrets]
         if self.postgres is not None:
             found.extend(self.postgres.secrets)
         return tuple(dict.fromkeys(s for s in found if s))
@@ -292,10 +310,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     base_url = (env.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise SettingsError(f"OPENAI_BASE_URL must start with http:// or https://, got {base_url!r}")
+    anthropic_url = (env.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE_URL).rstrip("/")
+    if not anthropic_url.startswith(("http://", "https://")):
+        raise SettingsError(f"ANTHROPIC_BASE_URL must start with http:// or https://, got {anthropic_url!r}")
     return Settings(
         port=_int(env, "PORT", 8080),
         openai_api_key=env.get("OPENAI_API_KEY") or None,
         openai_base_url=base_url,
+        anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+        anthropic_base_url=anthropic_url,
         gateway_token=env.get("PROXY_GATEWAY_TOKEN") or None,
         master_key=env.get("PROXY_MASTER_KEY") or None,
         default_tenant=default_tenant,
@@ -333,6 +356,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         default_max_output_tokens=_int(env, "TALLYGATE_DEFAULT_MAX_OUTPUT_TOKENS", 32768),
         default_context_tokens=_int(env, "TALLYGATE_DEFAULT_CONTEXT_TOKENS", 1_000_000),
         unpriced_reserve_mtok=_mtok(env, "TALLYGATE_UNPRICED_RESERVE_MTOK"),
+        credit_low_usd=_usd(env, "TALLYGATE_CREDIT_LOW_USD"),
         sse_max_event_bytes=_int(env, "TALLYGATE_SSE_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=1024),
         max_header_bytes=_int(env, "TALLYGATE_MAX_HEADER_BYTES", 64 * 1024, minimum=1024),
         max_headers=_int(env, "TALLYGATE_MAX_HEADERS", 100, minimum=10),

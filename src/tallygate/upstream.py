@@ -10,7 +10,7 @@ The default route is OpenAI (`OPENAI_BASE_URL`, `OPENAI_API_KEY`). A TOML file
     provider = "ollama"                    # label + price lookup (genai-prices provider id)
     upstream_model = "llama3:8b"           # optional: name sent upstream
     stream_usage = true                    # inject stream_options.include_usage
-    auth = "bearer"                        # bearer | api-key (Azure) | none
+    auth = "bearer"                        # bearer | api-key (Azure) | x-api-key | none
     query = { "api-version" = "2024-10-21" }
     fallbacks = ["gpt-4o-mini"]            # tried in order when this one fails
 
@@ -21,6 +21,12 @@ it timed out), the route's fallbacks are tried in order. Timeouts: connect
 (`TALLYGATE_CONNECT_TIMEOUT`), first byte (`TALLYGATE_FIRST_BYTE_TIMEOUT`: until the
 response headers) and read (`TALLYGATE_READ_TIMEOUT`: the longest silence on the
 upstream socket, so also the idle time between stream chunks).
+
+Anthropic's Messages API (`/v1/messages`, proxy/formats/anthropic.py) has routes of its
+own: the default one is `ANTHROPIC_BASE_URL` + "/v1" with `ANTHROPIC_API_KEY`, and routes of
+`provider = "anthropic"` in the file (base_url ending in /v1, like every route; `auth`
+defaults to `x-api-key`, Anthropic's header) serve the models they name. A model name is
+looked up among those only: an OpenAI-format route cannot answer Anthropic's wire format.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ PASS_HEADERS = frozenset(
         b"openai-model",
         b"retry-after",
         b"retry-after-ms",
+        b"request-id",  # Anthropic's
     }
 )
 # request headers a client may send on to the upstream (Authorization is always ours)
@@ -60,8 +67,13 @@ FORWARD_HEADERS = frozenset(
         b"openai-project",
         b"openai-beta",
         b"idempotency-key",
+        b"anthropic-version",  # the Messages API's version and betas are the client's choice
+        b"anthropic-beta",
     }
 )
+PROVIDER_ANTHROPIC = "anthropic"
+# sent to an Anthropic route when the client names no version (the SDKs always do)
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass
@@ -83,6 +95,10 @@ class Route:
             headers["Authorization"] = f"Bearer {self.api_key}"
         elif self.api_key and self.auth == "api-key":
             headers["api-key"] = self.api_key
+        elif self.api_key and self.auth == "x-api-key":
+            headers["x-api-key"] = self.api_key
+        if self.provider == PROVIDER_ANTHROPIC:
+            headers["anthropic-version"] = ANTHROPIC_VERSION  # a client's own replaces it
         headers.update(self.extra_headers)
         self.headers = headers  # built once, reused by every request
         self._urls: dict[str, str] = {}
@@ -132,16 +148,17 @@ def _route_from_table(entry: dict, where: str) -> tuple[str, Route]:
         key = os.environ.get(key_env)
         if not key:
             raise SettingsError(f"{where}: route {model!r} reads its key from {key_env}, which is not set")
-    auth = entry.get("auth", "bearer")
-    if auth not in ("bearer", "api-key", "none"):
-        raise SettingsError(f"{where}: route {model!r}: auth must be bearer, api-key or none")
+    provider = str(entry.get("provider", "openai"))
+    auth = entry.get("auth", "x-api-key" if provider == PROVIDER_ANTHROPIC else "bearer")
+    if auth not in ("bearer", "api-key", "x-api-key", "none"):
+        raise SettingsError(f"{where}: route {model!r}: auth must be bearer, api-key, x-api-key or none")
     fallbacks = entry.get("fallbacks", [])
     if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
         raise SettingsError(f"{where}: route {model!r}: fallbacks must be a list of model names")
     return model, Route(
         name=model,
         base_url=base_url.rstrip("/"),
-        provider=str(entry.get("provider", "openai")),
+        provider=provider,
         api_key=key,
         auth=auth,
         upstream_model=entry.get("upstream_model"),
@@ -159,10 +176,18 @@ class Router:
         self.default = default
         self.exact = exact or {}
         self.prefixes = sorted(prefixes or [], key=lambda p: -len(p[0]))  # longest first
+        self.anthropic: Router | None = None  # the Messages API's routes (from_settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Router:
         default = Route("default", settings.openai_base_url, "openai", settings.openai_api_key)
+        anthropic = Route(
+            "anthropic",
+            settings.anthropic_base_url + "/v1",
+            PROVIDER_ANTHROPIC,
+            settings.anthropic_api_key,
+            auth="x-api-key",
+        )
         exact: dict[str, Route] = {}
         prefixes: list[tuple[str, Route]] = []
         if settings.config_file:
@@ -182,7 +207,20 @@ class Router:
                     prefixes.append((model[:-1], route))
                 else:
                     exact[model] = route
-        return cls(default, exact, prefixes)
+        router = cls(default, exact, prefixes)
+        router.anthropic = cls(
+            anthropic,
+            {m: r for m, r in exact.items() if r.provider == PROVIDER_ANTHROPIC},
+            [(p, r) for p, r in prefixes if r.provider == PROVIDER_ANTHROPIC],
+        )
+        return router
+
+    def for_wire(self, wire: str) -> Router:
+        """The routes that speak a wire format: "openai" (this router) or "anthropic"."""
+        if wire == PROVIDER_ANTHROPIC:
+            assert self.anthropic is not None  # made by from_settings
+            return self.anthropic
+        return self
 
     def resolve(self, model: str) -> Route:
         route = self.exact.get(model)
@@ -275,6 +313,8 @@ REDACTED = b"[redacted]"
 def route_secrets(router: Router) -> tuple[str, ...]:
     """The routes' upstream keys and secret-looking extra header values."""
     routes = [router.default, *router.exact.values(), *(r for _, r in router.prefixes)]
+    if router.anthropic is not None:
+        routes.append(router.anthropic.default)
     found = [r.api_key for r in routes]
     found.extend(str(v) for r in routes for k, v in r.extra_headers.items() if _SECRET_HEADER_RE.search(str(k)))
     return tuple(dict.fromkeys(s for s in found if s))

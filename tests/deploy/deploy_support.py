@@ -53,7 +53,12 @@ def load_yaml(path: Path) -> Any:
 
 
 def metric_files() -> list[Path]:
-    return sorted(METRICS_DIR.glob("*.yaml"))
+    """The metrics of the request line (litellm_*); the ledger's are ledger_metric_files()."""
+    return sorted(METRICS_DIR.glob("litellm_*.yaml"))
+
+
+def ledger_metric_files() -> list[Path]:
+    return sorted(METRICS_DIR.glob("tallygate_ledger_*.yaml"))
 
 
 def alert_files() -> list[Path]:
@@ -62,7 +67,8 @@ def alert_files() -> list[Path]:
 
 def default_values(**overrides: str) -> dict[str, str]:
     values = {"PROJECT": PROJECT, "REGION": "us-central1", "SERVICE": "litellm-proxy",
-              "BQ_DATASET": "litellm_logs"}
+              "BQ_DATASET": "litellm_logs", "MAX_INSTANCES": "50", "SINK_NAME": "litellm-proxy-bq-sink",
+              "SLO_SERVICE": "litellm-proxy", "SQL_DATABASE_ID": f"{PROJECT}:ledger"}
     for placeholder, _dest, default, _help in cloudrun.ALERT_THRESHOLDS:
         values[placeholder] = cloudrun._number(default)
     values.update(overrides)
@@ -108,23 +114,30 @@ def dry_run(render_dir: Path, *extra: str, with_sql: bool = True) -> tuple[int, 
 _CONNECTORS = {"||", "&&", "|", ";", "then", "else", "fi", "if"}
 
 
-def script_commands(script: str) -> list[list[str]]:
-    """Every simple command of the printed script that starts with gcloud or bq (probes too)."""
+def script_commands(script: str, track: str = "") -> list[list[str]]:
+    """Every simple command of the printed script that starts with gcloud, bq or curl (probes
+    too); `retry` is dropped and $POLICIES_TRACK becomes `track` ("" or "alpha")."""
     commands: list[list[str]] = []
     for line in script.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         # $(...) command substitutions become separate commands
-        for inner in re.findall(r'"\$\((.*?)\)"(?=\s|$)', line):
-            commands.extend(script_commands(inner))
-        line = re.sub(r'"\$\((.*?)\)"(?=\s|$)', '"SUBST"', line)
-        tokens = shlex.split(line.replace(";", " ; "))
+        for inner in re.findall(r'"\$\((.*?)\)"(?=[\s;]|$)', line):
+            commands.extend(script_commands(inner, track))
+        line = re.sub(r'"\$\((.*?)\)"(?=[\s;]|$)', '"SUBST"', line)
+        tokens = shlex.split(line.replace("; ", " ; "))
         current: list[str] = []
         for tok in tokens + ["||"]:
             if tok in _CONNECTORS or tok in ("[", "]") or re.fullmatch(r"\d?>.*|>.*", tok):
-                if current and current[0] in ("gcloud", "bq"):
+                if current and current[0] in ("gcloud", "bq", "curl"):
                     commands.append(current)
                 current = [] if tok in _CONNECTORS or tok in ("[", "]") else current
+                continue
+            if tok == "retry" and not current:
+                continue
+            if tok == "$POLICIES_TRACK":
+                if track:
+                    current.append(track)
                 continue
             current.append(tok)
     return commands
@@ -192,7 +205,8 @@ def api_messages() -> dict | None:
     except Exception:  # pragma: no cover - depends on the SDK build
         return None
     return {"encoding": encoding, "LogMetric": logging_v2.LogMetric,
-            "Dashboard": monitoring_v1.Dashboard, "AlertPolicy": monitoring_v3.AlertPolicy}
+            "Dashboard": monitoring_v1.Dashboard, "AlertPolicy": monitoring_v3.AlertPolicy,
+            "Service": monitoring_v3.Service, "ServiceLevelObjective": monitoring_v3.ServiceLevelObjective}
 
 
 def unknown_fields(doc: dict, message_name: str) -> list[str]:

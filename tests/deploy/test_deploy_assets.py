@@ -17,6 +17,7 @@ from deploy_support import (
     api_messages,
     cloudrun,
     default_values,
+    ledger_metric_files,
     load_yaml,
     metric_files,
     promql_selectors,
@@ -57,8 +58,15 @@ def test_deploy_tree_has_the_expected_files():
                      "cloudrun/service.yaml"):
         assert required in names
     assert {p.stem for p in metric_files()} == set(EXPECTED_METRICS)
+    assert {p.stem for p in ledger_metric_files()} == {
+        "tallygate_ledger_write_failures", "tallygate_ledger_records_not_written", "tallygate_ledger_buffer_depth"}
     assert {p.name for p in alert_files()} == {
-        "token_surge.json", "cost_surge.json", "error_ratio_5xx.json", "latency_p95.json", "ttft_p95.json"}
+        "token_surge.json", "cost_surge.json", "error_ratio_5xx.json", "latency_p95.json", "ttft_p95.json",
+        "ledger_unavailable.json", "ledger_records_not_written.json", "ledger_buffer_depth.json",
+        "cloudsql_health.json", "instances_at_max.json", "sink_export_errors.json",
+        "slo_availability_burn.json", "slo_ttft_burn.json"}
+    assert {p.name for p in (MONITORING / "slo").glob("*.json")} == {"service.json", "availability.json",
+                                                                      "ttft.json"}
 
 
 @pytest.mark.parametrize("path", all_data_files(), ids=lambda p: p.relative_to(DEPLOY).as_posix())
@@ -96,6 +104,9 @@ def test_log_metric_shape(path):
     assert all(label["valueType"] in ("STRING", "BOOL", "INT64") for label in descriptor["labels"])
     assert set(metric["labelExtractors"]) == set(labels)  # one extractor per label, no extra
     for _key, expression in metric["labelExtractors"].items():
+        if _key in ("model", "stream"):  # bounded, string labels of the entry (docs/contracts.md)
+            assert expression == f"EXTRACT(labels.{_key})", expression
+            continue
         m = re.fullmatch(r"EXTRACT\(jsonPayload\.([a-z_]+)\)", expression)
         assert m and m.group(1) in CONTRACT_FIELDS, expression
     if kind == "DISTRIBUTION":
@@ -193,14 +204,28 @@ def test_dashboard_matches_the_api_message():
 
 # ----------------------------------------------------------------------------- alerts
 
+# alerts that fire on the first bad window: money (surges) and lost billing records; the
+# others wait for 5 minutes of degradation. Alerts on "any error" have a fixed threshold of 0.
+IMMEDIATE = {"token_surge", "cost_surge", "ledger_records_not_written", "slo_availability_burn", "slo_ttft_burn"}
+FIXED_THRESHOLD = {"ledger_unavailable", "ledger_records_not_written", "sink_export_errors",
+                   "slo_availability_burn", "slo_ttft_burn"}
+CONTEXT = {"SERVICE", "PROJECT", "SLO_SERVICE", "SINK_NAME", "SQL_DATABASE_ID", "MAX_INSTANCES"}
+
+
 @pytest.mark.parametrize("path", alert_files(), ids=lambda p: p.stem)
 def test_alert_policy_shape(path):
     template = path.read_text()
     used = set(PLACEHOLDER.findall(template))
-    assert used - {"SERVICE"} <= THRESHOLDS and used & THRESHOLDS, "thresholds are parameters"
+    assert used - CONTEXT <= THRESHOLDS
+    if path.stem not in FIXED_THRESHOLD:
+        assert used & (THRESHOLDS | {"MAX_INSTANCES"}), "thresholds are parameters"
     policy = rendered_json(path)
     assert "${" not in json.dumps(policy)
     assert policy["displayName"].startswith("litellm-proxy: ")
+    # the display name is stable: no threshold in it (the policy is found by its label, but a
+    # changed number in the name would still read as a different alert)
+    assert not re.search(r"[0-9]", policy["displayName"].replace("5xx", "").replace("P95", "").replace(
+        "5 min", ""))
     assert policy["combiner"] in ("OR", "AND", "AND_WITH_MATCHING_RESOURCE")
     assert policy["documentation"]["content"] and policy["documentation"]["mimeType"] == "text/markdown"
     assert policy["conditions"]
@@ -212,10 +237,16 @@ def test_alert_policy_shape(path):
         assert re.fullmatch(r"[0-9]+s", body["duration"])
         # every condition looks at a 5-minute window ...
         if kinds[0] == "conditionThreshold":
-            periods = {a["alignmentPeriod"] for a in body["aggregations"] + body.get("denominatorAggregations", [])}
-            assert periods == {"300s"}
+            if body["filter"].startswith("select_slo_burn_rate("):  # the window is in the selector
+                assert re.fullmatch(r'select_slo_burn_rate\("projects/acme-llm-prod/services/litellm-proxy/'
+                                    r'serviceLevelObjectives/(availability|ttft)", "(3600|21600)s"\)', body["filter"])
+                assert "aggregations" not in body
+            else:
+                periods = {a["alignmentPeriod"]
+                           for a in body["aggregations"] + body.get("denominatorAggregations", [])}
+                assert periods == {"300s"}
             assert isinstance(body["thresholdValue"], (int, float))
-            assert body["comparison"] == "COMPARISON_GT"
+            assert body["comparison"] in ("COMPARISON_GT", "COMPARISON_GE")
         else:
             import promql_parser
 
@@ -224,9 +255,48 @@ def test_alert_policy_shape(path):
             ranges = {rng.total_seconds() for _, _, rng in promql_selectors(ast) if rng is not None}
             assert ranges == {300.0}
             assert body["evaluationInterval"] == "60s"
-        # ... and degradations must last 5 minutes; surges (money) fire on the first window
-        expected = "0s" if path.stem.endswith("surge") else "300s"
+        # ... and degradations must last 5 minutes; surges (money) and lost records fire at once
+        expected = "0s" if path.stem in IMMEDIATE else "300s"
         assert body["duration"] == expected
+
+
+def test_the_new_alerts_watch_the_right_resources():
+    sql = rendered_json(ALERTS_DIR / "cloudsql_health.json")
+    metrics = {re.search(r'metric.type="([^"]+)"', c["conditionThreshold"]["filter"]).group(1)
+               for c in sql["conditions"]}
+    assert metrics == {"cloudsql.googleapis.com/database/postgresql/num_backends",
+                       "cloudsql.googleapis.com/database/cpu/utilization",
+                       "cloudsql.googleapis.com/database/disk/utilization"}
+    for c in sql["conditions"]:
+        assert f'resource.label.database_id="{PROJECT}:ledger"' in c["conditionThreshold"]["filter"]
+    at_max = rendered_json(ALERTS_DIR / "instances_at_max.json")["conditions"][0]["conditionThreshold"]
+    assert at_max["thresholdValue"] == 50 and at_max["comparison"] == "COMPARISON_GE"
+    sink = rendered_json(ALERTS_DIR / "sink_export_errors.json")["conditions"][0]["conditionThreshold"]
+    assert 'resource.label.name="litellm-proxy-bq-sink"' in sink["filter"]
+    assert 'metric.type="logging.googleapis.com/exports/error_count"' in sink["filter"]
+    ledger_metrics = {p.stem for p in ledger_metric_files()}
+    for name in ("ledger_unavailable", "ledger_records_not_written", "ledger_buffer_depth"):
+        flt = rendered_json(ALERTS_DIR / f"{name}.json")["conditions"][0]["conditionThreshold"]["filter"]
+        m = re.search(r'metric.type="logging.googleapis.com/user/([a-z_]+)"', flt)
+        assert m and m.group(1) in ledger_metrics
+
+
+@pytest.mark.skipif(api_messages() is None, reason="Cloud SDK with generated API messages not installed")
+@pytest.mark.parametrize("name, message", [("service", "Service"), ("availability", "ServiceLevelObjective"),
+                                           ("ttft", "ServiceLevelObjective")])
+def test_slo_files_match_the_api_messages(name, message):
+    doc = rendered_json(MONITORING / "slo" / f"{name}.json")
+    assert "${" not in json.dumps(doc)
+    assert unknown_fields(doc, message) == []
+    if message == "ServiceLevelObjective":
+        assert 0 < doc["goal"] < 1 and doc["rollingPeriod"] == "2419200s"
+
+
+@pytest.mark.skipif(api_messages() is None, reason="Cloud SDK with generated API messages not installed")
+@pytest.mark.parametrize("path", ledger_metric_files(), ids=lambda p: p.stem)
+def test_ledger_metric_matches_the_api_message(path):
+    metric = rendered_metric(path)
+    assert metric["name"] == path.stem and unknown_fields(metric, "LogMetric") == []
 
 
 def test_alert_thresholds_are_filled_from_options():

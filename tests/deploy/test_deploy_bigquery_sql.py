@@ -166,3 +166,96 @@ def test_reconcile_ledger_vs_logs(run_data):
     assert sorted(run(tampered)) == sorted([
         ("missing_in_ledger", ids[0]), ("cost_mismatch", ids[1]), ("tokens_mismatch", ids[2]),
         ("missing_in_logs", "req_only_in_ledger")])
+
+
+# ----------------------------------------------------------------------------- margin
+
+BILLING = f"{PROJECT}.billing.gcp_billing_export_v1_0A1B2C_3D4E5F_6A7B8C"
+STRIPE = f"{PROJECT}.stripe"
+
+
+def test_margin_per_tenant_day():
+    """The margin query on rows in the exports' documented schemas: the standard Cloud Billing
+    export (service, project, cost, currency_conversion_rate, credits, cost_type), Stripe's
+    invoices / invoice_line_items / customers_metadata, and the log sink's table."""
+    import orjson
+
+    from tallygate.metering.record import UsageRecord
+    from tallygate.sinks.jsonlog import log_entry
+
+    today = dt.datetime.now(dt.UTC).date()
+    day = today - dt.timedelta(days=1)
+    noon = dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC)
+    records = [UsageRecord(f"req_a{i}", noon, "acme", "gpt-4o-mini", "/v1/chat/completions", False,
+                           cost_usd=Decimal("0.5"), price_source="genai-prices", latency_ms=800.0, total_tokens=10)
+               for i in range(3)]
+    records.append(UsageRecord("req_b0", noon, "beta", "gpt-4o", "/v1/chat/completions", False,
+                               cost_usd=Decimal("0.25"), price_source="genai-prices", latency_ms=80.0))
+    entries = [cloud_run_entry(orjson.dumps(log_entry(r)).decode(), project=PROJECT) for r in records]
+
+    con = duckdb.connect()
+    load_logs(con, entries)  # with one duplicated line
+    con.execute(f'CREATE SCHEMA "{PROJECT}"."billing"')
+    con.execute(f'CREATE SCHEMA "{PROJECT}"."stripe"')
+    billing = '"{}"."billing"."{}"'.format(PROJECT, BILLING.rsplit(".", 1)[1])
+    con.execute(f"CREATE TABLE {billing} (billing_account_id VARCHAR, service STRUCT(id VARCHAR, description VARCHAR), "
+                "sku STRUCT(id VARCHAR, description VARCHAR), usage_start_time TIMESTAMPTZ, usage_end_time TIMESTAMPTZ, "
+                "project STRUCT(id VARCHAR, number VARCHAR, name VARCHAR), cost DOUBLE, currency VARCHAR, "
+                "currency_conversion_rate DOUBLE, cost_type VARCHAR, "
+                "credits STRUCT(name VARCHAR, amount DOUBLE, full_name VARCHAR, id VARCHAR, type VARCHAR)[])")
+
+    def cost(service, amount, *, project=PROJECT, currency="USD", rate=1.0, cost_type="regular", credits=()):
+        con.execute(f"INSERT INTO {billing} VALUES ('0A1B2C-3D4E5F-6A7B8C', {{'id': 'x', 'description': ?}}, "
+                    "{'id': 's', 'description': 'sku'}, ?, ?, {'id': ?, 'number': '1', 'name': 'n'}, ?, ?, ?, ?, ?)",
+                    [service, noon, noon + dt.timedelta(hours=1), project, amount, currency, rate, cost_type,
+                     [{"name": "free tier", "amount": c, "full_name": "", "id": "", "type": "FREE_TIER"} for c in credits]])
+
+    cost("Cloud Run", 4.0, credits=(-1.0,))  # 3 USD net
+    cost("Cloud Run", 0.92, currency="EUR", rate=0.92)  # 1 USD
+    cost("Cloud SQL", 2.0)
+    cost("Cloud Logging", 0.4)
+    cost("Cloud Run", 100.0, project="another-project")  # not this service's
+    cost("Compute Engine", 50.0)  # not a service the gateway uses
+    cost("Cloud Run", 0.5, cost_type="tax")  # tax is not cost
+    con.execute(f'CREATE TABLE "{PROJECT}"."stripe".invoices (id VARCHAR, customer_id VARCHAR, status VARCHAR)')
+    con.execute(f'CREATE TABLE "{PROJECT}"."stripe".invoice_line_items (id VARCHAR, invoice_id VARCHAR, '
+                "amount BIGINT, currency VARCHAR, period_start TIMESTAMPTZ, period_end TIMESTAMPTZ)")
+    con.execute(f'CREATE TABLE "{PROJECT}"."stripe".customers_metadata (customer_id VARCHAR, key VARCHAR, value VARCHAR)')
+    start = dt.datetime.combine(day - dt.timedelta(days=10), dt.time(0), tzinfo=dt.UTC)
+    con.execute(f'INSERT INTO "{PROJECT}"."stripe".invoices VALUES (\'in_a\', \'cus_a\', \'paid\'), '
+                "('in_b', 'cus_b', 'open'), ('in_draft', 'cus_b', 'draft')")
+    con.execute(f'INSERT INTO "{PROJECT}"."stripe".invoice_line_items VALUES (?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?), '
+                "(?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?)",
+                ["il_a", "in_a", 30000, "usd", start, start + dt.timedelta(days=30),  # 10 USD a day
+                 "il_b", "in_b", 500, "usd", noon, noon,  # a one-off 5 USD on the day
+                 "il_draft", "in_draft", 99900, "usd", noon, noon,  # not billed yet
+                 "il_eur", "in_b", 700, "eur", noon, noon])  # not a USD line
+    con.execute(f'INSERT INTO "{PROJECT}"."stripe".customers_metadata VALUES (\'cus_a\', \'tenant_id\', \'acme\'), '
+                "('cus_a', 'plan', 'pro'), ('cus_b', 'tenant_id', 'beta')")
+
+    values = {**VALUES, "BILLING_EXPORT_TABLE": BILLING, "STRIPE_DATASET": STRIPE}
+    text = cloudrun.substitute((DEPLOY / "bigquery" / "margin_per_tenant_day.sql").read_text(), values, "margin")
+    (statement,) = sqlglot.parse(text, read="bigquery")
+    rows = con.execute(to_duckdb(statement)).fetchall()
+    cols = [d[0] for d in con.description]
+    # DuckDB's date + interval is a TIMESTAMP where BigQuery's DATE_ADD keeps a DATE
+    got = {(r[0].date() if isinstance(r[0], dt.datetime) else r[0], r[1]): dict(zip(cols, r, strict=True))
+           for r in rows}
+
+    def money(row, name):
+        return Decimal(str(row[name])).quantize(Decimal("0.000001"))
+
+    acme, beta = got[(day, "acme")], got[(day, "beta")]
+    assert acme["requests"] == 3 and beta["requests"] == 1  # the duplicated line counted once
+    # acme: 3 of the day's 4 requests -> 3/4 of 4 USD Cloud Run, 2 USD Cloud SQL, 0.4 USD Logging
+    assert [money(acme, c) for c in ("billed_usd", "upstream_usd", "cloud_run_usd", "cloud_sql_usd",
+                                     "logging_usd", "margin_usd")] == [
+        Decimal(v) for v in ("10", "1.5", "3", "1.5", "0.3", "3.7")]
+    assert [money(beta, c) for c in ("billed_usd", "upstream_usd", "cloud_run_usd", "cloud_sql_usd",
+                                     "logging_usd", "margin_usd")] == [
+        Decimal(v) for v in ("5", "0.25", "1", "0.5", "0.1", "3.15")]
+    # a day without requests: billed, no cost
+    quiet = got[(day - dt.timedelta(days=5), "acme")]
+    assert quiet["requests"] == 0 and money(quiet, "margin_usd") == Decimal("10")
+    # never a future day, and only the tenants of the exports
+    assert max(d for d, _ in got) <= today and {t for _, t in got} == {"acme", "beta"}

@@ -22,6 +22,7 @@ from deploy_support import (
     find,
     flag_values,
     gcloud_tree,
+    parse_args,
     script_commands,
 )
 
@@ -29,7 +30,8 @@ SECRET_ENVS = [e for e, _ in cloudrun.SECRET_ENVS]
 
 
 @pytest.fixture
-def script(tmp_path) -> str:
+def script(tmp_path, monkeypatch) -> str:
+    monkeypatch.setenv("PROXY_MASTER_KEY", "mk-test")  # the admin API on: its secret is mapped
     status, out, err = dry_run(tmp_path / "rendered")
     assert status == 0, err
     return out
@@ -71,7 +73,10 @@ def test_run_deploy_flags(commands):
                         ("--add-cloudsql-instances", SQL_INSTANCE)):
         assert flag_values(deploy, flag) == [value]
     (image,) = flag_values(deploy, "--image")
-    assert image == f"us-central1-docker.pkg.dev/{PROJECT}/litellm/litellm-proxy:abc123"
+    # by digest: the tag the build pushed is resolved once, the service runs exactly that image
+    assert image == f"us-central1-docker.pkg.dev/{PROJECT}/litellm/litellm-proxy@${{IMAGE_DIGEST}}"
+    (describe,) = find(commands, "gcloud", "artifacts", "docker", "images", "describe")
+    assert describe[5] == f"us-central1-docker.pkg.dev/{PROJECT}/litellm/litellm-proxy:abc123"
     (startup,) = flag_values(deploy, "--startup-probe")
     (liveness,) = flag_values(deploy, "--liveness-probe")
     assert dict(kv.split("=", 1) for kv in startup.split(","))["httpGet.path"] == "/ready"
@@ -93,10 +98,11 @@ def test_env_vars_carry_no_secret_and_the_right_postgres_names(commands):
     assert not set(env) & {"PORT", "PGSSL", "DATABASE_URL", *SECRET_ENVS}
 
 
-def test_secrets_only_through_set_secrets_pinned(commands):
+def test_secrets_only_through_set_secrets_pinned(commands, script):
     deploy = the(commands, "gcloud", "run", "deploy")
     (raw,) = flag_values(deploy, "--set-secrets")
     mapping = dict(kv.split("=", 1) for kv in raw.split(","))
+    # PROXY_MASTER_KEY is optional: mapped only when $PROXY_MASTER_KEY is set (the fixture sets it)
     assert set(mapping) == set(SECRET_ENVS)
     for _env, ref in mapping.items():
         # gcloud's same-project form NAME:VERSION (a remote one needs a project NUMBER)
@@ -104,11 +110,16 @@ def test_secrets_only_through_set_secrets_pinned(commands):
     assert mapping["OPENAI_API_KEY"] == "litellm-proxy-openai-api-key:1"
     # every secret is created, gets a version from stdin, and the runtime account may read it
     sa = f"serviceAccount:litellm-proxy-run@{PROJECT}.iam.gserviceaccount.com"
-    for ref in mapping.values():
+    for env, ref in mapping.items():
         name = ref.split(":")[0]
         assert [c for c in find(commands, "gcloud", "secrets", "create") if c[3] == name]
         (add,) = [c for c in find(commands, "gcloud", "secrets", "versions", "add") if c[4] == name]
         assert flag_values(add, "--data-file") == ["-"]
+        line = next(l for l in script.splitlines() if f"versions add {name} " in l)
+        if env == "PGPASSWORD":  # generated, never read from the environment
+            assert "tr -dc A-Za-z0-9 </dev/urandom | head -c 32 | gcloud secrets versions add" in line
+        else:
+            assert f'printf \'%s\' "${env}" | gcloud secrets versions add' in line
         (grant,) = [c for c in find(commands, "gcloud", "secrets", "add-iam-policy-binding") if c[3] == name]
         assert flag_values(grant, "--member") == [sa]
         assert flag_values(grant, "--role") == ["roles/secretmanager.secretAccessor"]
@@ -132,11 +143,14 @@ def test_sink_is_partitioned_narrow_and_granted(commands):
                  f'logName="projects/{PROJECT}/logs/run.googleapis.com%2Fstdout"',
                  'jsonPayload.message="litellm_request"'):
         assert part in flt
-    (update,) = find(commands, "gcloud", "logging", "sinks", "update")
-    assert "--use-partitioned-tables" in update
+    assert "--disabled" in create  # exports nothing before its writer identity may write
+    update, enable = find(commands, "gcloud", "logging", "sinks", "update")
+    assert "--use-partitioned-tables" in update and "--disabled" not in update
+    assert enable[4:] == ["litellm-proxy-bq-sink", "--no-disabled", f"--project={PROJECT}"]
     grants = [c for c in find(commands, "gcloud", "projects", "add-iam-policy-binding")
               if "--role=roles/bigquery.dataEditor" in c]
     assert grants and flag_values(grants[0], "--member") == ["${WRITER_IDENTITY}"]
+    assert commands.index(grants[0]) < commands.index(enable)
 
 
 def test_log_metrics_from_files_not_flags(commands, tmp_path):
@@ -150,7 +164,8 @@ def test_log_metrics_from_files_not_flags(commands, tmp_path):
 
 
 def test_order_of_the_set_up(script):
-    lines = [l for l in script.splitlines() if l and not l.startswith("#") and l != "set -eu"]
+    body = script.split("\n# --- services\n", 1)[1]  # after the header and the retry function
+    lines = [l for l in body.splitlines() if l and not l.startswith("#")]
 
     def first(pattern: str) -> int:
         for i, line in enumerate(lines):
@@ -162,8 +177,15 @@ def test_order_of_the_set_up(script):
     assert first("artifacts repositories create") < first("gcloud builds submit") < first("gcloud run deploy")
     assert first("secretmanager.secretAccessor") < first("gcloud run deploy")  # checked at deploy time
     assert first("roles/cloudsql.client") < first("gcloud run deploy")
-    assert first("gcloud logging metrics create") < first("gcloud monitoring policies create")
+    assert first("gcloud logging metrics create") < first("monitoring policies create")
     assert first("bq --location=US") < first("gcloud logging sinks create") < first("roles/bigquery.dataEditor")
+    assert first("roles/bigquery.dataEditor") < first("--no-disabled")
+    # the database exists, with its user's password from Secret Manager, before the schema job and the service
+    assert first("versions add litellm-proxy-pgpassword") < first("gcloud sql users create")
+    assert first("gcloud sql instances create") < first("gcloud sql databases create") < first("gcloud sql users")
+    assert first("gcloud sql users create") < first("gcloud run jobs deploy") < first("gcloud run deploy")
+    assert first("gcloud builds submit") < first("artifacts docker images describe") < first("gcloud run jobs")
+    assert first("roles/cloudbuild.builds.builder") < first("gcloud builds submit")
 
 
 def test_script_is_valid_posix_shell(script, tmp_path):
@@ -188,9 +210,15 @@ def _gcloud_node(tree: dict, words: list[str]) -> tuple[dict, int]:
 
 @pytest.mark.skipif(gcloud_tree() is None, reason="Cloud SDK not installed")
 def test_every_gcloud_command_and_flag_exists_in_the_sdk(commands):
+    check_against_the_sdk(commands)
+
+
+def check_against_the_sdk(commands):
     tree = gcloud_tree()
     global_flags = set(tree["flags"])
     for cmd in find(commands, "gcloud"):
+        if cmd[-1] == "--help":  # the probe choosing between GA and alpha
+            continue
         words = [w for w in cmd[1:] if not w.startswith("-")]
         node, used = _gcloud_node(tree, words)
         if words[:2] == ["monitoring", "policies"] and used < 2:
@@ -278,15 +306,70 @@ def test_env_value_with_a_comma_uses_gcloud_delimiter_syntax(tmp_path):
     assert env["NOTE"] == "a,b" and env["TALLYGATE_DEFAULT_TENANT"] == "acme"
 
 
-def test_without_cloud_sql(tmp_path):
-    status, out, _ = dry_run(tmp_path, with_sql=False)
+def test_sqlite_ledger_only_when_asked_for(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--sqlite-ledger", with_sql=False)
     assert status == 0
     deploy = the(script_commands(out), "gcloud", "run", "deploy")
     (raw,) = flag_values(deploy, "--set-env-vars")
     assert "PGHOST" not in raw and "--add-cloudsql-instances" not in " ".join(deploy)
     assert "PGPASSWORD" not in flag_values(deploy, "--set-secrets")[0]
-    assert "WARNING: no --cloudsql-instance" in out
+    assert "WARNING: --sqlite-ledger: the ledger is SQLite inside each instance and is LOST" in out
     assert "sqladmin.googleapis.com" not in out and "cloudsql.client" not in out
+    assert "gcloud sql " not in out and "run jobs" not in out and "cloudsql_health" not in out
+    status, _, err = dry_run(tmp_path, "--sqlite-ledger")
+    assert status == 2 and "exclude each other" in err
+
+
+def test_without_an_instance_name_one_is_adopted_or_created(tmp_path):
+    status, out, _ = dry_run(tmp_path, with_sql=False)
+    assert status == 0
+    commands = script_commands(out)
+    instance = f"{PROJECT}:us-central1:litellm-proxy-ledger"
+    deploy = the(commands, "gcloud", "run", "deploy")
+    assert flag_values(deploy, "--add-cloudsql-instances") == [instance]
+    (create,) = find(commands, "gcloud", "sql", "instances", "create")
+    assert create[4] == "litellm-proxy-ledger"
+    for flag in ("--enable-point-in-time-recovery", "--storage-auto-increase", "--deletion-protection"):
+        assert flag in create
+    assert flag_values(create, "--backup-start-time") == ["03:00"]
+    assert flag_values(create, "--database-version") == ["POSTGRES_16"]
+    (patch,) = find(commands, "gcloud", "sql", "instances", "patch")  # adopted: backups and PITR turned on
+    assert "--enable-point-in-time-recovery" in patch and flag_values(patch, "--backup-start-time") == ["03:00"]
+    (job,) = find(commands, "gcloud", "run", "jobs", "deploy")
+    assert flag_values(job, "--set-cloudsql-instances") == [instance]
+    assert flag_values(job, "--command") == ["tallygate"] and flag_values(job, "--args") == ["db,init"]
+    assert "--execute-now" in job and "--wait" in job
+    assert flag_values(job, "--set-secrets") == ["PGPASSWORD=litellm-proxy-pgpassword:1"]
+    assert flag_values(job, "--image") == flag_values(deploy, "--image")
+    (env,) = flag_values(job, "--set-env-vars")
+    assert f"PGHOST=/cloudsql/{instance}" in env.split(",")
+
+
+def test_the_database_password_never_on_a_command_line(script, commands):
+    users = [l for l in script.splitlines() if "gcloud sql users" in l]
+    assert len(users) == 1
+    line = users[0]
+    # the user is created, or its password set again, from the pinned secret version, via a
+    # gcloud flags file on stdin
+    access = "gcloud secrets versions access 1 --secret=litellm-proxy-pgpassword --project=acme-llm-prod"
+    assert line.count(f'printf \'"--password": "%s"\\n\' "$({access})" | gcloud sql users') == 2
+    for cmd in find(commands, "gcloud", "sql", "users"):
+        assert not any(t.startswith("--password") for t in cmd)
+    assert {c[3] for c in find(commands, "gcloud", "sql", "users")} == {"describe", "create", "set-password"}
+    for c in find(commands, "gcloud", "sql", "users"):
+        if c[3] != "describe":
+            assert "--flags-file=-" in c
+
+
+def test_master_key_is_optional(tmp_path, monkeypatch):
+    monkeypatch.delenv("PROXY_MASTER_KEY", raising=False)
+    status, out, _ = dry_run(tmp_path)
+    assert status == 0
+    (raw,) = flag_values(the(script_commands(out), "gcloud", "run", "deploy"), "--set-secrets")
+    assert "PROXY_MASTER_KEY" not in raw and "proxy-master-key" not in out  # the admin API is off
+    status, out, _ = dry_run(tmp_path, "--master-key")
+    (raw,) = flag_values(the(script_commands(out), "gcloud", "run", "deploy"), "--set-secrets")
+    assert "PROXY_MASTER_KEY=litellm-proxy-proxy-master-key:1" in raw.split(",")
 
 
 def test_skips_and_only(tmp_path):
@@ -309,7 +392,14 @@ def test_rendered_files_carry_the_options(tmp_path):
     assert status == 0
     ratio = json.loads((tmp_path / "alerts" / "error_ratio_5xx.json").read_text())
     assert ratio["conditions"][0]["conditionThreshold"]["thresholdValue"] == 0.05
-    assert ratio["notificationChannels"] == [f"projects/{PROJECT}/notificationChannels/42"]
+    assert ratio["userLabels"]["tallygate_policy"] == "error_ratio_5xx"  # its stable identity
+    assert ratio["displayName"] == "gw-staging: 5xx ratio (5 min)"  # no threshold in the name
+    commands = script_commands(out)
+    for create in find(commands, "gcloud", "monitoring", "policies", "create"):
+        assert flag_values(create, "--notification-channels") == [f"projects/{PROJECT}/notificationChannels/42"]
+    for update in find(commands, "gcloud", "monitoring", "policies", "update"):
+        assert flag_values(update, "--set-notification-channels") == [
+            f"projects/{PROJECT}/notificationChannels/42"]
     assert 'service_name="gw-staging"' in ratio["conditions"][0]["conditionThreshold"]["filter"]
     metric = (tmp_path / "metrics" / "litellm_total_tokens.yaml").read_text()
     assert 'resource.labels.service_name="gw-staging"' in metric
@@ -346,3 +436,82 @@ def test_deployment_guide_commands_are_clean_shell():
     for fixed in ("--allow-unauthenticated=false", "PORT=8080", "gcr.io", "projects/$PROJECT_ID/secrets",
                   "PGSSL=require", "--value-extractor", "--use-partitioned-tables", "X-Serverless-Authorization"):
         assert fixed in text
+
+
+@pytest.mark.skipif(gcloud_tree() is None, reason="Cloud SDK not installed")
+def test_public_edge_and_vpc_egress(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--public-domain", "gw.acme.example", "--vpc-network", "default",
+                             "--vpc-subnet", "run-egress", "--alert-email", "ops@acme.example")
+    assert status == 0
+    commands = script_commands(out)
+    check_against_the_sdk(commands)
+    deploy = the(commands, "gcloud", "run", "deploy")
+    assert flag_values(deploy, "--ingress") == ["internal-and-cloud-load-balancing"]
+    (job,) = find(commands, "gcloud", "run", "jobs", "deploy")
+    for cmd in (deploy, job):
+        assert flag_values(cmd, "--network") == ["default"] and flag_values(cmd, "--subnet") == ["run-egress"]
+        assert flag_values(cmd, "--vpc-egress") == ["all-traffic"]
+    (neg,) = find(commands, "gcloud", "compute", "network-endpoint-groups", "create")
+    assert flag_values(neg, "--network-endpoint-type") == ["serverless"]
+    assert flag_values(neg, "--cloud-run-service") == ["litellm-proxy"]
+    rules = find(commands, "gcloud", "compute", "security-policies", "rules", "create")
+    rate = next(r for r in rules if r[5] == "1000")
+    assert flag_values(rate, "--enforce-on-key") == ["IP"] and flag_values(rate, "--exceed-action") == ["deny-429"]
+    waf = next(r for r in rules if r[5] == "2000")
+    assert "--preview" in waf and "evaluatePreconfiguredWaf('sqli-v33-stable'" in flag_values(waf, "--expression")[0]
+    (attach,) = find(commands, "gcloud", "compute", "backend-services", "update")
+    assert flag_values(attach, "--security-policy") == ["litellm-proxy-armor"]
+    (cert,) = find(commands, "gcloud", "compute", "ssl-certificates", "create")
+    assert flag_values(cert, "--domains") == ["gw.acme.example"]
+    (rule,) = find(commands, "gcloud", "compute", "forwarding-rules", "create")
+    assert flag_values(rule, "--ports") == ["443"]
+    (uptime,) = find(commands, "gcloud", "monitoring", "uptime", "create")
+    assert flag_values(uptime, "--resource-labels") == [f"host=gw.acme.example,project_id={PROJECT}"]
+    # the add-backend runs once: skipped when the backend service already has a backend
+    assert "[ -n \"$(gcloud compute backend-services describe litellm-proxy-backend --global" in out
+    # without the option the service is open again and nothing of the edge is made
+    status, out, _ = dry_run(tmp_path)
+    assert "--ingress=all" in out and "gcloud compute" not in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--public-domain", "not a domain"], "--public-domain"),
+    (["--vpc-subnet", "s"], "--vpc-network"),
+    (["--vpc-connector", "c", "--vpc-network", "n"], "exclude each other"),
+    (["--slo-availability", "1.5"], "between 0 and 1"),
+    (["--alert-email", "nobody"], "--alert-email"),
+])
+def test_bad_network_and_alert_options(tmp_path, argv, message):
+    status, out, err = dry_run(tmp_path, *argv)
+    assert status == 2 and out == "" and message in err
+
+
+def test_a_dirty_work_tree_is_refused_or_tagged(tmp_path):
+    repo = tmp_path / "src"
+    repo.mkdir()
+    (repo / "Dockerfile").write_text("FROM scratch\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "Dockerfile"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+
+    def script(*extra):
+        return cloudrun.run(parse_args("--project", PROJECT, "--source", str(repo), "--render-dir",
+                                       str(tmp_path / "r"), "--dry-run", *extra))
+
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert script() == 0
+    assert f"litellm-proxy:{commit} " in out.getvalue()  # a clean tree: the commit is the tag
+    (repo / "Dockerfile").write_text("FROM scratch\nLABEL changed=1\n")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert script() == 2
+        assert script("--allow-dirty") == 0
+    assert "uncommitted changes" in err.getvalue()
+    assert f"litellm-proxy:{commit}-dirty " in out.getvalue()

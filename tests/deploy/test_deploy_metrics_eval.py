@@ -29,7 +29,9 @@ def entry(line: dict | str, **kw) -> dict:
 def test_contract_line_feeds_every_metric():
     line = contract_line()
     non_stream = entry(line)
-    stream = entry({**line, "request_id": "req_stream", "stream": True, "ttft_ms": 4.2})
+    labels = {**line["logging.googleapis.com/labels"], "stream": "true"}
+    stream = entry({**line, "request_id": "req_stream", "stream": True, "ttft_ms": 4.2,
+                    "logging.googleapis.com/labels": labels})
     entries = [non_stream, stream]
     assert points("litellm_total_tokens", entries) == [({"tenant_id": "acme", "model": "gpt-4o-mini"}, 1200.0)] * 2
     assert points("litellm_prompt_tokens", entries)[0][1] == 1000.0
@@ -133,3 +135,82 @@ def test_metrics_against_lines_the_gateway_really_printed(gateway):
     for e in exported:
         assert not {"severity", "time", "logging.googleapis.com/labels"} & set(e["jsonPayload"])
         assert e["labels"]["tenant_id"] == "acme"
+
+
+# ----------------------------------------------------------------------------- the ledger's own lines
+
+def test_ledger_metrics_count_the_lines_the_ledger_writer_prints():
+    """The ledger alerts' metrics, fed the lines LedgerWriter prints when its database is down
+    and its buffer overflows (formatted by the gateway's JSON formatter, as on stdout)."""
+    import asyncio
+    import logging
+    from datetime import UTC, datetime
+
+    from deploy_support import ledger_metric_files
+
+    from tallygate.logs import JsonFormatter
+    from tallygate.metering.record import UsageRecord
+    from tallygate.sinks.ledger import LedgerWriter
+
+    class DatabaseDown:  # what a store raises when Postgres refuses connections
+        async def write(self, records):
+            raise OSError("connection to server on socket \"/cloudsql/p:r:i/.s.PGSQL.5432\" failed")
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(JsonFormatter().format(record))  # type: ignore[method-assign]
+    logger = logging.getLogger("tallygate.ledger")
+    logger.addHandler(handler)
+    try:
+        writer = LedgerWriter(DatabaseDown(), buffer_limit=2)
+        records = [UsageRecord(f"req_{i}", datetime.now(UTC), "acme", "gpt-4o-mini", "/v1/chat/completions", False)
+                   for i in range(3)]
+        writer.add(records)  # one over the limit: an ERROR line, records_not_written=1
+        assert asyncio.run(writer._write_batch()) is False  # the database is down: a WARNING line
+    finally:
+        logger.removeHandler(handler)
+    entries = [entry(line) for line in lines] + [entry(contract_line())]
+    metrics = {p.stem: rendered_metric(p) for p in ledger_metric_files()}
+    failures = evaluate_metric(metrics["tallygate_ledger_write_failures"], entries)
+    assert [p.value for p in failures] == [1.0]
+    lost = evaluate_metric(metrics["tallygate_ledger_records_not_written"], entries)
+    assert [p.value for p in lost] == [1.0]
+    depth = evaluate_metric(metrics["tallygate_ledger_buffer_depth"], entries)
+    assert [p.value for p in depth] == [2.0]
+
+
+# ----------------------------------------------------------------------------- time and bounded labels
+
+def test_the_line_is_stamped_when_the_request_ended_and_its_labels_are_bounded():
+    from datetime import UTC, datetime, timedelta
+
+    import orjson
+
+    from tallygate.cli.ledger import record_from_log
+    from tallygate.metering.record import UsageRecord
+    from tallygate.sinks.jsonlog import log_entry
+
+    start = datetime(2026, 11, 27, 12, 0, 59, 999_990, tzinfo=UTC)
+    stream = UsageRecord("req_long", start, "acme", "gpt-4o-mini", "/v1/chat/completions", True,
+                         price_source="genai-prices", latency_ms=20 * 60_000 + 0.02, ttft_ms=900.0,
+                         total_tokens=50_000)
+    made_up = UsageRecord("req_free", start, "acme", "my-model-" + "x" * 40, "/v1/chat/completions", False,
+                          price_source="unknown", latency_ms=5.0, total_tokens=10)
+    lines = [orjson.dumps(log_entry(r)).decode() for r in (stream, made_up)]
+    first = json.loads(lines[0])
+    # a 20-minute stream lands 20 minutes after it started: in the window its tokens were billed in
+    assert first["time"] == "2026-11-27T12:21:00.000010Z" and first["start_time"] == "2026-11-27T12:00:59.999990Z"
+    end = datetime.fromisoformat(first["time"].replace("Z", "+00:00"))
+    assert end - start == timedelta(minutes=20, microseconds=20)
+    entries = [entry(line) for line in lines]
+    assert entries[0]["timestamp"] == first["time"]  # Cloud Logging takes `time` as the timestamp
+    # the metric labels: the priced model, "other" for a client's free text; stream as a string
+    assert [l for l, _ in points("litellm_requests", entries)] == [
+        {"tenant_id": "acme", "model": "gpt-4o-mini", "status": "ok", "status_code": "0", "stream": "true"},
+        {"tenant_id": "acme", "model": "other", "status": "ok", "status_code": "0", "stream": "false"}]
+    assert json.loads(lines[1])["model"] == made_up.model  # the line itself keeps the name
+    # replay takes the start back as the ledger's created_at
+    for line, record in zip(lines, (stream, made_up), strict=True):
+        assert record_from_log(line.encode()).created_at == record.created_at
+    # from a Cloud Logging entry too (there `time` became the timestamp)
+    assert record_from_log(orjson.dumps(entries[0])).created_at == start

@@ -1,7 +1,7 @@
-"""The `tallygate` command: serve, db, ledger, usage, keys, deploy, fake-upstream.
+"""The `tallygate` command: serve, db, ledger, usage, keys, credits, deploy, fake-upstream.
 
 This module parses the arguments; the commands that use the ledger database live in
-db.py, ledger.py, usage.py, keys.py and reconcile.py, imported only when run."""
+db.py, ledger.py, usage.py, keys.py, credits.py and reconcile.py, imported only when run."""
 
 from __future__ import annotations
 
@@ -74,6 +74,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     kl.add_argument("--tenant")
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("key_id")
+
+    p = sub.add_parser("credits", help="prepaid credits of a tenant")
+    csub = p.add_subparsers(dest="credits_command", metavar="ACTION", required=True)
+    ct = csub.add_parser(
+        "topup", help="add credit (a negative amount: an adjustment); the first top-up makes the tenant prepaid"
+    )
+    ct.add_argument("tenant_id")
+    ct.add_argument("amount_usd", help="exact decimal USD, e.g. 25 or -1.50")
+    ct.add_argument("--reference", required=True, help="idempotency reference (a payment id): once per tenant")
+    ct.add_argument("--note")
+    csub.add_parser("list", help="list the credit entries").add_argument("tenant_id")
+    csub.add_parser("balance", help="credited, spent and balance").add_argument("tenant_id")
 
     p = sub.add_parser("deploy", help="deploy to a cloud")
     dsub = p.add_subparsers(dest="deploy_target", metavar="TARGET", required=True)
@@ -148,6 +160,10 @@ async def _run_database_command(args) -> int:
             from .keys import keys_command
 
             return await keys_command(args)
+        if args.command == "credits":
+            from .credits import credits_command
+
+            return await credits_command(args)
     except StoreUnavailable as exc:  # the database went away mid-command
         raise CommandError(f"cannot use the ledger: {exc}") from None
     raise CommandError(f"unknown command {args.command}")

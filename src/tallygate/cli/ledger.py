@@ -22,7 +22,8 @@ def record_from_log(line: bytes) -> UsageRecord | None:
     payload = doc.get("jsonPayload") or doc.get("jsonpayload") or doc
     if not isinstance(payload, dict) or payload.get("message") != "litellm_request":
         return None
-    when = payload.get("time") or doc.get("timestamp") or doc.get("receiveTimestamp")
+    # the start (created_at); lines before start_time existed had it in `time`
+    when = payload.get("start_time") or payload.get("time") or doc.get("timestamp") or doc.get("receiveTimestamp")
     if not isinstance(when, str):
         raise ValueError("no time")
     created = datetime.fromisoformat(when.replace("Z", "+00:00"))

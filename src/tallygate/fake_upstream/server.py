@@ -1,4 +1,5 @@
-"""The fake upstream's aiohttp application: one handler per OpenAI endpoint, plus /_fake/*."""
+"""The fake upstream's aiohttp application: one handler per OpenAI endpoint, Anthropic's
+Messages API (anthropic.py), plus /_fake/*."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ from .answers import (
     usage_numbers,
     write_pieces,
 )
+from .anthropic import AnthropicAnswers
 from .objects import FakeObjects, new_id
+
+# request headers listed by /_fake/requests (the ones a test checks were passed on, or not)
+_RECORDED_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta", "api-key", "openai-beta")
 
 
 class FakeUpstream:
@@ -42,6 +47,9 @@ class FakeUpstream:
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model:.+}", self.model)
+        anthropic = AnthropicAnswers(self)
+        app.router.add_post("/v1/messages", anthropic.messages)
+        app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
         self.objects.add_routes(app)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
@@ -49,7 +57,9 @@ class FakeUpstream:
         app.router.add_get("/_fake/stats", self.stats)
         return app
 
-    async def _begin(self, request: web.Request):
+    async def _begin(self, request: web.Request, error_body=None):
+        """(doc, fake, None), or (None, None, the error answer) as "fake" asks; `error_body(status,
+        message)`: the error's JSON in the API's shape (None: OpenAI's)."""
         raw = await request.read()
         self.calls += 1
         try:
@@ -68,6 +78,7 @@ class FakeUpstream:
                 "path": request.path,
                 "authorization": request.headers.get("Authorization"),
                 "cookie": request.headers.get("Cookie"),
+                "headers": {k: request.headers[k] for k in _RECORDED_HEADERS if k in request.headers},
                 "body": raw.decode("utf-8", "replace"),
             }
         )
@@ -95,7 +106,8 @@ class FakeUpstream:
             message = f"fake upstream error {status}"
             if fake.get("quote_key"):  # as some upstreams do: the key they were sent, in the message
                 key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-                message = f"Incorrect API key provided: {key or request.headers.get('api-key', '')}"
+                key = key or request.headers.get("api-key") or request.headers.get("x-api-key") or ""
+                message = f"Incorrect API key provided: {key}"
             body = {
                 "error": {
                     "message": message,
@@ -104,6 +116,8 @@ class FakeUpstream:
                     "code": None,
                 }
             }
+            if error_body is not None:
+                body = error_body(status, message)
             headers = {"x-request-id": "req_fake_err"}
             if fake.get("retry_after") is not None:
                 headers["retry-after"] = str(fake["retry_after"])
@@ -138,14 +152,15 @@ class FakeUpstream:
     def _model(self, doc, fake) -> str:
         return str(fake.get("upstream_model", doc.get("model", "gpt-4o-mini")))
 
-    async def _sse(self, request, events: list[bytes], fake: dict) -> web.StreamResponse:
+    async def _sse(self, request, events: list[bytes], fake: dict, headers: dict | None = None) -> web.StreamResponse:
         resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
+            headers=headers
+            or {
                 "x-request-id": "req_fake_stream",
                 "x-ratelimit-remaining-requests": "99",
             }
         )
+        resp.headers["Content-Type"] = "text/event-stream; charset=utf-8"
         await resp.prepare(request)
         cut = fake.get("cut_after")
         delay = float(fake.get("chunk_delay", 0))

@@ -3,7 +3,9 @@
 A backend's `admit(checks)` checks and increments all of a request's counters
 atomically: it returns their new values, raises Rejected for the first over its
 limit, or returns the key of a budget counter that must first be started from the
-ledger (`init`). `add` corrects a counter once a request is metered.
+ledger (`init`). `add` corrects a counter once a request is metered and returns its
+new value (None when it does not exist); `once(key, ttl)` is True for the first caller
+only (an event logged once across instances).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 MODE_WINDOW = 1  # count + amount <= limit
 MODE_BUDGET = 2  # count < limit, then add amount
+MODE_BALANCE = 3  # count + amount <= limit (a prepaid balance: spent + reserved within the credit)
 
 
 @dataclass(slots=True)
@@ -22,9 +25,9 @@ class Check:
     amount: int
     ttl: int  # seconds; 0: never expires
     mode: int
-    kind: str  # rpm | tpm | budget
+    kind: str  # rpm | tpm | budget | credit
     scope: str  # "tenant acme" / "key key_123", for messages
-    init: tuple | None = None  # budget: (column, id, period start) to rebuild from the ledger
+    init: tuple | None = None  # budget, credit: (column, id, period start) to rebuild from the ledger
     reset_at: float | None = None  # epoch seconds when the window/period ends
 
 
@@ -55,10 +58,13 @@ class MemoryCounters:
         for c in checks:
             cur = self._get(c.key, now)
             if cur is None:
-                if c.mode == MODE_BUDGET:
+                if c.mode != MODE_WINDOW:
                     return c.key  # needs its start value from the ledger
                 cur = 0
-            if (c.mode == MODE_WINDOW and cur + c.amount > c.limit) or (c.mode == MODE_BUDGET and cur >= c.limit):
+            if c.mode == MODE_BUDGET:
+                if cur >= c.limit:
+                    raise Rejected(c, cur)
+            elif cur + c.amount > c.limit:
                 raise Rejected(c, cur)
         out = []
         for c in checks:
@@ -74,10 +80,22 @@ class MemoryCounters:
         if self._get(key, time.time()) is None:
             self._values[key] = (value, time.time() + ttl if ttl else 0)
 
-    async def add(self, key: str, delta: int) -> None:
+    async def add(self, key: str, delta: int) -> int | None:
         item = self._values.get(key)
-        if item is not None:
-            self._values[key] = (item[0] + delta, item[1])
+        if item is None:
+            return None
+        self._values[key] = (item[0] + delta, item[1])
+        return item[0] + delta
+
+    async def value(self, key: str) -> int | None:
+        return self._get(key, time.time())
+
+    async def once(self, key: str, ttl: int) -> bool:
+        now = time.time()
+        if self._get(key, now) is not None:
+            return False
+        self._values[key] = (1, now + ttl)
+        return True
 
     async def close(self) -> None:
         pass

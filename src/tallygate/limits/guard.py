@@ -21,12 +21,13 @@ from ..store import StoreUnavailable
 from ..tenants.cache import KeyCache
 from ..tenants.model import Limits, period_end, period_start
 from ..tenants.store import KeyStore
-from .counters import MODE_BUDGET, MODE_WINDOW, Check, Rejected
+from .counters import MODE_BALANCE, MODE_BUDGET, MODE_WINDOW, Check, Rejected
 
 log = logging.getLogger("tallygate.limits")
 
 NANO = Decimal(1_000_000_000)
 FAIL_OPEN_LOG_INTERVAL = 10.0  # seconds between WARNING lines while limits are failing open
+CREDIT_EVENT_TTL = 7 * 86400  # credit_low / credit_exhausted: once per tenant and credited total this long
 
 
 @dataclass(slots=True)
@@ -67,8 +68,11 @@ class Guard:
         on_redis_down: str = "closed",
         on_db_down: str = "closed",
         failed_open=None,
+        credit_low_usd: Decimal | None = None,
     ) -> None:
         self.cache = cache
+        self.credit_low_usd = credit_low_usd  # the credit_low threshold (None: 10% of the last top-up)
+        self._credit_events: set[str] = set()  # the events this instance already logged or saw taken
         # "closed": a request whose limits cannot be checked is refused (503); "open": it is
         # admitted unchecked, counted by `failed_open(reason)` and logged
         self.on_redis_down = on_redis_down
@@ -100,7 +104,7 @@ class Guard:
         """Whether the caller has any limit or model list to check (most have none)."""
         if not self.cache.loaded:
             return self._not_loaded()
-        return bool(self._scopes(principal))
+        return bool(self._scopes(principal)) or principal.tenant_id in self.cache.prepaid
 
     def _not_loaded(self) -> bool:
         """Tenant limits never loaded (the database down since start-up): nobody can tell
@@ -157,7 +161,8 @@ class Guard:
         are the (provider, model, upstream model) that may serve it instead: the worst
         case is the dearest of them all. `caps`: request_caps(doc), if already known."""
         scopes = self._scopes(principal)
-        if not scopes:
+        account = self.cache.prepaid.get(principal.tenant_id)  # a prepaid tenant's credit account
+        if not scopes and account is None:
             return None  # the common case: nothing to enforce, no I/O
         for kind, ident, _, limits in scopes:
             if limits.models is not None and model not in limits.models:
@@ -169,7 +174,7 @@ class Guard:
         # the price data loads with the first limited request (in a thread): settling a
         # reservation waits for its record's price, which would otherwise wait for the load
         await self.prices.ensure_warm()
-        if any(limits.budget_usd is not None for *_, limits in scopes):
+        if account is not None or any(limits.budget_usd is not None for *_, limits in scopes):
             tier = doc.get("service_tier")
             # one token a byte: no byte-level tokenizer makes more tokens than bytes of text
             worst = max(
@@ -183,6 +188,7 @@ class Guard:
                     choices=choices,
                     endpoint="/v1" + endpoint if endpoint else "",
                     tier=tier if isinstance(tier, str) else None,
+                    cache_writes=b'"cache_control"' in body,
                 )
                 for p, m, u in [(provider, model, upstream_model), *fallbacks]
             )
@@ -244,6 +250,8 @@ class Guard:
                         reset_at=end.timestamp() if end else None,
                     )
                 )
+        if account is not None:
+            checks.append(self._credit_check(account, worst))
         for _ in range(3):
             try:
                 result = await self.counters.admit(checks)
@@ -303,6 +311,31 @@ class Guard:
                 raise
             self._counters_down(exc)  # raises unless failing open
 
+    def prepare_account(self, account) -> None:
+        """The account's counter key and credit_low threshold, once per account loaded (the
+        cache builds new ones on each refresh)."""
+        if not account.counter_key:
+            from ..credits.model import low_threshold
+
+            account.low_nanos = _nanos(low_threshold(account, self.credit_low_usd))
+            account.counter_key = f"{self.prefix}:credit:{account.tenant_id}:{int(account.prepaid_since.timestamp())}"
+
+    def _credit_check(self, account, worst: int) -> Check:
+        """The prepaid balance: spent + reserved + this request's worst case within the credited
+        total (nano-dollars, rounded down), the counter started from the ledger's spend since
+        the tenant became prepaid (a counter per prepaid_since: it never expires)."""
+        self.prepare_account(account)
+        return Check(
+            account.counter_key,
+            account.credited_nanos,
+            worst,
+            0,
+            MODE_BALANCE,
+            "credit",
+            f"tenant {account.tenant_id}",
+            init=("tenant_id", account.tenant_id, account.prepaid_since),
+        )
+
     async def _start_budget(self, check: Check) -> bool:
         """Start a budget counter from the ledger's spend; False: admit without it (open)."""
         assert check.init is not None  # only budget checks start from the ledger
@@ -311,10 +344,11 @@ class Guard:
             spent = await self.keystore.spend_since(column, ident, since)
         except StoreUnavailable:
             if self.on_db_down == "open":
-                self._fail_open("ledger_down", f"budget of {check.scope}")
+                self._fail_open("ledger_down", f"{check.kind} of {check.scope}")
                 return False
+            what = "Prepaid balance" if check.kind == "credit" else "Budget"
             raise unavailable(
-                f"Budget of {check.scope} cannot be checked: the ledger is not reachable. Retry shortly.",
+                f"{what} of {check.scope} cannot be checked: the ledger is not reachable. Retry shortly.",
                 "ledger_unavailable",
             ) from None
         await self.counters.init(check.key, _nanos(spent), check.ttl)
@@ -331,19 +365,28 @@ class Guard:
         choices: int = 1,
         endpoint: str = "",
         tier: str | None = None,
+        cache_writes: bool = False,
     ) -> int:
         """The most the request can cost: priced like its record will be (the route's
         provider and upstream model; tiered prices through the library), no cache discount.
         `out_tokens` None: the output bound the record is held to (metering/bounds.py).
         A request naming a service tier (`priority`, `flex`) is reserved at the dearer of that
-        tier's price and the standard one (the provider may serve it at either).
+        tier's price and the standard one (the provider may serve it at either). With
+        `cache_writes` (the body asks for prompt caching: Anthropic's `cache_control`) the whole
+        prompt is reserved as 1-hour cache writes, the dearest input there is (2x the input price).
         A model with no known price is reserved at `unpriced_reserve_mtok`, or refused."""
 
         def worst(price: Price) -> int:
             out = out_tokens
             if out is None:
                 out = output_bound(endpoint, cap, choices, price.context_window, self.default_max_tokens)
-            return _nanos(price.cost(Usage(prompt_tokens, out, prompt_tokens + out)))
+            usage = Usage(prompt_tokens, out, prompt_tokens + out)
+            if cache_writes:
+                usage.cache_write_tokens = usage.cache_write_1h_tokens = prompt_tokens
+                return max(
+                    _nanos(price.cost(usage)), _nanos(price.cost(Usage(prompt_tokens, out, prompt_tokens + out)))
+                )
+            return _nanos(price.cost(usage))
 
         try:
             price = self.prices.price(provider, model, upstream_model)
@@ -369,6 +412,8 @@ class Guard:
         headers = []
         if retry is not None:
             headers.append((b"retry-after", str(retry).encode()))
+        if c.kind == "credit":
+            return self._no_credit(c, r.current)
         if c.kind == "budget":
             spent = Decimal(r.current) / NANO
             message = (
@@ -384,6 +429,59 @@ class Guard:
         ]
         message = f"Rate limit reached for {c.scope}: {c.limit} {unit} per minute. Retry in {retry}s."
         return GatewayError(429, message, unit, "rate_limit_exceeded", headers)
+
+    def _no_credit(self, c: Check, current: int) -> GatewayError:
+        """OpenAI's own answer for an account without credit (429 insufficient_quota), with
+        `x-should-retry: false`: the SDKs retry a 429 otherwise, and only a top-up helps."""
+        available = Decimal(max(0, c.limit - current)) / NANO
+        account = self.cache.prepaid.get(c.init[1]) if c.init else None
+        if account is not None:
+            self.prepare_account(account)
+            # a request larger than a balance that is not low (n=100 without max_tokens) is
+            # refused too: that is not the tenant running out
+            if c.limit - current < max(account.low_nanos, 1):
+                self._credit_event("credit_exhausted", c, current)
+        message = (
+            f"You exceeded your current quota: the prepaid balance of {c.scope} (${usd_text(available)} "
+            f"available, requests in flight included) cannot cover this request's worst case of "
+            f"${usd_text(Decimal(c.amount) / NANO)}. Top up the tenant's credits, or send max_tokens "
+            "to reserve less."
+        )
+        return GatewayError(429, message, "insufficient_quota", "insufficient_quota", [(b"x-should-retry", b"false")])
+
+    def _credit_event(self, event: str, c: Check, current: int) -> None:
+        """Log `event` (a WARNING, alertable) once per tenant and credited total across
+        instances: the counters' `once` decides which instance logs it."""
+        assert c.init is not None
+        tenant = c.init[1]
+        name = f"{c.key}:{event}:{c.limit}"
+        if name in self._credit_events:
+            return
+        if len(self._credit_events) > 10_000:
+            self._credit_events.clear()
+        self._credit_events.add(name)
+        account = self.cache.prepaid.get(tenant)
+        fields = {
+            "event": event,
+            "tenant_id": tenant,
+            "available_usd": usd_text(Decimal(c.limit - current) / NANO),
+            "credited_usd": usd_text(account.credited) if account is not None else usd_text(Decimal(c.limit) / NANO),
+        }
+        if event == "credit_low" and account is not None:
+            fields["threshold_usd"] = usd_text(Decimal(account.low_nanos) / NANO)
+
+        async def log_once() -> None:
+            try:
+                if not await self.counters.once(name, CREDIT_EVENT_TTL):
+                    return  # another instance logged it
+            except Exception as exc:  # the counters are down: log here rather than never
+                if not _outage(exc):
+                    raise
+            log.warning(event, extra={"fields": fields})
+
+        task = asyncio.get_running_loop().create_task(log_once())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- settlement ----------------------------------------------------------------
     def settle_later(self, reservation: Reservation, record) -> None:
@@ -412,12 +510,14 @@ class Guard:
         if res.settled:
             return
         res.settled = True
-        deltas = []
+        deltas: list[tuple[str | Check, int]] = []
         for c in res.checks:
             if c.kind == "tpm" and tokens != res.tokens:
                 deltas.append((c.key, tokens - res.tokens))
             elif c.kind == "budget" and cost_nanos != res.cost_nanos:
                 deltas.append((c.key, cost_nanos - res.cost_nanos))
+            elif c.kind == "credit":  # always: its new value tells whether the balance ran low
+                deltas.append((c, cost_nanos - res.cost_nanos))
         if deltas:
             task = asyncio.get_running_loop().create_task(self._add(deltas))
             self._tasks.add(task)
@@ -425,10 +525,20 @@ class Guard:
 
     async def _add(self, deltas) -> None:
         for key, delta in deltas:
+            check = None
+            if isinstance(key, Check):
+                check, key = key, key.key
             try:
-                await self.counters.add(key, delta)
+                value = await self.counters.add(key, delta)
             except Exception as exc:
                 log.warning("limit settlement failed: %s", type(exc).__name__, extra={"fields": {"counter": key}})
+                continue
+            if check is not None and value is not None:
+                account = self.cache.prepaid.get(check.init[1]) if check.init else None
+                if account is not None:
+                    self.prepare_account(account)
+                    if check.limit - value < account.low_nanos:
+                        self._credit_event("credit_low", check, value)
 
     async def close(self) -> None:
         if self._tasks:

@@ -11,12 +11,12 @@ for i = 1, n do
   local limit, amount, mode = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 4])
   local cur = redis.call('GET', KEYS[i])
   if cur == false then
-    if mode == 2 then return {-2, i, 0} end
+    if mode ~= 1 then return {-2, i, 0} end
     cur = 0
   else
     cur = tonumber(cur)
   end
-  if (mode == 1 and cur + amount > limit) or (mode == 2 and cur >= limit) then
+  if (mode == 2 and cur >= limit) or (mode ~= 2 and cur + amount > limit) then
     return {-1, i, cur}
   end
 end
@@ -84,8 +84,16 @@ class RedisCounters:
         else:
             await self.redis.set(key, value, nx=True)
 
-    async def add(self, key: str, delta: int) -> None:
-        await self._add(keys=[key], args=[delta])
+    async def add(self, key: str, delta: int) -> int | None:
+        value = await self._add(keys=[key], args=[delta])
+        return None if value is None else int(value)
+
+    async def value(self, key: str) -> int | None:
+        value = await self.redis.get(key)
+        return None if value is None else int(value)
+
+    async def once(self, key: str, ttl: int) -> bool:
+        return bool(await self.redis.set(key, 1, nx=True, ex=ttl))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -47,6 +47,8 @@ BILLED_APART = (
     ("file_search_calls", "storage_searches_kcount"),
 )
 # service tiers billed at the standard price (OpenAI answers "default" for the standard tier)
+# The bound of a model whose price has a size tier at or past the data's context window
+LONG_CONTEXT_WINDOW = 1_000_000
 STANDARD_TIERS = frozenset({None, "", "default", "auto", "standard", "standard_only"})
 
 
@@ -333,6 +335,11 @@ class PriceBook:
             window = model_info.context_window
             tiered = any(isinstance(v, TieredPrices) for v in mp.__dict__.values())
             if tiered:
+                starts = [t.start for v in mp.__dict__.values() if isinstance(v, TieredPrices) for t in v.tiers]
+                if window is not None and starts and max(starts) >= window:
+                    # priced past its window: the model takes longer inputs than the data says
+                    # (Anthropic's 1M-token context beta); bounded at the longest such window
+                    window = max(window, LONG_CONTEXT_WINDOW)
                 return Price(ZERO, ZERO, None, "genai-prices", mp, window, tiered=True, tier_priced=tier_priced)
             assert not isinstance(inp, TieredPrices) and not isinstance(out, TieredPrices)
             assert not isinstance(cache, TieredPrices)

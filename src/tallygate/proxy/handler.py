@@ -61,18 +61,19 @@ class ProxyHandler:
         self.references = references
 
     async def handle(self, scope, receive, send, endpoint: tuple, principal, headers: dict) -> None:
-        """`endpoint`: (upstream path, WireFormat), the ENDPOINTS entry of the request's path."""
+        """`endpoint`: (upstream path, WireFormat, Router), the ENDPOINTS entry of the request's
+        path with the routes that speak its format (App.endpoints)."""
         started = time.perf_counter()
         created = utcnow()
-        path, fmt = endpoint
+        path, fmt, router = endpoint
         body = await read_body(receive, self.max_body_bytes, headers)  # the limit, Content-Encoding
         doc, model, stream = fmt.parse(body)
-        route: Route = self.router.resolve(model)
+        route: Route = router.resolve(model)
         if path == "/responses" and ("previous_response_id" in doc or "conversation" in doc) and self.references:
             await self.references(principal, doc)
 
         # the model asked for, then the fallbacks that may serve it (the budget reserves for the dearest)
-        chain = self._chain(model, route, principal) if route.fallbacks else [(model, route)]
+        chain = self._chain(router, model, principal) if route.fallbacks else [(model, route)]
         caps = fmt.caps(doc)  # (output cap, choices): the bounds of its usage (metering/bounds.py)
         reservation = None
         guard = self.guard
@@ -116,9 +117,9 @@ class ProxyHandler:
             if reservation is not None and not record.submitted:
                 guard.cancel(reservation, record)  # never reached the pipeline: free the reservation
 
-    def _chain(self, model: str, route: Route, principal) -> list:
+    def _chain(self, router, model: str, principal) -> list:
         """The model asked for, then its fallbacks that the key and tenant may use."""
-        chain = self.router.chain(model)
+        chain = router.chain(model)
         guard = self.guard
         if guard is None:
             return chain

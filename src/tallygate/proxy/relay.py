@@ -33,7 +33,7 @@ _UNSEEN = object()
 
 def _passed_name(name: bytes) -> bytes | None:
     lname = name.lower()
-    out = lname if lname in PASS_HEADERS or lname.startswith(b"x-ratelimit-") else None
+    out = lname if lname in PASS_HEADERS or lname.startswith((b"x-ratelimit-", b"anthropic-ratelimit-")) else None
     if len(_PASSED) < 1024:  # bounded: names are chosen by the upstream
         _PASSED[name] = out
     return out
@@ -65,11 +65,18 @@ def _set_usage(record: UsageRecord, usage, source: str) -> None:
 
 
 def _estimate(record: UsageRecord, meter, body_len: int) -> None:
-    """No usage from the provider: the prompt from the body size, the completion from
-    the content events delivered."""
-    if meter is not None and meter.usage is not None:
-        _set_usage(record, meter.usage, "provider")
-        return
+    """No usage from the provider: the meter's partial usage if it has one (Anthropic's
+    message_start), else the prompt from the body size, the completion from the content
+    events delivered."""
+    if meter is not None:
+        if meter.usage is not None:
+            _set_usage(record, meter.usage, "provider")
+            return
+        partial = getattr(meter, "partial", None)  # a format's meter that knows part of the usage
+        usage = partial() if partial is not None else None
+        if usage is not None:
+            _set_usage(record, usage, "estimated")
+            return
     record.prompt_tokens = estimate_prompt_tokens(body_len)
     record.completion_tokens = meter.content_events if meter is not None else 0
     record.total_tokens = record.prompt_tokens + record.completion_tokens
@@ -251,7 +258,7 @@ class Relay:
         return None
 
     async def broke_after_status(
-        self, send, resp, record: UsageRecord, started: float, body_len: int, timed_out: bool
+        self, send, fmt, resp, record: UsageRecord, started: float, body_len: int, timed_out: bool
     ) -> None:
         """The upstream answered with a status (2xx, or a 4xx), then its body broke off
         (connection closed or silent past the read timeout). A 2xx means the provider did
@@ -279,9 +286,9 @@ class Relay:
             + (" The request may have been processed and billed, so the gateway did not repeat it." if billed else "")
         )
         if timed_out:
-            await self.fail(send, record, started, 504, "timeout", message, "upstream_timeout")
+            await self.fail(send, fmt, record, started, 504, "timeout", message, "upstream_timeout")
         else:
-            await self.fail(send, record, started, 502, "upstream_error", message, "upstream_disconnected")
+            await self.fail(send, fmt, record, started, 502, "upstream_error", message, "upstream_disconnected")
 
     def client_left_early(self, record: UsageRecord, started: float, body_len: int) -> None:
         """A streaming client hung up before its stream started (499, as nginx logs it)."""
@@ -299,6 +306,7 @@ class Relay:
     async def fail(
         self,
         send,
+        fmt,
         record: UsageRecord,
         started: float,
         status_code: int,
@@ -307,12 +315,11 @@ class Relay:
         code: str,
         should_retry: bool | None = False,
     ) -> None:
-        """An OpenAI-style error answer; `should_retry` is sent as `x-should-retry` (None:
-        no header, the SDK's own rules apply)."""
+        """An error answer in the format's shape; `should_retry` is sent as `x-should-retry`
+        (None: no header, the SDK's own rules apply)."""
         _finish(record, started, status_code, status)
         self.pipeline.submit(record)
-        error = GatewayError(status_code, message, "upstream_error", code)
-        body = error.body()
+        body = fmt.error_body(GatewayError(status_code, message, "upstream_error", code))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

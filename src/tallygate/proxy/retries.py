@@ -225,6 +225,7 @@ class Retries:
             else:
                 await relay.fail(
                     send,
+                    fmt,
                     record,
                     started,
                     failure.status_code,
@@ -296,14 +297,14 @@ class Retries:
                 data = await resp.read()
             except TimeoutError:
                 if not retryable_status(resp.status):
-                    await self.relay.broke_after_status(send, resp, record, started, body_len, True)
+                    await self.relay.broke_after_status(send, fmt, resp, record, started, body_len, True)
                     return None
                 return Failure(
                     504, "timeout", "The upstream stopped answering mid-response.", "upstream_timeout", retryable=False
                 )
             except self.upstream_errors as exc:
                 if not retryable_status(resp.status):
-                    await self.relay.broke_after_status(send, resp, record, started, body_len, False)
+                    await self.relay.broke_after_status(send, fmt, resp, record, started, body_len, False)
                     return None
                 # a 429/5xx whose body broke off: the upstream did no billable work, try again
                 return Failure(

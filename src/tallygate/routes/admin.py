@@ -21,8 +21,15 @@ def ledger_unavailable() -> GatewayError:
 
 class Admin:
     def __init__(
-        self, auth: Authenticator, keystore: KeyStore, keys: KeyCache, store, ledger_ready: Callable[[], bool]
+        self,
+        auth: Authenticator,
+        keystore: KeyStore,
+        keys: KeyCache,
+        store,
+        ledger_ready: Callable[[], bool],
+        credits=None,
     ) -> None:
+        self.credits = credits  # routes/credits.py: /admin/tenants/{tenant_id}/credits
         self.auth = auth
         self.keystore = keystore  # the keys and tenants in the database
         self.keys = keys  # this instance's cache of them: changes here take effect at once
@@ -86,6 +93,15 @@ class Admin:
             await send_json(
                 send, 200, {"object": "list", "data": [{"tenant_id": t, **lim.as_json()} for t, lim in tenants.items()]}
             )
+            return
+        if (
+            self.credits is not None
+            and path.startswith(b"/admin/tenants/")
+            and path.endswith(b"/credits")
+            and len(path) > len(b"/admin/tenants//credits")
+        ):
+            tenant_id = path[len(b"/admin/tenants/") : -len(b"/credits")].decode("latin-1")
+            await self.credits.admin(scope, receive, send, method, tenant_id)
             return
         if path.startswith(b"/admin/tenants/"):
             if method != b"PUT":

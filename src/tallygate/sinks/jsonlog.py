@@ -9,21 +9,67 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 import orjson
 
-from ..logs import utc_iso
 from ..metering.record import EXTRA_TOKEN_COLUMNS, UsageRecord
 from ..metering.usage import has_priced_parts
 from ..money import usd_text
 
 
+def model_label(record: UsageRecord) -> str:
+    """The model as a metric label: a model the gateway prices (its route or the price data
+    knows it), else "other". Never a client's free text: one client sending made-up names
+    would otherwise use up a log-based metric's time series for every tenant."""
+    model = record.model
+    return model if record.price_source != "unknown" and len(model) <= MODEL_LABEL_MAX else "other"
+
+
+# (the same test inline in log_entry: a call costs as much as the test)
+
+
+MODEL_LABEL_MAX = 100
+_STREAM_LABEL = {True: "true", False: "false"}
+
+# RFC 3339 prefixes up to the second ("2026-11-27T12:00:00."): formatting costs more than
+# the rest of the line, so each is made once, the start's keyed by its second and the end's
+# by the start's second and the whole seconds the request lasted; bounded, cleared when large
+_prefixes: dict[tuple, str] = {}
+
+
+def _times(start: datetime, latency_ms: float) -> tuple[str, str]:
+    """(end, start) as RFC 3339 UTC with microseconds; the end is start + latency."""
+    if start.tzinfo is not UTC:
+        start = start.astimezone(UTC)
+    key = (start.year, start.month, start.day, start.hour, start.minute, start.second)
+    prefix = _prefixes.get(key)
+    if prefix is None:
+        if len(_prefixes) > 4096:
+            _prefixes.clear()
+        prefix = _prefixes[key] = start.strftime("%Y-%m-%dT%H:%M:%S.")
+    start_us = start.microsecond
+    carry, end_us = divmod(start_us + int(latency_ms * 1000), 1_000_000)
+    if not carry:
+        return f"{prefix}{end_us:06d}Z", f"{prefix}{start_us:06d}Z"
+    end_key = (key, carry)
+    end_prefix = _prefixes.get(end_key)
+    if end_prefix is None:
+        end = start + timedelta(seconds=carry)
+        end_prefix = _prefixes[end_key] = end.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{end_prefix}{end_us:06d}Z", f"{prefix}{start_us:06d}Z"
+
+
 def log_entry(record: UsageRecord) -> dict:
+    end, start = _times(record.created_at, record.latency_ms)
     entry = {
         "severity": "INFO" if record.status_code < 500 else "WARNING",
         "message": "litellm_request",
-        "time": utc_iso(record.created_at),
+        # the entry's timestamp is when the request ended, so a long stream's tokens count in
+        # the window they were billed in; the start is its own field
+        "time": end,
+        "start_time": start,
         "request_id": record.request_id,
         "tenant_id": record.tenant_id,
         "api_key_id": record.api_key_id,
@@ -45,7 +91,14 @@ def log_entry(record: UsageRecord) -> dict:
         "price_version": record.price_version,
         "usage_source": record.usage_source,
         "latency_ms": float(record.latency_ms),
-        "logging.googleapis.com/labels": {"tenant_id": record.tenant_id, "model": record.model},
+        # LogEntry labels are strings by definition: the metrics' label extractors read these
+        "logging.googleapis.com/labels": {
+            "tenant_id": record.tenant_id,
+            "model": record.model
+            if record.price_source != "unknown" and len(record.model) <= MODEL_LABEL_MAX
+            else "other",
+            "stream": _STREAM_LABEL[record.stream],
+        },
     }
     # parts priced apart and the tier appear when the request had them (a missing count is
     # 0: replay and the log-based metrics read it so), keeping the common line short

@@ -154,8 +154,10 @@ class PostgresStore:
         async with self._open_pool.connection() as conn:
             if await _scalar(conn, "SELECT to_regclass('tallygate_schema_migrations')") is None:
                 return True
-            applied = await _scalar(conn, "SELECT coalesce(max(version), 0) FROM tallygate_schema_migrations")
-        return applied < migrations(self.dialect)[-1].version
+            cur = await conn.execute("SELECT version FROM tallygate_schema_migrations")
+            applied = {row[0] for row in await cur.fetchall()}
+        # every shipped migration, not only the newest: a database can hold a later one and lack an earlier
+        return any(m.version not in applied for m in migrations(self.dialect))
 
     async def migrate(self) -> list[int]:
         applied = []

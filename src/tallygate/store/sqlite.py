@@ -100,7 +100,7 @@ class SqliteStore:
 
     async def needs_migration(self) -> bool:
         applied = await self._run(self._applied)
-        return migrations(self.dialect)[-1].version not in applied
+        return any(m.version not in applied for m in migrations(self.dialect))
 
     def _migrate(self) -> list[int]:
         applied = []

@@ -3,6 +3,7 @@
 Each instance polls for changes (`TALLYGATE_KEYS_REFRESH`, default 2 s), so a lookup
 never costs a database round trip and a revocation reaches every instance within a
 refresh interval. What this instance changes itself is in force here at once.
+Prepaid tenants' credit accounts (credits/) are polled with them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ log = logging.getLogger("tallygate.keys")
 class KeyCache:
     """All keys and tenant limits in memory; refreshed from the database by polling."""
 
-    def __init__(self, keystore: KeyStore, refresh_interval: float = 2.0) -> None:
+    def __init__(self, keystore: KeyStore, refresh_interval: float = 2.0, credits=None) -> None:
         self.keystore = keystore
+        self.credits = credits  # credits.store.CreditStore, or None: nobody is prepaid
+        self.prepaid: dict = {}  # tenant_id -> credits.model.CreditAccount; read it, change it through set_prepaid
         self.refresh_interval = refresh_interval
         self._by_hash: dict[str, TenantKey] = {}
         self.tenants: dict[str, Limits] = {}  # read it; change it through set_tenant
@@ -45,6 +48,10 @@ class KeyCache:
         """Tenant limits stored by this instance are in force here at once."""
         self.tenants[tenant_id] = limits
 
+    def set_prepaid(self, account) -> None:
+        """A top-up stored by this instance is in force here at once."""
+        self.prepaid = {**self.prepaid, account.tenant_id: account}
+
     def revoke_local(self, key_id: str) -> None:
         for key in self._by_hash.values():
             if key.key_id == key_id and key.revoked_at is None:
@@ -59,6 +66,8 @@ class KeyCache:
                 by_hash[key_hash] = key
         self._by_hash = by_hash
         self.tenants = await self.keystore.tenants()
+        if self.credits is not None:
+            self.prepaid = await self.credits.accounts()
         self.loaded = True
 
     def start(self) -> None:

@@ -49,7 +49,7 @@ from .constants import (
 )
 from .execute import Runner, execute
 from .options import add_arguments
-from .script import command_line, shell_quote, write_script
+from .script import command_line, config_warnings, shell_quote, write_script
 from .steps import Step, build_steps, deploy_argv, sink_filter
 from .templates import Rendered, _number, _substitute_json, render, substitute, template_values
 
@@ -76,6 +76,7 @@ __all__ = [
     "build_config",
     "build_steps",
     "command_line",
+    "config_warnings",
     "deploy_argv",
     "execute",
     "main",
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             write_script(config, rendered, steps, sys.stdout)
             return 0
+        for warning in config_warnings(config):
+            print(f"WARNING: {warning}", file=sys.stderr)
         if "build" in config.phases and not (config.source / "Dockerfile").is_file():
             raise DeployError(f"no Dockerfile in {config.source}: run from the repository root or pass --source")
         missing = [tool for tool in {s.argv[0] for s in steps} if shutil.which(tool) is None]

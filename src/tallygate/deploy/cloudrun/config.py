@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .constants import (
     _TAG_RE,
     ALERT_THRESHOLDS,
     CONTAINER_PORT,
+    DATABASE_PHASES,
     MONITORING_PHASES,
     PHASES,
     RESERVED_ENVS,
@@ -46,12 +48,15 @@ class Config:
     region: str
     service: str
     repository: str
-    image: str
+    image: str  # REGION-docker.pkg.dev/PROJECT/REPO/SERVICE:TAG, what the build pushes
     source: Path
     assets: Path
     service_account: str
     create_service_account: bool
-    cloudsql_instance: str | None
+    cloudsql_instance: str | None  # None only with --sqlite-ledger
+    sql_tier: str
+    sql_version: str
+    sql_availability: str
     pg_user: str
     pg_database: str
     ledger_mode: str
@@ -69,8 +74,31 @@ class Config:
     bq_location: str
     sink_name: str
     notification_channels: tuple[str, ...]
+    alert_emails: tuple[str, ...]
+    public_domain: str | None
+    armor_rate_limit: int
+    vpc: tuple[str, ...]  # the VPC egress flags of the service and the schema job
     thresholds: dict[str, float]
     phases: tuple[str, ...]
+
+    @property
+    def image_name(self) -> str:
+        """The image without its tag: the deploy adds @DIGEST."""
+        return self.image.rsplit(":", 1)[0]
+
+    @property
+    def sql_project(self) -> str:
+        assert self.cloudsql_instance
+        return self.cloudsql_instance.rsplit(":", 2)[0]
+
+    @property
+    def sql_instance_id(self) -> str:
+        assert self.cloudsql_instance
+        return self.cloudsql_instance.rsplit(":", 1)[1]
+
+    @property
+    def password_secret(self) -> SecretSpec | None:
+        return next((s for s in self.secrets if s.env == "PGPASSWORD"), None)
 
     @property
     def env_vars(self) -> list[tuple[str, str]]:
@@ -88,15 +116,29 @@ class Config:
         return env
 
 
-def _git_tag(source: Path) -> str | None:
+def _git(source: Path, *argv: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", "-C", str(source), *argv], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    tag = out.stdout.strip()
-    return tag if out.returncode == 0 and _TAG_RE.match(tag) else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_tag(source: Path, allow_dirty: bool) -> str | None:
+    """The commit as the image tag; a work tree with changes is refused (the image would not
+    be what the commit says) or, with --allow-dirty, tagged COMMIT-dirty."""
+    tag = (_git(source, "rev-parse", "--short=12", "HEAD") or "").strip()
+    if not _TAG_RE.match(tag):
+        return None
+    status = _git(source, "status", "--porcelain", "--untracked-files=no")
+    if status:
+        if not allow_dirty:
+            raise DeployError(
+                f"{source} has uncommitted changes: commit them, or pass --allow-dirty (the image is "
+                "then tagged COMMIT-dirty), or name the tag with --image-tag"
+            )
+        tag += "-dirty"
+    return tag
 
 
 def _assets_dir(source: Path) -> Path:
@@ -165,14 +207,25 @@ def build_config(args: argparse.Namespace) -> Config:
         raise DeployError("--concurrency above 1 needs at least 1 whole --cpu")
 
     source = Path(args.source)
-    tag = args.image_tag or _git_tag(source) or _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    tag = (
+        args.image_tag
+        or (None if args.skip_build else _git_tag(source, args.allow_dirty))
+        or _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    )
     if not _TAG_RE.match(tag):
         raise DeployError(f"--image-tag: {tag!r} is not a valid Docker tag")
     image = f"{args.region}-docker.pkg.dev/{project.replace(':', '/')}/{args.repository}/{args.service}:{tag}"
 
     sql = args.cloudsql_instance
+    if sql and args.sqlite_ledger:
+        raise DeployError("--sqlite-ledger and --cloudsql-instance exclude each other")
+    if not sql and not args.sqlite_ledger:
+        # adopted when it exists, created otherwise
+        sql = f"{project}:{args.region}:{args.service}-ledger"
     if sql and not _SQL_INSTANCE_RE.match(sql):
         raise DeployError(f"--cloudsql-instance: {sql!r} is not PROJECT:REGION:INSTANCE")
+    if sql and not re.fullmatch(r"db-[a-z0-9-]+", args.sql_tier):
+        raise DeployError(f"--sql-tier: {args.sql_tier!r} is not a Cloud SQL tier like db-custom-1-3840")
 
     if args.service_account:
         sa = args.service_account
@@ -218,11 +271,40 @@ def build_config(args: argparse.Namespace) -> Config:
         if not sep or name not in versions or not path:
             raise DeployError(f"--secret-file: expected ENV=PATH with ENV one of {', '.join(versions)}, got {item!r}")
         files[name] = path
+    # PROXY_MASTER_KEY is optional: without it the admin API is off
+    master_key = bool(files.get("PROXY_MASTER_KEY") or os.environ.get("PROXY_MASTER_KEY")) or args.master_key
     secrets = tuple(
         SecretSpec(env, f"{args.service}-{suffix}", versions[env], files.get(env))
         for env, suffix in SECRET_ENVS
-        if env != "PGPASSWORD" or sql
+        if (env != "PGPASSWORD" or sql) and (env != "PROXY_MASTER_KEY" or master_key)
     )
+
+    emails = tuple(args.alert_email)
+    for email in emails:
+        if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", email):
+            raise DeployError(f"--alert-email: {email!r} is not an e-mail address")
+    domain = args.public_domain
+    if domain and not re.fullmatch(r"(?=.{4,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", domain):
+        raise DeployError(f"--public-domain: {domain!r} is not a domain name like gateway.example.com")
+    if not 1 <= args.armor_rate_limit <= 1_000_000:
+        raise DeployError("--armor-rate-limit must be between 1 and 1000000 requests per minute")
+    if args.vpc_connector and (args.vpc_network or args.vpc_subnet):
+        raise DeployError("--vpc-connector and --vpc-network/--vpc-subnet exclude each other")
+    if args.vpc_subnet and not args.vpc_network:
+        raise DeployError("--vpc-subnet needs --vpc-network")
+    vpc: tuple[str, ...] = ()
+    if args.vpc_network:
+        vpc = (f"--network={args.vpc_network}",)
+        vpc += (f"--subnet={args.vpc_subnet}",) if args.vpc_subnet else ()
+    elif args.vpc_connector:
+        vpc = (f"--vpc-connector={args.vpc_connector}",)
+    if vpc:
+        vpc += (f"--vpc-egress={args.vpc_egress}",)
+
+    for placeholder in ("SLO_AVAILABILITY", "SLO_TTFT"):
+        dest = next(d for p, d, _x, _t in ALERT_THRESHOLDS if p == placeholder)
+        if not 0 < getattr(args, dest) < 1:
+            raise DeployError(f"--{dest.replace('_', '-')} must be between 0 and 1 (0.995 = 99.5%)")
 
     for channel in args.notification_channel:
         if not re.fullmatch(r"projects/[^/]+/notificationChannels/[^/]+", channel):
@@ -251,6 +333,12 @@ def build_config(args: argparse.Namespace) -> Config:
         skip.add("bigquery")
     if args.auth != "iam" or not args.invoker:
         skip.add("access")
+    if not sql:
+        skip.update(DATABASE_PHASES)
+    if not emails:
+        skip.add("channels")
+    if not domain:
+        skip.add("edge")
     phases = tuple(p for p in PHASES if p in phases and p not in skip)
 
     return Config(
@@ -264,6 +352,9 @@ def build_config(args: argparse.Namespace) -> Config:
         service_account=sa,
         create_service_account=create_sa,
         cloudsql_instance=sql,
+        sql_tier=args.sql_tier,
+        sql_version=args.sql_version,
+        sql_availability=args.sql_availability,
         pg_user=args.pg_user,
         pg_database=args.pg_database,
         ledger_mode=args.ledger_mode,
@@ -281,6 +372,10 @@ def build_config(args: argparse.Namespace) -> Config:
         bq_location=args.bq_location,
         sink_name=args.sink_name or f"{args.service}-bq-sink",
         notification_channels=tuple(args.notification_channel),
+        alert_emails=emails,
+        public_domain=domain,
+        armor_rate_limit=args.armor_rate_limit,
+        vpc=vpc,
         thresholds=thresholds,
         phases=phases,
     )

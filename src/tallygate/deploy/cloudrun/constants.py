@@ -36,17 +36,40 @@ RESERVED_ENVS = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"}
 PHASES: tuple[str, ...] = (
     "services",
     "registry",
-    "build",
     "identity",
+    "build",
     "secrets",
+    "database",
+    "schema",
     "deploy",
     "access",
+    "edge",
     "metrics",
     "dashboard",
+    "channels",
+    "slo",
     "alerts",
+    "uptime",
     "bigquery",
 )
-MONITORING_PHASES = ("metrics", "dashboard", "alerts")
+MONITORING_PHASES = ("metrics", "dashboard", "channels", "slo", "alerts", "uptime")
+# phases that need the Cloud SQL ledger (skipped with --sqlite-ledger)
+DATABASE_PHASES = ("database", "schema")
+
+# roles of the runtime service account (the secrets' secretAccessor is granted per secret)
+RUNTIME_ROLES = ("roles/cloudsql.client",)
+# roles of the build service account: new projects build as the default compute account,
+# which lacks them; a dedicated account gets exactly the Cloud Build builder role
+BUILD_ROLES = ("roles/cloudbuild.builds.builder",)
+# IAM changes are eventually consistent: a binding, or a read right after it, can fail
+# for a minute after the account was created; retried with these delays (seconds)
+RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0, 32.0)
+# the password generated for the database user: letters and digits (safe in YAML and URLs)
+PASSWORD_LENGTH = 32
+# a policy's stable identity (found by it and updated in place): this user label
+POLICY_LABEL = "tallygate_policy"
+# gcloud's monitoring policies group: GA in recent Cloud SDKs, alpha only in older ones
+POLICIES_TRACK = "POLICIES_TRACK"
 
 # alert thresholds: placeholder -> (option dest, default, help)
 ALERT_THRESHOLDS: tuple[tuple[str, str, float, str], ...] = (
@@ -80,6 +103,42 @@ ALERT_THRESHOLDS: tuple[tuple[str, str, float, str], ...] = (
         "alert_latency_p95_ms",
         30_000,
         "P95 latency of non-streaming requests over 5 minutes, milliseconds",
+    ),
+    (
+        "BUFFER_DEPTH",
+        "alert_buffer_depth",
+        10_000,
+        "ledger records waiting in one instance's buffer before the buffer-depth alert fires",
+    ),
+    (
+        "SQL_CPU_RATIO",
+        "alert_sql_cpu",
+        0.8,
+        "Cloud SQL CPU utilization over 5 minutes that fires its alert (0.8 = 80%%)",
+    ),
+    (
+        "SQL_DISK_RATIO",
+        "alert_sql_disk",
+        0.8,
+        "Cloud SQL disk utilization that fires its alert (0.8 = 80%%)",
+    ),
+    (
+        "SQL_CONNECTIONS",
+        "alert_sql_connections",
+        400,
+        "open Cloud SQL connections (backends) that fire the connections alert",
+    ),
+    (
+        "SLO_AVAILABILITY",
+        "slo_availability",
+        0.995,
+        "availability objective: share of requests answered without a 5xx over 28 days",
+    ),
+    (
+        "SLO_TTFT",
+        "slo_ttft",
+        0.95,
+        "time-to-first-token objective: share of streams whose first token comes within --alert-ttft-p95-ms",
     ),
     (
         "TTFT_P95_MS",

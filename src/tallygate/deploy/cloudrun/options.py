@@ -20,7 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--service", default="litellm-proxy", help="Cloud Run service name")
     g.add_argument("--repository", default="litellm", help="Artifact Registry Docker repository")
     g.add_argument(
-        "--image-tag", default=None, help="image tag (default: the git commit of --source, else a UTC timestamp)"
+        "--image-tag",
+        default=None,
+        help="image tag (default: the git commit of --source, else a UTC timestamp); the service runs the "
+        "image by the digest the tag points to",
+    )
+    g.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="build from a work tree with uncommitted changes (the tag becomes COMMIT-dirty); refused otherwise",
     )
     g.add_argument("--source", default=".", help="build context holding the Dockerfile (default: current directory)")
     g.add_argument(
@@ -34,7 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cloudsql-instance",
         default=None,
         metavar="PROJECT:REGION:INSTANCE",
-        help="connect over the Cloud SQL unix socket: sets --add-cloudsql-instances and PGHOST=/cloudsql/...",
+        help="the ledger's Cloud SQL for PostgreSQL instance, adopted when it exists and created otherwise "
+        "(default: PROJECT:REGION:SERVICE-ledger); reached over its unix socket (--add-cloudsql-instances, "
+        "PGHOST=/cloudsql/...)",
+    )
+    g.add_argument(
+        "--sqlite-ledger",
+        action="store_true",
+        help="no Cloud SQL: the ledger is SQLite inside each instance and LOSES billing rows when an "
+        "instance stops (demos only)",
+    )
+    g.add_argument("--sql-tier", default="db-custom-1-3840", help="machine tier of a created instance")
+    g.add_argument("--sql-version", default="POSTGRES_16", choices=("POSTGRES_15", "POSTGRES_16", "POSTGRES_17"))
+    g.add_argument(
+        "--sql-availability",
+        default="zonal",
+        choices=("zonal", "regional"),
+        help="regional adds a standby in another zone (twice the cost)",
     )
     g.add_argument("--pg-user", default="litellm", help="PGUSER")
     g.add_argument("--pg-database", default="litellm", help="PGDATABASE")
@@ -73,6 +97,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra non-secret environment variable (repeatable)",
     )
 
+    g = parser.add_argument_group("network")
+    g.add_argument(
+        "--public-domain",
+        default=None,
+        metavar="DOMAIN",
+        help="front the service with an external HTTPS load balancer for DOMAIN (serverless NEG, Google-managed "
+        "certificate, Cloud Armor policy) and accept only internal and load-balancer traffic",
+    )
+    g.add_argument(
+        "--armor-rate-limit",
+        type=int,
+        default=600,
+        help="with --public-domain: requests per minute one client IP may send before Cloud Armor answers 429",
+    )
+    g.add_argument(
+        "--vpc-network", default=None, help="Direct VPC egress: the VPC network the service's outbound traffic uses"
+    )
+    g.add_argument("--vpc-subnet", default=None, help="Direct VPC egress: the subnet (with --vpc-network)")
+    g.add_argument("--vpc-connector", default=None, help="Serverless VPC Access connector (instead of Direct VPC)")
+    g.add_argument(
+        "--vpc-egress",
+        choices=("all-traffic", "private-ranges-only"),
+        default="all-traffic",
+        help="with a VPC: all-traffic sends the upstream calls through it too (egress firewall, NAT with a fixed IP)",
+    )
+
     g = parser.add_argument_group("secrets (Secret Manager)")
     g.add_argument(
         "--secret-versions",
@@ -85,7 +135,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ENV=PATH",
-        help="read a secret's value from PATH instead of the environment variable ENV (repeatable)",
+        help="read a secret's value from PATH instead of the environment variable ENV (repeatable); "
+        "PGPASSWORD is generated when no file is given",
+    )
+    g.add_argument(
+        "--master-key",
+        action="store_true",
+        help="map PROXY_MASTER_KEY (the admin API's key) even when $PROXY_MASTER_KEY is not set here "
+        "(its pinned version must exist); without it and without $PROXY_MASTER_KEY the admin API is off",
     )
 
     g = parser.add_argument_group("observability")
@@ -97,7 +154,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="projects/PROJECT/notificationChannels/ID added to every alert policy (repeatable)",
+        help="projects/PROJECT/notificationChannels/ID (a Slack, PagerDuty or webhook channel made in the "
+        "console) added to every alert policy (repeatable)",
+    )
+    g.add_argument(
+        "--alert-email",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="e-mail notification channel, created when missing and added to every alert policy (repeatable)",
     )
     for placeholder, dest, default, text in ALERT_THRESHOLDS:
         g.add_argument(

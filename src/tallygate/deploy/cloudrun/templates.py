@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .constants import MONITORING_PHASES, DeployError
+from .constants import MONITORING_PHASES, POLICY_LABEL, DeployError
 
 
 def template_values(config: Config) -> dict[str, str]:
@@ -18,10 +18,20 @@ def template_values(config: Config) -> dict[str, str]:
         "REGION": config.region,
         "SERVICE": config.service,
         "BQ_DATASET": config.bq_dataset,
+        "MAX_INSTANCES": str(config.max_instances),
+        "SINK_NAME": config.sink_name,
+        "SLO_SERVICE": slo_service_id(config),
+        "SQL_DATABASE_ID": (
+            f"{config.sql_project}:{config.sql_instance_id}" if config.cloudsql_instance else "no-cloud-sql"
+        ),
     }
     for key, value in config.thresholds.items():
         values[key] = _number(value)
     return values
+
+
+def slo_service_id(config: Config) -> str:
+    return config.service
 
 
 def _number(value: float) -> str:
@@ -59,8 +69,10 @@ class Rendered:
     metrics: tuple[tuple[str, Path], ...]  # (metric name, rendered file)
     dashboard: Path | None
     dashboard_name: str
-    alerts: tuple[tuple[str, Path], ...]  # (display name, rendered file)
+    alerts: tuple[tuple[str, str, Path], ...]  # (stable key, display name, rendered file)
     directory: Path
+    slo_service: tuple[tuple[str, Path], ...] = ()  # (service ID, rendered Service body)
+    slos: tuple[tuple[str, Path], ...] = ()  # (SLO ID, rendered ServiceLevelObjective body)
 
 
 def render(config: Config, out_dir: Path) -> Rendered:
@@ -72,7 +84,9 @@ def render(config: Config, out_dir: Path) -> Rendered:
         raise DeployError(f"cannot find {mon}: run from a tallygate checkout or pass --source")
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: list[tuple[str, Path]] = []
-    alerts: list[tuple[str, Path]] = []
+    alerts: list[tuple[str, str, Path]] = []
+    slo_service: list[tuple[str, Path]] = []
+    slos: list[tuple[str, Path]] = []
     dashboard: Path | None = None
     dashboard_name = ""
     if "metrics" in config.phases:
@@ -92,11 +106,24 @@ def render(config: Config, out_dir: Path) -> Rendered:
     if "alerts" in config.phases:
         (out_dir / "alerts").mkdir(exist_ok=True)
         for src in sorted((mon / "alerts").glob("*.json")):
+            if src.stem.startswith("cloudsql_") and not config.cloudsql_instance:
+                continue
             doc = _substitute_json(json.loads(src.read_text()), values, str(src))
             assert isinstance(doc, dict)
-            if config.notification_channels:
-                doc["notificationChannels"] = list(config.notification_channels)
+            # the policy's identity: found by this label and updated in place on the next run
+            # (the display name may change with the text; thresholds live in the conditions)
+            doc.setdefault("userLabels", {})[POLICY_LABEL] = src.stem
             dst = out_dir / "alerts" / src.name
             dst.write_text(json.dumps(doc, indent=2) + "\n")
-            alerts.append((str(doc["displayName"]), dst))
-    return Rendered(tuple(metrics), dashboard, dashboard_name, tuple(alerts), out_dir)
+            alerts.append((src.stem, str(doc["displayName"]), dst))
+    if "slo" in config.phases:
+        (out_dir / "slo").mkdir(exist_ok=True)
+        for src in sorted((mon / "slo").glob("*.json")):
+            doc = _substitute_json(json.loads(src.read_text()), values, str(src))
+            dst = out_dir / "slo" / src.name
+            dst.write_text(json.dumps(doc, indent=2) + "\n")
+            if src.stem == "service":
+                slo_service.append((values["SLO_SERVICE"], dst))
+            else:
+                slos.append((src.stem, dst))
+    return Rendered(tuple(metrics), dashboard, dashboard_name, tuple(alerts), out_dir, tuple(slo_service), tuple(slos))

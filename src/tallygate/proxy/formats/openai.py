@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 
-from ...errors import bad_request
+from ...errors import GatewayError, bad_request
 from ...metering.bounds import request_caps
 from ...metering.sse import SSEMeter
 from ...metering.usage import from_json_body
@@ -19,6 +19,8 @@ STREAM_USAGE_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 
 
 class OpenAIFormat:
+    wire = "openai"  # the routes that speak it (upstream.Router.for_wire)
+    api_key_header: bytes | None = None  # the credential is an Authorization header only
     endpoints = {
         b"/v1/chat/completions": "/chat/completions",
         b"/v1/completions": "/completions",
@@ -86,6 +88,9 @@ class OpenAIFormat:
             + orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}})
             + b"\n\n"
         )
+
+    def error_body(self, err: GatewayError) -> bytes:
+        return err.body()
 
 
 OPENAI = OpenAIFormat()
