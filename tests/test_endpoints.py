@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from support import sdk_client
-from support.http import call
+from support.http import admin_call, call
 from support.ledger import pg_rows, sqlite_rows
 from support.waiting import wait_until
 
@@ -118,6 +118,10 @@ def test_moderations_free_row(gateway, tmp_path):
     assert float(row["cost_usd"]) == 0 and row["status_code"] == 200
     line = gw.wait_records(1)[0]
     assert line["endpoint"] == "/v1/moderations" and line["cost_usd_exact"] in ("0", "0.000000000000")
+    # the usage report shows the free call in its own group
+    status, _, report = admin_call(gw.url + "/admin/usage?tenant_id=mod-tenant&group_by=endpoint")
+    assert status == 200, report
+    assert [(g["endpoint"], g["requests"], g["cost_usd"]) for g in report["data"]] == [("/v1/moderations", 1, "0")]
 
 
 def test_files_isolated_and_listed_per_tenant(gateway, tmp_path, postgres_env):
@@ -226,6 +230,8 @@ def test_rpm_limit_counts_free_calls(gateway, tmp_path):
     tenant = unique("rpm")
     key = new_key(gw, tenant, rpm_limit=2)["key"]
     c = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    if time.time() % 60 > 55:  # the rpm window is the clock minute: do not straddle two
+        time.sleep(61 - time.time() % 60)
     c.moderations.create(input="one")
     c.files.list()
     with pytest.raises(openai.RateLimitError) as err:
