@@ -288,3 +288,19 @@ def test_sync_ledger_row_before_answer(gateway, tmp_path):
     assert [(r["endpoint"], r["tenant_id"], r["status_code"]) for r in rows] == [
         ("/v1/conversations", "sync-tenant", 200)]
     assert c.conversations.retrieve(conv.id).id == conv.id
+
+
+def test_file_listing_pages_over_other_tenants_files(gateway):
+    """The upstream lists the whole account's files; a tenant's pages skip the others' and
+    the SDK's auto-paging still reaches every one of its own."""
+    gw = gateway()
+    a, b = sdk_client(gw, "page-a"), sdk_client(gw, "page-b")
+    mine = []
+    for i in range(5):
+        mine.append(a.files.create(file=(f"a{i}.jsonl", io.BytesIO(b"{}\n")), purpose="batch").id)
+        for j in range(3):
+            b.files.create(file=(f"b{i}{j}.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    first = a.files.list(limit=2)
+    assert len(first.data) == 2 and first.has_more is True
+    assert sorted(f.id for f in a.files.list(limit=2)) == sorted(mine)  # auto-paging: all 5, none of B's
+    assert len(list(b.files.list(limit=4))) == 15

@@ -39,6 +39,8 @@ log = logging.getLogger("tallygate.objects")
 
 PREFIXES = (b"/v1/responses/", b"/v1/conversations", b"/v1/moderations", b"/v1/files")
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
+FILES_PAGE = 10_000  # the most files OpenAI lists a page
+FILES_PAGES = 10  # upstream pages read for one page of the caller's files
 # answer headers passed on beside PASS_HEADERS (a download's name and size)
 _DOWNLOAD_HEADERS = frozenset({b"content-disposition", b"content-length"})
 
@@ -266,6 +268,11 @@ class Objects:
             data, out_headers = self._upload(receive, headers, out_headers)
         session = await self.client()
         try:
+            if op.lists_files:
+                await self._list_files(
+                    send, session, route.url(op.upstream_path), query, out_headers, principal, record, started
+                )
+                return
             async with session.request(method, URL(url, encoded=True), headers=out_headers, data=data) as resp:
                 record.status_code = resp.status
                 if op.download and resp.status < 400:
@@ -333,8 +340,6 @@ class Objects:
             data = scrub(data, self.secrets)
         elif op.creates is not None:
             await self._remember_created(data, op.creates, principal)
-        elif op.lists_files:
-            data = await self._own_files(data, principal)
         committed = self._submit(record, started, status, "ok" if status < 400 else "upstream_error", wait=True)
         if committed is not None:  # sync-ledger mode: the row first, then the answer
             await committed
@@ -360,27 +365,57 @@ class Objects:
                 extra={"fields": {"kind": kind, "object_id": object_id}},
             )
 
-    async def _own_files(self, data: bytes, principal) -> bytes:
-        """A file listing cut to the caller's own files (the upstream lists the whole account's)."""
+    async def _list_files(self, send, session, url: str, query: bytes, headers: dict, principal, record, started):
+        """GET /v1/files cut to the caller's own files. The upstream lists the whole account's,
+        so its pages (fetched at the largest size) are filtered until the caller's page is full
+        or the listing ends: `after` cursors and `has_more` stay right for the SDKs' paging."""
+        from urllib.parse import parse_qsl, urlencode
+
+        params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
         try:
-            doc = orjson.loads(data)
-            files = doc["data"]
-            ids = [f["id"] for f in files if isinstance(f, dict) and isinstance(f.get("id"), str)]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return orjson.dumps({"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False})
-        try:
-            mine = await self.owners.owned(principal.tenant_id, ids)
-        except StoreUnavailable:
-            raise unavailable(
-                "Files cannot be listed: the database is not reachable. Retry shortly.", "ledger_unavailable"
-            ) from None
-        kept = [f for f in files if isinstance(f, dict) and f.get("id") in mine]
-        doc["data"] = kept
-        if "first_id" in doc:
-            doc["first_id"] = kept[0]["id"] if kept else None
-        if "last_id" in doc:
-            doc["last_id"] = kept[-1]["id"] if kept else None
-        return orjson.dumps(doc)
+            limit = min(max(int(params.get("limit") or FILES_PAGE), 1), FILES_PAGE)
+        except ValueError:
+            raise bad_request("limit must be an integer.", "invalid_parameter", "limit") from None
+        after = params.get("after")
+        kept: list[dict] = []
+        more = False
+        for _ in range(FILES_PAGES):
+            wanted = {**params, "limit": str(FILES_PAGE), **({"after": after} if after else {})}
+            target = url + ("&" if "?" in url else "?") + urlencode(wanted)
+            async with session.get(target, headers=headers) as resp:
+                data = await resp.read()
+            if resp.status >= 400:
+                record.status_code = resp.status
+                await self._answer(send, resp, data, Op(record.endpoint, ""), principal, record, started)
+                return
+            try:
+                doc = orjson.loads(data)
+                files = [f for f in doc["data"] if isinstance(f, dict) and isinstance(f.get("id"), str)]
+                more = doc.get("has_more") is True
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                files, more = [], False
+            try:
+                mine = await self.owners.owned(principal.tenant_id, [f["id"] for f in files])
+            except StoreUnavailable:
+                raise unavailable(
+                    "Files cannot be listed: the database is not reachable. Retry shortly.", "ledger_unavailable"
+                ) from None
+            kept.extend(f for f in files if f["id"] in mine)
+            if len(kept) > limit or not more or not files:
+                break
+            after = files[-1]["id"]
+        page = kept[:limit]
+        body = orjson.dumps(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(kept) > limit or more,
+            }
+        )
+        record.status_code = 200
+        await self._answer(send, resp, body, Op(record.endpoint, ""), principal, record, started)
 
     async def _stream_back(self, send, resp, record, started) -> None:
         """A file's content, relayed as it arrives."""
