@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from typing import TYPE_CHECKING
@@ -259,6 +260,10 @@ class Gateway:
         # the database connects in the background: /health answers at once, /ready
         # (Cloud Run's startup probe) once the ledger is reachable and migrated
         self._background.append(asyncio.create_task(self._connect_store_until_ready()))
+        if os.environ.get("TALLYGATE_BILLING_EXPORT"):  # the billing export's loop, off the request path
+            from .billing.export import start_in_gateway
+
+            start_in_gateway(s, os.environ)
 
     def is_ready(self) -> bool:
         return self.ledger_ready and self.session is not None

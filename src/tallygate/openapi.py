@@ -464,12 +464,31 @@ def spec() -> dict:
             },
             "/admin/tenants/{tenant_id}": {
                 "put": {
-                    "summary": "Set a tenant's limits",
+                    "summary": "Set a tenant's limits and/or its Stripe customer",
+                    "description": (
+                        "Limits are replaced as a whole when the body names any limit field (or is empty). "
+                        "A body with only stripe_customer_id sets the tenant's Stripe customer (billing exports) "
+                        "and leaves its limits as they are; a body without it keeps the customer. "
+                        "null clears it (the tenant's usage is then held, not exported)."
+                    ),
                     **admin,
                     "parameters": [{"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": {"type": "object", "properties": _LIMITS}}},
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        **_LIMITS,
+                                        "stripe_customer_id": {
+                                            "type": ["string", "null"],
+                                            "pattern": "^cus_[A-Za-z0-9]+$",
+                                        },
+                                    },
+                                }
+                            }
+                        },
                     },
                     "responses": {
                         "200": {

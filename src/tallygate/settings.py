@@ -371,6 +371,7 @@ def _env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     found = [env.get("PGPASSWORD", "")]
     found.extend(_url_password(env.get("DATABASE_URL", "").strip()))
     found.extend(_url_password(env.get("REDIS_URL", "").strip()))
+    found.extend(env.get(name, "").strip() for name in ("STRIPE_API_KEY", "OPENMETER_API_KEY"))  # billing exports
     found.extend(
         value
         for name, value in env.items()

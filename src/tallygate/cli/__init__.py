@@ -1,4 +1,4 @@
-"""The `tallygate` command: serve, db, ledger, usage, keys, credits, deploy, fake-upstream.
+"""The `tallygate` command: serve, db, ledger, usage, keys, credits, billing, deploy, fake-upstream.
 
 This module parses the arguments; the commands that use the ledger database live in
 db.py, ledger.py, usage.py, keys.py, credits.py and reconcile.py, imported only when run."""
@@ -87,6 +87,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     csub.add_parser("list", help="list the credit entries").add_argument("tenant_id")
     csub.add_parser("balance", help="credited, spent and balance").add_argument("tenant_id")
 
+    p = sub.add_parser("billing", help="billing exports (Stripe meter events, OpenMeter)")
+    if command in (None, "billing", "-h", "--help"):
+        from .billing import add_arguments as billing_arguments
+
+        billing_arguments(p)
+
     p = sub.add_parser("deploy", help="deploy to a cloud")
     dsub = p.add_subparsers(dest="deploy_target", metavar="TARGET", required=True)
     p = dsub.add_parser("cloudrun", help="Google Cloud Run: build, deploy, observability")
@@ -164,6 +170,10 @@ async def _run_database_command(args) -> int:
             from .credits import credits_command
 
             return await credits_command(args)
+        if args.command == "billing":
+            from .billing import billing_command
+
+            return await billing_command(args)
     except StoreUnavailable as exc:  # the database went away mid-command
         raise CommandError(f"cannot use the ledger: {exc}") from None
     raise CommandError(f"unknown command {args.command}")

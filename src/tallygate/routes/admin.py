@@ -90,9 +90,11 @@ class Admin:
             if method != b"GET":
                 raise _method_not_allowed(b"GET")
             tenants = await self.keystore.tenants()
-            await send_json(
-                send, 200, {"object": "list", "data": [{"tenant_id": t, **lim.as_json()} for t, lim in tenants.items()]}
-            )
+            customers = await self.keystore.stripe_customers()
+            data = [
+                {"tenant_id": t, **lim.as_json(), "stripe_customer_id": customers.get(t)} for t, lim in tenants.items()
+            ]
+            await send_json(send, 200, {"object": "list", "data": data})
             return
         if (
             self.credits is not None
@@ -130,18 +132,30 @@ class Admin:
         await send_json(send, 201, {"key": secret, **key.as_json()})
 
     async def _put_tenant(self, tenant_id: str, headers: dict, receive, send) -> None:
-        from ..tenants.model import InvalidInput, check_tenant, parse_limits
+        """Limits are replaced as a whole when the body names any (or names nothing);
+        `stripe_customer_id` alone changes only the customer, and limits alone keep it."""
+        from ..tenants.model import LIMIT_FIELDS, InvalidInput, check_tenant, parse_limits, parse_stripe_customer
 
         self._require_ledger()
         doc = json_object(await read_body(receive, ADMIN_BODY_LIMIT, headers))
+        customer_given = "stripe_customer_id" in doc
+        limits_given = not customer_given or any(f in doc for f in LIMIT_FIELDS)
         try:
             check_tenant(tenant_id)
-            limits = parse_limits(doc)
+            customer = parse_stripe_customer(doc.pop("stripe_customer_id", None))
+            limits = parse_limits(doc) if limits_given else None
         except InvalidInput as exc:
             raise bad_request(str(exc), "invalid_parameter") from None
-        await self.keystore.put_tenant(tenant_id, limits)
-        self.keys.set_tenant(tenant_id, limits)  # in force here at once, elsewhere on refresh
-        await send_json(send, 200, {"tenant_id": tenant_id, **limits.as_json()})
+        if limits is not None:
+            await self.keystore.put_tenant(tenant_id, limits)
+            self.keys.set_tenant(tenant_id, limits)  # in force here at once, elsewhere on refresh
+        else:
+            limits = await self.keystore.tenant_limits(tenant_id)
+        if customer_given:
+            await self.keystore.set_stripe_customer(tenant_id, customer)
+        else:
+            customer = (await self.keystore.stripe_customers()).get(tenant_id)
+        await send_json(send, 200, {"tenant_id": tenant_id, **limits.as_json(), "stripe_customer_id": customer})
 
     def _require_ledger(self) -> None:
         if not self.ledger_ready():

@@ -18,9 +18,11 @@ from ..money import usd_text
 from .errors import StoreUnavailable
 from .migrations import migrations
 
+# ingested_at: when the row reached the ledger (billing exports find late rows by it)
 INSERT_SQL = (
-    f"INSERT INTO litellm_usage ({', '.join(LEDGER_COLUMNS)}) VALUES "
-    f"({', '.join('?' for _ in LEDGER_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
+    f"INSERT INTO litellm_usage ({', '.join(LEDGER_COLUMNS)}, ingested_at) VALUES "
+    f"({', '.join('?' for _ in LEDGER_COLUMNS)}, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z') "
+    "ON CONFLICT (request_id) DO NOTHING"
 )
 
 

@@ -6,6 +6,7 @@ display prefix are stored.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -149,6 +150,18 @@ def parse_time(value, field: str) -> datetime | None:
     except ValueError:
         raise InvalidInput(f"{field} must be an ISO 8601 time") from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+STRIPE_CUSTOMER_RE = re.compile(r"cus_[A-Za-z0-9]{1,250}")
+
+
+def parse_stripe_customer(value) -> str | None:
+    """A Stripe customer id (`cus_...`) or None (the tenant's usage is then held, not exported)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not STRIPE_CUSTOMER_RE.fullmatch(value):
+        raise InvalidInput("stripe_customer_id must be a Stripe customer id (cus_ and letters or digits) or null")
+    return value
 
 
 def check_tenant(tenant_id) -> str:

@@ -83,6 +83,29 @@ class KeyStore:
             ),
         )
 
+    async def set_stripe_customer(self, tenant_id: str, customer_id: str | None) -> None:
+        """Only the tenant's Stripe customer: its limits stay as they are (a new tenant row
+        starts without limits)."""
+        now = self.sql.time_param(datetime.now(UTC))
+        await self.store.execute(
+            f"INSERT INTO tallygate_tenants (tenant_id, stripe_customer_id, updated_at) VALUES ({self.sql.placeholders(3)}) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET stripe_customer_id = excluded.stripe_customer_id, "
+            "updated_at = excluded.updated_at",
+            (tenant_id, customer_id, now),
+        )
+
+    async def stripe_customers(self) -> dict[str, str | None]:
+        rows = await self.store.fetch("SELECT tenant_id, stripe_customer_id FROM tallygate_tenants")
+        return {r[0]: r[1] for r in rows}
+
+    async def tenant_limits(self, tenant_id: str) -> Limits:
+        rows = await self.store.fetch(
+            "SELECT rpm_limit, tpm_limit, budget_usd, budget_period, models FROM tallygate_tenants "
+            f"WHERE tenant_id = {self.p}",
+            (tenant_id,),
+        )
+        return self._limits(rows[0]) if rows else Limits()
+
     def _limits(self, row) -> Limits:
         rpm, tpm, budget, period, models = row
         return Limits(
