@@ -35,17 +35,21 @@ if TYPE_CHECKING:
     from .limits.guard import Guard
     from .routes.admin import Admin
     from .routes.models import Models
+    from .routes.objects import Objects
     from .sinks.ledger import LedgerWriter
     from .sinks.metrics_server import MetricsServer
     from .store.postgres import PostgresStore
     from .store.sqlite import SqliteStore
     from .tenants.cache import KeyCache
+    from .tenants.owners import Owners
     from .tenants.store import KeyStore
 
 log = logging.getLogger("tallygate")
 
 _TRACE_RE = re.compile(rb"[0-9a-fA-F]{32}")
 # the GET endpoints outside the proxy and the admin API (routes/service.py, routes/models.py)
+# the stateful and free endpoints (routes/objects.py)
+OBJECT_PATHS = (b"/v1/responses/", b"/v1/conversations", b"/v1/moderations", b"/v1/files")
 GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models", b"/v1/balance")
 
 
@@ -83,6 +87,8 @@ class Gateway:
     pipeline: Pipeline
     admin: Admin
     models: Models
+    owners: Owners
+    objects: Objects
     loop: asyncio.AbstractEventLoop
     client_ready: asyncio.Event
 
@@ -140,10 +146,12 @@ class Gateway:
         from .limits.guard import Guard
         from .routes.admin import Admin
         from .routes.models import Models
+        from .routes.objects import Objects
         from .routes.service import Service
         from .sinks.ledger import LedgerWriter
         from .store import open_store
         from .tenants.cache import KeyCache
+        from .tenants.owners import Owners
         from .tenants.store import KeyStore
 
         s = self.settings
@@ -190,9 +198,10 @@ class Gateway:
                 "TALLYGATE_LEDGER=off: no ledger rows are written; the log lines are the only "
                 "record of usage, and budgets count only what this process saw since it started"
             )
+        self.owners = Owners(self.store)  # also a sink: the response ids of metered records
         self.pipeline = Pipeline(
             self.prices,
-            [JsonLogSink(), self.metrics],
+            [JsonLogSink(), self.metrics, self.owners],
             self.ledger if s.ledger == "on" else None,
             [self.guard],
             wait_for_commit=s.ledger_mode == "sync",
@@ -201,6 +210,18 @@ class Gateway:
             default_context_tokens=s.default_context_tokens,
         )
         self.pipeline.start()
+        self.objects = Objects(
+            auth=self.auth,
+            router=self.router,
+            client=self.client,
+            guard=self.guard,
+            pipeline=self.pipeline,
+            owners=self.owners,
+            secrets=self.upstream_secrets_b,
+            trace_for=self.trace_for,
+            max_body_bytes=s.max_body_bytes,
+            max_file_bytes=s.max_file_bytes,
+        )
         self.proxy = ProxyHandler(
             router=self.router,
             guard=self.guard,
@@ -216,6 +237,7 @@ class Gateway:
             trace_for=self.trace_for,
             secrets=self.upstream_secrets_b,
             scrub=scrub,
+            references=self.objects.require_references,
         )
         from .routes.credits import Credits
 
@@ -317,6 +339,7 @@ class Gateway:
             if self.metrics_server is not None:
                 await self.metrics_server.close()
             await self.pipeline.close(deadline)
+            await self.owners.close()
             await self.guard.close()
         if self.session is not None:
             await self.session.close()
@@ -410,6 +433,9 @@ class App:
                 return
             if path.startswith(b"/admin/") or path == b"/v1/usage":
                 await self.g.admin.handle(scope, receive, send, method, path)
+                return
+            if path.startswith(OBJECT_PATHS):  # responses by id, conversations, moderations, files
+                await self.g.objects.handle(scope, receive, send, method, path)
                 return
             if method == b"GET" and path.startswith(b"/v1/models/"):
                 await self.g.models.retrieve(scope, receive, send, unquote(path[11:].decode("utf-8", "replace")))

@@ -18,7 +18,7 @@ def _errors(*codes: int) -> dict:
     }
 
 
-def _proxy_op(summary: str, streams: bool) -> dict:
+def _proxy_op(summary: str, streams: bool, *more_errors: int) -> dict:
     body: dict[str, Any] = {
         "type": "object",
         "required": ["model"],
@@ -39,7 +39,7 @@ def _proxy_op(summary: str, streams: bool) -> dict:
             "security": [{"bearer": []}],
             "parameters": [{"$ref": "#/components/parameters/Tenant"}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-            "responses": {"200": ok, **_errors(400, 401, 403, 413, 429, 502, 503, 504)},
+            "responses": {"200": ok, **_errors(400, 401, 403, 413, 429, 502, 503, 504, *more_errors)},
         }
     }
 
@@ -65,6 +65,91 @@ def _messages_op(summary: str, streams: bool) -> dict:
         },
     }
     return {"post": op}
+
+
+_OBJECT_ERRORS = (400, 401, 403, 404, 429, 502, 503)
+_ID_PARAMS = {
+    name: {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    for name in ("response_id", "conversation_id", "item_id", "file_id")
+}
+_JSON_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+}
+
+
+def _object_op(summary: str, ids: tuple[str, ...] = (), body: bool = False, content: str = "application/json") -> dict:
+    """A pass-through call of routes/objects.py: `ids` its path parameters."""
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "parameters": [{"$ref": "#/components/parameters/Tenant"}, *(_ID_PARAMS[i] for i in ids)],
+        "responses": {
+            "200": {
+                "description": "The upstream's answer, relayed",
+                "content": {content: {"schema": _ANSWER[content]}},
+            },
+            **_errors(*_OBJECT_ERRORS, *((413,) if body else ())),
+        },
+    }
+    if body:
+        op["requestBody"] = _JSON_BODY
+    return op
+
+
+_ANSWER: dict[str, dict] = {"application/json": {"type": "object"}, "application/octet-stream": {"type": "string"}}
+_UPLOAD = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "purpose"],
+                "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string"}},
+            }
+        }
+    },
+}
+
+
+def _object_paths() -> dict:
+    """Responses by id, conversations and items, moderations, files (tenant-owned ids: a 404 for others)."""
+    r, c, i, f = ("response_id",), ("conversation_id",), ("conversation_id", "item_id"), ("file_id",)
+    upload = _object_op("Upload a file (streamed to the upstream; TALLYGATE_MAX_FILE_BYTES)")
+    upload["requestBody"] = _UPLOAD
+    upload["responses"].update(_errors(413, 415))
+    return {
+        "/v1/responses/{response_id}": {
+            "get": _object_op("A stored response of the caller's", r),
+            "delete": _object_op("Delete a stored response of the caller's", r),
+        },
+        "/v1/responses/{response_id}/cancel": {"post": _object_op("Cancel a background response", r)},
+        "/v1/responses/{response_id}/input_items": {"get": _object_op("A response's input items", r)},
+        "/v1/responses/input_tokens": {"post": _object_op("Count a request's input tokens ($0 row)", body=True)},
+        "/v1/conversations": {"post": _object_op("Create a conversation", body=True)},
+        "/v1/conversations/{conversation_id}": {
+            "get": _object_op("A conversation of the caller's", c),
+            "post": _object_op("Update a conversation's metadata", c, body=True),
+            "delete": _object_op("Delete a conversation", c),
+        },
+        "/v1/conversations/{conversation_id}/items": {
+            "get": _object_op("A conversation's items", c),
+            "post": _object_op("Add items to a conversation", c, body=True),
+        },
+        "/v1/conversations/{conversation_id}/items/{item_id}": {
+            "get": _object_op("One item of a conversation", i),
+            "delete": _object_op("Delete an item of a conversation", i),
+        },
+        "/v1/moderations": {"post": _object_op("Moderation (free at OpenAI: a $0 row)", body=True)},
+        "/v1/files": {"get": _object_op("The caller's files"), "post": upload},
+        "/v1/files/{file_id}": {
+            "get": _object_op("A file of the caller's", f),
+            "delete": _object_op("Delete a file of the caller's", f),
+        },
+        "/v1/files/{file_id}/content": {
+            "get": _object_op("A file's content, streamed", f, content="application/octet-stream")
+        },
+    }
 
 
 _LIMITS = {
@@ -204,7 +289,8 @@ def spec() -> dict:
             "/v1/chat/completions": _proxy_op("Chat completions (streaming or not)", True),
             "/v1/completions": _proxy_op("Completions (legacy)", True),
             "/v1/embeddings": _proxy_op("Embeddings", False),
-            "/v1/responses": _proxy_op("Responses API (streaming or not)", True),
+            "/v1/responses": _proxy_op("Responses API (streaming or not)", True, 404),
+            **_object_paths(),
             "/v1/messages": _messages_op("Anthropic Messages API (streaming or not)", True),
             "/v1/messages/count_tokens": _messages_op("Anthropic token counting (recorded at $0)", False),
             "/v1/models/{model}": {

@@ -16,6 +16,8 @@ DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 # as the Anthropic SDKs take it: without /v1 (the Messages API is {base}/v1/messages)
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # Cloud Run's HTTP/1 request cap
+# uploads to /v1/files are streamed to the upstream, never held whole: OpenAI's own cap is 512 MB
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 
 TENANT_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 
@@ -124,6 +126,7 @@ class Settings:
     retry_backoff: float = 0.25
     retry_max_backoff: float = 4.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     postgres: PostgresSettings | None = None
     sqlite_path: str = "tallygate.db"
     ledger: str = "on"  # "off": no ledger rows (the log line and the metrics only)
@@ -340,6 +343,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         retry_backoff=_float(env, "TALLYGATE_RETRY_BACKOFF", 0.25),
         retry_max_backoff=_float(env, "TALLYGATE_RETRY_MAX_BACKOFF", 4.0),
         max_body_bytes=_int(env, "TALLYGATE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        max_file_bytes=_int(env, "TALLYGATE_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES),
         postgres=postgres_from_env(env),
         sqlite_path=env.get("TALLYGATE_SQLITE_PATH") or "tallygate.db",
         ledger=_choice(env, "TALLYGATE_LEDGER", "on", ("on", "off")),

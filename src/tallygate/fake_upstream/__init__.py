@@ -1,7 +1,7 @@
 """A deterministic fake OpenAI upstream on loopback, for demos and tests.
 
 `tallygate fake-upstream --port 9100` answers chat completions, completions,
-embeddings, responses (JSON and SSE, with usage) and models. A request can steer
+embeddings, responses (JSON and SSE, with usage), models and the stateful endpoints below. A request can steer
 it with an extra body field the gateway forwards untouched:
 
     "fake": {"prompt_tokens": 1000, "completion_tokens": 200, "cached_tokens": 500,
@@ -41,6 +41,11 @@ Billable parts beyond tokens (chat, completions, responses):
 Responses streams carry the documented event sequence (response.created, in_progress,
 each output item added and done, a message's content part and text deltas, completed), so
 the SDKs' `responses.stream` helpers work against it.
+
+Stateful endpoints (fake_upstream/objects.py, in memory, random ids): stored responses
+(retrieve, delete, cancel, input items; every non-`store: false` response is kept),
+`responses/input_tokens`, conversations and their items, moderations, files (multipart
+upload, list, retrieve, delete, content: the first MiB of each file is kept).
 
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
 received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET

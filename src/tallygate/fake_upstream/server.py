@@ -22,6 +22,7 @@ from .answers import (
     write_pieces,
 )
 from .anthropic import AnthropicAnswers
+from .objects import FakeObjects, new_id
 
 # request headers listed by /_fake/requests (the ones a test checks were passed on, or not)
 _RECORDED_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta", "api-key", "openai-beta")
@@ -36,6 +37,7 @@ class FakeUpstream:
         self.by_key: dict[str, int] = {}  # calls per fake "key", for fail_first / drop_first
         self.disconnects: list[dict] = []
         self.completed_streams = 0
+        self.objects = FakeObjects()  # stored responses, conversations, files
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -48,6 +50,7 @@ class FakeUpstream:
         anthropic = AnthropicAnswers(self)
         app.router.add_post("/v1/messages", anthropic.messages)
         app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
+        self.objects.add_routes(app)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)
@@ -334,6 +337,7 @@ class FakeUpstream:
         words = [WORDS[i % len(WORDS)] for i in range(n)]
         text = "".join(words)
         created = CREATED
+        response_id = new_id("resp_")
         message = {
             "type": "message",
             "id": "msg_fake",
@@ -346,7 +350,7 @@ class FakeUpstream:
 
         def response(status: str, output: list, usage) -> dict:
             return {
-                "id": "resp_fake",
+                "id": response_id,
                 "object": "response",
                 "created_at": created,
                 "status": status,
@@ -366,6 +370,7 @@ class FakeUpstream:
             }
 
         usage = None if fake.get("no_usage") else responses_usage(doc, fake)
+        self.objects.remember_response(response("completed", output, usage), doc)
         if not doc.get("stream"):
             return web.Response(
                 body=orjson.dumps(response("completed", output, usage)), content_type="application/json"

@@ -279,6 +279,38 @@ class Guard:
             return Reservation(checks, tokens, worst)
         raise GatewayError(503, "Limits could not be initialised.", "service_unavailable", "limits_unavailable")
 
+    async def admit_request(self, principal) -> None:
+        """A call that costs nothing (retrieving a response, a file, a moderation): counted
+        against the requests-per-minute limits only; no tokens, no budget reserved."""
+        if not self.applies(principal):
+            return
+        now = time.time()
+        minute = int(now // 60)
+        checks = [
+            Check(
+                f"{self.prefix}:{kind}:{ident}:rpm:{minute}",
+                limits.rpm_limit,
+                1,
+                120,
+                MODE_WINDOW,
+                "rpm",
+                f"{kind} {ident}",
+                reset_at=(minute + 1) * 60,
+            )
+            for kind, ident, _, limits in self._scopes(principal)
+            if limits.rpm_limit is not None
+        ]
+        if not checks:
+            return
+        try:
+            await self.counters.admit(checks)
+        except Rejected as r:
+            raise self._rejection(r, now) from None
+        except Exception as exc:
+            if not _outage(exc):
+                raise
+            self._counters_down(exc)  # raises unless failing open
+
     def prepare_account(self, account) -> None:
         """The account's counter key and credit_low threshold, once per account loaded (the
         cache builds new ones on each refresh)."""

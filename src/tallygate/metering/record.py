@@ -38,7 +38,7 @@ class UsageRecord:
     file_search_calls: int = 0
     service_tier: str | None = None
     cost_usd: Decimal = Decimal(0)
-    price_source: str = "unknown"  # genai-prices | override | unknown; ":partial" when a part had no rate
+    price_source: str = "unknown"  # genai-prices | override | unknown | free; ":partial" when a part had no rate
     price_version: str | None = None  # the price data the cost came from (genai-prices version)
     usage_source: str = "none"  # provider | estimated | clamped | none
     usage_flag: str | None = None  # missing (no usage in a 200: estimated) | implausible (clamped)
@@ -51,6 +51,9 @@ class UsageRecord:
     out_cap: int = 0
     choices: int = 1
     body_len: int = 0
+    # the id of the object the request created (a Responses answer's id): its tenant owns it
+    # (tenants/owners.py); not a ledger column
+    object_id: str | None = None
 
     def ledger_row(self) -> tuple:
         """Column values in LEDGER_COLUMNS order (a tuple written out: three times faster

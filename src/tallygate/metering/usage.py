@@ -8,7 +8,7 @@ The SSE side is metering/sse.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -42,9 +42,13 @@ class Usage:
     web_search_calls: int = 0
     file_search_calls: int = 0
     service_tier: str | None = None  # as the provider reported it (default, flex, priority, batch, ...)
+    # a Responses answer's id (its tenant owns it: tenants/owners.py); not part of the usage's value
+    response_id: str | None = field(default=None, compare=False)
 
 
-USAGE_FIELDS = Usage.__slots__  # what a record copies from the usage it was given
+# what a record copies from the usage it was given, as ledger columns (the response id is
+# the record's object_id, not a column)
+USAGE_FIELDS = Usage.__slots__[: Usage.__slots__.index("response_id")]
 # the parts of usage priced apart (plus the 1-hour share of cache writes)
 PRICED_PARTS = USAGE_FIELDS[USAGE_FIELDS.index("cache_write_tokens") : USAGE_FIELDS.index("service_tier")]
 
@@ -167,13 +171,16 @@ TOOL_CALL_FIELDS = {"web_search_call": "web_search_calls", "file_search_call": "
 
 
 def add_response_facts(usage: Usage, doc: dict) -> Usage:
-    """What the response object says beside its usage: the service tier it ran at and the
-    fee-carrying tool calls in its output (Responses API)."""
+    """What the response object says beside its usage: the service tier it ran at, the
+    fee-carrying tool calls in its output and its id (Responses API)."""
     tier = doc.get("service_tier")
     if isinstance(tier, str) and usage.service_tier is None:
         usage.service_tier = tier[:32]
     output = doc.get("output")
-    if isinstance(output, list):
+    if isinstance(output, list):  # a Responses object (chat answers have none): its id too
+        rid = doc.get("id")
+        if isinstance(rid, str) and 0 < len(rid) <= 256:
+            usage.response_id = rid
         for item in output:
             kind = item.get("type") if isinstance(item, dict) else None
             field = TOOL_CALL_FIELDS.get(kind) if isinstance(kind, str) else None

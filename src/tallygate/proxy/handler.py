@@ -37,9 +37,11 @@ class ProxyHandler:
         trace_for,
         secrets: tuple[bytes, ...],
         scrub,
+        references=None,
     ) -> None:
         """`client`: async () -> the upstream client session; `trace_for(headers)`: the record's
-        trace; `scrub(data, secrets)`: upstream keys out."""
+        trace; `scrub(data, secrets)`: upstream keys out; `references(principal, doc)`: a 404
+        unless the stored response or conversation a Responses request continues is the caller's."""
         self.router = router
         self.guard = guard  # limits and budgets (None: nothing to enforce)
         self.max_body_bytes = max_body_bytes
@@ -56,6 +58,7 @@ class ProxyHandler:
             first_byte_timeout=first_byte_timeout,
         )
         self._forward = self.retries.forward
+        self.references = references
 
     async def handle(self, scope, receive, send, endpoint: tuple, principal, headers: dict) -> None:
         """`endpoint`: (upstream path, WireFormat, Router), the ENDPOINTS entry of the request's
@@ -66,6 +69,8 @@ class ProxyHandler:
         body = await read_body(receive, self.max_body_bytes, headers)  # the limit, Content-Encoding
         doc, model, stream = fmt.parse(body)
         route: Route = router.resolve(model)
+        if path == "/responses" and ("previous_response_id" in doc or "conversation" in doc) and self.references:
+            await self.references(principal, doc)
 
         # the model asked for, then the fallbacks that may serve it (the budget reserves for the dearest)
         chain = self._chain(router, model, principal) if route.fallbacks else [(model, route)]

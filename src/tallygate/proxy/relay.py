@@ -57,6 +57,7 @@ def _set_usage(record: UsageRecord, usage, source: str) -> None:
     record.cached_tokens = usage.cached_tokens
     record.reasoning_tokens = usage.reasoning_tokens
     record.service_tier = usage.service_tier
+    record.object_id = usage.response_id
     if has_priced_parts(usage):  # rare: the record's own are 0 until then
         for field in PRICED_PARTS:
             setattr(record, field, getattr(usage, field))

@@ -104,6 +104,10 @@ class Pipeline:
             self._wakeup.set()
         return None
 
+    def queued(self) -> list[UsageRecord]:
+        """The records submitted and not yet handed to the sinks, oldest first."""
+        return [r for r, _ in self._queue]
+
     def _submit_or_wait(self, record: UsageRecord, wait: bool = False) -> Awaitable[None] | None:
         if not wait:
             return Pipeline.submit(self, record)
@@ -149,6 +153,8 @@ class Pipeline:
     def _process(self, batch: list) -> None:
         records = [r for r, _ in batch]
         for rec in records:
+            if rec.price_source == "free":  # a call that costs nothing (routes/objects.py): $0, no rate to find
+                continue
             try:
                 price = self.prices.price(rec.provider, rec.model, rec.upstream_model, rec.service_tier)
                 # usage beyond what the request allows is billed at the bound (and flagged)
