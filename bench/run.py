@@ -57,7 +57,8 @@ def render_saved(a) -> int:
     for t, v, d in targets:
         print(f"{v:4}  {t}: {d}")
     if a.docs:
-        Path(a.docs).write_text(render_doc(table, targets, meta, a, results))
+        old = Path(a.docs).read_text() if Path(a.docs).exists() else ""
+        Path(a.docs).write_text(render_doc(table, targets, meta, a, results, old))
         log(f"wrote {a.docs}")
     return 0
 
@@ -210,8 +211,8 @@ def main() -> int:
     print()
     for t, v, d in targets:
         print(f"{v:4}  {t}: {d}")
-    doc = render_doc(table, targets, meta, a, results)
     docs = a.docs if a.docs is not None else (None if a.quick or interrupted else str(ROOT / "docs" / "benchmarks.md"))
+    doc = render_doc(table, targets, meta, a, results, Path(docs).read_text() if docs and Path(docs).exists() else "")
     if docs:
         Path(docs).write_text(doc)
         log(f"wrote {docs}")
