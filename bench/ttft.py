@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the benchlib package
 
-from benchlib.config import HOST, MODEL, NGINX_SSE, WORK  # noqa: E402
+from benchlib.config import HOST, LITELLM_VENV, MODEL, NGINX_SSE, WORK  # noqa: E402
 from benchlib.host import log  # noqa: E402
 from benchlib.install import ensure_portkey  # noqa: E402
 from benchlib.ledger import fresh_ledgers  # noqa: E402
@@ -142,7 +142,7 @@ def main() -> int:
     systems = [s for s in a.systems.split(",") if s]
     if "portkey" in systems and ensure_portkey() is None:
         systems.remove("portkey")
-    if "litellm" in systems and not (WORK / "litellm-venv" / "bin" / "litellm").exists():
+    if "litellm" in systems and not (LITELLM_VENV / "bin" / "litellm").exists():
         log("LiteLLM row skipped: run bench/run.py once to install its venv")
         systems.remove("litellm")
     fresh_ledgers(systems)
