@@ -8,7 +8,6 @@ module (~9 s) on a private Postgres cluster the outage test stops and starts.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ import yaml
 from devtools import litellm_venv
 from support import ROOT, UPSTREAM_KEY, free_port, sdk_client, wait_http, wait_until
 from support.ledger import conninfo, pg_rows, sqlite_rows
+from support.processes import json_lines
 
 pytestmark = pytest.mark.litellm
 
@@ -159,14 +159,7 @@ class LiteLLMProxy:
         return self.log_path.read_text(errors="replace")
 
     def lines(self) -> list[dict]:
-        out = []
-        for line in self.output().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
+        return json_lines(self.output())
 
     def records(self, tenant: str | None = None) -> list[dict]:
         return [l for l in self.lines() if l.get("message") == "litellm_request"

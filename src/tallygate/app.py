@@ -159,12 +159,7 @@ class Gateway:
         self.client_ready = asyncio.Event()
         self._background.append(asyncio.create_task(self.start_client()))
         self.store = open_store(s)
-        self.ledger = LedgerWriter(
-            self.store,
-            batch_size=s.ledger_batch_size,
-            flush_interval=s.ledger_flush_interval,
-            buffer_limit=s.ledger_buffer_limit,
-        )
+        self.ledger = LedgerWriter.from_settings(self.store, s)
         self.metrics = MetricsSink(s.metrics_tenant_cap, ledger_stats=self.ledger_stats)
         self.keystore = KeyStore(self.store)
         self.credits = CreditStore(self.store)

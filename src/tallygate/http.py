@@ -47,18 +47,22 @@ async def send_text(send, status: int, body: bytes, content_type: bytes = b"text
     )
 
 
+def declared_length(headers: dict) -> int | None:
+    """The request's Content-Length (None when absent); a 400 when it is not a number."""
+    cl = headers.get(b"content-length")
+    if cl is None:
+        return None
+    try:
+        return int(cl)
+    except ValueError:
+        raise bad_request("Invalid Content-Length header.", "invalid_request") from None
+
+
 async def read_body(receive, limit: int, headers: dict | None = None) -> bytes:
     """The request body, at most `limit` bytes, decoded from its Content-Encoding (a 413
     past the limit, before reading when the declared Content-Length is over); ClientGone
     when the client hangs up first. `headers`: the request's, as a dict."""
-    content_length = None
-    if headers is not None:
-        cl = headers.get(b"content-length")
-        if cl is not None:
-            try:
-                content_length = int(cl)
-            except ValueError:
-                raise bad_request("Invalid Content-Length header.", "invalid_request") from None
+    content_length = declared_length(headers) if headers is not None else None
     if content_length is not None and content_length > limit:
         raise GatewayError(
             413,

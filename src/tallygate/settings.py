@@ -64,29 +64,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
-def _mtok(env: Mapping[str, str], name: str) -> Decimal | None:
+def _amount(env: Mapping[str, str], name: str, what: str) -> Decimal | None:
+    """A non-negative exact decimal (`what` says its unit in the error); unset: None."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return None
     try:
         value = Decimal(raw)
     except InvalidOperation:
-        raise SettingsError(f"{name} must be a price in USD per million tokens, got {raw!r}") from None
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
     if not value.is_finite() or value < 0:
-        raise SettingsError(f"{name} must be a non-negative price, got {raw!r}")
-    return value
-
-
-def _usd(env: Mapping[str, str], name: str) -> Decimal | None:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return None
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise SettingsError(f"{name} must be an amount in USD, got {raw!r}") from None
-    if not value.is_finite() or value < 0:
-        raise SettingsError(f"{name} must be a non-negative amount in USD, got {raw!r}")
+        raise SettingsError(f"{name} must be non-negative ({what}), got {raw!r}")
     return value
 
 
@@ -368,8 +356,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         metrics_tenant_cap=_int(env, "TALLYGATE_METRICS_TENANT_CAP", 100),
         default_max_output_tokens=_int(env, "TALLYGATE_DEFAULT_MAX_OUTPUT_TOKENS", 32768),
         default_context_tokens=_int(env, "TALLYGATE_DEFAULT_CONTEXT_TOKENS", 1_000_000),
-        unpriced_reserve_mtok=_mtok(env, "TALLYGATE_UNPRICED_RESERVE_MTOK"),
-        credit_low_usd=_usd(env, "TALLYGATE_CREDIT_LOW_USD"),
+        unpriced_reserve_mtok=_amount(env, "TALLYGATE_UNPRICED_RESERVE_MTOK", "a price in USD per million tokens"),
+        credit_low_usd=_amount(env, "TALLYGATE_CREDIT_LOW_USD", "an amount in USD"),
         sse_max_event_bytes=_int(env, "TALLYGATE_SSE_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=1024),
         max_header_bytes=_int(env, "TALLYGATE_MAX_HEADER_BYTES", 64 * 1024, minimum=1024),
         max_headers=_int(env, "TALLYGATE_MAX_HEADERS", 100, minimum=10),

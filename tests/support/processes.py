@@ -34,6 +34,18 @@ def routes_file(path: Path, *routes: dict) -> Path:
     return path
 
 
+def json_lines(text: str) -> list[dict]:
+    """The JSON objects among a process's output lines (the log lines), in order."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
 def base_env(upstream_url: str, tmp_path: Path, **overrides) -> dict:
     """This process's environment without any gateway setting, plus the test token, master
     key, upstream and a SQLite ledger in `tmp_path`; an override of None removes a variable."""
@@ -112,14 +124,7 @@ class GatewayProcess:
 
     def lines(self) -> list[dict]:
         """The JSON log lines printed so far."""
-        out = []
-        for line in self.output().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
+        return json_lines(self.output())
 
     def records(self) -> list[dict]:
         """The usage log lines (one per metered request) printed so far."""

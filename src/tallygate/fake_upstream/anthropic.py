@@ -23,19 +23,9 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from ..proxy.formats.anthropic import ERROR_TYPES  # Anthropic's documented status -> type table
 from .answers import WORDS
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 REQUEST_ID = "req_011CFakeAnthropicUpstream"
 MESSAGE_ID = "msg_01FakeUpstreamMessage"
 SEARCH_ID = "srvtoolu_01FakeWebSearch"

@@ -28,7 +28,7 @@ import orjson
 
 from ..auth import Authenticator, Principal
 from ..errors import GatewayError, bad_request, not_found, unavailable
-from ..http import ClientGone, json_object, read_body
+from ..http import ClientGone, declared_length, json_object, read_body
 from ..metering.record import UsageRecord, utcnow
 from ..proxy.ids import elapsed_ms, new_request_id
 from ..store.errors import StoreUnavailable
@@ -306,12 +306,8 @@ class Objects:
 
     def _upload(self, receive, headers: dict, out: dict) -> tuple[_Upload, dict]:
         """The request body as a stream to the upstream, with the client's multipart type."""
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise bad_request("Invalid Content-Length header.", "invalid_request") from None
+        size = declared_length(headers)
+        if size is not None:
             if size > self.max_file_bytes:
                 raise GatewayError(
                     413,

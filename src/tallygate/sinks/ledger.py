@@ -27,6 +27,16 @@ log = logging.getLogger("tallygate.ledger")
 
 
 class LedgerWriter:
+    @classmethod
+    def from_settings(cls, store, settings) -> LedgerWriter:
+        """The writer with the TALLYGATE_LEDGER_* batch, interval and buffer settings."""
+        return cls(
+            store,
+            batch_size=settings.ledger_batch_size,
+            flush_interval=settings.ledger_flush_interval,
+            buffer_limit=settings.ledger_buffer_limit,
+        )
+
     def __init__(
         self,
         store,

@@ -73,12 +73,7 @@ class LiteLLMMetering:
         _log_to_stdout(s)
         self.prices = PriceBook(load_overrides(s.prices_file) if s.prices_file else {})
         self.store = open_store(s)
-        self.ledger = LedgerWriter(
-            self.store,
-            batch_size=s.ledger_batch_size,
-            flush_interval=s.ledger_flush_interval,
-            buffer_limit=s.ledger_buffer_limit,
-        )
+        self.ledger = LedgerWriter.from_settings(self.store, s)
         self.stream = stream
         self.pipeline: Pipeline | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
