@@ -58,14 +58,16 @@ def _env(db: dict, **extra) -> dict:
 def export(db: dict, *args: str, fake: FakeStripe | None = None, timeout: float = 60, **extra):
     """`tallygate billing export ...` to the end; (exit status, output)."""
     if fake is not None:
-        extra = {"STRIPE_API_KEY": fake.api_key, "STRIPE_API_BASE": fake.url, **extra}
+        extra = {"STRIPE_API_KEY": fake.api_key, "STRIPE_API_BASE": fake.url,
+                 "STRIPE_METER_EVENTS_BASE": fake.meter_events_url, **extra}
     done = subprocess.run([sys.executable, "-m", "tallygate", "billing", "export", *args], env=_env(db, **extra),
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     return done.returncode, done.stdout + done.stderr
 
 
 def start_export(db: dict, *args: str, fake: FakeStripe, **extra) -> subprocess.Popen:
-    env = _env(db, STRIPE_API_KEY=fake.api_key, STRIPE_API_BASE=fake.url, **extra)
+    env = _env(db, STRIPE_API_KEY=fake.api_key, STRIPE_API_BASE=fake.url,
+               STRIPE_METER_EVENTS_BASE=fake.meter_events_url, **extra)
     return subprocess.Popen([sys.executable, "-m", "tallygate", "billing", "export", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
@@ -114,11 +116,13 @@ def hours_ago(n: float) -> datetime:
 # -- Stripe ---------------------------------------------------------------------------
 
 
-def test_crash_between_sends_then_resume_counts_every_row_once(gateway, export_db, stripe_fake):
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_crash_between_sends_then_resume_counts_every_row_once(gateway, export_db, stripe_fake, api):
     """Rows through a real gateway into Postgres, 1-second windows; the exporter is killed
-    (SIGKILL) right after Stripe took an event it never confirmed; the next run resends
-    exactly the unconfirmed ones (Stripe refuses the duplicate) and the exported micro-USD
-    per customer equal floor(the tenant's ledger sum x 10^6)."""
+    (SIGKILL) right after Stripe took events it never confirmed (v1: one event; v2: a meter
+    event stream call); the next run resends exactly the unconfirmed ones (Stripe drops the
+    duplicates) and the exported micro-USD per customer equal floor(the tenant's ledger sum
+    x 10^6)."""
     gw = gateway(**export_db)
     tenants = [f"crash{i}-{uuid.uuid4().hex[:6]}" for i in range(4)]  # 4: each tenant gets priced models too
     customers = {t: f"cus_{uuid.uuid4().hex[:14]}" for t in tenants}
@@ -130,20 +134,33 @@ def test_crash_between_sends_then_resume_counts_every_row_once(gateway, export_d
     wait_until(lambda: sum(ledger_micro(export_db).values()) > 0, message="ledger rows")
     threading.Event().wait(1.5)  # the last window closes and settles (--settle 1s)
 
-    stripe_fake.stall_after = 4  # the 5th event is taken, then never answered
-    proc = start_export(export_db, "stripe", "--window", "1s", "--settle", "1s", "--since", "1h", fake=stripe_fake)
+    stripe_fake.stall_after = 4  # the call taking the 5th event is taken, then never answered
+    # v2: one window per transaction, so each stream call carries one window's events
+    args = ("--window", "1s", "--settle", "1s", *(("--batch", "1") if api == "v2" else ()))
+    proc = start_export(export_db, "stripe", *args, "--since", "1h", fake=stripe_fake,
+                        TALLYGATE_STRIPE_METER_API=api)
     wait_until(lambda: len(stripe_fake.events) >= 5, timeout=60, message="five events at Stripe")
+    threading.Event().wait(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     unsent = [r for r in outbox(export_db) if r["sent_at"] is None]
     assert unsent, "the kill left events unsent in the outbox"
-    assert unsent[0]["identifier"] == stripe_fake.events[4]["identifier"]  # taken by Stripe, not confirmed
+    taken = {e["identifier"] for e in stripe_fake.events}
+    unconfirmed = [r["identifier"] for r in unsent if r["identifier"] in taken]  # taken by Stripe, not confirmed
+    assert unconfirmed and all(r["first_attempt_at"] is not None for r in unsent if r["identifier"] in taken)
+    if api == "v1":
+        assert unconfirmed == [stripe_fake.events[4]["identifier"]] == [unsent[0]["identifier"]]
+    else:
+        assert stripe_fake.stream_calls >= 2 and len(unconfirmed) == stripe_fake.stream_batches[-1]
 
     stripe_fake.stall_after = None
-    status, out = export(export_db, "stripe", "--window", "1s", "--settle", "1s", fake=stripe_fake)
+    status, out = export(export_db, "stripe", *args, fake=stripe_fake, TALLYGATE_STRIPE_METER_API=api)
     assert status == 0, out
-    assert "already at Stripe 1" in out, out
-    assert stripe_fake.duplicates == 1
+    if api == "v1":
+        assert "already at Stripe 1" in out, out
+    else:
+        assert "meter event stream call(s)" in out, out
+    assert stripe_fake.duplicates == len(unconfirmed)
     rows = outbox(export_db)
     assert rows and all(r["sent_at"] is not None for r in rows)
     idents = [e["identifier"] for e in stripe_fake.events]
@@ -151,10 +168,116 @@ def test_crash_between_sends_then_resume_counts_every_row_once(gateway, export_d
     ledger = ledger_micro(export_db)
     assert stripe_fake.totals() == {customers[t]: ledger[t] for t in tenants}
     assert all(v > 0 for v in ledger.values())
+    assert stripe_fake.error_reports == []
 
     # a third run finds nothing new
-    status, out = export(export_db, "stripe", "--window", "1s", "--settle", "1s", fake=stripe_fake)
+    status, out = export(export_db, "stripe", *args, fake=stripe_fake, TALLYGATE_STRIPE_METER_API=api)
     assert status == 0 and len(stripe_fake.events) == len(rows), out
+
+
+def test_v2_stream_batches_renews_expired_sessions_and_waits_out_429s(export_db, stripe_fake):
+    """150 events (30 tenants x 5 windows) on the v2 stream: calls of at most 100 events,
+    a session token that expires after each call (renewed, the same events sent again), a
+    429 and a 500 mid-export waited out; every value lands once, to the micro-dollar."""
+    tenants = [f"v2s{i:02d}-{uuid.uuid4().hex[:4]}" for i in range(30)]
+    customers = {t: f"cus_v2s{i:02d}abcdef" for i, t in enumerate(tenants)}
+    set_customers(export_db, customers)
+    insert_rows(export_db, [(t, hours_ago(h) + timedelta(minutes=i), f"0.00{i + 1}23456")
+                            for i, t in enumerate(tenants) for h in range(2, 7)])
+    stripe_fake.session_calls = 1
+    stripe_fake.rate_limit_every = 3
+    stripe_fake.fail_every = 4
+    status, out = export(export_db, "stripe", "--since", "8h", "--settle", "1s", fake=stripe_fake,
+                         TALLYGATE_STRIPE_METER_API="v2")
+    assert status == 0, out
+    assert stripe_fake.stream_batches == [100, 50], stripe_fake.stream_batches
+    assert stripe_fake.expired >= 1 and stripe_fake.sessions >= 2, out
+    assert stripe_fake.rate_limited >= 1 and stripe_fake.server_errors >= 1, out
+    assert "sent 150 in 2 meter event stream call(s)" in out, out
+    ledger = ledger_micro(export_db)
+    assert stripe_fake.totals() == {customers[t]: ledger[t] for t in tenants}
+    assert len({e["identifier"] for e in stripe_fake.events}) == 150 and stripe_fake.duplicates == 0
+    assert all(r["sent_at"] is not None for r in outbox(export_db))
+    assert {e["timestamp"] for e in stripe_fake.events} == {int(hours_ago(h).timestamp()) for h in range(2, 7)}
+
+
+def test_v2_partial_failure_keeps_the_rest_for_the_next_run(export_db, stripe_fake):
+    """The first stream call is taken, then Stripe answers 500 to every call: the run stops
+    (exit 1) with the first call's events marked sent and the rest unsent; the next run sends
+    the rest, each event once."""
+    tenants = [f"v2p{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(120)]
+    customers = {t: f"cus_v2p{i:03d}abcde" for i, t in enumerate(tenants)}
+    set_customers(export_db, customers)
+    insert_rows(export_db, [(t, hours_ago(2) + timedelta(seconds=i), "0.25") for i, t in enumerate(tenants)])
+    stripe_fake.fail_after = 1
+    status, out = export(export_db, "stripe", "--since", "3h", "--settle", "1s", fake=stripe_fake,
+                         TALLYGATE_STRIPE_METER_API="v2")
+    assert status == 1 and "Stripe is not reachable" in out and "stay in the outbox" in out, out
+    rows = outbox(export_db)
+    assert sum(r["sent_at"] is not None for r in rows) == 100 and len(rows) == 120
+    # the refused call may have landed (a 500): its events keep their first attempt
+    assert all(r["first_attempt_at"] is not None for r in rows)
+    stripe_fake.fail_after = None
+    status, out = export(export_db, "stripe", "--settle", "1s", fake=stripe_fake, TALLYGATE_STRIPE_METER_API="v2")
+    assert status == 0, out
+    assert stripe_fake.totals() == {c: 250000 for c in customers.values()} and stripe_fake.duplicates == 0
+
+
+def test_a_resend_past_the_dedupe_window_waits_for_an_operator(export_db, stripe_fake):
+    """Stripe drops a repeated identifier within 24 hours only. An event offered to Stripe
+    (which may have taken it: the connection failed) and still unsent 23+ hours later is not
+    sent again: it is marked for review, the run exits 1 and says so, `billing status`
+    counts it, `billing review` lists it; --resend sends it on the next run, --sent closes it."""
+    from support import free_port
+
+    a, b = f"rv1-{uuid.uuid4().hex[:6]}", f"rv2-{uuid.uuid4().hex[:6]}"
+    set_customers(export_db, {a: "cus_review00001", b: "cus_review00002"})
+    insert_rows(export_db, [(a, hours_ago(3), "0.5"), (b, hours_ago(3), "0.25")])
+    status, out = export(export_db, "stripe", "--since", "4h", "--settle", "1s", fake=stripe_fake,
+                         STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}")  # nothing listens: it may have landed
+    assert status == 1 and "Stripe is not reachable" in out, out
+    rows = outbox(export_db)
+    # the event in flight keeps its first attempt; the one never offered does not
+    assert [r["first_attempt_at"] is not None for r in rows].count(True) == 1, rows
+    with psycopg.connect(conninfo(export_db), autocommit=True) as conn:
+        conn.execute("UPDATE billing_export_outbox SET first_attempt_at = now() - interval '25 hours'")
+    status, out = export(export_db, "stripe", "--settle", "1s", fake=stripe_fake)
+    assert status == 1 and "needs review: 2 event(s)" in out and "tallygate billing review" in out, out
+    assert stripe_fake.calls == 0  # nothing sent again
+    assert "needs review: first offered to Stripe at" in out  # the log line (alertable)
+    shown = subprocess.run([sys.executable, "-m", "tallygate", "billing", "status"], env=_env(export_db),
+                           capture_output=True, text=True, timeout=30)
+    assert "outbox: 0 sent, 2 unsent" in shown.stdout and "needs review: 2" in shown.stdout, shown
+    status, out = export(export_db, "stripe", "--settle", "1s", fake=stripe_fake)
+    assert status == 0 and stripe_fake.calls == 0, out  # set aside: later runs leave them be
+
+    def review(*args: str) -> tuple[int, str]:
+        done = subprocess.run([sys.executable, "-m", "tallygate", "billing", "review", *args], env=_env(export_db),
+                              capture_output=True, text=True, timeout=30)
+        return done.returncode, done.stdout + done.stderr
+
+    status, listed = review()
+    ident = {r["tenant_id"]: r["identifier"] for r in outbox(export_db)}
+    assert status == 0 and ident[a] in listed and ident[b] in listed and "cus_review00001" in listed, listed
+    status, said = review("--resend", ident[a])
+    assert status == 0 and "will be sent by the next run" in said, said
+    status, said = review("--sent", ident[b], "tg-unknown")
+    assert status == 1 and "marked sent" in said and "tg-unknown: not waiting for review" in said, said
+    assert review("--resend")[0] != 0  # identifiers are needed
+    status, out = export(export_db, "stripe", "--settle", "1s", fake=stripe_fake)
+    assert status == 0, out
+    assert stripe_fake.totals() == {"cus_review00001": 500000}  # b was settled by hand, never resent
+    assert all(r["sent_at"] is not None for r in outbox(export_db))
+    assert review()[1].strip() == "no event needs review"
+
+
+def test_stripe_meter_api_setting_is_checked(export_db):
+    status, out = export(export_db, "stripe", "--settle", "1s", STRIPE_API_KEY="sk_test_x",
+                         TALLYGATE_STRIPE_METER_API="v3")
+    assert status == 1 and "TALLYGATE_STRIPE_METER_API must be v1" in out and "Traceback" not in out, out
+    status, out = export(export_db, "stripe", "--settle", "1s", STRIPE_API_KEY="sk_test_x",
+                         STRIPE_METER_EVENTS_BASE="meter-events.example")
+    assert status == 1 and "STRIPE_METER_EVENTS_BASE must be an http(s) URL" in out, out
 
 
 def test_carry_late_rows_and_exact_totals(export_db, stripe_fake):

@@ -10,6 +10,21 @@ exists with identifier ..." (Stripe-Should-Retry: false) for an identifier seen 
 request after the Nth accepted one is accepted, then never answered (a crash right after
 Stripe took an event).
 
+The same FakeStripe serves Stripe's API v2 meter event stream: POST /v2/billing/meter_event_session
+(API key; JSON; a `v2.billing.meter_event_session` with an `authentication_token` and RFC 3339
+`created` / `expires_at`, 15 minutes on) on the API host, and POST /v2/billing/meter_event_stream
+on a separate meter-events host (`meter_events_url`, its own loopback server): JSON
+{"events": [...]}, 1 to 100 events, bearer session token; `{}` back. As on Stripe, the
+events are validated after the answer: an invalid one (no customer, a non-integer value, a
+timestamp outside the past 35 days / next 5 minutes) lands in `error_reports`, an identifier
+seen within 24 hours is dropped silently (`duplicates`). Errors in v2's shape
+{"error": {"type", "code", "message"}}: 401 temporary_session_expired /
+billing_meter_event_session_expired for an expired token (`session_calls` N: a token
+expires after N stream calls it took), 401 for an unknown token, 400 for a body that is not 1-100
+events, 429 type rate_limit (`rate_limit_every`, counted over both hosts' calls), 500
+(`fail_every`; `fail_after` N: every call once N were taken). `stall_after` works as for v1, the call that passes it is taken then never
+answered.
+
 FakeOpenMeter serves POST /api/v1/events (application/cloudevents+json or
 application/cloudevents-batch+json, bearer key): 204, events deduplicated by (id, source),
 400 problem+json for an event without the required CloudEvents attributes, 401 for a wrong
@@ -79,7 +94,11 @@ class _StripeHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         fake = self.fake
         length = int(self.headers.get("Content-Length") or 0)
-        form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+        raw = self.rfile.read(length).decode()
+        if self.path == "/v2/billing/meter_event_session":
+            self._session()
+            return
+        form = dict(urllib.parse.parse_qsl(raw))
         if self.path != "/v1/billing/meter_events":
             self._error(404, f"Unrecognized request URL (POST: {self.path}).")
             return
@@ -137,6 +156,115 @@ class _StripeHandler(BaseHTTPRequestHandler):
                          "timestamp": ts})
 
 
+    def _session(self) -> None:
+        fake = self.fake
+        auth = self.headers.get("Authorization", "")
+        if auth != f"Bearer {fake.api_key}":
+            self._send(401, {"error": {"type": "invalid_request_error", "code": "unauthorized",
+                                       "message": "Invalid API Key provided."}})
+            return
+        now = time.time()
+        with fake.lock:
+            fake.sessions += 1
+            token = f"mes_tok_{fake.sessions}_{int(now * 1e6)}"
+            fake.tokens[token] = {"expires": now + 900, "calls": 0}
+        self._send(200, {"id": f"mes_{fake.sessions}", "object": "v2.billing.meter_event_session",
+                         "authentication_token": token, "created": _rfc3339(now),
+                         "expires_at": _rfc3339(now + 900), "livemode": False})
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def _parse_rfc3339(text: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+class _StreamHandler(_StripeHandler):
+    """The meter-events host: POST /v2/billing/meter_event_stream."""
+
+    def _v2_error(self, status: int, type_: str, message: str, code: str | None = None) -> None:
+        err = {"type": type_, "message": message}
+        if code:
+            err["code"] = code
+        self._send(status, {"error": err})
+
+    def do_POST(self) -> None:  # noqa: N802
+        fake = self.fake
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path != "/v2/billing/meter_event_stream":
+            self._v2_error(404, "invalid_request_error", f"Unrecognized request URL (POST: {self.path}).")
+            return
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        with fake.lock:
+            session = fake.tokens.get(token)
+            expired = session is not None and (
+                session["expires"] <= time.time()
+                or (fake.session_calls is not None and session["calls"] >= fake.session_calls))
+            fake.stream_calls += 1
+            fake.calls += 1
+            limited = bool(fake.rate_limit_every and fake.calls % fake.rate_limit_every == 0)
+            failed = bool(fake.fail_every and fake.stream_calls % fake.fail_every == 0) or (
+                fake.fail_after is not None and len(fake.stream_batches) >= fake.fail_after)
+        if session is None:
+            self._v2_error(401, "invalid_request_error", "Invalid authentication token.", "unauthorized")
+            return
+        if expired:
+            fake.expired += 1
+            self._v2_error(401, "temporary_session_expired", "The temporary session token has expired.",
+                           "billing_meter_event_session_expired")
+            return
+        if limited:
+            fake.rate_limited += 1
+            self._v2_error(429, "rate_limit", "Request rate limit exceeded. Please retry with exponential backoff.",
+                           "rate_limit")
+            return
+        if failed:
+            fake.server_errors += 1
+            self._v2_error(500, "api_error", "An unknown error occurred.")
+            return
+        try:
+            events = json.loads(raw)["events"]
+            assert isinstance(events, list) and 1 <= len(events) <= 100
+        except (ValueError, KeyError, TypeError, AssertionError):
+            self._v2_error(400, "invalid_request_error", "events must be a list of 1 to 100 meter events.",
+                           "invalid_fields")
+            return
+        stall = False
+        now = time.time()
+        with fake.lock:
+            session["calls"] += 1
+            fake.stream_batches.append(len(events))
+            for e in events:  # validated after the answer, as Stripe does
+                payload = e.get("payload") or {}
+                value = str(payload.get("value", ""))
+                try:
+                    ts = _parse_rfc3339(e["timestamp"]) if e.get("timestamp") else int(now)
+                except ValueError:
+                    ts = -1
+                if (not e.get("event_name") or not payload.get("stripe_customer_id") or not value.isdigit()
+                        or len(value.lstrip("0")) > 15 or not now - 35 * DAY <= ts <= now + 300):
+                    fake.error_reports.append(e)
+                    continue
+                ident = e.get("identifier") or f"gen_{now}_{fake.stream_calls}"
+                seen = fake.identifiers.get(ident)
+                if seen is not None and seen > now - DAY:
+                    fake.duplicates += 1
+                    continue
+                fake.identifiers[ident] = now
+                fake.events.append({"identifier": ident, "event_name": e["event_name"], "timestamp": ts,
+                                    "customer": payload["stripe_customer_id"], "value": int(value)})
+            if fake.stall_after is not None and len(fake.events) > fake.stall_after:
+                stall = True
+        if stall:
+            fake.release.wait(600)
+            return
+        self._send(200, {})
+
+
 class FakeStripe(_Server):
     def __init__(self, api_key: str = "sk_test_fake_0123456789") -> None:
         self.api_key = api_key
@@ -148,7 +276,24 @@ class FakeStripe(_Server):
         self.rate_limit_every = 0
         self.stall_after: int | None = None
         self.release = threading.Event()
+        # the v2 meter event stream
+        self.sessions = 0
+        self.tokens: dict[str, dict] = {}
+        self.session_calls: int | None = None  # a token expires after this many stream calls
+        self.stream_calls = 0
+        self.stream_batches: list[int] = []  # events per call Stripe took
+        self.expired = 0
+        self.fail_every = 0  # every Nth stream call: 500
+        self.fail_after: int | None = None  # 500 for every stream call once this many were taken
+        self.server_errors = 0
+        self.error_reports: list[dict] = []
         super().__init__(_StripeHandler)
+        self.stream = _StreamServer(self)
+        self.meter_events_url = self.stream.url
+
+    def stop(self) -> None:
+        super().stop()
+        self.stream.stop()
 
     def totals(self, event_name: str = "tallygate_cost_micro_usd") -> dict[str, int]:
         """Sum of accepted values per customer."""
@@ -158,6 +303,28 @@ class FakeStripe(_Server):
                 if e["event_name"] == event_name:
                     out[e["customer"]] = out.get(e["customer"], 0) + e["value"]
         return out
+
+
+class _StreamServer(_Server):
+    """The meter-events host, on its own port, sharing the FakeStripe's state."""
+
+    def __init__(self, stripe: FakeStripe) -> None:
+        self.lock = stripe.lock
+        self.release = stripe.release
+        outer = stripe
+
+        class Handler(_StreamHandler):
+            fake = outer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
 
 
 class _OpenMeterHandler(BaseHTTPRequestHandler):

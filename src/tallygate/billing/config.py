@@ -1,7 +1,9 @@
 """The billing exports' environment variables and options, checked in one place.
 
 STRIPE_API_KEY, STRIPE_API_BASE (default Stripe's own), OPENMETER_URL, OPENMETER_API_KEY
-are the documented names; TALLYGATE_STRIPE_METER_EVENT and TALLYGATE_STRIPE_TOKENS_METER_EVENT
+are the documented names; STRIPE_METER_EVENTS_BASE the v2 stream's host (default Stripe's
+own), TALLYGATE_STRIPE_METER_API which endpoint carries the events (v1 or the v2 stream);
+TALLYGATE_STRIPE_METER_EVENT and TALLYGATE_STRIPE_TOKENS_METER_EVENT
 name the meters, TALLYGATE_OPENMETER_SOURCE / TALLYGATE_OPENMETER_EVENT_TYPE the CloudEvents'
 source and type, TALLYGATE_BILLING_SETTLE how long a ledger row is given to commit.
 """
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
+DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"  # the v2 meter event stream's own host
+METER_APIS = ("v1", "v2")
 DEFAULT_COST_EVENT = "tallygate_cost_micro_usd"
 DEFAULT_SETTLE_SECONDS = 60
 STRIPE_MAX_AGE_DAYS = 35  # Stripe takes meter event timestamps of the past 35 days only
@@ -39,6 +43,8 @@ class StripeConfig:
     api_base: str = DEFAULT_STRIPE_API_BASE
     cost_event: str = DEFAULT_COST_EVENT
     tokens_event: str | None = None  # a second meter of total tokens, when set
+    meter_api: str = "v1"  # v1: POST /v1/billing/meter_events; v2: the meter event stream
+    meter_events_base: str = DEFAULT_METER_EVENTS_BASE
 
 
 @dataclass(frozen=True)
@@ -65,19 +71,30 @@ def _event_name(env: Mapping[str, str], name: str, default: str | None) -> str |
     return value
 
 
+def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
+    base = env.get(name, "").strip().rstrip("/") or default
+    if not base.startswith(("https://", "http://")):
+        raise ExportError(f"{name} must be an http(s) URL")
+    return base
+
+
 def stripe_config(env: Mapping[str, str], need_key: bool = True) -> StripeConfig:
     key = env.get("STRIPE_API_KEY", "").strip()
     if not key and need_key:
         raise ExportError("STRIPE_API_KEY is not set (a Stripe secret or restricted key with meter event write access)")
-    base = env.get("STRIPE_API_BASE", "").strip().rstrip("/") or DEFAULT_STRIPE_API_BASE
-    if not base.startswith(("https://", "http://")):
-        raise ExportError("STRIPE_API_BASE must be an http(s) URL")
+    base = _base_url(env, "STRIPE_API_BASE", DEFAULT_STRIPE_API_BASE)
+    meter_events_base = _base_url(env, "STRIPE_METER_EVENTS_BASE", DEFAULT_METER_EVENTS_BASE)
+    meter_api = env.get("TALLYGATE_STRIPE_METER_API", "").strip().lower() or "v1"
+    if meter_api not in METER_APIS:
+        raise ExportError(
+            "TALLYGATE_STRIPE_METER_API must be v1 (POST /v1/billing/meter_events) or v2 (the meter event stream)"
+        )
     cost = _event_name(env, "TALLYGATE_STRIPE_METER_EVENT", DEFAULT_COST_EVENT)
     assert cost is not None
     tokens = _event_name(env, "TALLYGATE_STRIPE_TOKENS_METER_EVENT", None)
     if tokens == cost:
         raise ExportError("TALLYGATE_STRIPE_TOKENS_METER_EVENT must differ from TALLYGATE_STRIPE_METER_EVENT")
-    return StripeConfig(key or "unset", base, cost, tokens)
+    return StripeConfig(key or "unset", base, cost, tokens, meter_api, meter_events_base)
 
 
 def openmeter_config(env: Mapping[str, str], need_url: bool = True) -> OpenMeterConfig:

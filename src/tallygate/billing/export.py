@@ -25,16 +25,17 @@ def run_export(
     env=None,
     write: Callable[[str], None] = print,
 ) -> int:
-    """Exit status: 0 done (or standing by), 1 an error or an event Stripe refused."""
+    """Exit status: 0 done (or standing by), 1 an error, an event Stripe refused, or one set
+    aside for review (first offered past Stripe's dedupe window)."""
     import psycopg
 
-    from . import openmeter, stripe_export
+    from . import openmeter, stripe_export, stripe_send
 
     env = os.environ if env is None else env
-    stripe_cfg = om_cfg = client = None
+    stripe_cfg = om_cfg = sender = None
     if target == "stripe":
         stripe_cfg = stripe_config(env, need_key=not opts.dry_run)
-        client = None if opts.dry_run else stripe_export.stripe_client(stripe_cfg)
+        sender = None if opts.dry_run else stripe_send.make_sender(stripe_cfg)
     else:
         om_cfg = openmeter_config(env, need_url=not opts.dry_run)
     db: ExportDB | None = None
@@ -47,8 +48,8 @@ def run_export(
                     db = open_export_db(settings)
                 # a standby says so once, not every round
                 if stripe_cfg is not None:
-                    run = stripe_export.export_stripe(db, stripe_cfg, opts, client)
-                    status = 1 if run.sent.failed else 0
+                    run = stripe_export.export_stripe(db, stripe_cfg, opts, sender)
+                    status = 1 if run.sent.failed or run.sent.review else 0
                     if run.led or was_leading is not False:
                         stripe_export.report(run, opts, write)
                     was_leading = run.led
@@ -113,7 +114,8 @@ def start_in_gateway(settings, env) -> threading.Thread | None:
 
 def status_lines(db: ExportDB) -> list[str]:
     """What each export has done and what waits: the cursor, and the outbox's unsent,
-    held (no Stripe customer) and refused events."""
+    held (no Stripe customer), refused and needing review (first offered past Stripe's
+    dedupe window) events."""
     lines = []
     for name, w, since, closed, scanned, updated in db.fetch(
         "SELECT name, window_seconds, since, closed_before, scanned_to, updated_at FROM billing_export_state "
@@ -126,16 +128,21 @@ def status_lines(db: ExportDB) -> list[str]:
             f"updated {t(updated).isoformat() if updated else '-'}"
         )
         p = db.dialect.placeholder
-        (sent, unsent, held, refused), *_ = db.fetch(
+        (sent, unsent, held, refused, review), *_ = db.fetch(
             "SELECT count(sent_at), "
             "sum(CASE WHEN sent_at IS NULL THEN 1 ELSE 0 END), "
             "sum(CASE WHEN sent_at IS NULL AND customer_id IS NULL THEN 1 ELSE 0 END), "
-            "sum(CASE WHEN sent_at IS NULL AND last_error IS NOT NULL THEN 1 ELSE 0 END) "
+            "sum(CASE WHEN sent_at IS NULL AND last_error IS NOT NULL THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN sent_at IS NULL AND needs_review_at IS NOT NULL THEN 1 ELSE 0 END) "
             f"FROM billing_export_outbox WHERE name = {p}",
             (name,),
         )
         lines.append(
             f"  outbox: {sent} sent, {unsent or 0} unsent ({held or 0} held: no Stripe customer, "
             f"{refused or 0} refused by Stripe)"
+        )
+        lines.append(
+            f"  needs review: {review or 0} (first offered to Stripe past its 24-hour dedupe window, not sent "
+            "again; tallygate billing review)"
         )
     return lines or ["no billing export has run yet"]

@@ -1,23 +1,25 @@
 """`tallygate billing export stripe`: closed windows -> outbox -> Stripe meter events.
 
 Order of a run: lead (or stand by), send what an earlier run left unsent (a crash between
-the outbox commit and Stripe's answer: the same identifiers again, which Stripe refuses as
-duplicates when it has them already), then account the windows closed since, a batch of
-windows per transaction, sending each batch's events once it committed.
+the outbox commit and Stripe's answer: the same identifiers again, which Stripe drops as
+duplicates when it has them already, within its 24-hour dedupe window only: older first
+attempts wait for an operator), then account the windows closed since, a batch of windows
+per transaction, sending each batch's events once it committed. stripe_send puts them on
+the wire (v1 per event, or the v2 stream 100 a call).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from ..money import usd_text
-from .config import STRIPE_MAX_AGE_DAYS, ExportError, ExportOptions, StripeConfig
+from .config import STRIPE_MAX_AGE_DAYS, ExportOptions, StripeConfig
 from .db import ExportDB, Rollback
+from .stripe_send import STREAM_BATCH, Marks, OutboxEvent, Sent, Undelivered
 from .windows import (
     Plan,
     candidate_windows,
@@ -31,103 +33,94 @@ from .windows import (
 
 log = logging.getLogger("tallygate.billing")
 
-RATE_LIMIT_RETRIES = 8
-RATE_LIMIT_BACKOFF = 0.5  # seconds, doubled per retry, at most 30
+# Stripe drops a repeated identifier within "a rolling period of at least 24 hours"; an
+# event first offered to Stripe longer ago than RESEND_WITHIN is set aside for an operator
+# instead of being sent again (an hour's margin for clocks and a call in flight).
+DEDUPE_WINDOW = timedelta(hours=24)
+RESEND_WITHIN = DEDUPE_WINDOW - timedelta(hours=1)
 
 
-@dataclass
-class Sent:
-    sent: int = 0
-    duplicates: int = 0  # Stripe had the identifier already: delivered by an earlier attempt
-    rate_limited: int = 0  # 429 answers waited out
-    held: dict[str, int] = field(default_factory=dict)  # tenant without a Stripe customer -> events held
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (identifier, Stripe's message)
+class _OutboxMarks(Marks):
+    def __init__(self, db: ExportDB) -> None:
+        self.db = db
+
+    def delivered(self, identifiers: list[str]) -> None:
+        p, tp = self.db.dialect.placeholder, self.db.dialect.time_param
+        at = tp(datetime.now(UTC))
+        self.db.executemany(
+            f"UPDATE billing_export_outbox SET sent_at = {p}, attempts = attempts + 1 WHERE identifier = {p}",
+            [(at, ident) for ident in identifiers],
+        )
+
+    def refused(self, identifier: str, message: str) -> None:
+        # a refusal is Stripe's answer that it does not have the event: resending it later
+        # cannot count it twice, so its first attempt is forgotten
+        p = self.db.dialect.placeholder
+        self.db.execute(
+            f"UPDATE billing_export_outbox SET attempts = attempts + 1, last_error = {p}, first_attempt_at = NULL "
+            f"WHERE identifier = {p}",
+            (message, identifier),
+        )
 
 
-def stripe_client(cfg: StripeConfig):
-    import stripe
-
-    # the SDK retries connection errors and 5xx itself (with an idempotency key); 429s are ours
-    return stripe.StripeClient(cfg.api_key, base_addresses={"api": cfg.api_base}, max_network_retries=2)
-
-
-def _is_duplicate(exc) -> bool:
-    message = (getattr(exc, "user_message", None) or str(exc) or "").lower()
-    code = getattr(exc, "code", None)
-    return code == "duplicate_meter_event" or ("already exists" in message and "identifier" in message)
-
-
-def send_unsent(
-    db: ExportDB, name: str, client, now: datetime, sent: Sent, sleep: Callable[[float], None] = time.sleep
-) -> None:
-    """Every unsent outbox row of the export, oldest window first; each marked sent at once."""
-    import stripe
-
+def send_unsent(db: ExportDB, name: str, sender, sent: Sent) -> None:
+    """Every unsent outbox row of the export, oldest window first, in calls of up to 100:
+    each call's events are stamped with their first attempt before it (committed), and
+    marked sent once Stripe took them. An event first offered more than RESEND_WITHIN ago
+    is not sent again: it is marked for review (`tallygate billing review`)."""
     p, tp = db.dialect.placeholder, db.dialect.time_param
+    now = db.now()
     customers = {r[0]: r[1] for r in db.fetch("SELECT tenant_id, stripe_customer_id FROM tallygate_tenants")}
     rows = db.fetch(
-        "SELECT identifier, tenant_id, window_start, event_name, value, customer_id FROM billing_export_outbox "
-        f"WHERE name = {p} AND sent_at IS NULL ORDER BY window_start, identifier",
+        "SELECT identifier, tenant_id, window_start, event_name, value, customer_id, first_attempt_at "
+        f"FROM billing_export_outbox WHERE name = {p} AND sent_at IS NULL AND needs_review_at IS NULL "
+        "ORDER BY window_start, identifier",
         (name,),
     )
     oldest = int((now - timedelta(days=STRIPE_MAX_AGE_DAYS) + timedelta(hours=1)).timestamp())
-    for ident, tenant, start, event_name, value, customer in rows:
+    ready: list[OutboxEvent] = []
+    for ident, tenant, start, event_name, value, customer, first in rows:
         if customer is None:
             customer = customers.get(tenant)
             if customer is None:
                 sent.held[tenant] = sent.held.get(tenant, 0) + 1
                 continue
             db.execute(f"UPDATE billing_export_outbox SET customer_id = {p} WHERE identifier = {p}", (customer, ident))
+        if first is not None and now - db.time(first) >= RESEND_WITHIN:
+            db.execute(
+                f"UPDATE billing_export_outbox SET needs_review_at = {p} WHERE identifier = {p}", (tp(now), ident)
+            )
+            sent.review.append(ident)
+            log.warning(
+                "meter event %s (tenant %s) needs review: first offered to Stripe at %s, past Stripe's 24-hour "
+                "dedupe window; not sent again (tallygate billing review)",
+                ident,
+                tenant,
+                db.time(first).isoformat(),
+            )
+            continue
         # the window's start, or the oldest time Stripe takes for a window held past 35 days
         timestamp = max(int(db.time(start).timestamp()), oldest)
-        params = {
-            "event_name": event_name,
-            "identifier": ident,
-            "timestamp": timestamp,
-            "payload": {"stripe_customer_id": customer, "value": str(int(value))},
-        }
-        delay, delivered = RATE_LIMIT_BACKOFF, False
-        for attempt in range(RATE_LIMIT_RETRIES + 1):
-            try:
-                client.v1.billing.meter_events.create(params=params)
-                sent.sent += 1
-                delivered = True
-                break
-            except stripe.RateLimitError:
-                if attempt == RATE_LIMIT_RETRIES:
-                    raise ExportError(
-                        f"Stripe kept answering 429 (rate limited) after {RATE_LIMIT_RETRIES} retries; "
-                        "the events not sent stay in the outbox for the next run"
-                    ) from None
-                sent.rate_limited += 1
-                sleep(delay)
-                delay = min(delay * 2, 30.0)
-            except stripe.InvalidRequestError as exc:
-                if _is_duplicate(exc):
-                    sent.duplicates += 1
-                    delivered = True
-                    break
-                message = (exc.user_message or str(exc))[:500]
-                db.execute(
-                    f"UPDATE billing_export_outbox SET attempts = attempts + 1, last_error = {p} WHERE identifier = {p}",
-                    (message, ident),
-                )
-                sent.failed.append((ident, message))
-                log.error("Stripe refused meter event %s: %s", ident, message)
-                break
-            except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-                raise ExportError(f"Stripe refused the API key (STRIPE_API_KEY): {exc.user_message or exc}") from None
-            except stripe.StripeError as exc:  # connection errors and 5xx the SDK's retries did not overcome
-                raise ExportError(
-                    f"Stripe is not reachable ({type(exc).__name__}: {exc.user_message or exc}); "
-                    "the events not sent stay in the outbox for the next run"
-                ) from None
-        if not delivered:
-            continue
-        db.execute(
-            f"UPDATE billing_export_outbox SET sent_at = {p}, attempts = attempts + 1 WHERE identifier = {p}",
-            (tp(datetime.now(UTC)), ident),
+        ready.append(OutboxEvent(ident, event_name, timestamp, customer, int(value), first is None))
+    marks = _OutboxMarks(db)
+    for i in range(0, len(ready), STREAM_BATCH):
+        chunk = ready[i : i + STREAM_BATCH]
+        fresh = [e.identifier for e in chunk if e.fresh]
+        db.executemany(
+            f"UPDATE billing_export_outbox SET first_attempt_at = {p} WHERE identifier = {p}",
+            [(tp(now), ident) for ident in fresh],
         )
+        try:
+            sender.send(chunk, marks, sent)
+        except Undelivered as exc:
+            # what Stripe certainly does not have (offered in no call, or refused whole) keeps
+            # no first attempt from this run: its resend window starts when it is really sent
+            forget = set(exc.not_landed) & set(fresh) | {e.identifier for e in ready[i + STREAM_BATCH :] if e.fresh}
+            db.executemany(
+                f"UPDATE billing_export_outbox SET first_attempt_at = NULL WHERE identifier = {p} AND sent_at IS NULL",
+                [(ident,) for ident in sorted(forget)],
+            )
+            raise
 
 
 @dataclass
@@ -137,17 +130,18 @@ class StripeRun:
     sent: Sent = field(default_factory=Sent)
     closed_before: datetime | None = None
     resumed: bool = False  # the export had a cursor: --since did not apply
+    api: str = "v1"  # the meter event endpoint used (TALLYGATE_STRIPE_METER_API)
 
 
-def export_stripe(db: ExportDB, cfg: StripeConfig, opts: ExportOptions, client=None, name: str = "stripe") -> StripeRun:
+def export_stripe(db: ExportDB, cfg: StripeConfig, opts: ExportOptions, sender=None, name: str = "stripe") -> StripeRun:
     """One run. With opts.dry_run everything is planned in a transaction rolled back and
-    nothing is sent (`client` is not needed)."""
-    run = StripeRun()
+    nothing is sent (`sender`, stripe_send.make_sender's, is not needed)."""
+    run = StripeRun(api=cfg.meter_api)
     if not db.try_lead(name):
         run.led = False
         return run
     if not opts.dry_run:
-        send_unsent(db, name, client, db.now(), run.sent)
+        send_unsent(db, name, sender, run.sent)
     try:
         with db.transaction():
             now = db.now()
@@ -175,7 +169,7 @@ def export_stripe(db: ExportDB, cfg: StripeConfig, opts: ExportOptions, client=N
                 state.scanned_to = horizon
                 save_state(db, name, state, now)
                 save_cursor(db, name, exported_before(db, state.closed_before, horizon), now)
-        send_unsent(db, name, client, now, run.sent)
+        send_unsent(db, name, sender, run.sent)
     run.closed_before = state.closed_before
     return run
 
@@ -200,7 +194,22 @@ def report(run: StripeRun, opts: ExportOptions, write: Callable[[str], None] = p
             write(f"  {e.identifier}  {e.event_name}={e.value}  customer={e.customer_id or '-'}{held}")
         return
     s = run.sent
-    write(f"sent {s.sent}, already at Stripe {s.duplicates}, 429s waited out {s.rate_limited}")
+    if run.api == "v2":
+        write(
+            f"sent {s.sent} in {s.calls} meter event stream call(s) ({s.sessions} session(s)), "
+            f"429s waited out {s.rate_limited}, 5xx retried {s.server_errors}"
+        )
+    else:
+        write(
+            f"sent {s.sent}, already at Stripe {s.duplicates}, 429s waited out {s.rate_limited}, "
+            f"5xx retried {s.server_errors}"
+        )
+    if s.review:
+        write(
+            f"needs review: {len(s.review)} event(s) first offered to Stripe more than "
+            f"{int(RESEND_WITHIN.total_seconds() // 3600)}h ago, past Stripe's 24-hour dedupe window: not sent "
+            "again, as Stripe could count them twice (tallygate billing review)"
+        )
     for tenant, count in sorted(s.held.items()):
         write(
             f"held: tenant {tenant!r} has no Stripe customer: {count} event(s) wait in the outbox "

@@ -1,4 +1,4 @@
-"""`tallygate billing export stripe|openmeter`, `billing status` and `billing set-customer`."""
+"""`tallygate billing export stripe|openmeter`, `billing status`, `billing review` and `billing set-customer`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,15 @@ def add_arguments(parser) -> None:
         help="how old a ledger row must be to count (default $TALLYGATE_BILLING_SETTLE or 60s)",
     )
     e.add_argument("--batch", type=int, default=500, help="windows per transaction / OpenMeter events per request")
-    sub.add_parser("status", help="each export's cursor and its outbox (unsent, held, refused events)")
+    sub.add_parser("status", help="each export's cursor and its outbox (unsent, held, refused, needing review)")
+    r = sub.add_parser(
+        "review",
+        help="events first offered to Stripe past its 24-hour dedupe window: list them, or decide (--resend / --sent)",
+    )
+    how = r.add_mutually_exclusive_group()
+    how.add_argument("--resend", action="store_true", help="Stripe does not have them: send them on the next run")
+    how.add_argument("--sent", action="store_true", help="Stripe has them: mark them sent, never send them again")
+    r.add_argument("identifiers", nargs="*", metavar="IDENTIFIER", help="outbox identifiers (with --resend/--sent)")
     c = sub.add_parser("set-customer", help="map a tenant to its Stripe customer (or --clear)")
     c.add_argument("tenant_id")
     c.add_argument("customer_id", nargs="?", help="cus_...")
@@ -36,6 +44,8 @@ async def billing_command(args) -> int:
         return await _set_customer(args)
     if args.billing_command == "status":
         return await _status()
+    if args.billing_command == "review":
+        return await _review(args)
     import os
 
     from ..billing.config import ExportError, ExportOptions, duration_seconds, settle_seconds
@@ -79,6 +89,46 @@ async def _status() -> int:
 
     sys.stdout.write("\n".join(await asyncio.to_thread(read)) + "\n")
     return 0
+
+
+async def _review(args) -> int:
+    from ..billing.db import open_export_db
+    from ..billing.review import decide, needing_review
+
+    deciding = args.resend or args.sent
+    if deciding != bool(args.identifiers):
+        raise CommandError("give --resend or --sent with the outbox identifiers (or neither, to list them)")
+    store = await open_ledger()
+    await store.close()
+
+    def run() -> tuple[int, list[str]]:
+        db = open_export_db(settings_module.load())
+        try:
+            if deciding:
+                done = decide(db, args.identifiers, resend=args.resend)
+                missing = [i for i in args.identifiers if i not in done]
+                verb = "will be sent by the next run" if args.resend else "marked sent"
+                lines = [f"{i}: {verb}" for i in done] + [f"{i}: not waiting for review" for i in missing]
+                return (1 if missing else 0), lines
+            held = needing_review(db)
+            lines = [
+                f"{h.identifier}  export {h.export}  tenant {h.tenant_id}  window {h.window_start.isoformat()}  "
+                f"{h.event_name}={h.value}  customer {h.customer_id or '-'}  first offered "
+                f"{h.first_attempt_at.isoformat() if h.first_attempt_at else '-'}  attempts {h.attempts}"
+                for h in held
+            ]
+            if held:
+                lines.append(
+                    "check each in Stripe (the customer's meter event summaries for the window), then: "
+                    "tallygate billing review --resend ID... (Stripe does not have it) or --sent ID... (it does)"
+                )
+            return 0, lines or ["no event needs review"]
+        finally:
+            db.close()
+
+    status, lines = await asyncio.to_thread(run)
+    sys.stdout.write("\n".join(lines) + "\n")
+    return status
 
 
 async def _set_customer(args) -> int:
