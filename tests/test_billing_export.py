@@ -202,25 +202,27 @@ def test_v2_stream_batches_renews_expired_sessions_and_waits_out_429s(export_db,
 
 
 def test_v2_partial_failure_keeps_the_rest_for_the_next_run(export_db, stripe_fake):
-    """The first stream call is taken, then Stripe answers 500 to every call: the run stops
+    """The first stream call (100 events) is taken, then Stripe answers 500 to every call: the run stops
     (exit 1) with the first call's events marked sent and the rest unsent; the next run sends
     the rest, each event once."""
-    tenants = [f"v2p{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(120)]
-    customers = {t: f"cus_v2p{i:03d}abcde" for i, t in enumerate(tenants)}
+    tenants = [f"v2p{i:02d}-{uuid.uuid4().hex[:4]}" for i in range(21)]
+    customers = {t: f"cus_v2p{i:02d}abcdef" for i, t in enumerate(tenants)}
     set_customers(export_db, customers)
-    insert_rows(export_db, [(t, hours_ago(2) + timedelta(seconds=i), "0.25") for i, t in enumerate(tenants)])
+    insert_rows(export_db, [(t, hours_ago(h) + timedelta(seconds=i), "0.05")
+                            for i, t in enumerate(tenants) for h in range(2, 7)])  # 105 events
     stripe_fake.fail_after = 1
-    status, out = export(export_db, "stripe", "--since", "3h", "--settle", "1s", fake=stripe_fake,
+    status, out = export(export_db, "stripe", "--since", "8h", "--settle", "1s", fake=stripe_fake,
                          TALLYGATE_STRIPE_METER_API="v2")
     assert status == 1 and "Stripe is not reachable" in out and "stay in the outbox" in out, out
     rows = outbox(export_db)
-    assert sum(r["sent_at"] is not None for r in rows) == 100 and len(rows) == 120
+    assert sum(r["sent_at"] is not None for r in rows) == 100 and len(rows) == 105
     # the refused call may have landed (a 500): its events keep their first attempt
     assert all(r["first_attempt_at"] is not None for r in rows)
     stripe_fake.fail_after = None
     status, out = export(export_db, "stripe", "--settle", "1s", fake=stripe_fake, TALLYGATE_STRIPE_METER_API="v2")
     assert status == 0, out
     assert stripe_fake.totals() == {c: 250000 for c in customers.values()} and stripe_fake.duplicates == 0
+    assert len(stripe_fake.events) == 105
 
 
 def test_a_resend_past_the_dedupe_window_waits_for_an_operator(export_db, stripe_fake):
