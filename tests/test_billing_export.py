@@ -350,6 +350,14 @@ def test_micro_usd_and_identifiers():
     assert identifier("99aa88bb", "stripe", "tallygate_cost_micro_usd", "acme", start, 2) != short
 
 
+def test_session_expiry_and_stream_timestamps():
+    from tallygate.billing.stripe_send import _rfc3339, session_expiry
+
+    at = datetime(2024, 6, 1, 12, 15, tzinfo=UTC)
+    assert session_expiry("2024-06-01T12:15:00.000Z") == at == session_expiry(int(at.timestamp()))
+    assert _rfc3339(int(at.timestamp())) == "2024-06-01T12:15:00.000Z"
+
+
 def test_dry_run_sends_and_saves_nothing(export_db, stripe_fake):
     tenant = f"dry-{uuid.uuid4().hex[:6]}"
     set_customers(export_db, {tenant: "cus_dry000001"})

@@ -175,6 +175,15 @@ class V1Sender:
             marks.delivered([e.identifier])
 
 
+def session_expiry(value) -> datetime:
+    """A session's `expires_at`: RFC 3339 text (API v2), or unix seconds (earlier previews)."""
+    text = str(value).strip()
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text), UTC)
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 def _rfc3339(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -206,8 +215,7 @@ class V2Sender:
         except _MaybeLanded as exc:  # a session holds no usage: nothing can have landed
             raise Undelivered(f"{exc}; the events not sent stay in the outbox for the next run") from None
         self.token = session["authentication_token"]  # type: ignore[index]
-        expires = str(session["expires_at"])  # type: ignore[index]
-        self.expires_at = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        self.expires_at = session_expiry(session["expires_at"])  # type: ignore[index]
         sent.sessions += 1
         return self.token
 
