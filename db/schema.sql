@@ -378,3 +378,13 @@ CREATE INDEX IF NOT EXISTS tallygate_object_owners_tenant ON tallygate_object_ow
 
 INSERT INTO tallygate_schema_migrations (version, name) VALUES (7, 'object_owners')
     ON CONFLICT (version) DO NOTHING;
+
+-- 0010: when an outbox event was first offered to Stripe, and when it was set aside for an
+-- operator. Stripe drops a repeated meter event identifier only within a rolling 24 hours,
+-- so an event first offered longer ago than that is never sent again on its own
+-- (docs/billing.md, "Resending after Stripe's dedupe window").
+ALTER TABLE billing_export_outbox ADD COLUMN IF NOT EXISTS first_attempt_at timestamptz;
+ALTER TABLE billing_export_outbox ADD COLUMN IF NOT EXISTS needs_review_at timestamptz;
+
+INSERT INTO tallygate_schema_migrations (version, name) VALUES (10, 'billing_outbox_review')
+    ON CONFLICT (version) DO NOTHING;
