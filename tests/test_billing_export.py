@@ -588,3 +588,49 @@ def test_export_loop_inside_two_gateways(gateway, export_db, stripe_fake):
 def test_bad_export_setting_stops_gateway_start(gateway, export_db):
     with pytest.raises(RuntimeError, match="STRIPE_API_KEY is not set"):  # the gateway exits at start-up
         gateway(**export_db, TALLYGATE_BILLING_EXPORT="stripe")
+
+
+def test_sqlite_ledger_v2_stream_and_review(gateway, tmp_path, stripe_fake):
+    """The v2 stream and the dedupe-window rule on the SQLite ledger: every stream call
+    answered 500 (the events may have landed), their first attempt set back 25 hours, the
+    next run sets them aside; `billing review --resend` and the run after send each once,
+    exactly the ledger's micro-USD per tenant."""
+    from tallygate.store.dialect import SQLITE
+
+    path = tmp_path / "ledger.db"
+    db = {"TALLYGATE_SQLITE_PATH": str(path)}
+    gw = gateway(**db)
+    tenants = (f"sv1-{uuid.uuid4().hex[:6]}", f"sv2-{uuid.uuid4().hex[:6]}")
+    send_mixed(gw, 12, tenants)
+    gw.stop()
+    set_customers(db, {tenants[0]: "cus_sqlitev201", tenants[1]: "cus_sqlitev202"})
+    threading.Event().wait(2.1)
+    v2 = {"TALLYGATE_STRIPE_METER_API": "v2"}
+    stripe_fake.fail_after = 0  # every stream call: 500
+    status, out = export(db, "stripe", "--window", "1s", "--settle", "1s", "--since", "1h", fake=stripe_fake, **v2)
+    assert status == 1 and "Stripe is not reachable" in out, out
+    conn = sqlite3.connect(path)
+    with conn:
+        firsts = [r[0] for r in conn.execute("SELECT first_attempt_at FROM billing_export_outbox")]
+        assert firsts and all(firsts), firsts
+        conn.execute("UPDATE billing_export_outbox SET first_attempt_at = ?",
+                     (SQLITE.time_param(datetime.now(UTC) - timedelta(hours=25)),))
+    stripe_fake.fail_after = None
+    status, out = export(db, "stripe", "--window", "1s", "--settle", "1s", fake=stripe_fake, **v2)
+    assert status == 1 and f"needs review: {len(firsts)} event(s)" in out and stripe_fake.events == [], out
+    idents = [r[0] for r in conn.execute("SELECT identifier FROM billing_export_outbox WHERE needs_review_at IS NOT NULL")]
+    assert len(idents) == len(firsts)
+    done = subprocess.run([sys.executable, "-m", "tallygate", "billing", "review", "--resend", *idents],
+                          env=_env(db), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status, out = export(db, "stripe", "--window", "1s", "--settle", "1s", fake=stripe_fake, **v2)
+    assert status == 0, out
+    sums: dict[str, Decimal] = {}
+    for tenant, cost in conn.execute("SELECT tenant_id, cost_usd FROM litellm_usage"):
+        sums[tenant] = sums.get(tenant, Decimal(0)) + Decimal(cost)
+    assert conn.execute("SELECT count(*) FROM billing_export_outbox WHERE sent_at IS NULL").fetchone()[0] == 0
+    conn.close()
+    expected = {f"cus_sqlitev20{i + 1}": int((sums[t] * 1_000_000).to_integral_value(rounding=ROUND_FLOOR))
+                for i, t in enumerate(tenants)}
+    assert stripe_fake.totals() == expected and all(expected.values())
+    assert len(stripe_fake.events) == len(firsts) and stripe_fake.duplicates == 0
