@@ -634,3 +634,38 @@ def test_sqlite_ledger_v2_stream_and_review(gateway, tmp_path, stripe_fake):
                 for i, t in enumerate(tenants)}
     assert stripe_fake.totals() == expected and all(expected.values())
     assert len(stripe_fake.events) == len(firsts) and stripe_fake.duplicates == 0
+
+
+def test_first_attempts_kept_only_for_what_stripe_may_have(tmp_path):
+    """The outbox's first-attempt times on the SQLite ledger, with a sender that refuses one
+    event, takes one, then stops the run on one that may have landed: a refusal and events
+    never offered keep no first attempt; the one in flight keeps it."""
+    from tallygate.billing.db import SqliteExportDB
+    from tallygate.billing.stripe_export import send_unsent
+    from tallygate.billing.stripe_send import Sent, Undelivered
+
+    path = tmp_path / "ledger.db"
+    done = subprocess.run([sys.executable, "-m", "tallygate", "db", "init"], capture_output=True, text=True,
+                          env=_env({"TALLYGATE_SQLITE_PATH": str(path)}), timeout=60)
+    assert done.returncode == 0, done.stderr
+    db = SqliteExportDB(str(path))
+    start = hours_ago(2)
+    db.executemany(
+        "INSERT INTO billing_export_outbox (identifier, name, tenant_id, window_start, seq, event_name, value, "
+        "customer_id, created_at) VALUES (?, 'stripe', 't', ?, 0, 'tallygate_cost_micro_usd', 5, 'cus_t', ?)",
+        [(f"id{i}", db.dialect.time_param(start), db.dialect.time_param(start)) for i in range(5)],
+    )
+
+    class Sender:
+        def send(self, chunk, marks, sent):
+            marks.refused(chunk[0].identifier, "No such customer: 'cus_t'")
+            marks.delivered([chunk[1].identifier])
+            raise Undelivered("Stripe is not reachable", [e.identifier for e in chunk[3:]])  # chunk[2] in flight
+
+    with pytest.raises(Undelivered):
+        send_unsent(db, "stripe", Sender(), Sent())
+    rows = {r[0]: r[1:] for r in db.fetch(
+        "SELECT identifier, first_attempt_at IS NOT NULL, sent_at IS NOT NULL, last_error FROM billing_export_outbox")}
+    db.close()
+    assert rows == {"id0": (0, 0, "No such customer: 'cus_t'"), "id1": (1, 1, None), "id2": (1, 0, None),
+                    "id3": (0, 0, None), "id4": (0, 0, None)}
