@@ -637,9 +637,10 @@ def test_sqlite_ledger_v2_stream_and_review(gateway, tmp_path, stripe_fake):
 
 
 def test_first_attempts_kept_only_for_what_stripe_may_have(tmp_path):
-    """The outbox's first-attempt times on the SQLite ledger, with a sender that refuses one
-    event, takes one, then stops the run on one that may have landed: a refusal and events
-    never offered keep no first attempt; the one in flight keeps it."""
+    """The outbox's first-attempt times on the SQLite ledger, with a sender that refuses two
+    events, takes one, then stops the run on one that may have landed: a refusal and events
+    not taken keep no first attempt from this run; the one in flight keeps it, and so does
+    one an earlier run offered (that attempt may have landed)."""
     from tallygate.billing.db import SqliteExportDB
     from tallygate.billing.stripe_export import send_unsent
     from tallygate.billing.stripe_send import Sent, Undelivered
@@ -653,14 +654,18 @@ def test_first_attempts_kept_only_for_what_stripe_may_have(tmp_path):
     db.executemany(
         "INSERT INTO billing_export_outbox (identifier, name, tenant_id, window_start, seq, event_name, value, "
         "customer_id, created_at) VALUES (?, 'stripe', 't', ?, 0, 'tallygate_cost_micro_usd', 5, 'cus_t', ?)",
-        [(f"id{i}", db.dialect.time_param(start), db.dialect.time_param(start)) for i in range(5)],
+        [(f"id{i}", db.dialect.time_param(start), db.dialect.time_param(start)) for i in range(6)],
     )
+    earlier = db.dialect.time_param(datetime.now(UTC) - HOUR)  # id5: offered by an earlier run, maybe landed
+    db.execute("UPDATE billing_export_outbox SET first_attempt_at = ? WHERE identifier = 'id5'", (earlier,))
 
     class Sender:
         def send(self, chunk, marks, sent):
-            marks.refused(chunk[0].identifier, "No such customer: 'cus_t'")
-            marks.delivered([chunk[1].identifier])
-            raise Undelivered("Stripe is not reachable", [e.identifier for e in chunk[3:]])  # chunk[2] in flight
+            assert [(e.identifier, e.fresh) for e in chunk] == [(f"id{i}", i < 5) for i in range(6)]
+            marks.refused("id0", "No such customer: 'cus_t'")
+            marks.refused("id5", "No such customer: 'cus_t'")  # says nothing of the earlier run's attempt
+            marks.delivered(["id1"])
+            raise Undelivered("Stripe is not reachable", ["id3", "id4", "id5"])  # id2 was in flight
 
     with pytest.raises(Undelivered):
         send_unsent(db, "stripe", Sender(), Sent())
@@ -668,4 +673,4 @@ def test_first_attempts_kept_only_for_what_stripe_may_have(tmp_path):
         "SELECT identifier, first_attempt_at IS NOT NULL, sent_at IS NOT NULL, last_error FROM billing_export_outbox")}
     db.close()
     assert rows == {"id0": (0, 0, "No such customer: 'cus_t'"), "id1": (1, 1, None), "id2": (1, 0, None),
-                    "id3": (0, 0, None), "id4": (0, 0, None)}
+                    "id3": (0, 0, None), "id4": (0, 0, None), "id5": (1, 0, "No such customer: 'cus_t'")}

@@ -43,6 +43,7 @@ RESEND_WITHIN = DEDUPE_WINDOW - timedelta(hours=1)
 class _OutboxMarks(Marks):
     def __init__(self, db: ExportDB) -> None:
         self.db = db
+        self.fresh: set[str] = set()  # first offered in this run: a refusal now says all there is
 
     def delivered(self, identifiers: list[str]) -> None:
         p, tp = self.db.dialect.placeholder, self.db.dialect.time_param
@@ -53,12 +54,13 @@ class _OutboxMarks(Marks):
         )
 
     def refused(self, identifier: str, message: str) -> None:
-        # a refusal is Stripe's answer that it does not have the event: resending it later
-        # cannot count it twice, so its first attempt is forgotten
+        # a refusal is Stripe's answer that this call was not taken; when no earlier run
+        # offered the event, Stripe does not have it and its first attempt is forgotten (an
+        # earlier attempt that may have landed keeps its time)
         p = self.db.dialect.placeholder
+        forget = ", first_attempt_at = NULL" if identifier in self.fresh else ""
         self.db.execute(
-            f"UPDATE billing_export_outbox SET attempts = attempts + 1, last_error = {p}, first_attempt_at = NULL "
-            f"WHERE identifier = {p}",
+            f"UPDATE billing_export_outbox SET attempts = attempts + 1, last_error = {p}{forget} WHERE identifier = {p}",
             (message, identifier),
         )
 
@@ -106,6 +108,7 @@ def send_unsent(db: ExportDB, name: str, sender, sent: Sent) -> None:
     for i in range(0, len(ready), STREAM_BATCH):
         chunk = ready[i : i + STREAM_BATCH]
         fresh = [e.identifier for e in chunk if e.fresh]
+        marks.fresh = set(fresh)
         db.executemany(
             f"UPDATE billing_export_outbox SET first_attempt_at = {p} WHERE identifier = {p}",
             [(tp(now), ident) for ident in fresh],
