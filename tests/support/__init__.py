@@ -9,7 +9,7 @@
 - tenants.py    new_key, chat (with a tenant key), unique tenant ids     (import from the module)
 - ledger.py     ledger rows (Postgres, SQLite), send_mixed, assert_rows_match_logs   (idem)
 - fake_usage_api.py  FakeUsageApi: OpenAI's Usage/Costs and Anthropic's usage/cost reports (idem)
-- fake_billing.py  FakeStripe (meter events), FakeOpenMeter (CloudEvents ingest), in-process  (idem)
+- fake_billing.py  FakeStripe (v1 meter events, the v2 meter event stream on a second host), FakeOpenMeter (CloudEvents ingest), in-process  (idem)
 
 The fixtures (gateway, fake_upstream, postgres_env, private_postgres) are in tests/conftest.py.
 """

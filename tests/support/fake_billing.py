@@ -43,9 +43,11 @@ DAY = 86400
 
 
 class _Server:
-    def __init__(self, handler_cls) -> None:
-        self.lock = threading.Lock()
-        outer = self
+    def __init__(self, handler_cls, state: _Server | None = None) -> None:
+        """`state`: the fake whose counters the handler keeps (another server's, for a
+        second host of the same service)."""
+        self.lock = state.lock if state is not None else threading.Lock()
+        outer = state if state is not None else self
 
         class Handler(handler_cls):
             fake = outer
@@ -309,22 +311,8 @@ class _StreamServer(_Server):
     """The meter-events host, on its own port, sharing the FakeStripe's state."""
 
     def __init__(self, stripe: FakeStripe) -> None:
-        self.lock = stripe.lock
         self.release = stripe.release
-        outer = stripe
-
-        class Handler(_StreamHandler):
-            fake = outer
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(_StreamHandler, stripe)
 
 
 class _OpenMeterHandler(BaseHTTPRequestHandler):
