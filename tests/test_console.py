@@ -5,22 +5,27 @@ Screenshots of every page go to tests/.artifacts/console/ (not committed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import openai
+import psycopg
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from support import MASTER, ROOT, TOKEN, GatewayProcess, base_env, request, wait_until
-from support.ledger import MESSAGES, pg_rows, send_mixed
+from support.fake_usage_api import FakeUsageApi
+from support.ledger import MESSAGES, conninfo, pg_rows, send_mixed
 from support.tenants import new_key, unique
 
 ARTIFACTS = ROOT / "tests" / ".artifacts" / "console"
@@ -31,7 +36,8 @@ SEEDED = 24  # send_mixed requests, plus one with XSS_MODEL
 @pytest.fixture(scope="module")
 def console_gw(fake_upstream, postgres_env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("console")
-    env = base_env(fake_upstream.base_url, tmp, TALLYGATE_KEYS_REFRESH="0.5", **postgres_env)
+    env = base_env(fake_upstream.base_url, tmp, TALLYGATE_KEYS_REFRESH="0.5",
+                   TALLYGATE_RECONCILE_DIR=str(tmp / "reconcile"), **postgres_env)
     gw = GatewayProcess(env, tmp / "gateway.log")
     yield gw
     gw.stop()
@@ -64,7 +70,12 @@ def browser():
     driver.quit()
 
 
-def wait_for(driver, css: str, timeout: float = 15.0):
+# generous: the condition is polled (every 0.5 s), so a fast machine does not wait for it; a
+# loaded one (a cold Chromium, a 30-day overview on a busy Postgres) may take this long
+PAGE_TIMEOUT = 60.0
+
+
+def wait_for(driver, css: str, timeout: float = PAGE_TIMEOUT):
     return WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))[0]
 
 
@@ -97,6 +108,11 @@ def money(text: str) -> Decimal:
 
 def count(text: str) -> int:
     return int(text.replace(",", ""))
+
+
+def shown_since(driver) -> str:
+    """The start of the period the overview on screen covers (its query's own, to the microsecond)."""
+    return wait_for(driver, "#range-span").get_attribute("data-start")
 
 
 def cli_usage(gw, postgres_env, *args: str) -> list[list[str]]:
@@ -136,7 +152,8 @@ def test_overview_chart_and_table_show_the_totals_tallygate_usage_prints(console
     sign_in(browser, console_gw, MASTER)
     open_page(browser, console_gw, "/ui?range=24h", "#chart-requests canvas")
     wait_for(browser, "#by-tenant tfoot")
-    cli = cli_usage(console_gw, postgres_env, "--since", "24h", "--by", "tenant")
+    # the CLI over the very period the page shows: "24h" read a few seconds apart are two periods
+    cli = cli_usage(console_gw, postgres_env, "--since", shown_since(browser), "--by", "tenant")
     header, total = cli[0], cli[-1]
     assert total[0] == "TOTAL"
     cli_total = dict(zip(header, total, strict=True))
@@ -166,25 +183,54 @@ def test_overview_chart_and_table_show_the_totals_tallygate_usage_prints(console
     shot(browser, "overview")
     # a phone's screen (a headless window cannot be narrower than 500 px: emulated): the page
     # is as wide as the screen, only the tables scroll sideways, inside their frames
-    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
-    try:
+    with phone_screen(browser):
         browser.refresh()
         wait_for(browser, "#chart-requests canvas")
-        wide = browser.execute_script(
-            "const w = document.documentElement.clientWidth;"
-            "return [w, document.documentElement.scrollWidth, [...document.querySelectorAll('main *')]"
-            ".filter(e => !e.closest('.table-wrap') && e.getBoundingClientRect().right > w + 1).map(e => e.tagName)]")
-        assert wide[0] == 390 and wide[1] == 390 and wide[2] == [], wide
+        assert_fits_the_phone(browser)
         shot(browser, "overview-phone")
-    finally:
-        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-    # the range picker: 30 days by day, the same totals
+    # the range picker: 30 days by day, the totals the CLI prints for those 30 days
     browser.find_element(By.LINK_TEXT, "30d").click()
     wait_for(browser, "a.range.current[href='/ui?range=30d']")
     wait_for(browser, "#chart-requests canvas")
-    assert count(row_cells(browser, "#by-tenant tfoot")["requests"]) == int(cli_total["requests"])
+    month = cli_usage(console_gw, postgres_env, "--since", shown_since(browser), "--by", "tenant")
+    month_total = dict(zip(month[0], month[-1], strict=True))
+    page_month = row_cells(browser, "#by-tenant tfoot")
+    assert count(page_month["requests"]) == int(month_total["requests"]) >= int(cli_total["requests"])
+    assert money(page_month["cost_usd"]) == Decimal(month_total["cost_usd"])
     assert csp_violations(browser) == []
+
+
+PHONE_WIDTH = 390
+
+
+@contextlib.contextmanager
+def phone_screen(driver):
+    """A phone's screen, 390 x 844 CSS pixels (a headless window cannot be narrower than 500
+    px: emulated through DevTools)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": PHONE_WIDTH, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+    try:
+        yield
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _layout(driver) -> list:
+    return driver.execute_script(
+        "const w = document.documentElement.clientWidth;"
+        "return [w, document.documentElement.scrollWidth, [...document.querySelectorAll('main *')]"
+        ".filter(e => !e.closest('.table-wrap') && e.getBoundingClientRect().right > w + 1).map(e => e.tagName)]")
+
+
+def assert_fits_the_phone(driver) -> None:
+    """The page is as wide as the screen; only tables scroll sideways, inside their frames.
+    Polled: the charts take the width of their boxes once drawn."""
+    expected = [PHONE_WIDTH, PHONE_WIDTH, []]
+    try:
+        WebDriverWait(driver, 10, poll_frequency=0.2).until(lambda d: _layout(d) == expected)
+    except TimeoutException:
+        pass
+    assert _layout(driver) == expected
 
 
 def _row_index(driver, table_id: str, inner) -> int:
@@ -494,35 +540,161 @@ def test_tenants_nearest_their_budget_come_first(console_gw, seeded, browser):
     shot(browser, "tenants")
 
 
+def _outbox_numbers(status: str) -> list[int]:
+    """sent, unsent, held, refused from `tallygate billing status`'s outbox line:
+    "  outbox: 0 sent, 3 unsent (3 held: no Stripe customer, 0 refused by Stripe)"."""
+    outbox = next(line for line in status.splitlines() if line.strip().startswith("outbox:"))
+    return [int(word) for word in outbox.replace(",", " ").replace("(", " ").split() if word.isdigit()]
+
+
 def test_the_billing_page_shows_what_tallygate_billing_status_prints(console_gw, seeded, browser, postgres_env):
     from support.fake_billing import FakeStripe
 
     stripe = FakeStripe()
     env = {**base_env("http://127.0.0.1:9/v1", ROOT), **postgres_env,
            "STRIPE_API_KEY": stripe.api_key, "STRIPE_API_BASE": stripe.url}
+
+    def export_and_status() -> str:
+        run = subprocess.run([sys.executable, "-m", "tallygate", "billing", "export", "stripe", "--since", "3h",
+                              "--window", "5s", "--settle", "1s"], env=env, capture_output=True, text=True,
+                             timeout=120, cwd=ROOT)
+        assert run.returncode == 0, run.stdout + run.stderr
+        return subprocess.run([sys.executable, "-m", "tallygate", "billing", "status"], env=env,
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+
     try:
         sign_in(browser, console_gw, MASTER)
         open_page(browser, console_gw, "/ui/billing", "#billing")
         before = {td.text for td in browser.find_elements(By.CSS_SELECTOR, "#billing td")}
-        time.sleep(6)  # the seeded rows' 5-second windows have closed
-        run = subprocess.run([sys.executable, "-m", "tallygate", "billing", "export", "stripe", "--since", "3h",
-                              "--window", "5s", "--settle", "1s"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
-        assert run.returncode == 0, run.stdout + run.stderr
-        status = subprocess.run([sys.executable, "-m", "tallygate", "billing", "status"], env=env,
-                                capture_output=True, text=True, timeout=60, check=True).stdout
+        # no Stripe customer here: the two priced tenants' events wait, held (the third's usage
+        # is unpriced, nothing to charge); exported once their 5-second windows have closed
+        status = wait_until(lambda: (out := export_and_status()) and "outbox:" in out
+                            and _outbox_numbers(out)[2] >= 2 and out, timeout=60, interval=1,
+                            message="the seeded windows closed and exported")
     finally:
         stripe.stop()
-    # "  outbox: 0 sent, 3 unsent (3 held: no Stripe customer, 0 refused by Stripe)"
-    outbox = next(line for line in status.splitlines() if line.strip().startswith("outbox:"))
-    numbers = [int(word) for word in outbox.replace(",", " ").replace("(", " ").split() if word.isdigit()]
+    numbers = _outbox_numbers(status)
     open_page(browser, console_gw, "/ui/billing", "#billing tbody tr td[data-col=sent]")
     row = row_cells(browser, "#billing tbody tr")
     assert row["name"] == status.split(":", 1)[0].strip()
     assert [count(row[c]) for c in ("sent", "unsent", "held", "refused")] == numbers
-    # no tenant here has a Stripe customer: the two priced tenants' events wait (the third's
-    # usage is unpriced, nothing to charge)
-    assert count(row["held"]) >= 2 and count(row["sent"]) == 0
+    assert count(row["sent"]) == 0
     assert "No billing export has run yet." in before
     shot(browser, "billing")
-    headers, _ = api_session(console_gw, new_key(console_gw, seeded[0])["key"])
-    assert api_call(console_gw, "GET", "/ui/api/billing", headers=headers)[0] == 403
+    # a tenant's session: the exports, its own tenant's events only
+    mine = seeded[0]
+    with psycopg.connect(conninfo(postgres_env)) as conn:
+        held = conn.execute("SELECT count(*) FROM billing_export_outbox WHERE tenant_id = %s AND sent_at IS NULL "
+                            "AND customer_id IS NULL", (mine,)).fetchone()[0]
+    assert 0 < held < numbers[2]
+    headers, _ = api_session(console_gw, new_key(console_gw, mine)["key"])
+    status_code, _, doc = api_call(console_gw, "GET", f"/ui/api/billing?tenant_id={seeded[1]}", headers=headers)
+    assert status_code == 200 and doc["tenant_id"] == mine
+    assert doc["data"][0]["outbox"] == {"sent": 0, "unsent": held, "held": held, "refused": 0}
+    assert api_call(console_gw, "GET", "/ui/api/reconciliation", headers=headers)[0] == 403
+
+
+def test_the_billing_page_shows_the_last_reconciliation_runs(console_gw, seeded, browser, postgres_env, tmp_path):
+    """`tallygate reconcile` with TALLYGATE_RECONCILE_DIR keeps each run where the console
+    reads it; the page shows what the run's --json document says, names from the ledger as text."""
+    sign_in(browser, console_gw, MASTER)
+    open_page(browser, console_gw, "/ui/billing", "#reconciliation")
+    assert "No reconciliation has run yet." in browser.find_element(By.ID, "reconciliation").text
+    fake = FakeUsageApi("sk-admin-console-0123456789", rate_limit_once=False)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    # the provider saw fewer gpt-4o-mini requests than the ledger holds, and none of the others
+    fake.openai_completions = [{"model": "gpt-4o-mini", "project_id": "proj_a", "api_key_id": "key_a",
+                                "num_model_requests": 1, "input_tokens": 100, "input_cached_tokens": 0,
+                                "output_tokens": 10}]
+    fake.openai_costs = [{"project_id": "proj_a", "amount": {"value": Decimal("0.0001"), "currency": "usd"}}]
+    env = {**base_env("http://127.0.0.1:9/v1", tmp_path), **postgres_env, "OPENAI_ADMIN_KEY": fake.admin_key,
+           "TALLYGATE_RECONCILE_DIR": console_gw.env["TALLYGATE_RECONCILE_DIR"]}
+    try:
+        for _ in range(2):  # a second run of the day replaces the first
+            run = subprocess.run([sys.executable, "-m", "tallygate", "reconcile", "openai", "--day", day,
+                                  "--base-url", fake.openai_base_url, "--json", str(tmp_path / "run.json")],
+                                 env=env, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 3, run.stdout + run.stderr
+    finally:
+        fake.stop()
+    doc = json.loads((tmp_path / "run.json").read_text())
+    kept = json.loads((Path(console_gw.env["TALLYGATE_RECONCILE_DIR"]) / f"openai-{day}.json").read_text())
+    assert {k: v for k, v in kept.items() if k not in ("ran_at", "exit_status")} == doc
+    assert kept["exit_status"] == 3
+    over = [r for r in doc["rows"] if r["over_tolerance"]]
+    assert any(r["model"] == XSS_MODEL for r in over)
+    open_page(browser, console_gw, "/ui/billing", "#reconciliation tbody td[data-col=ran_at]")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#reconciliation tbody tr")
+    assert len(rows) == 1
+    cells = row_cells(browser, "#reconciliation tbody tr")
+    assert (cells["day"], cells["provider"]) == (day, "openai")
+    assert cells["result"] == f"{len(over)} of {len(doc['rows'])} over {doc['tolerance_percent']}%"
+    assert XSS_MODEL in cells["over"]
+    ledger, provider = cells["cost_usd"].split(" (")[0].split(" / ")
+    assert money(ledger) == Decimal(doc["totals"]["cost_usd"]["ledger"])
+    assert money(provider) == Decimal(doc["totals"]["cost_usd"]["provider"]) == Decimal("0.0001")
+    assert count(cells["requests"].split(" / ")[0]) == doc["totals"]["requests"]["ledger"]
+    assert browser.find_elements(By.TAG_NAME, "img") == []
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018
+    shot(browser, "billing-reconciliation")
+    assert csp_violations(browser) == []
+
+
+# -- sign-in throttling ---------------------------------------------------------------------------
+
+def test_failed_sign_ins_are_bounded_per_address_and_in_total(gateway):
+    gw = gateway(TALLYGATE_CONSOLE_SIGN_IN_FAILURES_PER_IP="3", TALLYGATE_CONSOLE_SIGN_IN_FAILURES_TOTAL="5")
+
+    def sign_in_from(address: str, key: str) -> tuple[int, dict, dict]:
+        return api_call(gw, "POST", "/ui/api/session", {"key": key}, {"X-Forwarded-For": f"10.9.9.9, {address}"})
+
+    for _ in range(3):
+        assert sign_in_from("203.0.113.7", "tg-guess-0000")[0] == 401
+    status, headers, doc = sign_in_from("203.0.113.7", MASTER)  # even the right key: checking it would tell
+    assert status == 429 and doc["error"]["code"] == "sign_in_throttled"
+    assert 1 <= int(headers["retry-after"]) <= 60
+    status, headers, _ = sign_in_from("198.51.100.1", MASTER)  # another address signs in
+    assert status == 200
+    session = {"Cookie": headers["set-cookie"].split(";", 1)[0]}
+    assert sign_in_from("198.51.100.1", TOKEN)[0] == 403  # the gateway token is no console key: a failure
+    assert sign_in_from("198.51.100.2", "tg-guess-0001")[0] == 401  # the fifth failure of all
+    status, headers, _ = sign_in_from("198.51.100.3", MASTER)  # a fresh address, past the total
+    assert status == 429 and 1 <= int(headers["retry-after"]) <= 60
+    # a session signed in before goes on; the form is no oracle while throttled
+    assert api_call(gw, "GET", "/ui/api/session", headers=session)[0] == 200
+    assert sign_in_from("198.51.100.3", "tg-guess-0002")[0] == 429
+
+
+def test_the_sign_in_throttle_forgets_failures_older_than_a_minute():
+    from tallygate.console.throttle import SignInThrottle
+
+    now = [1000.0]
+    throttle = SignInThrottle(per_address=2, total=3, clock=lambda: now[0])
+    throttle.failed("a")
+    now[0] += 20
+    throttle.failed("a")
+    assert throttle.retry_after("a") == 40  # the first failure leaves the minute in 40 s
+    assert throttle.retry_after("b") is None
+    throttle.failed("b")
+    assert throttle.retry_after("b") == 40  # three in all: the first of them leaves in 40 s
+    now[0] += 40
+    assert throttle.retry_after("a") is None and throttle.retry_after("b") is None
+    now[0] += 0.5
+    throttle.failed("a")
+    assert throttle.retry_after("a") == 20  # the second failure (at 1020) leaves at 1080
+
+
+# -- the request path does not load the console ---------------------------------------------------
+
+def test_a_running_gateway_imports_the_console_only_when_ui_is_asked_for(gateway):
+    gw = gateway(PYTHONPROFILEIMPORTTIME="1")  # every import on stderr (the log), as it happens
+    client = openai.OpenAI(base_url=gw.base_url, api_key=TOKEN, max_retries=0,
+                           default_headers={"X-Tenant-ID": unique("con-imp")})
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).usage.total_tokens > 0
+    list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert api_call(gw, "GET", "/admin/usage?since=1h", headers={"Authorization": f"Bearer {MASTER}"})[0] == 200
+    gw.wait_records(2)
+    assert "import time:" in gw.output() and "tallygate.console" not in gw.output()
+    assert request("GET", gw.url + "/ui")[0] == 200
+    wait_until(lambda: "tallygate.console.handler" in gw.output(), message="the console imported")
