@@ -10,7 +10,8 @@ import json
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+import urllib.parse
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from support import MASTER, ROOT, TOKEN, GatewayProcess, base_env, request, wait_until
 from support.fake_usage_api import FakeUsageApi
+from support.http import admin_call
 from support.ledger import MESSAGES, conninfo, pg_rows, send_mixed
 from support.tenants import new_key, unique
 
@@ -342,29 +344,77 @@ def test_a_tenant_session_sees_only_its_own_tenant(console_gw, seeded, browser, 
 
 # -- hostile data ------------------------------------------------------------------------------
 
-def test_a_model_named_like_markup_is_shown_as_text(console_gw, seeded, browser):
+# no client can send this tenant id (X-Tenant-ID is checked), but log lines replayed into the
+# ledger (tallygate ledger replay) are taken as they are
+XSS_TENANT = '"><svg onload=alert(2)>'
+XSS_KEY = "<img src=x onerror=alert(3)>"
+
+
+def _hostile_row(gw, postgres_env, tmp_path) -> str:
+    """A request whose tenant id is markup, put in the ledger by `tallygate ledger replay` (log
+    lines are read back as they are); its request id."""
+    line = next(r for r in gw.records() if r["model"] == XSS_MODEL)
+    new_id = "req-xss-" + unique("row")
+    start = (datetime.now(UTC) - timedelta(hours=4)).isoformat().replace("+00:00", "Z")
+    (tmp_path / "hostile.log").write_text(json.dumps({**line, "request_id": new_id, "tenant_id": XSS_TENANT,
+                                                      "start_time": start}) + "\n")
+    env = {**base_env("http://127.0.0.1:9/v1", tmp_path), **postgres_env}
+    subprocess.run([sys.executable, "-m", "tallygate", "ledger", "replay", str(tmp_path / "hostile.log")], env=env,
+                   capture_output=True, text=True, timeout=60, check=True)
+    assert len(pg_rows(postgres_env, "request_id = %s", (new_id,))) == 1
+    return new_id
+
+
+def assert_no_markup_ran(driver) -> None:
+    assert driver.execute_script("return document.querySelectorAll('img, svg, script:not([src])').length") == 0
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text  # noqa: B018 (reading it is the check)
+
+
+def test_markup_in_tenant_ids_key_names_and_model_names_stays_text_on_every_page(console_gw, seeded, browser,
+                                                                                  postgres_env, tmp_path):
+    mine = seeded[0]
+    hostile = _hostile_row(console_gw, postgres_env, tmp_path)
+    status, _, made = admin_call(console_gw.url + "/admin/keys", "POST", {"tenant_id": mine, "name": XSS_KEY})
+    assert status == 201, made
     sign_in(browser, console_gw, MASTER)
-    open_page(browser, console_gw, "/ui?range=24h", "#by-model tbody tr")
-    models = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#by-model td[data-col=model]")]
-    assert XSS_MODEL in models
-    open_page(browser, console_gw, f"/ui/requests?since=24h&tenant_id={seeded[0]}", "#requests tbody tr")
+    quoted = urllib.parse.quote(XSS_TENANT, safe="")
+    pages = [  # (path, ready, what must show as text)
+        ("/ui?range=24h", "#by-model tbody tr", (XSS_TENANT, XSS_MODEL)),
+        ("/ui/tenants", "#tenants tbody tr", (XSS_TENANT,)),
+        (f"/ui/tenants/{mine}", "#tenant-keys tbody tr", (XSS_MODEL, XSS_KEY)),
+        ("/ui/keys", "#keys tbody tr", (XSS_KEY,)),
+        (f"/ui/requests?since=24h&tenant_id={quoted}", "#requests tbody tr", (XSS_TENANT, XSS_MODEL)),
+        (f"/ui/requests/{hostile}", "#request-record", (XSS_TENANT, XSS_MODEL)),
+        (f"/ui/tenants/{quoted}", "#page-error", (XSS_TENANT,)),  # not a tenant id: a 404 naming it
+        ("/ui/billing", "#billing", ()),
+    ]
+    for path, ready, texts in pages:
+        open_page(browser, console_gw, path, ready)
+        text = browser.find_element(By.TAG_NAME, "main").text
+        for expected in texts:
+            assert expected in text, (path, expected)
+        assert_no_markup_ran(browser)
+    # the model's cell and the record's field hold the name itself
+    open_page(browser, console_gw, f"/ui/requests?since=24h&tenant_id={mine}", "#requests tbody tr")
     cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#requests td[data-col=model]")]
     assert XSS_MODEL in cells
-    link = browser.find_elements(By.XPATH, "//table[@id='requests']//tr[td[@data-col='model'][text()="
-                                           f"'{XSS_MODEL}']]//a")[0]
-    link.click()
-    field = wait_for(browser, "#request-record dd[data-field=model]")
-    assert field.text == XSS_MODEL
+    browser.find_elements(By.XPATH, "//table[@id='requests']//tr[td[@data-col='model'][text()="
+                                    f"'{XSS_MODEL}']]//a")[0].click()
+    assert wait_for(browser, "#request-record dd[data-field=model]").text == XSS_MODEL
     shot(browser, "request-record")
-    for path in ("/ui?range=24h", f"/ui/tenants/{seeded[0]}"):
-        open_page(browser, console_gw, path, "main table tbody tr")
-        assert browser.find_elements(By.TAG_NAME, "img") == []  # no element made from the name
-        with pytest.raises(NoAlertPresentException):
-            browser.switch_to.alert.text  # noqa: B018 (reading it is the check)
-        assert XSS_MODEL in browser.find_element(By.TAG_NAME, "main").text
     open_page(browser, console_gw, "/ui/tenants", "#tenants tbody tr")
     shot(browser, "tenants")
     assert csp_violations(browser) == []
+    # a tenant id with markup is refused where clients give one: the console, the proxy
+    headers, doc = api_session(console_gw)
+    status, _, body = api_call(console_gw, "POST", "/ui/api/keys", {"tenant_id": XSS_TENANT},
+                               {**headers, "X-CSRF-Token": doc["csrf_token"]})
+    assert status == 400, body
+    client = openai.OpenAI(base_url=console_gw.base_url, api_key=TOKEN, max_retries=0,
+                           default_headers={"X-Tenant-ID": XSS_TENANT})
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
 
 # -- sessions, cookies, CSRF ------------------------------------------------------------------
