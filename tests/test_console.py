@@ -269,6 +269,16 @@ def test_a_key_created_in_the_page_is_shown_once_works_and_stops_working_when_re
     secret = wait_for(browser, "#new-key-secret").text
     assert secret.startswith("tg-")
     shot(browser, "keys-created")
+    # copy: the key lands on the clipboard (the page asks for writing only; reading it back here
+    # is the test's own permission)
+    browser.execute_cdp_cmd("Browser.grantPermissions", {"origin": console_gw.url,
+                                                         "permissions": ["clipboardReadWrite",
+                                                                         "clipboardSanitizedWrite"]})
+    browser.find_element(By.ID, "copy-key").click()
+    WebDriverWait(browser, PAGE_TIMEOUT).until(lambda d: d.find_element(By.ID, "copy-key").text != "Copy")
+    assert browser.find_element(By.ID, "copy-key").text == "Copied"
+    assert browser.execute_async_script("navigator.clipboard.readText().then(arguments[0], e => arguments[0]("
+                                        "'error: ' + e))") == secret
     client = openai.OpenAI(base_url=console_gw.base_url, api_key=secret, max_retries=0)
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert answer.usage.total_tokens > 0
@@ -333,8 +343,8 @@ def test_a_tenant_session_sees_only_its_own_tenant(console_gw, seeded, browser, 
         """,
         ["/ui/api/tenants", f"/ui/api/tenants/{other}", f"/ui/api/requests?tenant_id={other}",
          f"/ui/api/overview?tenant_id={other}", f"/ui/api/keys?tenant_id={other}", f"/ui/api/requests/{theirs}",
-         f"/ui/api/tenants/{mine}"])
-    assert statuses == [403, 403, 403, 403, 403, 404, 200]
+         "/ui/api/reconciliation", f"/ui/api/tenants/{mine}"])
+    assert statuses == [403, 403, 403, 403, 403, 404, 403, 200]
     # a tenant session changes nothing, even with its CSRF token
     headers, doc = api_session(console_gw, key)
     status, _, body = api_call(console_gw, "POST", "/ui/api/keys", {"tenant_id": mine},
@@ -470,6 +480,18 @@ def test_console_changes_need_the_csrf_token_and_this_origin(console_gw):
     assert status == 403
     status, _, _ = api_call(console_gw, "DELETE", f"/ui/api/keys/{created['key_id']}", headers={**headers, **own})
     assert status == 403
+    # every change the API has: refused without the token, and from another site with it
+    changes = [("POST", "/ui/api/keys", body), ("DELETE", f"/ui/api/keys/{created['key_id']}", None),
+               ("DELETE", "/ui/api/session", None)]
+    for method, path, payload in changes:
+        status, _, answer = api_call(console_gw, method, path, payload, {**headers, **own})
+        assert (status, answer["error"]["code"]) == (403, "csrf_token"), (method, path)
+        for site in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            status, _, answer = api_call(console_gw, method, path, payload, {**headers, **token, **site})
+            assert (status, answer["error"]["code"]) == (403, "cross_site_request"), (method, path, site)
+    assert api_call(console_gw, "GET", "/ui/api/session", headers=headers)[0] == 200  # still signed in
+    status, _, keys = api_call(console_gw, "GET", f"/ui/api/keys?tenant_id={body['tenant_id']}", headers=headers)
+    assert [k["revoked"] for k in keys["data"]] == [False]  # and the key not revoked
     # signing in: JSON only, from this origin only, with a console key only
     status, _, _ = request("POST", console_gw.url + "/ui/api/session", f"key={MASTER}".encode(),
                            {"Content-Type": "application/x-www-form-urlencoded"})
@@ -563,8 +585,8 @@ def test_sessions_carry_between_instances_with_the_same_master_key_and_expire(ga
     assert status == 200 and "Max-Age=1;" in h["set-cookie"]
     brief = {"Cookie": h["set-cookie"].split(";", 1)[0]}
     assert api_call(short, "GET", "/ui/api/session", headers=brief)[0] == 200
-    time.sleep(1.2)
-    assert api_call(short, "GET", "/ui/api/session", headers=brief)[0] == 401
+    wait_until(lambda: api_call(short, "GET", "/ui/api/session", headers=brief)[0] == 401, timeout=15,
+               interval=0.2, message="the one-second session ended")
 
 
 def test_tenants_nearest_their_budget_come_first(console_gw, seeded, browser):
@@ -748,3 +770,33 @@ def test_a_running_gateway_imports_the_console_only_when_ui_is_asked_for(gateway
     assert "import time:" in gw.output() and "tallygate.console" not in gw.output()
     assert request("GET", gw.url + "/ui")[0] == 200
     wait_until(lambda: "tallygate.console.handler" in gw.output(), message="the console imported")
+
+
+def test_every_page_fits_a_phone_screen(console_gw, seeded, browser, postgres_env):
+    """Each page at 390 px wide (and a screenshot of it, as on a laptop): nothing sticks out
+    of the screen; wide tables scroll inside their frames."""
+    request_id = pg_rows(postgres_env, "tenant_id = %s", (seeded[1],))[0]["request_id"]
+    pages = [("overview", "/ui?range=7d", "#chart-requests canvas"), ("tenants", "/ui/tenants", "#tenants"),
+             ("tenant", f"/ui/tenants/{seeded[1]}", "#tenant-keys"), ("keys", "/ui/keys", "#keys"),
+             ("requests", "/ui/requests?since=24h", "#requests tbody tr"),
+             ("request", f"/ui/requests/{request_id}", "#request-record"), ("billing", "/ui/billing", "#billing")]
+    browser.get(console_gw.url + "/ui")
+    browser.delete_all_cookies()
+    browser.get(console_gw.url + "/ui")
+    wait_for(browser, "#key")
+    shot(browser, "sign-in")
+    with phone_screen(browser):
+        browser.refresh()
+        wait_for(browser, "#key")
+        assert_fits_the_phone(browser)
+        shot(browser, "sign-in-phone")
+    sign_in(browser, console_gw, MASTER)
+    for name, path, ready in pages:
+        open_page(browser, console_gw, path, ready)
+        shot(browser, f"page-{name}")
+        with phone_screen(browser):
+            browser.refresh()
+            wait_for(browser, ready)
+            assert_fits_the_phone(browser)
+            shot(browser, f"page-{name}-phone")
+    assert csp_violations(browser) == []
