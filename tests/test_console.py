@@ -572,6 +572,10 @@ def test_the_console_api_on_the_sqlite_ledger_agrees_with_tallygate_usage(gatewa
     assert len(rows) == 4 and {r["tenant_id"] for r in rows} == {tenants[1]}
     record = api_call(gw, "GET", f"/ui/api/requests/{rows[0]['request_id']}", headers=headers)[2]
     assert record["request_id"] == rows[0]["request_id"] and "price_source" in record
+    # no TALLYGATE_RECONCILE_DIR: no runs kept, and the page can say so; the exports on SQLite
+    assert api_call(gw, "GET", "/ui/api/reconciliation", headers=headers)[2] == {
+        "object": "list", "configured": False, "directory": None, "data": []}
+    assert api_call(gw, "GET", "/ui/api/billing", headers=headers)[2]["data"] == []
 
 
 def test_sessions_carry_between_instances_with_the_same_master_key_and_expire(gateway):
@@ -711,6 +715,22 @@ def test_the_billing_page_shows_the_last_reconciliation_runs(console_gw, seeded,
         browser.switch_to.alert.text  # noqa: B018
     shot(browser, "billing-reconciliation")
     assert csp_violations(browser) == []
+    # a file that cannot be read is listed with the reason, after the newer days
+    (Path(console_gw.env["TALLYGATE_RECONCILE_DIR"]) / "anthropic-2020-01-01.json").write_text("{not json")
+    headers, _ = api_session(console_gw)
+    runs = api_call(console_gw, "GET", "/ui/api/reconciliation", headers=headers)[2]["data"]
+    assert [(r["provider"], r["day"]) for r in runs] == [("openai", day), ("anthropic", "2020-01-01")]
+    assert runs[1]["error"].startswith("cannot read anthropic-2020-01-01.json")
+    # a directory that cannot be written: a clear error, exit status 1
+    blocked = {**env, "TALLYGATE_RECONCILE_DIR": str(tmp_path / "run.json")}  # a file, not a directory
+    fake = FakeUsageApi(fake.admin_key, rate_limit_once=False)
+    try:
+        run = subprocess.run([sys.executable, "-m", "tallygate", "reconcile", "openai", "--day", day,
+                              "--base-url", fake.openai_base_url], env=blocked, capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        fake.stop()
+    assert run.returncode == 1 and "TALLYGATE_RECONCILE_DIR: cannot write" in run.stderr, run.stderr
 
 
 # -- sign-in throttling ---------------------------------------------------------------------------
