@@ -33,6 +33,9 @@ from support.tenants import new_key, unique
 ARTIFACTS = ROOT / "tests" / ".artifacts" / "console"
 XSS_MODEL = "<img src=x onerror=alert(1)>"
 SEEDED = 24  # send_mixed requests, plus one with XSS_MODEL
+# generous: every wait polls its condition, so a fast machine does not wait this long; a loaded
+# one (a cold Chromium, a 30-day overview or the ledger's writes on a busy Postgres) may
+PAGE_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def seeded(console_gw, postgres_env):
                            default_headers={"X-Tenant-ID": tenants[0]})
     client.chat.completions.create(model=XSS_MODEL, messages=MESSAGES)
     wait_until(lambda: len(pg_rows(postgres_env, "tenant_id = ANY(%s)", (list(tenants),))) == SEEDED + 1,
-               message="the seeded rows in the ledger")
+               timeout=PAGE_TIMEOUT, message="the seeded rows in the ledger")
     return tenants
 
 
@@ -70,11 +73,6 @@ def browser():
     print(f"console screenshots: {ARTIFACTS}")
     yield driver
     driver.quit()
-
-
-# generous: the condition is polled (every 0.5 s), so a fast machine does not wait for it; a
-# loaded one (a cold Chromium, a 30-day overview on a busy Postgres) may take this long
-PAGE_TIMEOUT = 60.0
 
 
 def wait_for(driver, css: str, timeout: float = PAGE_TIMEOUT):
@@ -296,7 +294,7 @@ def test_a_key_created_in_the_page_is_shown_once_works_and_stops_working_when_re
     wait_until(lambda: "revoked" in browser.execute_script(
         "const row = [...document.querySelectorAll('#keys tbody tr')].find(r => r.textContent.includes(arguments[0]));"
         "return row ? row.querySelector('td[data-col=state]').textContent : '';", tenant),
-        message="the key shown revoked")
+        timeout=PAGE_TIMEOUT, message="the key shown revoked")
     shot(browser, "keys-revoked")
     with pytest.raises(openai.AuthenticationError) as err:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -551,13 +549,14 @@ def test_the_console_api_on_the_sqlite_ledger_agrees_with_tallygate_usage(gatewa
     gw = gateway()  # the SQLite ledger (base_env)
     tenants = (unique("con-sq-a"), unique("con-sq-b"))
     send_mixed(gw, 9, tenants)
-    gw.wait_records(9)
+    gw.wait_records(9, timeout=PAGE_TIMEOUT)
     headers, _ = api_session(gw)
 
     def overview():
         return api_call(gw, "GET", "/ui/api/overview?range=7d", headers=headers)[2]
 
-    doc = wait_until(lambda: (d := overview())["totals"]["requests"] == 9 and d, message="the rows written")
+    doc = wait_until(lambda: (d := overview())["totals"]["requests"] == 9 and d, timeout=PAGE_TIMEOUT,
+                     message="the rows written")
     env = {**base_env("http://127.0.0.1:9/v1", tmp_path), "TALLYGATE_SQLITE_PATH": gw.env["TALLYGATE_SQLITE_PATH"]}
     out = subprocess.run([sys.executable, "-m", "tallygate", "usage", "--since", "7d", "--json"], env=env,
                          capture_output=True, text=True, timeout=60, check=True).stdout
@@ -786,10 +785,11 @@ def test_a_running_gateway_imports_the_console_only_when_ui_is_asked_for(gateway
     assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).usage.total_tokens > 0
     list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
     assert api_call(gw, "GET", "/admin/usage?since=1h", headers={"Authorization": f"Bearer {MASTER}"})[0] == 200
-    gw.wait_records(2)
+    gw.wait_records(2, timeout=PAGE_TIMEOUT)
     assert "import time:" in gw.output() and "tallygate.console" not in gw.output()
     assert request("GET", gw.url + "/ui")[0] == 200
-    wait_until(lambda: "tallygate.console.handler" in gw.output(), message="the console imported")
+    wait_until(lambda: "tallygate.console.handler" in gw.output(), timeout=PAGE_TIMEOUT,
+               message="the console imported")
 
 
 def test_every_page_fits_a_phone_screen(console_gw, seeded, browser, postgres_env):

@@ -10,11 +10,15 @@ request path."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime
+
+import psycopg
 
 from ..billing.db import open_export_db
 from ..billing.export import export_status
 from ..reconcile.runs import recent_runs
+from ..store import StoreUnavailable
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -26,11 +30,14 @@ class Status:
         self.settings = settings
 
     def _exports(self, tenant: str | None) -> list[dict]:
-        db = open_export_db(self.settings)
         try:
-            return export_status(db, tenant)
-        finally:
-            db.close()
+            db = open_export_db(self.settings)
+            try:
+                return export_status(db, tenant)
+            finally:
+                db.close()
+        except (psycopg.OperationalError, sqlite3.OperationalError) as exc:  # not reachable: a 503, not a 500
+            raise StoreUnavailable(type(exc).__name__) from None
 
     async def billing(self, tenant: str | None) -> dict:
         """Every export's cursor and outbox; a tenant's session sees its own events only."""
