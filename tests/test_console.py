@@ -328,6 +328,12 @@ def test_a_tenant_session_sees_only_its_own_tenant(console_gw, seeded, browser, 
     assert browser.find_elements(By.CSS_SELECTOR, "#create-key, button.danger") == []  # read-only
     assert "null" not in browser.find_element(By.TAG_NAME, "main").text.split()
     shot(browser, "tenant-page")
+    # the billing page: the exports (its own events, tested below), no reconciliation runs
+    browser.find_element(By.LINK_TEXT, "Billing").click()
+    wait_for(browser, "#billing")
+    assert browser.find_elements(By.ID, "reconciliation") == []
+    assert "your tenant's usage" in browser.find_element(By.TAG_NAME, "main").text
+    shot(browser, "tenant-billing")
     # another tenant's id in a URL: refused by the server
     error = open_page(browser, console_gw, "/ui/tenants/" + other, "#page-error")
     assert error.get_attribute("data-status") == "403"
