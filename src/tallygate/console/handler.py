@@ -9,6 +9,7 @@ through element.style, which a policy does not block). The API refuses cross-sit
 requests (Sec-Fetch-Site, Origin), and every change needs the session's CSRF token in
 the X-CSRF-Token header. A tenant's session reads its own tenant only: an id of another
 tenant in a URL is a 403 (a tenant page) or a 404 (a request, which for it does not exist).
+Failed sign-ins are bounded per client address and in total (throttle.py): then a 429.
 """
 
 from __future__ import annotations
