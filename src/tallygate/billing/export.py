@@ -114,8 +114,8 @@ def start_in_gateway(settings, env) -> threading.Thread | None:
 
 def export_status(db: ExportDB, tenant_id: str | None = None) -> list[dict]:
     """Each export's cursor and its outbox's events: sent, unsent, held (no Stripe
-    customer), refused, review (first offered past Stripe's dedupe window, waiting for an
-    operator: `tallygate billing review`); with `tenant_id`, that tenant's events only
+    customer), refused; and needs_review (unsent events first offered past Stripe's dedupe
+    window, waiting for an operator: `tallygate billing review`); with `tenant_id`, that tenant's events only
     (the cursors are every tenant's). Times are aware datetimes, None where nothing happened yet."""
     out = []
     p = db.dialect.placeholder
@@ -149,8 +149,8 @@ def export_status(db: ExportDB, tenant_id: str | None = None) -> list[dict]:
                     "unsent": int(unsent or 0),
                     "held": int(held or 0),
                     "refused": int(refused or 0),
-                    "review": int(review or 0),
                 },
+                "needs_review": int(review or 0),
             }
         )
     return out
@@ -176,7 +176,7 @@ def status_lines(db: ExportDB) -> list[str]:
             f"{o['refused']} refused by Stripe)"
         )
         lines.append(
-            f"  needs review: {o['review']} (first offered to Stripe past its 24-hour dedupe window, not sent "
+            f"  needs review: {e['needs_review']} (first offered to Stripe past its 24-hour dedupe window, not sent "
             "again; tallygate billing review)"
         )
     return lines or ["no billing export has run yet"]
