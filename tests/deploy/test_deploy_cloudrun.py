@@ -515,3 +515,27 @@ def test_a_dirty_work_tree_is_refused_or_tagged(tmp_path):
         assert script("--allow-dirty") == 0
     assert "uncommitted changes" in err.getvalue()
     assert f"litellm-proxy:{commit}-dirty " in out.getvalue()
+
+
+def test_the_uptime_check_and_its_alert_policy(tmp_path):
+    """The dry run prints the uptime check on /live, then its alert policy: the policy JSON goes
+    to gcloud on stdin (--policy-from-file=-) with the check's ID read from the check just made,
+    found by its label and updated in place like the other policies."""
+    status, out, _ = dry_run(tmp_path, "--alert-email", "oncall@acme.example")
+    assert status == 0
+    commands = script_commands(out, track="alpha")
+    (create,) = find(commands, "gcloud", "monitoring", "uptime", "create")
+    assert flag_values(create, "--path") == ["/live"] and flag_values(create, "--period") == ["1"]
+    policy_lines = [l for l in out.splitlines() if "uptime_live_failing" in l and not l.startswith("#")]
+    (line,) = policy_lines
+    assert "--policy-from-file=-" in line and "name.basename()" in line
+    assert "--notification-channels=" in line and "${ALERT_CHANNEL_1}" in line
+    # after the check, in its own phase; the policy file left in the render dir names the placeholder
+    assert out.index("monitoring uptime create") < out.index("uptime_live_failing")
+    rendered = json.loads((tmp_path / "uptime_policy.json").read_text())
+    assert "${UPTIME_CHECK_ID}" in rendered["conditions"][0]["conditionThreshold"]["filter"]
+    assert rendered["userLabels"]["tallygate_policy"] == "uptime_live_failing"
+    check_against_the_sdk(commands)
+    # --only uptime chooses the policies' gcloud track itself
+    status, out, _ = dry_run(tmp_path / "only", "--only", "uptime")
+    assert status == 0 and "POLICIES_TRACK=" in out and "uptime_live_failing" in out

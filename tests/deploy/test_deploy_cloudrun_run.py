@@ -97,10 +97,16 @@ def check_the_project(state: dict) -> None:
     (channel,) = r["channel"]
     assert r["channel"][channel]["labels"] == {"email_address": EMAIL}
     policies = r["alert_policy"].values()
-    assert len(policies) == 13
+    assert len(policies) == 14
     assert {p["userLabels"]["tallygate_policy"] for p in policies} == {
-        p.stem for p in (ROOT / "deploy/monitoring/alerts").glob("*.json")}
+        p.stem for p in (ROOT / "deploy/monitoring/alerts").glob("*.json")} | {"uptime_live_failing"}
     assert all(p["notificationChannels"] == [channel] for p in policies)
+    # the uptime check's policy watches that check, by the ID the API gave it
+    (check,) = r["uptime_check"]
+    (uptime,) = [p for p in policies if p["userLabels"]["tallygate_policy"] == "uptime_live_failing"]
+    condition = uptime["conditions"][0]["conditionThreshold"]
+    assert f'metric.label.check_id="{check.rsplit("/", 1)[1]}"' in condition["filter"]
+    assert r["uptime_check"][check]["path"] == "/live"
     service = f"https://monitoring.googleapis.com/v3/projects/{PROJECT}/services/litellm-proxy"
     assert set(r["rest"]) == {service, f"{service}/serviceLevelObjectives/availability",
                               f"{service}/serviceLevelObjectives/ttft"}
