@@ -307,6 +307,19 @@ class Fake:
             return self.listed(
                 "channel", w[2], w[3:], flags, doc, lambda i: f"projects/{project}/notificationChannels/{i}"
             )
+        if w[:2] == ["billing", "budgets"]:
+            account = flags["--billing-account"]
+            if "billingbudgets.googleapis.com" not in self.state.get("services", []):
+                print("ERROR: (gcloud) PERMISSION_DENIED: billingbudgets.googleapis.com is not enabled", file=sys.stderr)
+                return 1
+            doc = None
+            if w[2] in ("create", "update"):
+                rules = flags.get("--threshold-rule") or flags.get("--add-threshold-rule")
+                doc = {"amount": flags["--budget-amount"], "projects": flags["--filter-projects"], "rules": rules,
+                       "channels": flags.get("--notifications-rule-monitoring-notification-channels")}
+                if w[2] == "create":
+                    doc["displayName"] = flags["--display-name"]
+            return self.listed("budget", w[2], w[3:], flags, doc, lambda i: f"billingAccounts/{account}/budgets/{i}")
         if w[:2] == ["monitoring", "uptime"]:
             doc = {"path": flags.get("--path")}
             if w[2] == "create":

@@ -539,3 +539,24 @@ def test_the_uptime_check_and_its_alert_policy(tmp_path):
     # --only uptime chooses the policies' gcloud track itself
     status, out, _ = dry_run(tmp_path / "only", "--only", "uptime")
     assert status == 0 and "POLICIES_TRACK=" in out and "uptime_live_failing" in out
+
+
+def test_a_billing_budget_when_the_account_is_given(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--alert-email", "oncall@acme.example",
+                             "--billing-account", "012345-6789AB-CDEF01", "--budget-amount", "1500")
+    assert status == 0
+    commands = script_commands(out, track="alpha")
+    (create,) = find(commands, "gcloud", "billing", "budgets", "create")
+    assert flag_values(create, "--budget-amount") == ["1500.00"]
+    assert flag_values(create, "--filter-projects") == [f"projects/{PROJECT}"]
+    assert flag_values(create, "--threshold-rule") == ["percent=0.5", "percent=0.9", "percent=1.0",
+                                                       "percent=1.0,basis=forecasted-spend"]
+    assert flag_values(create, "--notifications-rule-monitoring-notification-channels") == ["${ALERT_CHANNEL_1}"]
+    (update,) = find(commands, "gcloud", "billing", "budgets", "update")
+    assert "--clear-threshold-rules" in update
+    assert "billingbudgets.googleapis.com" in find(commands, "gcloud", "services", "enable")[0]
+    check_against_the_sdk(commands)
+    # without an account: no budget, and a wrong one is refused
+    assert "billing budgets" not in dry_run(tmp_path / "none")[1]
+    status, _, err = dry_run(tmp_path / "bad", "--billing-account", "my-account")
+    assert status == 2 and "--billing-account" in err

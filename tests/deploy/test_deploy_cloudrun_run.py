@@ -193,6 +193,21 @@ def test_secrets_and_the_password_travel_on_stdin_only(tmp_path, cloud, capsys):
     assert "secret-value-of" not in out and password not in out and out.rstrip().endswith("done")
 
 
+def test_the_budget_is_made_once_and_updated_in_place(tmp_path, cloud, capsys):
+    budget = ("--billing-account", "012345-6789AB-CDEF01", "--budget-amount", "1500",
+              "--skip-build", "--skip-bigquery", "--only", "services,channels,budget")
+    assert run_for_real(tmp_path, *budget) == 0, capsys.readouterr().err
+    first = cloud.state()["resources"]
+    (name,) = first["budget"]
+    assert name.startswith("billingAccounts/012345-6789AB-CDEF01/budgets/")
+    (channel,) = first["channel"]
+    assert first["budget"][name]["amount"] == "1500.00" and first["budget"][name]["channels"] == channel
+    assert first["budget"][name]["projects"] == f"projects/{PROJECT}"
+    assert run_for_real(tmp_path, *budget[:3], "2500", *budget[4:]) == 0
+    second = cloud.state()["resources"]
+    assert list(second["budget"]) == [name] and second["budget"][name]["amount"] == "2500.00"
+
+
 def test_iam_bindings_are_retried(tmp_path, cloud, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_IAM_FLAKY", "2")
     assert run_for_real(tmp_path, "--skip-monitoring", "--skip-bigquery") == 0

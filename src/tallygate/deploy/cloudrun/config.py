@@ -78,6 +78,8 @@ class Config:
     public_domain: str | None
     armor_rate_limit: int
     vpc: tuple[str, ...]  # the VPC egress flags of the service and the schema job
+    billing_account: str | None
+    budget_amount: float
     thresholds: dict[str, float]
     phases: tuple[str, ...]
 
@@ -301,6 +303,12 @@ def build_config(args: argparse.Namespace) -> Config:
     if vpc:
         vpc += (f"--vpc-egress={args.vpc_egress}",)
 
+    billing = args.billing_account
+    if billing and not re.fullmatch(r"[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}", billing):
+        raise DeployError(f"--billing-account: {billing!r} is not a billing account ID like 012345-6789AB-CDEF01")
+    if not args.budget_amount > 0:
+        raise DeployError("--budget-amount must be positive")
+
     for placeholder in ("SLO_AVAILABILITY", "SLO_TTFT"):
         dest = next(d for p, d, _x, _t in ALERT_THRESHOLDS if p == placeholder)
         if not 0 < getattr(args, dest) < 1:
@@ -339,6 +347,8 @@ def build_config(args: argparse.Namespace) -> Config:
         skip.add("channels")
     if not domain:
         skip.add("edge")
+    if not billing:
+        skip.add("budget")
     phases = tuple(p for p in PHASES if p in phases and p not in skip)
 
     return Config(
@@ -376,6 +386,8 @@ def build_config(args: argparse.Namespace) -> Config:
         public_domain=domain,
         armor_rate_limit=args.armor_rate_limit,
         vpc=vpc,
+        billing_account=billing,
+        budget_amount=args.budget_amount,
         thresholds=thresholds,
         phases=phases,
     )

@@ -178,6 +178,8 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
         services.append("bigquery.googleapis.com")
     if "edge" in config.phases:
         services.append("compute.googleapis.com")
+    if "budget" in config.phases:
+        services.append("billingbudgets.googleapis.com")
     add("services", "enable the APIs the set-up uses", ["gcloud", "services", "enable", *services, pf])
 
     add(
@@ -622,6 +624,9 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
             stdin_format=policy_format,
         )
 
+    if config.billing_account:
+        _budget_step(add, config, channels)
+
     dataset_ref = f"{p}:{config.bq_dataset}"
     add(
         "bigquery",
@@ -686,6 +691,51 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
         ["gcloud", "logging", "sinks", "update", config.sink_name, "--no-disabled", pf],
     )
     return steps
+
+
+BUDGET_THRESHOLDS = ("percent=0.5", "percent=0.9", "percent=1.0", "percent=1.0,basis=forecasted-spend")
+
+
+def _budget_step(add: Any, config: Config, channels: str) -> None:
+    """A monthly budget on the project's spend (Cloud Logging's ingestion is the cost that can
+    surprise: docs/deployment.md), alerting the same channels as the policies; found by its
+    display name and updated in place."""
+    name = f"{config.service} ({config.project}) monthly"
+    account = f"--billing-account={config.billing_account}"
+    budgets = ["gcloud", "billing", "budgets"]
+    scope = [f"--budget-amount={_amount(config.budget_amount)}", f"--filter-projects=projects/{config.project}"]
+    notify = [f"--notifications-rule-monitoring-notification-channels={channels}"] if channels else []
+    add(
+        "budget",
+        f"budget {name!r}: {_amount(config.budget_amount)} a month in the billing account's currency, alerts at "
+        "50%, 90%, 100% and 100% forecast (found by name, updated in place)",
+        [
+            *budgets,
+            "create",
+            account,
+            f"--display-name={name}",
+            *scope,
+            "--calendar-period=month",
+            *(f"--threshold-rule={rule}" for rule in BUDGET_THRESHOLDS),
+            *notify,
+        ],
+        find=[*budgets, "list", account, f'--filter=displayName="{name}"', "--format=value(name)", "--limit=1"],
+        otherwise=[
+            *budgets,
+            "update",
+            f"${{{FOUND}}}",
+            account,
+            *scope,
+            "--calendar-period=month",
+            "--clear-threshold-rules",
+            *(f"--add-threshold-rule={rule}" for rule in BUDGET_THRESHOLDS),
+            *notify,
+        ],
+    )
+
+
+def _amount(value: float) -> str:
+    return f"{value:.2f}"
 
 
 def _choose_policies_track(add: Any, phase: str) -> None:
