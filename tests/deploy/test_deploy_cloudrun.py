@@ -515,6 +515,24 @@ def test_a_dirty_work_tree_is_refused_or_tagged(tmp_path):
         assert script("--allow-dirty") == 0
     assert "uncommitted changes" in err.getvalue()
     assert f"litellm-proxy:{commit}-dirty " in out.getvalue()
+    # committed again: clean; a new file the image would copy (src/) is dirty, one elsewhere is not
+    subprocess.run([*git, "commit", "-qam", "y"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    (repo / "notes.txt").write_text("not in the image\n")
+    (repo / "src").mkdir()
+    (repo / "src" / "stray.py").write_text("print('built in')\n")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert script() == 2
+        assert script("--allow-dirty") == 0
+    assert "new files the image would contain" in err.getvalue()
+    assert f"litellm-proxy:{commit}-dirty " in out.getvalue()
+    (repo / "src" / "stray.py").unlink()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert script() == 0
+    assert f"litellm-proxy:{commit} " in out.getvalue()
 
 
 def test_the_uptime_check_and_its_alert_policy(tmp_path):
@@ -560,3 +578,6 @@ def test_a_billing_budget_when_the_account_is_given(tmp_path):
     assert "billing budgets" not in dry_run(tmp_path / "none")[1]
     status, _, err = dry_run(tmp_path / "bad", "--billing-account", "my-account")
     assert status == 2 and "--billing-account" in err
+    emails = [a for i in range(6) for a in ("--alert-email", f"oncall{i}@acme.example")]
+    status, _, err = dry_run(tmp_path / "many", "--billing-account", "012345-6789AB-CDEF01", *emails)
+    assert status == 2 and "at most 5 channels" in err

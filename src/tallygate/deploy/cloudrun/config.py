@@ -126,6 +126,11 @@ def _git(source: Path, *argv: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+# what the Dockerfile copies into the image: a new file there that git does not track (nor
+# ignore) is built in too, so it makes the tree dirty like a change to a tracked file
+IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "requirements.lock", "pyproject.toml", "README.md", "src")
+
+
 def _git_tag(source: Path, allow_dirty: bool) -> str | None:
     """The commit as the image tag; a work tree with changes is refused (the image would not
     be what the commit says) or, with --allow-dirty, tagged COMMIT-dirty."""
@@ -133,11 +138,12 @@ def _git_tag(source: Path, allow_dirty: bool) -> str | None:
     if not _TAG_RE.match(tag):
         return None
     status = _git(source, "status", "--porcelain", "--untracked-files=no")
+    status = status or _git(source, "status", "--porcelain", "--untracked-files=all", "--", *IMAGE_INPUTS)
     if status:
         if not allow_dirty:
             raise DeployError(
-                f"{source} has uncommitted changes: commit them, or pass --allow-dirty (the image is "
-                "then tagged COMMIT-dirty), or name the tag with --image-tag"
+                f"{source} has uncommitted changes (or new files the image would contain): commit them, "
+                "or pass --allow-dirty (the image is then tagged COMMIT-dirty), or name the tag with --image-tag"
             )
         tag += "-dirty"
     return tag
@@ -308,6 +314,10 @@ def build_config(args: argparse.Namespace) -> Config:
         raise DeployError(f"--billing-account: {billing!r} is not a billing account ID like 012345-6789AB-CDEF01")
     if not args.budget_amount > 0:
         raise DeployError("--budget-amount must be positive")
+    if billing and len(args.alert_email) + len(args.notification_channel) > 5:
+        raise DeployError(
+            "--billing-account: a budget notifies at most 5 channels (--alert-email, --notification-channel)"
+        )
 
     for placeholder in ("SLO_AVAILABILITY", "SLO_TTFT"):
         dest = next(d for p, d, _x, _t in ALERT_THRESHOLDS if p == placeholder)
