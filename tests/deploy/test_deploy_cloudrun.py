@@ -494,45 +494,40 @@ def test_a_dirty_work_tree_is_refused_or_tagged(tmp_path):
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "Dockerfile"], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
-    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
 
-    def script(*extra):
-        return cloudrun.run(parse_args("--project", PROJECT, "--source", str(repo), "--render-dir",
-                                       str(tmp_path / "r"), "--dry-run", *extra))
+    def head() -> str:
+        return subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
 
-    import contextlib
-    import io
+    def script(*extra) -> tuple[int, str, str]:
+        import contextlib
+        import io
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert script() == 0
-    assert f"litellm-proxy:{commit} " in out.getvalue()  # a clean tree: the commit is the tag
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cloudrun.run(parse_args("--project", PROJECT, "--source", str(repo), "--render-dir",
+                                             str(tmp_path / "r"), "--dry-run", *extra))
+        return status, out.getvalue(), err.getvalue()
+
+    status, out, _ = script()
+    assert status == 0 and f"litellm-proxy:{head()} " in out  # a clean tree: the commit is the tag
     (repo / "Dockerfile").write_text("FROM scratch\nLABEL changed=1\n")
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert script() == 2
-        assert script("--allow-dirty") == 0
-    assert "uncommitted changes" in err.getvalue()
-    assert f"litellm-proxy:{commit}-dirty " in out.getvalue()
+    status, _, err = script()
+    assert status == 2 and "uncommitted changes" in err
+    status, out, _ = script("--allow-dirty")
+    assert status == 0 and f"litellm-proxy:{head()}-dirty " in out
     # committed again: clean; a new file the image would copy (src/) is dirty, one elsewhere is not
     subprocess.run([*git, "commit", "-qam", "y"], check=True)
-    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
     (repo / "notes.txt").write_text("not in the image\n")
     (repo / "src").mkdir()
     (repo / "src" / "stray.py").write_text("print('built in')\n")
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert script() == 2
-        assert script("--allow-dirty") == 0
-    assert "new files the image would contain" in err.getvalue()
-    assert f"litellm-proxy:{commit}-dirty " in out.getvalue()
+    status, _, err = script()
+    assert status == 2 and "new files the image would contain" in err
+    status, out, _ = script("--allow-dirty")
+    assert status == 0 and f"litellm-proxy:{head()}-dirty " in out
     (repo / "src" / "stray.py").unlink()
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert script() == 0
-    assert f"litellm-proxy:{commit} " in out.getvalue()
+    status, out, _ = script()
+    assert status == 0 and f"litellm-proxy:{head()} " in out
 
 
 def test_the_uptime_check_and_its_alert_policy(tmp_path):
