@@ -22,6 +22,7 @@ from .answers import (
     write_pieces,
 )
 from .anthropic import AnthropicAnswers
+from .media import FakeMedia
 from .objects import FakeObjects, new_id
 
 # request headers listed by /_fake/requests (the ones a test checks were passed on, or not)
@@ -51,6 +52,7 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", anthropic.messages)
         app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
         self.objects.add_routes(app)
+        FakeMedia(self).add_routes(app)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 STATUSES = ("ok", "upstream_error", "client_disconnected", "timeout")
 
@@ -54,6 +55,8 @@ class UsageRecord:
     # the id of the object the request created (a Responses answer's id): its tenant owns it
     # (tenants/owners.py); not a ledger column
     object_id: str | None = None
+    # an image or audio request's billed units (metering/media.py MediaUsage); not a ledger column
+    media: Any = None
 
     def ledger_row(self) -> tuple:
         """Column values in LEDGER_COLUMNS order (a tuple written out: three times faster
