@@ -251,3 +251,114 @@ def test_upload_limits_and_bad_forms(gateway, postgres_env):
     assert status == 400 and b"model" in data
     with pytest.raises(openai.BadRequestError):
         client.audio.speech.create(model="tts-1", voice="alloy", input="")
+
+
+# -- the demo upstream's tool calls and JSON answers: the SDK helpers work through the gateway --
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "unit": {"type": "string", "enum": ["c", "f"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+
+
+def _models():
+    from pydantic import BaseModel
+
+    class Step(BaseModel):
+        explanation: str
+        output: int
+
+    class Solution(BaseModel):
+        steps: list[Step]
+        final_answer: str
+        confident: bool
+
+    class GetWeather(BaseModel):
+        city: str
+        days: int
+
+    return Solution, GetWeather
+
+
+def test_chat_tool_calls_and_structured_outputs(gateway):
+    import json
+
+    gw = gateway()
+    client = sdk_client(gw)
+    Solution, GetWeather = _models()
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=[WEATHER_TOOL])
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["unit"] in ("c", "f")
+    # the tool's result answered: text, the loop ends
+    follow = messages + [choice.message.model_dump(exclude_none=True),
+                         {"role": "tool", "tool_call_id": call.id, "content": "18 C"}]
+    final = client.chat.completions.create(model="gpt-4o-mini", messages=follow, tools=[WEATHER_TOOL])
+    assert final.choices[0].finish_reason == "stop" and final.choices[0].message.content
+    # tool_choice "none": no call
+    none = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=[WEATHER_TOOL],
+                                          tool_choice="none")
+    assert none.choices[0].message.tool_calls is None
+
+    # parse with a pydantic model (json_schema, strict): the parsed object
+    parsed = client.chat.completions.parse(model="gpt-4o-mini", messages=messages, response_format=Solution)
+    result = parsed.choices[0].message.parsed
+    assert isinstance(result, Solution) and result.steps and isinstance(result.steps[0].output, int)
+    # json_object: valid JSON content
+    obj = client.chat.completions.create(model="gpt-4o-mini", messages=messages,
+                                         response_format={"type": "json_object"})
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+
+    # streamed: the helper assembles the tool call and parses its arguments
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=messages,
+                                        tools=[openai.pydantic_function_tool(GetWeather)]) as stream:
+        done = stream.get_final_completion()
+    tool = done.choices[0].message.tool_calls[0]
+    assert done.choices[0].finish_reason == "tool_calls"
+    assert isinstance(tool.function.parsed_arguments, GetWeather)
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=messages, response_format=Solution) as stream:
+        assert isinstance(stream.get_final_completion().choices[0].message.parsed, Solution)
+    records = gw.wait_records(7)
+    assert all(r["endpoint"] == "/v1/chat/completions" and Decimal(r["cost_usd_exact"]) > 0 for r in records)
+
+
+def test_responses_function_calls_and_structured_outputs(gateway):
+    import json
+
+    gw = gateway()
+    client = sdk_client(gw)
+    Solution, GetWeather = _models()
+    tool = {"type": "function", "name": "get_weather", "strict": True, **{
+        k: v for k, v in WEATHER_TOOL["function"].items() if k in ("description", "parameters")}}
+
+    answer = client.responses.create(model="gpt-4o-mini", input="Weather in Paris?", tools=[tool])
+    call = answer.output[-1]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert set(json.loads(call.arguments)) == {"city", "unit"}
+    final = client.responses.create(model="gpt-4o-mini", tools=[tool], input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18 C"}])
+    assert final.output_text
+
+    # the stream's events for a function call, and the helper's final response
+    with client.responses.stream(model="gpt-4o-mini", input="Weather?", tools=[tool]) as stream:
+        kinds = [e.type for e in stream]
+        got = stream.get_final_response()
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    assert got.output[-1].type == "function_call" and json.loads(got.output[-1].arguments)["city"]
+
+    # structured output: parse with a pydantic model, plain and streamed
+    parsed = client.responses.parse(model="gpt-4o-mini", input="Solve 8x + 7 = -23", text_format=Solution)
+    assert isinstance(parsed.output_parsed, Solution)
+    with client.responses.stream(model="gpt-4o-mini", input="Solve it", text_format=Solution) as stream:
+        assert isinstance(stream.get_final_response().output_parsed, Solution)
+    # pydantic function tools through responses.parse: parsed arguments
+    with_tool = client.responses.parse(model="gpt-4o-mini", input="Weather?",
+                                       tools=[openai.pydantic_function_tool(GetWeather)])
+    assert isinstance(with_tool.output[-1].parsed_arguments, GetWeather)
