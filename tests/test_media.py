@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from support import sdk_client
-from support.http import call
+from support.http import admin_call, call
 from support.ledger import pg_rows
 from support.waiting import wait_until
 from tallygate.fake_upstream.media import IMAGE_TOKENS, INPUT_IMAGE_TOKENS, speech_bytes
@@ -362,3 +362,56 @@ def test_responses_function_calls_and_structured_outputs(gateway):
     with_tool = client.responses.parse(model="gpt-4o-mini", input="Weather?",
                                        tools=[openai.pydantic_function_tool(GetWeather)])
     assert isinstance(with_tool.output[-1].parsed_arguments, GetWeather)
+
+
+def test_worst_case_is_the_dearest_image_and_the_upload_bound(media_gateway, postgres_env):
+    """A prepaid balance admits a request only when its worst case fits (spent + in flight +
+    worst case within the credit): the worst case is what these endpoints reserve."""
+    from support.tenants import new_key, unique
+
+    gw = media_gateway
+    tenant = unique("media")
+    key = new_key(gw, tenant)["key"]
+    status, _, doc = admin_call(gw.url + f"/admin/tenants/{tenant}/credits", "POST",
+                                {"amount_usd": "0.30", "reference": "pay-1"})
+    assert status == 201, doc
+    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    # 3 images of dall-e-3 may cost 3 x $0.12 (hd, tall): more than the credit, refused before
+    # the upstream, although these three would cost $0.12
+    with pytest.raises(openai.RateLimitError) as err:
+        client.images.generate(model="dall-e-3", prompt="x", n=3)
+    assert "worst case of $0.36" in err.value.message
+    client.images.generate(model="dall-e-3", prompt="x", n=2)  # at most $0.24: admitted
+    log, _ = record_of(gw, postgres_env, 1)
+    assert cost(log) == 2 * Decimal("0.04")
+    # whisper-1: an upload is reserved at its size over the lowest audio byte rate (750 B/s):
+    # 1.9 MB could be 2,560 s = $0.256, more than the $0.22 left; a short file is admitted
+    with pytest.raises(openai.RateLimitError) as err:
+        client.audio.transcriptions.create(model="whisper-1", file=("long.wav", wav(60)))
+    assert "worst case of $0.256" in err.value.message
+    answer = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(2.0)))
+    assert answer.text == TRANSCRIPT
+    # speech: its characters at the price file's rate
+    with pytest.raises(openai.RateLimitError):
+        openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0).audio.speech.create(
+            model="tts-1", voice="alloy", input="x" * 16384)  # $0.25 of characters, $0.22 left
+
+
+def test_form_scanner_reads_fields_split_anywhere():
+    """The multipart scanner (routes/multipart.py) finds the same fields and file head however
+    the body is cut into pieces, and never mistakes file bytes for a delimiter."""
+    from tallygate.routes.multipart import FormScanner
+
+    file_bytes = wav(0.01) + b"\r\n--notquite\r\n" + bytes(range(256)) * 4
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"response_format\"\r\n\r\nsrt\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            b"Content-Type: audio/wav\r\n\r\n" + file_bytes + b"\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n--XyZ--\r\n")
+    for size in (1, 2, 3, 7, 64, 1000, len(body)):
+        scanner = FormScanner(b"XyZ")
+        for i in range(0, len(body), size):
+            scanner.feed(body[i : i + size])
+        assert scanner.fields == {"model": "whisper-1", "response_format": "srt", "language": "en"}, size
+        assert scanner.files == 1 and scanner.state == "done", size
+        assert scanner.file_head == file_bytes[:4096], size
