@@ -415,3 +415,13 @@ def test_form_scanner_reads_fields_split_anywhere():
         assert scanner.fields == {"model": "whisper-1", "response_format": "srt", "language": "en"}, size
         assert scanner.files == 1 and scanner.state == "done", size
         assert scanner.file_head == file_bytes[:4096], size
+
+
+def test_failed_media_requests_cost_nothing(media_gateway, postgres_env):
+    gw, env = media_gateway, postgres_env
+    client = sdk_client(gw)
+    # the upstream refuses (sse speech for tts-1): a row at $0, not the characters
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hello", stream_format="sse")
+    log, row = record_of(gw, env, 1)
+    assert log["status"] == "upstream_error" and row["status_code"] == 400 and cost(log) == 0

@@ -24,6 +24,7 @@ import math
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .answers import CREATED
 
@@ -53,18 +54,25 @@ def _sse(events: list[dict]) -> bytes:
     return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
 
 
+class BadForm(Exception):
+    pass
+
+
 async def _form(request: web.Request) -> tuple[dict, list[bytes]]:
-    """(text fields, file contents) of a multipart request."""
+    """(text fields, file contents) of a multipart request; BadForm when it is not one."""
     fields: dict = {}
     files: list[bytes] = []
-    reader = await request.multipart()
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.filename is not None:
-            files.append(bytes(await part.read()))
-        else:
-            fields.setdefault(part.name, (await part.text()))
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.filename is not None:
+                files.append(bytes(await part.read()))
+            else:
+                fields.setdefault(part.name, (await part.text()))
+    except (ValueError, LookupError, AssertionError, HttpProcessingError) as exc:
+        raise BadForm(str(exc)[:200]) from None
     return fields, files
 
 
@@ -103,7 +111,10 @@ class FakeMedia:
         return await self._images(request, doc, [], "image_generation")
 
     async def edits(self, request: web.Request) -> web.StreamResponse:
-        fields, files = await _form(request)
+        try:
+            fields, files = await _form(request)
+        except BadForm as exc:
+            return _error(400, f"Invalid multipart form: {exc}")
         self._log(request, {k: v for k, v in fields.items() if k != "prompt"}, sum(map(len, files)))
         if not files:
             return _error(400, "image is required")
@@ -166,7 +177,10 @@ class FakeMedia:
         return await self._audio(request, "translate")
 
     async def _audio(self, request: web.Request, task: str) -> web.StreamResponse:
-        fields, files = await _form(request)
+        try:
+            fields, files = await _form(request)
+        except BadForm as exc:
+            return _error(400, f"Invalid multipart form: {exc}")
         self._log(request, fields, sum(map(len, files)))
         if not files:
             return _error(400, "file is required")

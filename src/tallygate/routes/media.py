@@ -446,6 +446,8 @@ class Media:
         return out
 
     def _submit(self, record: UsageRecord, started: float, status_code: int, status: str, wait: bool = False):
+        if status_code >= 400:  # refused, failed or never answered: nothing was made, nothing is billed
+            record.media = None
         record.latency_ms = elapsed_ms(started)
         record.status_code = status_code
         record.status = status
