@@ -185,7 +185,7 @@ def _media_paths() -> dict:
         "/v1/audio/speech": op(
             "Text to speech (per character or token; the audio relayed as it comes)",
             {"required": True, "content": {"application/json": {"schema": speech_body}}},
-            ("application/octet-stream", "text/event-stream"),
+            ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm", "text/event-stream"),
             False,
         ),
     }

@@ -58,6 +58,16 @@ class BadForm(Exception):
     pass
 
 
+async def _stream(request: web.Request, events: list[dict]) -> web.StreamResponse:
+    """An SSE answer, an event a write."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for e in events:
+        await resp.write(_sse([e]))
+    await resp.write_eof()
+    return resp
+
+
 async def _form(request: web.Request) -> tuple[dict, list[bytes]]:
     """(text fields, file contents) of a multipart request; BadForm when it is not one."""
     fields: dict = {}
@@ -101,13 +111,19 @@ class FakeMedia:
         del self.upstream.requests[:-200]
 
     # -- images ----------------------------------------------------------------------------
-    async def generations(self, request: web.Request) -> web.StreamResponse:
+    async def _json(self, request: web.Request, secret: str) -> dict:
+        """The JSON body (logged without its `secret` text field); {} when it is not an object."""
         raw = await request.read()
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
             doc = {}
-        self._log(request, {k: v for k, v in doc.items() if k != "prompt"}, len(raw))
+        doc = doc if isinstance(doc, dict) else {}
+        self._log(request, {k: v for k, v in doc.items() if k != secret}, len(raw))
+        return doc
+
+    async def generations(self, request: web.Request) -> web.StreamResponse:
+        doc = await self._json(request, "prompt")
         return await self._images(request, doc, [], "image_generation")
 
     async def edits(self, request: web.Request) -> web.StreamResponse:
@@ -162,12 +178,7 @@ class FakeMedia:
             if i == n - 1:
                 done["usage"] = usage
             events.append(done)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for e in events:
-            await resp.write(_sse([e]))
-        await resp.write_eof()
-        return resp
+        return await _stream(request, events)
 
     # -- audio -------------------------------------------------------------------------------
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
@@ -201,12 +212,7 @@ class FakeMedia:
                 {"type": "transcript.text.delta", "delta": w if i == 0 else " " + w} for i, w in enumerate(words)
             ]
             events.append({"type": "transcript.text.done", "text": text, "usage": token_usage})
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            for e in events:
-                await resp.write(_sse([e]))
-            await resp.write_eof()
-            return resp
+            return await _stream(request, events)
         end = _timestamp(seconds)
         if fmt == "text":
             return web.Response(text=text + "\n", content_type="text/plain")
@@ -226,12 +232,7 @@ class FakeMedia:
         return web.json_response(doc)
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            doc = {}
-        self._log(request, {k: v for k, v in doc.items() if k != "input"}, len(raw))
+        doc = await self._json(request, "input")
         text = str(doc.get("input") or "")
         if not text:
             return _error(400, "input is required")

@@ -41,8 +41,9 @@ from ..metering.media import (
 from ..metering.record import UsageRecord, utcnow
 from ..metering.usage import USAGE_FIELDS, Usage, _balanced_object, model_name
 from ..proxy.ids import elapsed_ms, new_request_id
-from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Router, scrub
-from .multipart import FormUpload, UploadTooLarge
+from ..upstream import FORWARD_HEADERS, Router, scrub
+from .multipart import FormUpload, UploadTooLarge, too_large
+from .objects import Objects
 
 log = logging.getLogger("tallygate.media")
 
@@ -244,25 +245,13 @@ class Media:
                 else:
                     answer = await resp.read()
                     await self._answer(send, resp, answer, ep, record, started)
-        except UploadTooLarge:
-            self._submit(record, started, 413, "upstream_error")
-            raise GatewayError(
-                413,
-                f"File too large: the limit is {self.max_file_bytes} bytes (TALLYGATE_MAX_FILE_BYTES).",
-                "invalid_request_error",
-                "request_too_large",
-            ) from None
-        except (TimeoutError, aiohttp.ClientError, ClientGone) as exc:
+        except (UploadTooLarge, TimeoutError, aiohttp.ClientError, ClientGone) as exc:
             if record.submitted:
                 return
-            if upload is not None and upload.too_large:
+            # the client library may hand the upload's own error back as it is, or wrapped
+            if isinstance(exc, UploadTooLarge) or (upload is not None and upload.too_large):
                 self._submit(record, started, 413, "upstream_error")
-                raise GatewayError(
-                    413,
-                    f"File too large: the limit is {self.max_file_bytes} bytes (TALLYGATE_MAX_FILE_BYTES).",
-                    "invalid_request_error",
-                    "request_too_large",
-                ) from None
+                raise too_large(self.max_file_bytes) from None
             if isinstance(exc, ClientGone) or (upload is not None and upload.gone):
                 self._submit(record, started, 499, "client_disconnected")
                 return
@@ -294,27 +283,16 @@ class Media:
 
     async def _relay_stream(self, send, resp, ep: Endpoint, record, started) -> None:
         """An SSE answer, passed on as it comes; its last usage object is found in the tail."""
-        import aiohttp
-
-        await send({"type": "http.response.start", "status": resp.status, "headers": self._headers(resp, record)})
         tail = b""
         done_images = 0
-        status = "ok"
-        first = True
-        try:
-            async for chunk in resp.content.iter_any():
-                if first:
-                    record.ttft_ms = elapsed_ms(started)
-                    first = False
-                # a marker split across two chunks is found in the overlap
-                window = tail[-(len(_IMAGE_DONE) - 1) :] + chunk
-                done_images += window.count(_IMAGE_DONE)
-                tail = (tail + chunk)[-TAIL:]
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError):
-            status = "upstream_error"
-        except OSError:
-            status = "client_disconnected"
+
+        def watch(chunk: bytes) -> None:
+            nonlocal tail, done_images
+            # a marker split across two chunks is found in the overlap
+            done_images += (tail[-(len(_IMAGE_DONE) - 1) :] + chunk).count(_IMAGE_DONE)
+            tail = (tail + chunk)[-TAIL:]
+
+        status = await self._relay(send, resp, record, started, watch, resp.content.iter_any())
         self._meter_stream_tail(tail, ep, record, done_images)
         self._submit(record, started, resp.status, status)
         if status != "client_disconnected":
@@ -322,26 +300,31 @@ class Media:
 
     async def _relay_audio(self, send, resp, record, started) -> None:
         """Speech: the audio bytes relayed as they come (priced by the input's characters)."""
-        import aiohttp
-
-        out = self._headers(resp, record)
-        await send({"type": "http.response.start", "status": resp.status, "headers": out})
-        status = "ok"
-        first = True
-        try:
-            async for chunk in resp.content.iter_chunked(256 * 1024):
-                if first:
-                    record.ttft_ms = elapsed_ms(started)
-                    first = False
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError):
-            status = "upstream_error"
-        except OSError:
-            status = "client_disconnected"
+        status = await self._relay(send, resp, record, started, None, resp.content.iter_chunked(256 * 1024))
         record.usage_source = "provider"  # the characters the provider bills are the request's
         self._submit(record, started, resp.status, status)
         if status != "client_disconnected":
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relay(self, send, resp, record, started, watch, chunks) -> str:
+        """The answer's head, then its body as it arrives; the record's status."""
+        import aiohttp
+
+        await send({"type": "http.response.start", "status": resp.status, "headers": self._headers(resp, record)})
+        first = True
+        try:
+            async for chunk in chunks:
+                if first:
+                    record.ttft_ms = elapsed_ms(started)
+                    first = False
+                if watch is not None:
+                    watch(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (TimeoutError, aiohttp.ClientError):
+            return "upstream_error"  # cut short: the client sees the body end early
+        except OSError:
+            return "client_disconnected"
+        return "ok"
 
     # -- metering -----------------------------------------------------------------------------
     def _meter_body(self, data: bytes, ctype: str, ep: Endpoint, record) -> None:
@@ -436,14 +419,7 @@ class Media:
         else:
             record.usage_flag = "missing"
 
-    @staticmethod
-    def _headers(resp, record) -> list:
-        out = [(b"x-tallygate-request-id", record.request_id.encode())]
-        for name, value in resp.raw_headers:
-            lname = name.lower()
-            if (lname in PASS_HEADERS or lname.startswith(b"x-ratelimit-")) and b"\n" not in value:
-                out.append((lname, value))
-        return out
+    _headers = staticmethod(Objects._headers)  # the request id and the upstream's headers that matter
 
     def _submit(self, record: UsageRecord, started: float, status_code: int, status: str, wait: bool = False):
         if status_code >= 400:  # refused, failed or never answered: nothing was made, nothing is billed
