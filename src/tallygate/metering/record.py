@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 STATUSES = ("ok", "upstream_error", "client_disconnected", "timeout")
 
@@ -57,6 +58,8 @@ class UsageRecord:
     # the model as a metric label (set when the record is priced): the name the price data or
     # the price file knows it by, else "other"; never a client's free text. Not a ledger column
     model_label: str = "other"
+    # an image or audio request's billed units (metering/media.py MediaUsage); not a ledger column
+    media: Any = None
 
     def ledger_row(self) -> tuple:
         """Column values in LEDGER_COLUMNS order (a tuple written out: three times faster
