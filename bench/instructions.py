@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib.config import BENCH, HOST, MODEL, VENV_PY, WORK  # noqa: E402  (the benchmark's library)
+from benchlib.ledger import fresh_bench_db  # noqa: E402
 from benchlib.processes import Nginx  # noqa: E402
 from benchlib.systems import make_system  # noqa: E402
 
@@ -101,6 +102,7 @@ def main() -> int:
     if not subprocess.run(["which", "valgrind"], capture_output=True).returncode == 0:
         sys.exit("valgrind is missing: apt-get install valgrind")
     WORK.mkdir(parents=True, exist_ok=True)
+    fresh_bench_db()  # the ledger's database, created empty (as run.py and cpu.py do)
     nginx = Nginx()
     nginx.start()
     try:
