@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib.config import BENCH, HOST, MODEL, VENV_PY, WORK  # noqa: E402  (the benchmark's library)
+from benchlib.config import BENCH, HOST, MODEL, PORT_OFFSET, VENV_PY, WORK  # noqa: E402  (the benchmark's library)
 from benchlib.ledger import fresh_bench_db  # noqa: E402
 from benchlib.processes import Nginx  # noqa: E402
 from benchlib.systems import make_system  # noqa: E402
@@ -57,7 +57,7 @@ async def load(port: int, token: str, n: int, c: int, stream: bool) -> None:
 def measure(src: str | None, label: str, a) -> float:
     """Instructions per request for one build (src None: the floor proxy)."""
     stream = a.mode == "stream"
-    out = WORK / f"callgrind.{label}.out"
+    out = WORK / f"callgrind.{label}{f'-p{PORT_OFFSET}' if PORT_OFFSET else ''}.out"  # apart from another run
     for f in glob.glob(f"{out}*"):
         os.remove(f)
     name = "floor" if src is None else "tallygate-pg"

@@ -21,7 +21,7 @@ LUA = BENCH / "post.lua"
 HOST = "127.0.0.1"
 # BENCH_PORT_OFFSET moves every port (two benchmarks on one machine, e.g. 50); under 90,
 # since each kind of port below is 100 from the next and cpu.py adds one a system
-_OFFSET = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
+PORT_OFFSET = _OFFSET = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
 if not 0 <= _OFFSET < 90:
     raise SystemExit(f"BENCH_PORT_OFFSET={_OFFSET}: use 0-89")
 NGINX_JSON, NGINX_SSE, NGINX_STATUS = 18101 + _OFFSET, 18102 + _OFFSET, 18103 + _OFFSET
