@@ -138,3 +138,28 @@ EXTRA_TOKEN_COLUMNS = LEDGER_COLUMNS[LEDGER_COLUMNS.index("cache_write_tokens") 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def opened(
+    request_id: str,
+    created_at: datetime,
+    tenant_id: str,
+    model: str,
+    endpoint: str,
+    stream: bool,
+    api_key_id: str | None,
+    provider: str,
+    trace: str | None,
+    out_cap: int,
+    choices: int,
+    body_len: int,
+) -> UsageRecord:
+    """The record a proxied request opens. The first fields go by position: keyword
+    arguments to the dataclass's 40-parameter __init__ cost about as much again as the
+    rest of the construction (each is matched against the parameter names)."""
+    record = UsageRecord(request_id, created_at, tenant_id, model, endpoint, stream, api_key_id, None, provider)
+    record.trace = trace
+    record.out_cap = out_cap
+    record.choices = choices
+    record.body_len = body_len
+    return record
