@@ -8,6 +8,12 @@ on PYTHONPATH): an ablation (a sink switched off) or a candidate change, measure
 beside the current build. This is how the in-place costs in docs/DESIGN.md were found.
 
     .venv/bin/python bench/cpu.py --mode stream floor tallygate-pg tallygate-pg@/tmp/variant
+    .venv/bin/python bench/cpu.py --mode json --workers 1,2 floor tallygate-pg   # scaling
+
+With `--workers 1,2` every system runs once per worker count (2 workers on both cores,
+wrk and nginx still on core 1) and the CPU is that of its whole process tree (the
+supervisor and each worker); each worker's share of it shows how evenly the kernel spread
+the connections.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib.config import BENCH_DB, HOST, WORK  # noqa: E402  (the benchmark's library)
-from benchlib.host import sh  # noqa: E402
+from benchlib.host import proc_tree, sh  # noqa: E402
 from benchlib.ledger import fresh_ledgers  # noqa: E402
 from benchlib.load import run_wrk  # noqa: E402
 from benchlib.processes import Nginx  # noqa: E402
@@ -37,10 +43,21 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK, int(fields[12]) / CLK
 
 
-def start(spec: str, index: int, stream: bool) -> dict:
+def tree_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of each process of pid's tree (a process gone: left out)."""
+    out = {}
+    for q in proc_tree(pid):
+        try:
+            out[q] = cpu_seconds(q)
+        except OSError:
+            pass
+    return out
+
+
+def start(spec: str, index: int, stream: bool, workers: int) -> dict:
     name, _, src = spec.partition("@")
-    label = re.sub(r"[^A-Za-z0-9._-]", "_", spec)
-    sysd = make_system(name, stream, 1, "cpu-" + label)
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", spec) + (f"-w{workers}" if workers > 1 else "")
+    sysd = make_system(name, stream, workers, "cpu-" + label)
     proc = sysd["proc"]
     if src:
         proc.env["PYTHONPATH"] = str(Path(src).resolve() / "src")
@@ -74,43 +91,57 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--ledger-rows", type=int, default=0,
                     help="rows put into the Postgres ledger table before measuring (a ledger that has grown)")
+    ap.add_argument("--workers", default="1",
+                    help="worker counts, comma-separated: each system runs at each (e.g. 1,2)")
+    ap.add_argument("--c", type=int, default=15, help="wrk connections")
     a = ap.parse_args()
     stream = a.mode == "stream"
+    counts = [int(w) for w in a.workers.split(",")]
+    runs = [(spec, w) for spec in a.systems for w in counts]
+    names = [spec if w == 1 else f"{spec} x{w}" for spec, w in runs]
     WORK.mkdir(parents=True, exist_ok=True)
     fresh_ledgers(a.systems)
     nginx = Nginx()
     nginx.start()
     systems: list[dict] = []
-    results: dict[str, list[tuple[float, float, float]]] = {s: [] for s in a.systems}
+    results: dict[str, list[tuple]] = {n: [] for n in names}
     try:
-        for i, spec in enumerate(a.systems):
-            systems.append(start(spec, i, stream))
-            run_wrk(systems[-1]["port"], 15, 2, f"cpu-warm-{i}", stream, systems[-1]["token"], "warm")
+        for i, (spec, w) in enumerate(runs):
+            systems.append(start(spec, i, stream, w))
+            run_wrk(systems[-1]["port"], a.c, 2, f"cpu-warm-{i}", stream, systems[-1]["token"], "warm")
         if a.ledger_rows:
             prefill(a.ledger_rows)
         for r in range(a.rounds):
-            for spec, sysd in zip(a.systems, systems):
+            for name, sysd in zip(names, systems, strict=True):
                 pid = sysd["proc"].p.pid
-                u0, s0 = cpu_seconds(pid)
+                before = tree_cpu(pid)
                 t0 = time.monotonic()
-                res = run_wrk(sysd["port"], 15, a.seconds, f"cpu-{sysd['label']}-{r}", stream,
-                                sysd["token"], "cpu")
-                u1, s1 = cpu_seconds(pid)
-                busy = (u1 - u0 + s1 - s0) / (time.monotonic() - t0)
+                res = run_wrk(sysd["port"], a.c, a.seconds, f"cpu-{sysd['label']}-{r}", stream,
+                              sysd["token"], "cpu")
+                after = tree_cpu(pid)
+                wall = time.monotonic() - t0
+                used = {q: (u - before.get(q, (0, 0))[0], st - before.get(q, (0, 0))[1]) for q, (u, st) in after.items()}
+                user, system = sum(u for u, _ in used.values()), sum(st for _, st in used.values())
+                busy = (user + system) / wall
                 n = res["requests"]
                 if res.get("errors", {}).get("status"):
-                    raise RuntimeError(f"{spec}: {res['errors']['status']} error responses")
-                results[spec].append((res["rps"], 1e6 * (u1 - u0) / n, 1e6 * (s1 - s0) / n, busy))
-                print(f"round {r + 1} {spec:40s} {res['rps']:8.0f} req/s  user {results[spec][-1][1]:6.1f} "
-                      f"sys {results[spec][-1][2]:5.1f} us/request  core busy {busy:4.2f}", flush=True)
+                    raise RuntimeError(f"{name}: {res['errors']['status']} error responses")
+                # each process's share of the tree's CPU (workers: how evenly connections were spread)
+                shares = sorted((u + st) / (user + system) for u, st in used.values() if u + st > 0.01 * (user + system))
+                results[name].append((res["rps"], 1e6 * user / n, 1e6 * system / n, busy, res["latency_us"]["p99"] / 1000))
+                split = "" if len(shares) < 2 else "  split " + "/".join(f"{x:.0%}" for x in shares)
+                print(f"round {r + 1} {name:40s} {res['rps']:8.0f} req/s  user {results[name][-1][1]:6.1f} "
+                      f"sys {results[name][-1][2]:5.1f} us/request  cores busy {busy:4.2f}  p99 {results[name][-1][4]:5.2f} ms{split}", flush=True)
     finally:
         for sysd in systems:
             sysd["proc"].stop(30)
         nginx.stop()
-    print(f"\nmedians over {a.rounds} rounds ({a.mode}, c=15):")
-    for spec, rows in results.items():
-        print(f"{spec:40s} {median(x[0] for x in rows):8.0f} req/s  user {median(x[1] for x in rows):6.1f} "
-              f"sys {median(x[2] for x in rows):5.1f} us/request  core busy {median(x[3] for x in rows):4.2f}")
+    print(f"\nmedians over {a.rounds} rounds ({a.mode}, c={a.c}):")
+    for name, rows in results.items():
+        total = median(x[1] + x[2] for x in rows)
+        print(f"{name:40s} {median(x[0] for x in rows):8.0f} req/s  user {median(x[1] for x in rows):6.1f} "
+              f"sys {median(x[2] for x in rows):5.1f} total {total:6.1f} us/request  "
+              f"cores busy {median(x[3] for x in rows):4.2f}  p99 {median(x[4] for x in rows):5.2f} ms")
     return 0
 
 

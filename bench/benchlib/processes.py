@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import MODEL, NGINX_JSON, NGINX_SSE, NGINX_STATUS, WORK
+from .config import MODEL, NGINX_JSON, NGINX_SSE, NGINX_STATUS, PORT_OFFSET, WORK
 from .host import http_get, http_post, nginx_bin, port_free
 from .upstream import nginx_conf
 
@@ -100,7 +100,7 @@ class Proc:
 
 class Nginx:
     def __init__(self) -> None:
-        self.dir = WORK / "nginx"
+        self.dir = WORK / ("nginx" if not PORT_OFFSET else f"nginx-{PORT_OFFSET}")  # its own beside another run
         self.p: subprocess.Popen | None = None
 
     def start(self) -> None:

@@ -245,8 +245,9 @@ def render(results: list[dict], meta: dict, a) -> str:
     return "\n".join(L)
 
 
-# Sections of docs/benchmarks.md written by other benchmarks (bench/scale.py): a run keeps them
-KEPT_SECTIONS = ("## Ledger at scale",)
+# Sections of docs/benchmarks.md written by other benchmarks (bench/scale.py) or by hand from
+# load-insensitive measurements (callgrind, CPU a request): a run keeps them
+KEPT_SECTIONS = ("## Ledger at scale", "## Request path: instructions and CPU a request")
 
 
 def kept_sections(old: str) -> list[str]:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .credits.store import CreditStore
     from .limits.guard import Guard
     from .routes.admin import Admin
+    from .routes.media import Media
     from .routes.models import Models
     from .routes.objects import Objects
     from .sinks.ledger import LedgerWriter
@@ -50,6 +51,8 @@ _TRACE_RE = re.compile(rb"[0-9a-fA-F]{32}")
 # the GET endpoints outside the proxy and the admin API (routes/service.py, routes/models.py)
 # the stateful and free endpoints (routes/objects.py)
 OBJECT_PATHS = (b"/v1/responses/", b"/v1/conversations", b"/v1/moderations", b"/v1/files")
+# images and audio, metered by their units (routes/media.py)
+MEDIA_PATHS = (b"/v1/images/", b"/v1/audio/")
 GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models", b"/v1/balance")
 
 
@@ -89,6 +92,7 @@ class Gateway:
     models: Models
     owners: Owners
     objects: Objects
+    media: Media
     loop: asyncio.AbstractEventLoop
     client_ready: asyncio.Event
 
@@ -145,6 +149,7 @@ class Gateway:
         from .limits.counters import MemoryCounters
         from .limits.guard import Guard
         from .routes.admin import Admin
+        from .routes.media import Media
         from .routes.models import Models
         from .routes.objects import Objects
         from .routes.service import Service
@@ -212,6 +217,18 @@ class Gateway:
             guard=self.guard,
             pipeline=self.pipeline,
             owners=self.owners,
+            secrets=self.upstream_secrets_b,
+            trace_for=self.trace_for,
+            max_body_bytes=s.max_body_bytes,
+            max_file_bytes=s.max_file_bytes,
+        )
+        self.media = Media(
+            auth=self.auth,
+            router=self.router,
+            client=self.client,
+            guard=self.guard,
+            pipeline=self.pipeline,
+            prices=self.prices,
             secrets=self.upstream_secrets_b,
             trace_for=self.trace_for,
             max_body_bytes=s.max_body_bytes,
@@ -431,6 +448,9 @@ class App:
                 return
             if path.startswith(OBJECT_PATHS):  # responses by id, conversations, moderations, files
                 await self.g.objects.handle(scope, receive, send, method, path)
+                return
+            if path.startswith(MEDIA_PATHS):  # images and audio
+                await self.g.media.handle(scope, receive, send, method, path)
                 return
             if method == b"GET" and path.startswith(b"/v1/models/"):
                 await self.g.models.retrieve(scope, receive, send, unquote(path[11:].decode("utf-8", "replace")))

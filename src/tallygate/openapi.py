@@ -112,6 +112,85 @@ _UPLOAD = {
 }
 
 
+def _form(required: tuple[str, ...], files: tuple[str, ...], fields: dict[str, Any]) -> dict:
+    props: dict[str, Any] = {name: {"type": "string", "format": "binary"} for name in files}
+    props.update(fields)
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": list(required), "properties": props}}
+        },
+    }
+
+
+def _media_paths() -> dict:
+    """Images and audio (routes/media.py): metered per image, second, character or token."""
+    model: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 256}
+    audio_fields: dict[str, Any] = {
+        "model": model,
+        "response_format": {"type": "string"},
+        "stream": {"type": "boolean"},
+    }
+    image_fields: dict[str, Any] = {"model": model, "prompt": {"type": "string"}, "n": {"type": "integer", "minimum": 1, "maximum": 10},
+                    "size": {"type": "string"}, "quality": {"type": "string"}}  # fmt: skip
+
+    def op(summary: str, body: dict, answers: tuple[str, ...], uploads: bool) -> dict:
+        content = {
+            c: {"schema": {"type": "object"} if c == "application/json" else {"type": "string"}} for c in answers
+        }
+        return {
+            "post": {
+                "summary": summary,
+                "security": [{"bearer": []}],
+                "parameters": [{"$ref": "#/components/parameters/Tenant"}],
+                "requestBody": body,
+                "responses": {
+                    "200": {"description": "The upstream's answer, relayed", "content": content},
+                    **_errors(400, 401, 403, 404, 413, 429, 502, 503, *((415,) if uploads else ())),
+                },
+            }
+        }
+
+    images_body = {"type": "object", "required": ["prompt"], "additionalProperties": True,
+                   "properties": {**image_fields, "stream": {"type": "boolean"}}}  # fmt: skip
+    speech_body = {"type": "object", "required": ["model", "input", "voice"], "additionalProperties": True,
+                   "properties": {"model": model, "input": {"type": "string", "minLength": 1},
+                                  "voice": {"type": "string"}, "stream_format": {"enum": ["audio", "sse"]}}}  # fmt: skip
+    json_or_sse = ("application/json", "text/event-stream")
+    return {
+        "/v1/images/generations": op(
+            "Generate images (per image by quality and size, or tokens)",
+            {"required": True, "content": {"application/json": {"schema": images_body}}},
+            json_or_sse,
+            False,
+        ),
+        "/v1/images/edits": op(
+            "Edit images (multipart, streamed; TALLYGATE_MAX_FILE_BYTES)",
+            _form(("image", "prompt"), ("image", "mask"), image_fields),
+            json_or_sse,
+            True,
+        ),
+        "/v1/audio/transcriptions": op(
+            "Transcribe audio (per second or token; multipart, streamed)",
+            _form(("file", "model"), ("file",), audio_fields),
+            (*json_or_sse, "text/plain"),
+            True,
+        ),
+        "/v1/audio/translations": op(
+            "Translate audio into English (per second; multipart, streamed)",
+            _form(("file", "model"), ("file",), audio_fields),
+            ("application/json", "text/plain"),
+            True,
+        ),
+        "/v1/audio/speech": op(
+            "Text to speech (per character or token; the audio relayed as it comes)",
+            {"required": True, "content": {"application/json": {"schema": speech_body}}},
+            ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm", "text/event-stream"),
+            False,
+        ),
+    }
+
+
 def _object_paths() -> dict:
     """Responses by id, conversations and items, moderations, files (tenant-owned ids: a 404 for others)."""
     r, c, i, f = ("response_id",), ("conversation_id",), ("conversation_id", "item_id"), ("file_id",)
@@ -291,6 +370,7 @@ def spec() -> dict:
             "/v1/embeddings": _proxy_op("Embeddings", False),
             "/v1/responses": _proxy_op("Responses API (streaming or not)", True, 404),
             **_object_paths(),
+            **_media_paths(),
             "/v1/messages": _messages_op("Anthropic Messages API (streaming or not)", True),
             "/v1/messages/count_tokens": _messages_op("Anthropic token counting (recorded at $0)", False),
             "/v1/models/{model}": {

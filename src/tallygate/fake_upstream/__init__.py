@@ -1,7 +1,8 @@
 """A deterministic fake OpenAI upstream on loopback, for demos and tests.
 
 `tallygate fake-upstream --port 9100` answers chat completions, completions,
-embeddings, responses (JSON and SSE, with usage), models and the stateful endpoints below. A request can steer
+embeddings, responses (JSON and SSE, with usage), models, images, audio and the stateful
+endpoints below. A request can steer
 it with an extra body field the gateway forwards untouched:
 
     "fake": {"prompt_tokens": 1000, "completion_tokens": 200, "cached_tokens": 500,
@@ -41,6 +42,16 @@ Billable parts beyond tokens (chat, completions, responses):
 Responses streams carry the documented event sequence (response.created, in_progress,
 each output item added and done, a message's content part and text deltas, completed), so
 the SDKs' `responses.stream` helpers work against it.
+
+Tool calls and JSON mode (fake_upstream/structured.py): a request offering function tools
+gets a call of one (chat `tool_calls` with finish_reason "tool_calls", a Responses
+`function_call` item with its argument delta events), its arguments an instance of the
+tool's schema, until the conversation ends with the tool's result; `response_format`
+json_object / json_schema (Responses: `text.format`) gets JSON text valid for the schema.
+
+Images and audio (fake_upstream/media.py): image generations and edits (dall-e-* per image,
+gpt-image-* with token usage, streamed with partial images), transcriptions and translations
+(json, verbose_json, text, srt, vtt; streamed), speech (audio bytes, or SSE).
 
 Stateful endpoints (fake_upstream/objects.py, in memory, random ids): stored responses
 (retrieve, delete, cancel, input items; every non-`store: false` response is kept),

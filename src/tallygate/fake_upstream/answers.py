@@ -83,9 +83,10 @@ def closed(request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
-def responses_events(response, output: list, usage, words: list[str], message: dict) -> list[bytes]:
+def responses_events(response, output: list, usage, words: list[str], message: dict | None) -> list[bytes]:
     """A Responses stream as the API reference documents it: created, in_progress, each
-    output item added and done (a message's content part and text deltas between), completed.
+    output item added and done (a message's content part and text deltas between; a function
+    call's argument deltas when the last item is one: `message` None), completed.
     `response(status, output, usage)` builds the response object at each stage."""
     events: list[dict] = [
         {"type": "response.created", "response": response("in_progress", [], None)},
@@ -96,6 +97,26 @@ def responses_events(response, output: list, usage, words: list[str], message: d
         events.append({"type": "response.output_item.added", "output_index": index, "item": item})
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})
     index = len(tools)
+    if message is None:
+        call = output[-1]
+        at = {"item_id": call["id"], "output_index": index}
+        events.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": index,
+                "item": {**call, "arguments": "", "status": "in_progress"},
+            }
+        )
+        args = call["arguments"]
+        step = max(1, -(-len(args) // max(1, len(words))))
+        events.extend(
+            {"type": "response.function_call_arguments.delta", **at, "delta": args[i : i + step]}
+            for i in range(0, len(args), step)
+        )
+        events.append({"type": "response.function_call_arguments.done", **at, "name": call["name"], "arguments": args})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": call})
+        events.append({"type": "response.completed", "response": response("completed", output, usage)})
+        return _numbered(events)
     item_id = message["id"]
     text = "".join(words)
     part = {"type": "output_text", "text": "", "annotations": []}
@@ -113,6 +134,10 @@ def responses_events(response, output: list, usage, words: list[str], message: d
     events.append({"type": "response.content_part.done", **where, "part": {**part, "text": text}})
     events.append({"type": "response.output_item.done", "output_index": index, "item": message})
     events.append({"type": "response.completed", "response": response("completed", output, usage)})
+    return _numbered(events)
+
+
+def _numbered(events: list[dict]) -> list[bytes]:
     return [
         b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps({**e, "sequence_number": i}) + b"\n\n"
         for i, e in enumerate(events)

@@ -22,7 +22,9 @@ from .answers import (
     write_pieces,
 )
 from .anthropic import AnthropicAnswers
+from .media import FakeMedia
 from .objects import FakeObjects, new_id
+from .structured import chat_finished, json_text, pieces, responses_finished, tool_call
 
 # request headers listed by /_fake/requests (the ones a test checks were passed on, or not)
 _RECORDED_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta", "api-key", "openai-beta")
@@ -51,6 +53,7 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", anthropic.messages)
         app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
         self.objects.add_routes(app)
+        FakeMedia(self).add_routes(app)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)
@@ -217,16 +220,23 @@ class FakeUpstream:
         words = [WORDS[i % len(WORDS)] for i in range(n)]
         created = CREATED
         usage = chat_usage(doc, fake)
+        # tools and JSON mode (structured.py): a call, or a JSON text, instead of the words
+        call = tool_call(doc, chat_finished(doc)) if kind == "chat.completion" else None
+        as_json = json_text(doc.get("response_format")) if kind == "chat.completion" else None
+        if as_json is not None:
+            words = pieces(as_json, n)
+        finish = "tool_calls" if call is not None else "stop"
         if fake.get("raw_body") is not None and not doc.get("stream"):
             return raw_answer(fake)
         if not doc.get("stream"):
             if kind == "chat.completion":
-                choice = {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(words), "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
+                message: dict = {"role": "assistant", "content": "".join(words), "refusal": None}
+                if call is not None:
+                    message["content"] = None
+                    message["tool_calls"] = [
+                        {"id": "call_fake_1", "type": "function", "function": {"name": call[0], "arguments": call[1]}}
+                    ]
+                choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": "".join(words), "logprobs": None, "finish_reason": "stop"}
             body = {
@@ -253,9 +263,17 @@ class FakeUpstream:
         include = include and not fake.get("no_usage")
         chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
         events = []
+        if call is not None:  # the call's name first, then its arguments in pieces
+            words = pieces(call[1], n)
         for i, word in enumerate(words):
             if kind == "chat.completion":
-                delta = {"content": word} if i else {"role": "assistant", "content": word}
+                delta: dict = {"content": word} if i else {"role": "assistant", "content": word}
+                if call is not None:
+                    fn = {"arguments": word} if i else {"name": call[0], "arguments": word}
+                    tc: dict = {"index": 0, "function": fn}
+                    if not i:
+                        tc.update(id="call_fake_1", type="function")
+                    delta = {"tool_calls": [tc]} if i else {"role": "assistant", "content": None, "tool_calls": [tc]}
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
             else:
                 choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": None}
@@ -271,7 +289,7 @@ class FakeUpstream:
                 chunk["usage"] = None
             events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
         last = (
-            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}
             if kind == "chat.completion"
             else {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
         )
@@ -335,10 +353,14 @@ class FakeUpstream:
         model = self._model(doc, fake)
         n = int(fake.get("chunks", 5))
         words = [WORDS[i % len(WORDS)] for i in range(n)]
+        text_format = doc.get("text").get("format") if isinstance(doc.get("text"), dict) else None
+        as_json = json_text(text_format)
+        if as_json is not None:
+            words = pieces(as_json, n)
         text = "".join(words)
         created = CREATED
         response_id = new_id("resp_")
-        message = {
+        message: dict | None = {
             "type": "message",
             "id": "msg_fake",
             "status": "completed",
@@ -347,6 +369,17 @@ class FakeUpstream:
         }
         # tool calls the answer made before its message (e.g. web_search_call items)
         output = [*fake.get("output_items", []), message]
+        call = tool_call(doc, responses_finished(doc))
+        if call is not None:  # a function call is the answer's last item, instead of a message
+            message = None
+            output[-1] = {
+                "type": "function_call",
+                "id": "fc_fake",
+                "call_id": "call_fake_1",
+                "name": call[0],
+                "arguments": call[1],
+                "status": "completed",
+            }
 
         def response(status: str, output: list, usage) -> dict:
             return {
@@ -358,7 +391,8 @@ class FakeUpstream:
                 "output": output,
                 "parallel_tool_calls": True,
                 "tool_choice": "auto",
-                "tools": [],
+                "tools": doc.get("tools") or [],
+                "text": {"format": text_format or {"type": "text"}},
                 "usage": usage,
                 "service_tier": fake.get("service_tier", "default"),
                 "error": None,

@@ -156,10 +156,12 @@ class Guard:
         fallbacks: Sequence[tuple[str | None, str, str | None]] = (),
         endpoint: str = "",
         caps: tuple[int, int] | None = None,
+        worst_usd: Decimal | None = None,
     ) -> Reservation | None:
         """Check the caller's limits and reserve the request's worst case. `fallbacks`
         are the (provider, model, upstream model) that may serve it instead: the worst
-        case is the dearest of them all. `caps`: request_caps(doc), if already known."""
+        case is the dearest of them all. `caps`: request_caps(doc), if already known.
+        `worst_usd`: the worst case when the caller priced it (images and audio, by their units)."""
         scopes = self._scopes(principal)
         account = self.cache.prepaid.get(principal.tenant_id)  # a prepaid tenant's credit account
         if not scopes and account is None:
@@ -174,7 +176,9 @@ class Guard:
         # the price data loads with the first limited request (in a thread): settling a
         # reservation waits for its record's price, which would otherwise wait for the load
         await self.prices.ensure_warm()
-        if account is not None or any(limits.budget_usd is not None for *_, limits in scopes):
+        if worst_usd is not None:
+            worst = _nanos(worst_usd)
+        elif account is not None or any(limits.budget_usd is not None for *_, limits in scopes):
             tier = doc.get("service_tier")
             # one token a byte: no byte-level tokenizer makes more tokens than bytes of text
             worst = max(

@@ -99,6 +99,8 @@ class Price:
     # the name the price is known by (the price file's entry, the price data's model id): the
     # model's metric label, bounded by the data whatever name a client sent
     model: str | None = None
+    # USD per image: quality -> size -> price (the price file's `images` table; metering/media.py)
+    image_prices: dict[str, dict[str, Decimal]] | None = None
 
     def cost(self, usage: Any) -> Decimal:
         # without a library price (a file of plain rates), extra parts are billed as the
@@ -164,7 +166,7 @@ def _price_key(key: str) -> bool:
 def _rates(table: dict, where: str) -> dict[str, Decimal]:
     rates = {}
     for key, value in table.items():
-        if key in ("context_window", "tiers"):
+        if key in ("context_window", "tiers", "images"):
             continue
         if key not in PLAIN_KEYS and not _price_key(key):
             raise PriceFileError(
@@ -174,7 +176,30 @@ def _rates(table: dict, where: str) -> dict[str, Decimal]:
     return rates
 
 
-def _override_price(rates: dict[str, Decimal], window: int | None, name: str) -> Price:
+def _image_prices(table: object, where: str) -> dict[str, dict[str, Decimal]] | None:
+    """`images = {standard = {"1024x1024" = 0.04, ...}, hd = {...}}`: USD per image."""
+    if table is None:
+        return None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise PriceFileError(f"{where}.images must be a table of qualities, each a table of sizes")
+    return {
+        str(q): {str(size): _decimal(v, f"{where}.images.{q}.{size}") for size, v in sizes.items()}
+        for q, sizes in table.items()
+    }
+
+
+# rates that price a media request by its own unit: a model with only these (and `images`)
+# needs no token rates
+MEDIA_KEYS = frozenset({"input_audio_hours", "audio_hours", "input_mchars"})
+
+
+def _override_price(
+    rates: dict[str, Decimal],
+    window: int | None,
+    name: str,
+    images: dict[str, dict[str, Decimal]] | None = None,
+) -> Price:
+    rates = {"input_mtok": ZERO, "output_mtok": ZERO, **rates}
     library_price = None
     if not rates.keys() <= PLAIN_KEYS:  # ~0.35 s to import: only for files that need it
         from genai_prices.types import ModelPrice
@@ -188,6 +213,7 @@ def _override_price(rates: dict[str, Decimal], window: int | None, name: str) ->
         library_price=library_price,
         context_window=window,
         model=name,
+        image_prices=images,
     )
 
 
@@ -210,6 +236,17 @@ def load_overrides(path: str) -> dict[str, Price]:
     output_mtok = 4.5
 
     Tiers are stored under the name "<model>@<tier>".
+
+    Images and audio (metering/media.py) are priced in their own units; such a model needs
+    no token rates:
+
+    [models."dall-e-3".images]   # USD per image: quality -> size
+    standard = {"1024x1024" = 0.04, "1024x1792" = 0.08, "1792x1024" = 0.08}
+    hd = {"1024x1024" = 0.08, "1024x1792" = 0.12, "1792x1024" = 0.12}
+    [models."whisper-1"]
+    input_audio_hours = 0.36     # USD per hour of audio ($0.006 a minute)
+    [models."tts-1"]
+    input_mchars = 15            # USD per million characters of input
     """
     raw = Path(path).read_bytes()
     try:
@@ -221,13 +258,18 @@ def load_overrides(path: str) -> dict[str, Price]:
         raise PriceFileError(f"{path}: expected a [models] table")
     prices = {}
     for name, entry in models.items():
-        if not isinstance(entry, dict) or "input_mtok" not in entry or "output_mtok" not in entry:
-            raise PriceFileError(f"{path}: model {name!r} needs input_mtok and output_mtok")
+        media_only = isinstance(entry, dict) and ("images" in entry or not MEDIA_KEYS.isdisjoint(entry))
+        if not isinstance(entry, dict) or not media_only and ("input_mtok" not in entry or "output_mtok" not in entry):
+            raise PriceFileError(
+                f"{path}: model {name!r} needs input_mtok and output_mtok (or, for images and audio, "
+                "images, input_audio_hours or input_mchars)"
+            )
         window = entry.get("context_window")
         if window is not None and (type(window) is not int or window < 1):
             raise PriceFileError(f"{path}: {name}.context_window must be a positive integer")
         rates = _rates(entry, name)
-        prices[name] = _override_price(rates, window, name)
+        images = _image_prices(entry.get("images"), name)
+        prices[name] = _override_price(rates, window, name, images)
         tiers = entry.get("tiers", {})
         if not isinstance(tiers, dict):
             raise PriceFileError(f"{path}: {name}.tiers must be a table of tiers")
@@ -235,7 +277,7 @@ def load_overrides(path: str) -> dict[str, Price]:
             if not isinstance(table, dict):
                 raise PriceFileError(f"{path}: {name}.tiers.{tier} must be a table")
             tier_rates = rates | _rates(table, f"{name}.tiers.{tier}")
-            prices[f"{name}@{tier}"] = _override_price(tier_rates, window, name)
+            prices[f"{name}@{tier}"] = _override_price(tier_rates, window, name, images)
     return prices
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 STATUSES = ("ok", "upstream_error", "client_disconnected", "timeout")
 
@@ -57,6 +58,8 @@ class UsageRecord:
     # the model as a metric label (set when the record is priced): the name the price data or
     # the price file knows it by, else "other"; never a client's free text. Not a ledger column
     model_label: str = "other"
+    # an image or audio request's billed units (metering/media.py MediaUsage); not a ledger column
+    media: Any = None
 
     def ledger_row(self) -> tuple:
         """Column values in LEDGER_COLUMNS order (a tuple written out: three times faster
@@ -135,3 +138,28 @@ EXTRA_TOKEN_COLUMNS = LEDGER_COLUMNS[LEDGER_COLUMNS.index("cache_write_tokens") 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def opened(
+    request_id: str,
+    created_at: datetime,
+    tenant_id: str,
+    model: str,
+    endpoint: str,
+    stream: bool,
+    api_key_id: str | None,
+    provider: str,
+    trace: str | None,
+    out_cap: int,
+    choices: int,
+    body_len: int,
+) -> UsageRecord:
+    """The record a proxied request opens. The first fields go by position: keyword
+    arguments to the dataclass's 40-parameter __init__ cost about as much again as the
+    rest of the construction (each is matched against the parameter names)."""
+    record = UsageRecord(request_id, created_at, tenant_id, model, endpoint, stream, api_key_id, None, provider)
+    record.trace = trace
+    record.out_cap = out_cap
+    record.choices = choices
+    record.body_len = body_len
+    return record

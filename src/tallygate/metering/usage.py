@@ -115,15 +115,6 @@ def _anthropic_usage(usage: dict) -> Usage:
     )
 
 
-IN_PARTS = ("audio_tokens", "cache_write_tokens", "image_tokens")
-OUT_PARTS = ("audio_tokens", "image_tokens")
-
-
-def _names_priced_part(details: object, keys: tuple[str, ...]) -> bool:
-    """Whether token details give a part priced apart: OpenAI sends zeros for most."""
-    return isinstance(details, dict) and any(details.get(key) for key in keys)
-
-
 def usage_from_object(usage: object) -> Usage | None:
     """Normalise a usage object of any OpenAI endpoint (or an Anthropic-shaped one an
     OpenAI-compatible upstream passes on); None when absent or not an object."""
@@ -144,11 +135,17 @@ def usage_from_object(usage: object) -> Usage | None:
     else:
         completion = usage.get("completion_tokens")
         in_details = out_details = None
-    prompt = _int(prompt)
-    completion = _int(completion)
-    total = _int(usage.get("total_tokens")) or min(prompt + completion, TOKENS_MAX)
-    cached = _detail(in_details, "cached_tokens")
-    reasoning = _detail(out_details, "reasoning_tokens")
+    # _int's common case inline (a plain count in range): a call each costs more than the test
+    if not (type(prompt) is int and 0 <= prompt <= TOKENS_MAX):
+        prompt = _int(prompt)
+    if not (type(completion) is int and 0 <= completion <= TOKENS_MAX):
+        completion = _int(completion)
+    total = usage.get("total_tokens")
+    if not (type(total) is int and 0 <= total <= TOKENS_MAX):
+        total = _int(total)
+    total = total or min(prompt + completion, TOKENS_MAX)
+    cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
+    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     result = Usage(
         prompt,
         completion,
@@ -156,7 +153,12 @@ def usage_from_object(usage: object) -> Usage | None:
         cached if cached <= prompt else prompt,
         reasoning if reasoning <= completion else completion,
     )
-    if _names_priced_part(in_details, IN_PARTS) or _names_priced_part(out_details, OUT_PARTS):
+    # token details that give a part priced apart (OpenAI sends zeros for most), each
+    # name tested in turn: a generator over the names cost more than the rest of the parse
+    if (
+        isinstance(in_details, dict)
+        and (in_details.get("audio_tokens") or in_details.get("cache_write_tokens") or in_details.get("image_tokens"))
+    ) or (isinstance(out_details, dict) and (out_details.get("audio_tokens") or out_details.get("image_tokens"))):
         # parts of the input can only be as large as the input, parts of the output likewise
         result.cache_write_tokens = min(_detail(in_details, "cache_write_tokens"), prompt)
         result.audio_input_tokens = min(_detail(in_details, "audio_tokens"), prompt)

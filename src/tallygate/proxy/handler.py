@@ -7,7 +7,7 @@ import logging
 import time
 
 from ..http import read_body
-from ..metering.record import UsageRecord, utcnow
+from ..metering.record import opened, utcnow
 from ..upstream import FORWARD_HEADERS, Route
 from .disconnect import Watchers
 from .ids import new_request_id
@@ -90,19 +90,19 @@ class ProxyHandler:
                 caps=caps,
             )
 
-        record = UsageRecord(
-            request_id=new_request_id(),
-            created_at=created,
-            tenant_id=principal.tenant_id,
-            model=model,
-            endpoint="/v1" + path,
-            stream=stream,
-            api_key_id=principal.key_id,
-            provider=route.provider,
-            trace=self.trace_for(headers),
-            out_cap=caps[0],
-            choices=caps[1],
-            body_len=len(body),
+        record = opened(
+            new_request_id(),
+            created,
+            principal.tenant_id,
+            model,
+            "/v1" + path,
+            stream,
+            principal.key_id,
+            route.provider,
+            self.trace_for(headers),
+            caps[0],
+            caps[1],
+            len(body),
         )
         if reservation is not None:
             # registered before forwarding: the pipeline may price the record at any await

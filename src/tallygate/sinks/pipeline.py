@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from ..metering.bounds import hold_to_bounds
+from ..metering.media import media_cost
 from ..metering.pricing import PriceBook
 from ..metering.record import UsageRecord
 
@@ -159,7 +160,10 @@ class Pipeline:
                 price = self.prices.price(rec.provider, rec.model, rec.upstream_model, rec.service_tier)
                 # usage beyond what the request allows is billed at the bound (and flagged)
                 hold_to_bounds(rec, price.context_window, self.default_out, self.default_context)
-                rec.cost_usd, rec.price_source = price.cost(rec), price.source_for(rec)
+                if rec.media is None:
+                    rec.cost_usd, rec.price_source = price.cost(rec), price.source_for(rec)
+                else:  # images and audio: per image, second or character, or their tokens
+                    rec.cost_usd, rec.price_source = media_cost(price, rec)
                 rec.model_label = price.model or "other"
                 rec.price_version = self.prices.version
                 # source_for hands back the price's own source unless a part had no rate
