@@ -655,10 +655,15 @@ def test_the_billing_page_shows_what_tallygate_billing_status_prints(console_gw,
     finally:
         stripe.stop()
     numbers = _outbox_numbers(status)
+    # one held event set aside for an operator (first offered past Stripe's dedupe window)
+    with psycopg.connect(conninfo(postgres_env)) as conn:
+        conn.execute("UPDATE billing_export_outbox SET needs_review_at = now() WHERE ctid = "
+                     "(SELECT ctid FROM billing_export_outbox WHERE sent_at IS NULL LIMIT 1)")
     open_page(browser, console_gw, "/ui/billing", "#billing tbody tr td[data-col=sent]")
     row = row_cells(browser, "#billing tbody tr")
     assert row["name"] == status.split(":", 1)[0].strip()
     assert [count(row[c]) for c in ("sent", "unsent", "held", "refused")] == numbers
+    assert count(row["needs_review"]) == 1
     assert count(row["sent"]) == 0
     assert "No billing export has run yet." in before
     shot(browser, "billing")

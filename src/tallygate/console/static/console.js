@@ -444,6 +444,7 @@ async function billingPage() {
       ["unsent", "Unsent", (e) => int(e.outbox.unsent), true],
       ["held", "Held (no Stripe customer)", (e) => int(e.outbox.held), true],
       ["refused", "Refused", (e) => int(e.outbox.refused), true],
+      ["needs_review", "Needs review (tallygate billing review)", (e) => int(e.needs_review), true],
       ["updated_at", "Updated", (e) => when(e.updated_at)],
     ], doc.data, null, "No billing export has run yet."),
     ...(runs ? reconciliationSection(runs) : []),
