@@ -460,3 +460,54 @@ def test_the_gateway_creates_partitions_ahead(gateway, fresh_pg):
     assert not present()
     gateway(**fresh_pg)
     wait_until(present, 10, message=f"litellm_usage_p{day} made by the gateway")
+
+
+# -- the writer across a database restart ---------------------------------------------
+
+def test_the_writer_is_back_within_its_bound_once_postgres_is(private_postgres):
+    """A write asked for during an outage gives up within TALLYGATE_DB_TIMEOUT (not the
+    pool's 10 s), and once the database is back the writer's next tries land within a
+    couple of seconds, so a SIGTERM after an outage still flushes inside its grace."""
+    import time
+
+    from tallygate.sinks.ledger import LedgerWriter
+    from tallygate.store.errors import StoreUnavailable
+
+    private_postgres.start()
+    name = f"restart_{uuid.uuid4().hex[:8]}"
+    admin = f"host=127.0.0.1 port={private_postgres.port} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    env = {**private_postgres.env(name), "TALLYGATE_DB_TIMEOUT": "2"}
+    now = datetime.now(UTC)
+
+    async def go():
+        store = await opened(env)
+        writer = LedgerWriter(store, batch_size=50, flush_interval=0.01)
+        try:
+            assert await store.write([record(0, now)]) == 1
+            private_postgres.stop()
+            t = time.monotonic()
+            with pytest.raises((StoreUnavailable, psycopg.OperationalError)):
+                await store.write([record(1, now)])  # the kept connection is gone, no server to get another
+            during = time.monotonic() - t
+            writer.start()
+            writer.add([record(i, now) for i in range(10, 30)])
+            await asyncio.sleep(3)  # the writer fails and backs off meanwhile
+            assert writer.write_failures >= 1 and writer.rows_written == 0
+            private_postgres.start()
+            back = time.monotonic()
+            flushed = await writer.flush(back + 8)  # the SIGTERM grace
+            return during, time.monotonic() - back, flushed, writer.rows_written
+        finally:
+            await writer.close(time.monotonic() + 1)
+            await store.close()
+
+    try:
+        during, after, flushed, written = run(go())
+    finally:
+        private_postgres.start()
+    assert during < 4, f"a write during the outage waited {during:.1f} s"
+    assert flushed and written == 20
+    assert after < 5, f"the buffered rows landed {after:.1f} s after Postgres was back"
+    assert row_sums(env)[0] == 21

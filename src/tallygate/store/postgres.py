@@ -143,7 +143,10 @@ class PostgresStore:
                 max_size=self.pool_max,
                 open=False,
                 timeout=timeout,
-                reconnect_timeout=0,
+                # a failed connection attempt is tried again (backing off from 1 s) for as long
+                # as a caller waits; 0 gave up at once, and a caller queued during an outage
+                # then waited its whole timeout with no attempt left, the database long back
+                reconnect_timeout=self.wait_timeout,
                 name="tallygate-ledger",
                 kwargs={"autocommit": True},
             )  # every statement stands alone; migrations use transaction()
@@ -220,7 +223,9 @@ class PostgresStore:
         import psycopg
 
         if self._writer_conn is None:
-            self._writer_conn = await self._open_pool.getconn()
+            # bounded like every other caller's wait (TALLYGATE_DB_TIMEOUT): the writer backs off
+            # and asks again, and each ask starts a connection attempt if none is under way
+            self._writer_conn = await self._open_pool.getconn(timeout=self.wait_timeout)
             self._writer_since = time.monotonic()
         try:
             cur = await self._writer_conn.execute(INSERT_SQL, (payload,))
