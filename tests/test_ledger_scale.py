@@ -110,8 +110,18 @@ def row_sums(env: dict, where: str = "true", params=()) -> tuple[int, Decimal]:
     return len(rows), sum((Decimal(r[0]) for r in rows), Decimal(0))
 
 
-def hourly_sums(env: dict) -> tuple[int, Decimal]:
+def fold(env: dict) -> int:
+    """Postgres: the writers' deltas into the rollups, as the gateway's pass does; how many moved."""
+    from tallygate.store.rollups import _fold_sql
+
+    with psycopg.connect(conninfo(env), autocommit=True) as conn:
+        return conn.execute(_fold_sql()).fetchone()[0]
+
+
+def hourly_sums(env: dict, folded: bool = True) -> tuple[int, Decimal]:
     if "PGDATABASE" in env:
+        if folded:
+            fold(env)
         with psycopg.connect(conninfo(env)) as conn:
             n, cost = conn.execute("SELECT coalesce(sum(requests), 0), coalesce(sum(cost_usd), 0) "
                                    "FROM litellm_usage_hourly").fetchone()
@@ -128,7 +138,9 @@ def assert_daily_matches_hourly(env: dict, expect_days: int = 0) -> None:
     """Postgres: the daily sums of the sealed days equal their hourly sums, group by group."""
     if "PGDATABASE" not in env:
         return
-    cols = "requests, prompt_tokens, audio_output_tokens, file_search_calls, cost_usd, errors, partial_requests"
+    fold(env)
+    cols = ("requests, prompt_tokens, audio_output_tokens, file_search_calls, cost_usd, errors, partial_requests, "
+            "latency_b00, latency_b07, latency_b39")
     sums = ", ".join(f"sum({c})" for c in cols.split(", "))
     with psycopg.connect(conninfo(env)) as conn:
         sealed = conn.execute("SELECT value FROM tallygate_ledger_state WHERE name = 'sealed_before'").fetchone()[0]
