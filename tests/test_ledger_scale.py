@@ -523,3 +523,124 @@ def test_the_writer_is_back_within_its_bound_once_postgres_is(private_postgres):
     assert flushed and written == 20
     assert after < 5, f"the buffered rows landed {after:.1f} s after Postgres was back"
     assert row_sums(env)[0] == 21
+
+
+# -- the console's reads, the latency histogram, the fold ------------------------------
+
+def exact_p95(latencies: list[float]) -> float | None:
+    import math
+
+    if not latencies:
+        return None
+    return sorted(latencies)[math.ceil(len(latencies) * 95 / 100) - 1]
+
+
+def test_console_series_and_health_from_rollups_equal_the_rows(ledger_env):
+    """The console's chart and health figures (reports.usage_series, latency_and_errors)
+    over random data, some of it folded, some sealed, some still in deltas: the sums equal
+    the rows'; p95 is exact on SQLite and, on Postgres, the middle of the histogram bucket
+    the exact value lies in (within a factor 2^(1/4))."""
+    import math
+
+    from tallygate.reports import latency_and_errors, usage_series
+    from tallygate.store.rollups import LATENCY_BOUNDS, fold_deltas, seal_days
+
+    rng = random.Random(95)
+    now = datetime.now(UTC)
+    base = now.replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+    records = [record(i, base + timedelta(seconds=rng.randint(0, int((now - base).total_seconds()) - 1)), rng,
+                      latency_ms=math.exp(rng.uniform(math.log(0.3), math.log(1_200_000))))
+               for i in range(1200)]
+    pg = "PGDATABASE" in ledger_env
+
+    async def go():
+        store = await opened(ledger_env)
+        try:
+            for i in range(0, 800, 100):
+                await store.write(records[i:i + 100])
+            await seal_days(store)  # folds, then seals the closed days
+            for i in range(800, 1000, 100):
+                await store.write(records[i:i + 100])
+            await fold_deltas(store)
+            for i in range(1000, 1200, 100):
+                await store.write(records[i:i + 100])  # left in the deltas
+            out = []
+            for start, end, tenant, bucket in (
+                (base + timedelta(minutes=17), now, None, "hour"),
+                (base - timedelta(hours=5), now, "acme", "day"),
+                (base + timedelta(hours=30, seconds=3), base + timedelta(hours=50, minutes=1), "globex", "hour"),
+            ):
+                out.append((start, end, tenant, bucket, await usage_series(store, start, end, tenant, bucket),
+                            await latency_and_errors(store, start, end, tenant)))
+            return out
+        finally:
+            await store.close()
+
+    for start, end, tenant, bucket, series, health in run(go()):
+        chosen = [r for r in records if start <= r.created_at < end and (tenant is None or r.tenant_id == tenant)]
+        label = "%Y-%m-%dT%H:00" if bucket == "hour" else "%Y-%m-%d"
+        expected: dict[str, list] = {}
+        for r in chosen:
+            e = expected.setdefault(r.created_at.strftime(label), [0, 0, Decimal(0)])
+            e[0] += 1
+            e[1] += r.total_tokens
+            e[2] += r.cost_usd
+        got = {p["label"]: [p["requests"], p["total_tokens"], Decimal(p["cost_usd"])] for p in series if p["requests"]}
+        assert got == expected
+        assert health["requests"] == len(chosen)
+        assert health["errors"] == sum(r.status != "ok" for r in chosen)
+        exact = exact_p95([r.latency_ms for r in chosen])
+        assert exact is not None
+        if not pg:
+            assert health["p95_latency_ms"] == round(exact, 1)
+            continue
+        k = sum(exact >= b for b in LATENCY_BOUNDS)  # width_bucket's answer
+        middle = 1.0 if k == 0 else LATENCY_BOUNDS[-1] if k == len(LATENCY_BOUNDS) else 2 ** ((k - 0.5) / 2)
+        assert health["p95_latency_ms"] == round(middle, 1)
+        if 0 < k < len(LATENCY_BOUNDS):
+            assert exact / 2 ** 0.25 <= health["p95_latency_ms"] <= exact * 2 ** 0.25 + 0.05
+
+
+def test_concurrent_writers_and_folds_count_each_row_once(fresh_pg):
+    """Three writers sending overlapping (retried) batches of the same hours while folds
+    run beside them: after a last fold the rollups hold every row once, and no delta is left."""
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    records = [record(i, now - timedelta(seconds=rng.randint(0, 7200)), rng) for i in range(1800)]
+
+    async def go():
+        from tallygate.store.rollups import fold_deltas
+
+        stores = [await opened(fresh_pg) for _ in range(4)]
+        done = asyncio.Event()
+
+        async def writer(store, offset):
+            for i in range(offset, len(records), 150):
+                await store.write(records[i:i + 150])
+                await store.write(records[max(0, i - 75):i + 75])  # a retry overlapping others' rows
+
+        async def folder(store):
+            moved = 0
+            while not done.is_set():
+                moved += await fold_deltas(store)
+                await asyncio.sleep(0.005)
+            return moved
+
+        try:
+            fold_task = asyncio.ensure_future(folder(stores[3]))
+            await asyncio.gather(*(writer(s, k * 50) for k, s in enumerate(stores[:3])))
+            done.set()
+            moved = await fold_task
+            moved += await fold_deltas(stores[3])
+            return moved
+        finally:
+            for s in stores:
+                await s.close()
+
+    assert run(go()) > 0
+    with psycopg.connect(conninfo(fresh_pg)) as conn:
+        assert conn.execute("SELECT count(*) FROM litellm_usage_rollup_delta").fetchone()[0] == 0
+        hist = conn.execute("SELECT sum(" + " + ".join(f"latency_b{k:02d}" for k in range(40)) + ") "
+                            "FROM litellm_usage_hourly").fetchone()[0]
+    assert hourly_sums(fresh_pg, folded=False) == row_sums(fresh_pg)
+    assert row_sums(fresh_pg)[0] == 1800 and hist == 1800

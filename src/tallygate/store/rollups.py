@@ -69,6 +69,13 @@ def hour_expr(dialect: Dialect, column: str = "created_at") -> str:
     return f"date_trunc('hour', {column}, 'UTC')"
 
 
+def hour_label_expr(dialect: Dialect, column: str) -> str:
+    """The UTC hour of a timestamp column as YYYY-MM-DDTHH:00 text."""
+    if dialect.name == "sqlite":  # ISO 8601 text in UTC: the first 13 characters are the hour
+        return f"substr({column}, 1, 13) || ':00'"
+    return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00')"
+
+
 def _partial_test(dialect: Dialect) -> str:
     # `%` is doubled for psycopg, whose statements here always carry parameters
     pattern = "%%" if dialect.name == "postgres" else "%"
@@ -257,6 +264,8 @@ def by_day(hours: Range, sealed_before: datetime | None) -> tuple[Range | None, 
 def _group_exprs(dialect: Dialect, group: str) -> tuple[str | None, str]:
     if group == "day":
         return dialect.day_expr("hour"), dialect.day_expr("created_at")
+    if group == "hour":  # the console's chart: whole hours, so never from the daily sums (usage_sql)
+        return hour_label_expr(dialect, "hour"), hour_label_expr(dialect, "created_at")
     if group == "key":
         return "nullif(api_key_id, '')", "api_key_id"
     column = {"tenant": "tenant_id", "model": "model", "endpoint": "endpoint", "status": "status"}[group]
@@ -302,7 +311,7 @@ def usage_sql(
         return ", ".join(f"{e} AS {a}" for e, a in zip(exprs, names, strict=True))
 
     if cut.hours is not None:
-        days, hours = by_day(cut.hours, sealed_before)
+        days, hours = by_day(cut.hours, None if "hour" in group_by else sealed_before)
         if days is not None:
             where = conditions("day", *days)
             exprs = [h.replace("hour", "day") for h, _ in pairs if h is not None] + list(MEASURES)
@@ -344,6 +353,87 @@ async def sealed_before(store) -> datetime | None:
         return None
     rows = await store.fetch("SELECT value FROM tallygate_ledger_state WHERE name = 'sealed_before'")
     return rows[0][0] if rows else None
+
+
+def latency_sql(
+    start: datetime | None, end: datetime | None, filters: dict[str, str], sealed_before: datetime | None = None
+) -> tuple[str, list]:
+    """Postgres: one query giving (bucket, requests) of the latency histogram over
+    [start, end): whole hours from the rollups and the unfolded deltas, edges from the rows."""
+    from .dialect import POSTGRES
+
+    ph = POSTGRES.placeholder
+    cut = split(start, end)
+    branches: list[str] = []
+    params: list = []
+
+    def conditions(column: str, lo, hi) -> str:
+        where = []
+        for name, value in filters.items():
+            where.append(f"{name} = {ph}")
+            params.append(value)
+        for op, bound in ((">=", lo), ("<", hi)):
+            if bound is not None:
+                where.append(f"{column} {op} {ph}")
+                params.append(bound)
+        return " AND ".join(where) or "true"
+
+    buckets = f"ARRAY[{', '.join(str(k) for k in range(len(LATENCY_COLUMNS)))}]"
+    counts = f"ARRAY[{', '.join(f'sum({c})' for c in LATENCY_COLUMNS)}]"
+    if cut.hours is not None:
+        days, hours = by_day(cut.hours, sealed_before)
+        parts = ([(DAILY, "day", days)] if days is not None else []) + [(HOURLY, "hour", h) for h in hours]
+        for table, column, (lo, hi) in parts:
+            branches.append(
+                f"SELECT t.lb, t.n FROM (SELECT {buckets} AS lbs, {counts} AS ns FROM {table} "
+                f"WHERE {conditions(column, lo, hi)}) AS s, unnest(s.lbs, s.ns) AS t (lb, n)"
+            )
+        branches.append(
+            f"SELECT lb, count(*) FROM {DELTA}, unnest(latency_buckets) AS lb "
+            f"WHERE {conditions('hour', *cut.hours)} GROUP BY 1"
+        )
+    for lo, hi in cut.edges:
+        branches.append(
+            f"SELECT {LATENCY_BUCKET_SQL}, count(*) FROM litellm_usage WHERE {conditions('created_at', lo, hi)} GROUP BY 1"
+        )
+    if not branches:
+        return "", []
+    return f"SELECT lb, sum(n) FROM ({' UNION ALL '.join(branches)}) AS u (lb, n) GROUP BY 1", params
+
+
+def percentile_of_histogram(counts: dict[int, int], percent: int = 95) -> float | None:
+    """The nearest-rank percentile (the ceil(percent/100 n)-th smallest latency) as its
+    bucket's geometric middle, 2^((k - 1/2) / 2) ms: within a factor 2^(1/4) (+-19%) of the
+    exact value, which lies in the same bucket. Bucket 0 gives 1 ms (its top: below 1 ms),
+    the last 2^19 ms (its floor); None for no request."""
+    import math
+
+    total = sum(n for n in counts.values() if n)
+    if not total:
+        return None
+    rank = math.ceil(total * percent / 100)
+    seen = 0
+    last = len(LATENCY_COLUMNS) - 1
+    for k in sorted(counts):
+        seen += int(counts[k] or 0)
+        if seen >= rank:
+            if k <= 0:
+                return 1.0
+            if k >= last:
+                return LATENCY_BOUNDS[-1]
+            return 2.0 ** ((k - 0.5) / 2)
+    return LATENCY_BOUNDS[-1]
+
+
+async def latency_p95(
+    store, start: datetime | None, end: datetime | None = None, tenant_id: str | None = None
+) -> float | None:
+    """Postgres: the p95 latency in ms over [start, end) from the rollups' histogram (see
+    percentile_of_histogram for its error bound); None for no request."""
+    filters = {"tenant_id": tenant_id} if tenant_id else {}
+    sql, params = latency_sql(start, end, filters, await sealed_before(store))
+    rows = await store.fetch(sql, params) if sql else []
+    return percentile_of_histogram({int(lb): int(n) for lb, n in rows})
 
 
 async def spend_since(store, column: str, value: str, since: datetime | None) -> Decimal:
