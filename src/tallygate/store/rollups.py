@@ -97,23 +97,20 @@ def row_measures(dialect: Dialect) -> list[str]:
 def aggregate_rows_sql(dialect: Dialect, source: str, where: str = "true", period: str | None = None) -> str:
     """SELECT KEY + sums(dialect) from ledger rows in `source`, grouped by hour (or `period`)
     and ordered by the key: concurrent upserts then lock the rollup rows in one order, so two
-    touching the same hours wait for each other instead of deadlocking. Postgres: the rows
-    are first summed per group and latency bucket, then the buckets spread into columns."""
+    touching the same hours wait for each other instead of deadlocking. Postgres: each row's
+    latency bucket is computed once (OFFSET 0 keeps the subquery from being folded into the
+    40 histogram counts that read it)."""
     key = f"tenant_id, coalesce(api_key_id, ''), model, {period or hour_expr(dialect)}"
-    if dialect.name != "postgres":
-        totals = [
-            dialect.decimal_sum(m) if name == "cost_usd" else f"sum({m})"
-            for name, m in zip(MEASURES, row_measures(dialect), strict=True)
-        ]
-        return f"SELECT {key}, {', '.join(totals)} FROM {source} WHERE {where} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
-    inner = [f"sum({m})" for m in row_measures(dialect)]
-    outer = [f"sum({name})" for name in MEASURES] + [
-        f"coalesce(sum(requests) FILTER (WHERE lb = {k}), 0)" for k in range(len(LATENCY_COLUMNS))
+    totals = [
+        dialect.decimal_sum(m) if name == "cost_usd" else f"sum({m})"
+        for name, m in zip(MEASURES, row_measures(dialect), strict=True)
     ]
+    if dialect.name != "postgres":
+        return f"SELECT {key}, {', '.join(totals)} FROM {source} WHERE {where} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+    counts = [f"count(*) FILTER (WHERE lb = {k})" for k in range(len(LATENCY_COLUMNS))]
     return (
-        f"SELECT g1, g2, g3, g4, {', '.join(outer)} FROM (SELECT {key}, {LATENCY_BUCKET_SQL}, {', '.join(inner)} "
-        f"FROM {source} WHERE {where} GROUP BY 1, 2, 3, 4, 5) AS b (g1, g2, g3, g4, lb, {', '.join(MEASURES)}) "
-        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+        f"SELECT {key}, {', '.join(totals + counts)} FROM (SELECT {', '.join(ROW_INPUTS)}, {LATENCY_BUCKET_SQL} AS lb "
+        f"FROM {source} WHERE {where} OFFSET 0) AS r GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     )
 
 
