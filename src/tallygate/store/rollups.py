@@ -225,6 +225,26 @@ def split(start: datetime | None, end: datetime | None) -> Split:
     return Split((hs, he), head + tail)
 
 
+def edge_reads(
+    edges: tuple[tuple[datetime, datetime | None], ...],
+) -> list[tuple[tuple[datetime, datetime] | None, list[tuple[datetime, datetime | None]]]]:
+    """Each partial edge hour, read the cheaper way (Postgres): (None, [edge]) reads its rows;
+    ((h, h + 1 hour), rest) reads its whole hour from the rollups less the rows of the rest
+    of that hour, when the rest is the shorter part (a `--since 30d` mid-hour start reads at
+    most half an hour of rows, a range ending now about none)."""
+    out: list[tuple[tuple[datetime, datetime] | None, list[tuple[datetime, datetime | None]]]] = []
+    for lo, hi in edges:
+        h0 = floor_hour(lo)
+        h1 = h0 + HOUR
+        if hi is None or hi > h1:
+            out.append((None, [(lo, hi)]))
+            continue
+        rest: list[tuple[datetime, datetime | None]] = [(a, b) for a, b in ((h0, lo), (hi, h1)) if a < b]
+        shorter = sum(((b or h1) - a for a, b in rest), timedelta()) < hi - lo
+        out.append(((h0, h1), rest) if shorter else (None, [(lo, hi)]))
+    return out
+
+
 def floor_day(t: datetime) -> datetime:
     return floor_hour(t).replace(hour=0)
 
@@ -321,17 +341,27 @@ def usage_sql(
             where = conditions("hour", *cut.hours)
             exprs = [h for h, _ in pairs if h is not None] + list(MEASURES)
             branches.append(f"SELECT {select(exprs)} FROM {DELTA} WHERE {' AND '.join(where)}")
-    for lo, hi in cut.edges:
-        where = conditions("created_at", lo, hi)
-        exprs = [r for _, r in pairs] + row_measures(dialect)
-        branches.append(f"SELECT {select(exprs)} FROM litellm_usage WHERE {' AND '.join(where)}")
+    # SQLite: the edges' rows (its decimal text does not negate exactly)
+    reads = edge_reads(cut.edges) if use_rollups and dialect.name == "postgres" else [(None, list(cut.edges))]
+    for whole, rows in reads:
+        if whole is not None:  # the whole hour from the rollups, less the rows of the rest of it
+            exprs = [h for h, _ in pairs if h is not None] + list(MEASURES)
+            for table in (HOURLY, DELTA):
+                where = conditions("hour", *whole)
+                branches.append(f"SELECT {select(exprs)} FROM {table} WHERE {' AND '.join(where)}")
+        sign = "-" if whole is not None else ""
+        for lo, hi in rows:
+            where = conditions("created_at", lo, hi)
+            exprs = [r for _, r in pairs] + [f"{sign}({m})" for m in row_measures(dialect)]
+            branches.append(f"SELECT {select(exprs)} FROM litellm_usage WHERE {' AND '.join(where)}")
     if not branches:  # an empty range
         return "", []
     sums = [dialect.decimal_sum(m) if m == "cost_usd" else f"sum({m})" for m in MEASURES]
     order = ", ".join(str(i + 1) for i in range(n))
+    # a group only in the part of an edge hour subtracted again adds up to no request: left out
     sql = (
         f"SELECT {', '.join(names[:n])}, {', '.join(sums)} FROM ({' UNION ALL '.join(branches)}) AS u "
-        f"GROUP BY {order} ORDER BY {order}"
+        f"GROUP BY {order} HAVING sum(requests) <> 0 ORDER BY {order}"
     )
     return sql, params
 
@@ -389,10 +419,22 @@ def latency_sql(
             f"SELECT lb, count(*) FROM {DELTA}, unnest(latency_buckets) AS lb "
             f"WHERE {conditions('hour', *cut.hours)} GROUP BY 1"
         )
-    for lo, hi in cut.edges:
-        branches.append(
-            f"SELECT {LATENCY_BUCKET_SQL}, count(*) FROM litellm_usage WHERE {conditions('created_at', lo, hi)} GROUP BY 1"
-        )
+    for whole, rows in edge_reads(cut.edges):
+        if whole is not None:  # the whole hour from the rollups, less the rows of the rest of it
+            branches.append(
+                f"SELECT t.lb, t.n FROM (SELECT {buckets} AS lbs, {counts} AS ns FROM {HOURLY} "
+                f"WHERE {conditions('hour', *whole)}) AS s, unnest(s.lbs, s.ns) AS t (lb, n)"
+            )
+            branches.append(
+                f"SELECT lb, count(*) FROM {DELTA}, unnest(latency_buckets) AS lb "
+                f"WHERE {conditions('hour', *whole)} GROUP BY 1"
+            )
+        count = "-count(*)" if whole is not None else "count(*)"
+        for lo, hi in rows:
+            branches.append(
+                f"SELECT {LATENCY_BUCKET_SQL}, {count} FROM litellm_usage "
+                f"WHERE {conditions('created_at', lo, hi)} GROUP BY 1"
+            )
     if not branches:
         return "", []
     return f"SELECT lb, sum(n) FROM ({' UNION ALL '.join(branches)}) AS u (lb, n) GROUP BY 1", params
