@@ -644,3 +644,19 @@ def test_concurrent_writers_and_folds_count_each_row_once(fresh_pg):
                             "FROM litellm_usage_hourly").fetchone()[0]
     assert hourly_sums(fresh_pg, folded=False) == row_sums(fresh_pg)
     assert row_sums(fresh_pg)[0] == 1800 and hist == 1800
+
+
+def test_an_edge_hour_is_read_the_cheaper_way():
+    """A range starting at :10 reads that hour's rollup less the 10 minutes before it; one
+    starting at :50 reads its last 10 minutes of rows; one ending now reads its hour's rollup
+    less the rest of the hour (no rows yet)."""
+    from tallygate.store.rollups import edge_reads, split
+
+    h = datetime(2026, 5, 1, 7, tzinfo=UTC)
+    m = timedelta(minutes=1)
+    assert edge_reads(split(h + 10 * m, h + 5 * timedelta(hours=1)).edges) == [((h, h + timedelta(hours=1)),
+                                                                                 [(h, h + 10 * m)])]
+    assert edge_reads(split(h + 50 * m, None).edges) == [(None, [(h + 50 * m, h + timedelta(hours=1))])]
+    end = h + 3 * timedelta(hours=1) + 59 * m
+    whole, rest = edge_reads(split(h, end).edges)[0]
+    assert whole == (end - 59 * m, end + m) and rest == [(end, end + m)]
