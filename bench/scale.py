@@ -186,7 +186,7 @@ async def measure(db: str, repeat: int, rebuild_since: datetime | None = None) -
         await store.execute("VACUUM ANALYZE litellm_usage_daily")
         out["rollup_rows"] = (await store.fetch("SELECT count(*) FROM litellm_usage_hourly"))[0][0]
         out["daily_rows"] = (await store.fetch("SELECT count(*) FROM litellm_usage_daily"))[0][0]
-        out["rows"] = (await store.fetch(f"SELECT sum(requests) FROM {HOURLY}"))[0][0]  # = count(*), a scan less
+        out["rows"] = int((await store.fetch(f"SELECT sum(requests) FROM {HOURLY}"))[0][0])  # = count(*), a scan less
         out["db_bytes"] = (await store.fetch("SELECT pg_database_size(current_database())"))[0][0]
         start = parse_since("30d")
         now = datetime.now(UTC)

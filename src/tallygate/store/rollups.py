@@ -351,9 +351,15 @@ def usage_sql(
                 branches.append(f"SELECT {select(exprs)} FROM {table} WHERE {' AND '.join(where)}")
         sign = "-" if whole is not None else ""
         for lo, hi in rows:
+            # summed per group here: the planner hashes these rows, the outer sort sees a few
             where = conditions("created_at", lo, hi)
-            exprs = [r for _, r in pairs] + [f"{sign}({m})" for m in row_measures(dialect)]
-            branches.append(f"SELECT {select(exprs)} FROM litellm_usage WHERE {' AND '.join(where)}")
+            totals = [
+                dialect.decimal_sum(f"{sign}({m})") if name == "cost_usd" else f"sum({sign}({m}))"
+                for name, m in zip(MEASURES, row_measures(dialect), strict=True)
+            ]
+            exprs = [r for _, r in pairs] + totals
+            group = ", ".join(str(i + 1) for i in range(n))
+            branches.append(f"SELECT {select(exprs)} FROM litellm_usage WHERE {' AND '.join(where)} GROUP BY {group}")
     if not branches:  # an empty range
         return "", []
     sums = [dialect.decimal_sum(m) if m == "cost_usd" else f"sum({m})" for m in MEASURES]
