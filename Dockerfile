@@ -5,7 +5,12 @@
 #
 # No secret is baked in: OPENAI_API_KEY, PROXY_GATEWAY_TOKEN, PROXY_MASTER_KEY and PGPASSWORD
 # come from the runtime (Secret Manager through --set-secrets on Cloud Run).
-FROM python:3.11-slim
+#
+# The base image is pinned by digest (the multi-platform index of the Docker Official Image,
+# as docker-library/repo-info records it under repos/python/remote/): a re-pushed tag cannot
+# change what is built. The tag stays in front for the reader; the digest decides. To bump it,
+# see docs/deployment.md, "Reproducible images".
+FROM python:3.11.16-slim-trixie@sha256:be1575ed968de893bd54f4c56315ff7c4736ce522c1bca08fd521731aafc0d76
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

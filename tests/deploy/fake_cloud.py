@@ -129,6 +129,8 @@ class Fake:
         if verb in ("list", "list-configs"):
             found = [n for n, d in items.items() if _matches(d, flags.get("--filter"))]
             limit = int(flags.get("--limit", len(found) or 1))
+            if flags.get("--format") == "value(name.basename())":
+                found = [n.rsplit("/", 1)[-1] for n in found]
             self.out.extend(found[:limit])
             return 0
         if verb == "update":
@@ -283,7 +285,12 @@ class Fake:
             doc = _read_json(flags["--config-from-file"]) if "--config-from-file" in flags else None
             return self.listed("dashboard", w[2], w[3:], flags, doc, lambda i: f"projects/{project}/dashboards/{i}")
         if w[:2] == ["monitoring", "policies"]:
-            doc = _read_json(flags["--policy-from-file"]) if "--policy-from-file" in flags else None
+            source = flags.get("--policy-from-file")
+            doc = (json.loads(stdin) if source == "-" else _read_json(source)) if source else None
+            for check_id in re.findall(r'check_id=\\?"([^"\\]*)', json.dumps(doc or {})):
+                if not any(n.endswith("/" + check_id) for n in self.coll("uptime_check")):
+                    print(f"ERROR: (gcloud) INVALID_ARGUMENT: no uptime check {check_id!r}", file=sys.stderr)
+                    return 1
             channels = flags.get("--notification-channels") or flags.get("--set-notification-channels")
             if doc is not None and channels:
                 doc["notificationChannels"] = channels.split(",")
@@ -300,8 +307,23 @@ class Fake:
             return self.listed(
                 "channel", w[2], w[3:], flags, doc, lambda i: f"projects/{project}/notificationChannels/{i}"
             )
+        if w[:2] == ["billing", "budgets"]:
+            account = flags["--billing-account"]
+            if "billingbudgets.googleapis.com" not in self.state.get("services", []):
+                print("ERROR: (gcloud) PERMISSION_DENIED: billingbudgets.googleapis.com is not enabled", file=sys.stderr)
+                return 1
+            doc = None
+            if w[2] in ("create", "update"):
+                rules = flags.get("--threshold-rule") or flags.get("--add-threshold-rule")
+                doc = {"amount": flags["--budget-amount"], "projects": flags["--filter-projects"], "rules": rules,
+                       "channels": flags.get("--notifications-rule-monitoring-notification-channels")}
+                if w[2] == "create":
+                    doc["displayName"] = flags["--display-name"]
+            return self.listed("budget", w[2], w[3:], flags, doc, lambda i: f"billingAccounts/{account}/budgets/{i}")
         if w[:2] == ["monitoring", "uptime"]:
-            doc = {"displayName": w[3]} if w[2] == "create" else {"path": flags.get("--path")}
+            doc = {"path": flags.get("--path")}
+            if w[2] == "create":
+                doc["displayName"] = w[3]
             return self.listed(
                 "uptime_check", w[2], w[3:], flags, doc, lambda i: f"projects/{project}/uptimeCheckConfigs/{i}"
             )

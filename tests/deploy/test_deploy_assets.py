@@ -75,7 +75,7 @@ def test_every_json_and_yaml_file_parses(path):
     docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
     assert docs and all(isinstance(d, dict) for d in docs)
     # the only placeholders are the ones the deploy command or envsubst fill
-    known = set(default_values()) | {"IMAGE", "SERVICE_ACCOUNT", "CLOUDSQL_INSTANCE"}
+    known = set(default_values()) | {"IMAGE", "SERVICE_ACCOUNT", "CLOUDSQL_INSTANCE", "UPTIME_CHECK_ID"}
     assert set(PLACEHOLDER.findall(text)) <= known
     assert "gcr.io" not in text
 
@@ -333,6 +333,25 @@ def test_alert_promql_references_existing_metrics(path):
 @pytest.mark.parametrize("path", alert_files(), ids=lambda p: p.stem)
 def test_alert_policy_matches_the_api_message(path):
     assert unknown_fields(rendered_json(path), "AlertPolicy") == []
+
+
+UPTIME_POLICY = MONITORING / "uptime" / "live_failing.json"
+
+
+@pytest.mark.skipif(api_messages() is None, reason="Cloud SDK with generated API messages not installed")
+def test_uptime_policy_watches_its_check_and_matches_the_api_message():
+    """The policy on the /live uptime check: the check's own metric, by the check's ID (filled in
+    by the deploy once the check exists), firing when two or more regions fail."""
+    doc = rendered_json(UPTIME_POLICY, UPTIME_CHECK_ID="litellm-proxy-live-abc123")
+    assert unknown_fields(doc, "AlertPolicy") == []
+    (condition,) = doc["conditions"]
+    threshold = condition["conditionThreshold"]
+    assert threshold["filter"] == ('metric.type="monitoring.googleapis.com/uptime_check/check_passed" '
+                                   'AND metric.label.check_id="litellm-proxy-live-abc123"')
+    (agg,) = threshold["aggregations"]
+    assert (agg["perSeriesAligner"], agg["crossSeriesReducer"]) == ("ALIGN_NEXT_OLDER", "REDUCE_COUNT_FALSE")
+    assert (threshold["comparison"], threshold["thresholdValue"]) == ("COMPARISON_GT", 1)
+    assert doc["userLabels"] == {"service": "litellm-proxy", "app": "tallygate"}
 
 
 # ----------------------------------------------------------------------------- Cloud Run YAML

@@ -494,24 +494,85 @@ def test_a_dirty_work_tree_is_refused_or_tagged(tmp_path):
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "Dockerfile"], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
-    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
 
-    def script(*extra):
-        return cloudrun.run(parse_args("--project", PROJECT, "--source", str(repo), "--render-dir",
-                                       str(tmp_path / "r"), "--dry-run", *extra))
+    def head() -> str:
+        return subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
 
-    import contextlib
-    import io
+    def script(*extra) -> tuple[int, str, str]:
+        import contextlib
+        import io
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert script() == 0
-    assert f"litellm-proxy:{commit} " in out.getvalue()  # a clean tree: the commit is the tag
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cloudrun.run(parse_args("--project", PROJECT, "--source", str(repo), "--render-dir",
+                                             str(tmp_path / "r"), "--dry-run", *extra))
+        return status, out.getvalue(), err.getvalue()
+
+    status, out, _ = script()
+    assert status == 0 and f"litellm-proxy:{head()} " in out  # a clean tree: the commit is the tag
     (repo / "Dockerfile").write_text("FROM scratch\nLABEL changed=1\n")
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert script() == 2
-        assert script("--allow-dirty") == 0
-    assert "uncommitted changes" in err.getvalue()
-    assert f"litellm-proxy:{commit}-dirty " in out.getvalue()
+    status, _, err = script()
+    assert status == 2 and "uncommitted changes" in err
+    status, out, _ = script("--allow-dirty")
+    assert status == 0 and f"litellm-proxy:{head()}-dirty " in out
+    # committed again: clean; a new file the image would copy (src/) is dirty, one elsewhere is not
+    subprocess.run([*git, "commit", "-qam", "y"], check=True)
+    (repo / "notes.txt").write_text("not in the image\n")
+    (repo / "src").mkdir()
+    (repo / "src" / "stray.py").write_text("print('built in')\n")
+    status, _, err = script()
+    assert status == 2 and "new files the image would contain" in err
+    status, out, _ = script("--allow-dirty")
+    assert status == 0 and f"litellm-proxy:{head()}-dirty " in out
+    (repo / "src" / "stray.py").unlink()
+    status, out, _ = script()
+    assert status == 0 and f"litellm-proxy:{head()} " in out
+
+
+def test_the_uptime_check_and_its_alert_policy(tmp_path):
+    """The dry run prints the uptime check on /live, then its alert policy: the policy JSON goes
+    to gcloud on stdin (--policy-from-file=-) with the check's ID read from the check just made,
+    found by its label and updated in place like the other policies."""
+    status, out, _ = dry_run(tmp_path, "--alert-email", "oncall@acme.example")
+    assert status == 0
+    commands = script_commands(out, track="alpha")
+    (create,) = find(commands, "gcloud", "monitoring", "uptime", "create")
+    assert flag_values(create, "--path") == ["/live"] and flag_values(create, "--period") == ["1"]
+    policy_lines = [l for l in out.splitlines() if "uptime_live_failing" in l and not l.startswith("#")]
+    (line,) = policy_lines
+    assert "--policy-from-file=-" in line and "name.basename()" in line
+    assert "--notification-channels=" in line and "${ALERT_CHANNEL_1}" in line
+    # after the check, in its own phase; the policy file left in the render dir names the placeholder
+    assert out.index("monitoring uptime create") < out.index("uptime_live_failing")
+    rendered = json.loads((tmp_path / "uptime_policy.json").read_text())
+    assert "${UPTIME_CHECK_ID}" in rendered["conditions"][0]["conditionThreshold"]["filter"]
+    assert rendered["userLabels"]["tallygate_policy"] == "uptime_live_failing"
+    check_against_the_sdk(commands)
+    # --only uptime chooses the policies' gcloud track itself
+    status, out, _ = dry_run(tmp_path / "only", "--only", "uptime")
+    assert status == 0 and "POLICIES_TRACK=" in out and "uptime_live_failing" in out
+
+
+def test_a_billing_budget_when_the_account_is_given(tmp_path):
+    status, out, _ = dry_run(tmp_path, "--alert-email", "oncall@acme.example",
+                             "--billing-account", "012345-6789AB-CDEF01", "--budget-amount", "1500")
+    assert status == 0
+    commands = script_commands(out, track="alpha")
+    (create,) = find(commands, "gcloud", "billing", "budgets", "create")
+    assert flag_values(create, "--budget-amount") == ["1500.00"]
+    assert flag_values(create, "--filter-projects") == [f"projects/{PROJECT}"]
+    assert flag_values(create, "--threshold-rule") == ["percent=0.5", "percent=0.9", "percent=1.0",
+                                                       "percent=1.0,basis=forecasted-spend"]
+    assert flag_values(create, "--notifications-rule-monitoring-notification-channels") == ["${ALERT_CHANNEL_1}"]
+    (update,) = find(commands, "gcloud", "billing", "budgets", "update")
+    assert "--clear-threshold-rules" in update
+    assert "billingbudgets.googleapis.com" in find(commands, "gcloud", "services", "enable")[0]
+    check_against_the_sdk(commands)
+    # without an account: no budget, and a wrong one is refused
+    assert "billing budgets" not in dry_run(tmp_path / "none")[1]
+    status, _, err = dry_run(tmp_path / "bad", "--billing-account", "my-account")
+    assert status == 2 and "--billing-account" in err
+    emails = [a for i in range(6) for a in ("--alert-email", f"oncall{i}@acme.example")]
+    status, _, err = dry_run(tmp_path / "many", "--billing-account", "012345-6789AB-CDEF01", *emails)
+    assert status == 2 and "at most 5 channels" in err

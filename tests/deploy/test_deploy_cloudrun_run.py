@@ -97,10 +97,16 @@ def check_the_project(state: dict) -> None:
     (channel,) = r["channel"]
     assert r["channel"][channel]["labels"] == {"email_address": EMAIL}
     policies = r["alert_policy"].values()
-    assert len(policies) == 13
+    assert len(policies) == 14
     assert {p["userLabels"]["tallygate_policy"] for p in policies} == {
-        p.stem for p in (ROOT / "deploy/monitoring/alerts").glob("*.json")}
+        p.stem for p in (ROOT / "deploy/monitoring/alerts").glob("*.json")} | {"uptime_live_failing"}
     assert all(p["notificationChannels"] == [channel] for p in policies)
+    # the uptime check's policy watches that check, by the ID the API gave it
+    (check,) = r["uptime_check"]
+    (uptime,) = [p for p in policies if p["userLabels"]["tallygate_policy"] == "uptime_live_failing"]
+    condition = uptime["conditions"][0]["conditionThreshold"]
+    assert f'metric.label.check_id="{check.rsplit("/", 1)[1]}"' in condition["filter"]
+    assert r["uptime_check"][check]["path"] == "/live"
     service = f"https://monitoring.googleapis.com/v3/projects/{PROJECT}/services/litellm-proxy"
     assert set(r["rest"]) == {service, f"{service}/serviceLevelObjectives/availability",
                               f"{service}/serviceLevelObjectives/ttft"}
@@ -185,6 +191,21 @@ def test_secrets_and_the_password_travel_on_stdin_only(tmp_path, cloud, capsys):
     assert users and users[0]["stdin"] == f'"--password": "{password}"\n'
     out = capsys.readouterr().out
     assert "secret-value-of" not in out and password not in out and out.rstrip().endswith("done")
+
+
+def test_the_budget_is_made_once_and_updated_in_place(tmp_path, cloud, capsys):
+    budget = ("--billing-account", "012345-6789AB-CDEF01", "--budget-amount", "1500",
+              "--skip-build", "--skip-bigquery", "--only", "services,channels,budget")
+    assert run_for_real(tmp_path, *budget) == 0, capsys.readouterr().err
+    first = cloud.state()["resources"]
+    (name,) = first["budget"]
+    assert name.startswith("billingAccounts/012345-6789AB-CDEF01/budgets/")
+    (channel,) = first["channel"]
+    assert first["budget"][name]["amount"] == "1500.00" and first["budget"][name]["channels"] == channel
+    assert first["budget"][name]["projects"] == f"projects/{PROJECT}"
+    assert run_for_real(tmp_path, *budget[:3], "2500", *budget[4:]) == 0
+    second = cloud.state()["resources"]
+    assert list(second["budget"]) == [name] and second["budget"][name]["amount"] == "2500.00"
 
 
 def test_iam_bindings_are_retried(tmp_path, cloud, monkeypatch, capsys):

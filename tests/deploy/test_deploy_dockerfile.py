@@ -34,9 +34,44 @@ def instructions() -> list[tuple[str, str]]:
     return out
 
 
+# FROM [--platform=...] IMAGE[:TAG]@sha256:<64 hex> [AS name]
+_PINNED_FROM = re.compile(r"(?:--platform=\S+\s+)?(?P<image>[^\s@:]+(?:/[^\s@:]+)*)(?::(?P<tag>[\w][\w.-]*))?"
+                          r"@sha256:(?P<digest>[0-9a-f]{64})(?:\s+AS\s+\S+)?", re.I)
+
+
+def test_every_base_image_is_pinned_by_digest():
+    """A tag can be re-pushed; a digest names one image. Every FROM of the Dockerfile names its
+    base by digest (stage names from an earlier FROM ... AS excepted), and the tag beside it says
+    which Python it is."""
+    stages: set[str] = set()
+    froms = [rest for word, rest in instructions() if word == "FROM"]
+    assert froms
+    for rest in froms:
+        words = rest.split()
+        if words[0] in stages:
+            continue
+        m = _PINNED_FROM.fullmatch(rest)
+        assert m, f"FROM {rest}: not pinned by digest (IMAGE:TAG@sha256:...)"
+        if len(words) >= 3 and words[-2].upper() == "AS":
+            stages.add(words[-1])
+    (first,) = froms[:1]
+    m = _PINNED_FROM.fullmatch(first)
+    assert m and m.group("image") == "python" and m.group("tag").startswith("3.11.")
+    assert m.group("tag").endswith("-slim-trixie")
+
+
+def test_the_bump_procedure_names_the_pinned_digest():
+    """docs/deployment.md says how to bump the base image and shows the digest in use."""
+    (first,) = [rest for word, rest in instructions() if word == "FROM"][:1]
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    section = doc[doc.index("### Reproducible images"):]
+    assert first.split("@")[1] in section and "repo-info" in section
+    assert "imagetools inspect" in section
+
+
 def test_base_user_cmd_and_env():
     ins = instructions()
-    assert ins[0] == ("FROM", "python:3.11-slim")
+    assert ins[0][0] == "FROM" and ins[0][1].startswith("python:3.11.")
     (cmd,) = [rest for word, rest in ins if word == "CMD"]
     assert json.loads(cmd) == ["tallygate", "serve", "--host", "0.0.0.0"]  # exec form: PID 1 gets SIGTERM
     users = [rest for word, rest in ins if word == "USER"]

@@ -193,7 +193,7 @@ def test_the_line_is_stamped_when_the_request_ended_and_its_labels_are_bounded()
     start = datetime(2026, 11, 27, 12, 0, 59, 999_990, tzinfo=UTC)
     stream = UsageRecord("req_long", start, "acme", "gpt-4o-mini", "/v1/chat/completions", True,
                          price_source="genai-prices", latency_ms=20 * 60_000 + 0.02, ttft_ms=900.0,
-                         total_tokens=50_000)
+                         total_tokens=50_000, model_label="gpt-4o-mini")
     made_up = UsageRecord("req_free", start, "acme", "my-model-" + "x" * 40, "/v1/chat/completions", False,
                           price_source="unknown", latency_ms=5.0, total_tokens=10)
     lines = [orjson.dumps(log_entry(r)).decode() for r in (stream, made_up)]

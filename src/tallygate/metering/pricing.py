@@ -96,6 +96,9 @@ class Price:
     context_window: int | None = None  # the model's largest input (bounds plausible usage)
     tiered: bool = False  # a rate depends on the request's size: always the library's calculation
     tier_priced: bool = True  # False: the reported service tier has no price of its own here
+    # the name the price is known by (the price file's entry, the price data's model id): the
+    # model's metric label, bounded by the data whatever name a client sent
+    model: str | None = None
 
     def cost(self, usage: Any) -> Decimal:
         # without a library price (a file of plain rates), extra parts are billed as the
@@ -171,7 +174,7 @@ def _rates(table: dict, where: str) -> dict[str, Decimal]:
     return rates
 
 
-def _override_price(rates: dict[str, Decimal], window: int | None) -> Price:
+def _override_price(rates: dict[str, Decimal], window: int | None, name: str) -> Price:
     library_price = None
     if not rates.keys() <= PLAIN_KEYS:  # ~0.35 s to import: only for files that need it
         from genai_prices.types import ModelPrice
@@ -184,6 +187,7 @@ def _override_price(rates: dict[str, Decimal], window: int | None) -> Price:
         source="override",
         library_price=library_price,
         context_window=window,
+        model=name,
     )
 
 
@@ -223,14 +227,15 @@ def load_overrides(path: str) -> dict[str, Price]:
         if window is not None and (type(window) is not int or window < 1):
             raise PriceFileError(f"{path}: {name}.context_window must be a positive integer")
         rates = _rates(entry, name)
-        prices[name] = _override_price(rates, window)
+        prices[name] = _override_price(rates, window, name)
         tiers = entry.get("tiers", {})
         if not isinstance(tiers, dict):
             raise PriceFileError(f"{path}: {name}.tiers must be a table of tiers")
         for tier, table in tiers.items():
             if not isinstance(table, dict):
                 raise PriceFileError(f"{path}: {name}.tiers.{tier} must be a table")
-            prices[f"{name}@{tier}"] = _override_price(rates | _rates(table, f"{name}.tiers.{tier}"), window)
+            tier_rates = rates | _rates(table, f"{name}.tiers.{tier}")
+            prices[f"{name}@{tier}"] = _override_price(tier_rates, window, name)
     return prices
 
 
@@ -333,6 +338,7 @@ class PriceBook:
             )
             inp, out, cache = mp.input_mtok, mp.output_mtok, mp.cache_read_mtok
             window = model_info.context_window
+            known = model_info.id  # the data's own name for it (a metric label, bounded)
             tiered = any(isinstance(v, TieredPrices) for v in mp.__dict__.values())
             if tiered:
                 starts = [t.start for v in mp.__dict__.values() if isinstance(v, TieredPrices) for t in v.tiers]
@@ -340,8 +346,10 @@ class PriceBook:
                     # priced past its window: the model takes longer inputs than the data says
                     # (Anthropic's 1M-token context beta); bounded at the longest such window
                     window = max(window, LONG_CONTEXT_WINDOW)
-                return Price(ZERO, ZERO, None, "genai-prices", mp, window, tiered=True, tier_priced=tier_priced)
+                return Price(ZERO, ZERO, None, "genai-prices", mp, window, True, tier_priced, model=known)
             assert not isinstance(inp, TieredPrices) and not isinstance(out, TieredPrices)
             assert not isinstance(cache, TieredPrices)
-            return Price(inp or ZERO, out or ZERO, cache, "genai-prices", mp, window, tier_priced=tier_priced)
+            return Price(
+                inp or ZERO, out or ZERO, cache, "genai-prices", mp, window, tier_priced=tier_priced, model=known
+            )
         return None

@@ -54,6 +54,9 @@ class UsageRecord:
     # the id of the object the request created (a Responses answer's id): its tenant owns it
     # (tenants/owners.py); not a ledger column
     object_id: str | None = None
+    # the model as a metric label (set when the record is priced): the name the price data or
+    # the price file knows it by, else "other"; never a client's free text. Not a ledger column
+    model_label: str = "other"
 
     def ledger_row(self) -> tuple:
         """Column values in LEDGER_COLUMNS order (a tuple written out: three times faster

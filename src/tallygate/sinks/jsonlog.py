@@ -18,19 +18,6 @@ from ..metering.record import EXTRA_TOKEN_COLUMNS, UsageRecord
 from ..metering.usage import has_priced_parts
 from ..money import usd_text
 
-
-def model_label(record: UsageRecord) -> str:
-    """The model as a metric label: a model the gateway prices (its route or the price data
-    knows it), else "other". Never a client's free text: one client sending made-up names
-    would otherwise use up a log-based metric's time series for every tenant."""
-    model = record.model
-    return model if record.price_source != "unknown" and len(model) <= MODEL_LABEL_MAX else "other"
-
-
-# (the same test inline in log_entry: a call costs as much as the test)
-
-
-MODEL_LABEL_MAX = 100
 _STREAM_LABEL = {True: "true", False: "false"}
 
 # RFC 3339 prefixes up to the second ("2026-11-27T12:00:00."): formatting costs more than
@@ -94,9 +81,9 @@ def log_entry(record: UsageRecord) -> dict:
         # LogEntry labels are strings by definition: the metrics' label extractors read these
         "logging.googleapis.com/labels": {
             "tenant_id": record.tenant_id,
-            "model": record.model
-            if record.price_source != "unknown" and len(record.model) <= MODEL_LABEL_MAX
-            else "other",
+            # the name the price data knows the model by, or "other" (UsageRecord.model_label):
+            # one client sending made-up names cannot use up a metric's series for every tenant
+            "model": record.model_label,
             "stream": _STREAM_LABEL[record.stream],
         },
     }

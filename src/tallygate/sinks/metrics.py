@@ -7,7 +7,10 @@ own Counter/Histogram objects cost a lock and a label lookup per update, more th
 the rest of a record's metering. Costs are summed as exact decimals.
 
 Label cardinality is bounded: the first `tenant_cap` tenants get their own label
-value, later ones are counted under `other` (models likewise).
+value, later ones are counted under `other`. The model label is the name the price data or
+the price file knows the model by (UsageRecord.model_label, set when the record is priced),
+else `other`, never the client's text (a made-up name priced by a prefix match, e.g.
+`claude-sonnet-4-5-anything`, counts under the priced model), and capped like the tenants.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class MetricsSink:
         requests, tokens, cost, errors = self.requests, self.tokens, self.cost, self.errors
         for rec in records:
             tenant = self.tenant(rec.tenant_id)
-            model = self.model(rec.model)
+            model = self.model(rec.model_label)
             outcome = (tenant, model, rec.status)
             requests[outcome] = requests.get(outcome, 0) + 1
             if rec.prompt_tokens:

@@ -160,6 +160,7 @@ class Pipeline:
                 # usage beyond what the request allows is billed at the bound (and flagged)
                 hold_to_bounds(rec, price.context_window, self.default_out, self.default_context)
                 rec.cost_usd, rec.price_source = price.cost(rec), price.source_for(rec)
+                rec.model_label = price.model or "other"
                 rec.price_version = self.prices.version
                 # source_for hands back the price's own source unless a part had no rate
                 unpriced = rec.price_source is not price.source or price.source == "unknown"

@@ -78,6 +78,8 @@ class Config:
     public_domain: str | None
     armor_rate_limit: int
     vpc: tuple[str, ...]  # the VPC egress flags of the service and the schema job
+    billing_account: str | None
+    budget_amount: float
     thresholds: dict[str, float]
     phases: tuple[str, ...]
 
@@ -124,6 +126,11 @@ def _git(source: Path, *argv: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+# what the Dockerfile copies into the image: a new file there that git does not track (nor
+# ignore) is built in too, so it makes the tree dirty like a change to a tracked file
+IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "requirements.lock", "pyproject.toml", "README.md", "src")
+
+
 def _git_tag(source: Path, allow_dirty: bool) -> str | None:
     """The commit as the image tag; a work tree with changes is refused (the image would not
     be what the commit says) or, with --allow-dirty, tagged COMMIT-dirty."""
@@ -131,11 +138,12 @@ def _git_tag(source: Path, allow_dirty: bool) -> str | None:
     if not _TAG_RE.match(tag):
         return None
     status = _git(source, "status", "--porcelain", "--untracked-files=no")
+    status = status or _git(source, "status", "--porcelain", "--untracked-files=all", "--", *IMAGE_INPUTS)
     if status:
         if not allow_dirty:
             raise DeployError(
-                f"{source} has uncommitted changes: commit them, or pass --allow-dirty (the image is "
-                "then tagged COMMIT-dirty), or name the tag with --image-tag"
+                f"{source} has uncommitted changes (or new files the image would contain): commit them, "
+                "or pass --allow-dirty (the image is then tagged COMMIT-dirty), or name the tag with --image-tag"
             )
         tag += "-dirty"
     return tag
@@ -301,6 +309,16 @@ def build_config(args: argparse.Namespace) -> Config:
     if vpc:
         vpc += (f"--vpc-egress={args.vpc_egress}",)
 
+    billing = args.billing_account
+    if billing and not re.fullmatch(r"[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}", billing):
+        raise DeployError(f"--billing-account: {billing!r} is not a billing account ID like 012345-6789AB-CDEF01")
+    if not args.budget_amount > 0:
+        raise DeployError("--budget-amount must be positive")
+    if billing and len(args.alert_email) + len(args.notification_channel) > 5:
+        raise DeployError(
+            "--billing-account: a budget notifies at most 5 channels (--alert-email, --notification-channel)"
+        )
+
     for placeholder in ("SLO_AVAILABILITY", "SLO_TTFT"):
         dest = next(d for p, d, _x, _t in ALERT_THRESHOLDS if p == placeholder)
         if not 0 < getattr(args, dest) < 1:
@@ -339,6 +357,8 @@ def build_config(args: argparse.Namespace) -> Config:
         skip.add("channels")
     if not domain:
         skip.add("edge")
+    if not billing:
+        skip.add("budget")
     phases = tuple(p for p in PHASES if p in phases and p not in skip)
 
     return Config(
@@ -376,6 +396,8 @@ def build_config(args: argparse.Namespace) -> Config:
         public_domain=domain,
         armor_rate_limit=args.armor_rate_limit,
         vpc=vpc,
+        billing_account=billing,
+        budget_amount=args.budget_amount,
         thresholds=thresholds,
         phases=phases,
     )

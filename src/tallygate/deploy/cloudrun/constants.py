@@ -50,6 +50,7 @@ PHASES: tuple[str, ...] = (
     "slo",
     "alerts",
     "uptime",
+    "budget",
     "bigquery",
 )
 MONITORING_PHASES = ("metrics", "dashboard", "channels", "slo", "alerts", "uptime")

@@ -164,6 +164,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="e-mail notification channel, created when missing and added to every alert policy (repeatable)",
     )
+    g.add_argument(
+        "--billing-account",
+        default=None,
+        metavar="ID",
+        help="the project's Cloud Billing account (XXXXXX-XXXXXX-XXXXXX): a monthly budget on this project's "
+        "spend with alerts at 50%%, 90%% and 100%% (and 100%% forecast) to the alert channels",
+    )
+    g.add_argument(
+        "--budget-amount",
+        type=float,
+        default=2000.0,
+        help="with --billing-account: the monthly budget, in the billing account's currency (default 2000)",
+    )
     for placeholder, dest, default, text in ALERT_THRESHOLDS:
         g.add_argument(
             "--" + dest.replace("_", "-"),

@@ -178,6 +178,8 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
         services.append("bigquery.googleapis.com")
     if "edge" in config.phases:
         services.append("compute.googleapis.com")
+    if "budget" in config.phases:
+        services.append("billingbudgets.googleapis.com")
     add("services", "enable the APIs the set-up uses", ["gcloud", "services", "enable", *services, pf])
 
     add(
@@ -544,45 +546,9 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
         )
 
     if rendered.alerts:
-        add(
-            "alerts",
-            "gcloud monitoring policies is GA in recent Cloud SDKs and alpha only in older ones (528): "
-            "use whichever this SDK has",
-            ["gcloud", "monitoring", "policies", "--help"],
-            choose=(POLICIES_TRACK, "", "alpha"),
-        )
-    track = f"${{{POLICIES_TRACK}}}"
+        _choose_policies_track(add, "alerts")
     for key, display, path in rendered.alerts:
-        channel_flag = [f"--notification-channels={channels}"] if channels else []
-        set_channels = [f"--set-notification-channels={channels}"] if channels else []
-        add(
-            "alerts",
-            f"alert policy {display!r}: found by its label {POLICY_LABEL}={key} and updated in place, "
-            "created otherwise",
-            ["gcloud", track, "monitoring", "policies", "create", f"--policy-from-file={path}", *channel_flag, pf],
-            find=[
-                "gcloud",
-                track,
-                "monitoring",
-                "policies",
-                "list",
-                f"--filter=userLabels.{POLICY_LABEL}={key} AND userLabels.service={config.service}",
-                "--format=value(name)",
-                "--limit=1",
-                pf,
-            ],
-            otherwise=[
-                "gcloud",
-                track,
-                "monitoring",
-                "policies",
-                "update",
-                f"${{{FOUND}}}",
-                f"--policy-from-file={path}",
-                *set_channels,
-                pf,
-            ],
-        )
+        _upsert_policy(add, "alerts", config, key, display, f"--policy-from-file={path}", channels)
 
     uptime_name = f"{config.service} /live"
     uptime_common = ["--path=/live", "--period=1", "--timeout=10"]
@@ -633,6 +599,33 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
             pf,
         ],
     )
+    if rendered.uptime_policy is not None:
+        key, display, _path, policy_format = rendered.uptime_policy
+        if not (rendered.alerts and "alerts" in config.phases):  # (--only uptime: not chosen yet)
+            _choose_policies_track(add, "uptime")
+        _upsert_policy(
+            add,
+            "uptime",
+            config,
+            key,
+            display,
+            "--policy-from-file=-",  # stdin: the check's ID is known only now
+            channels,
+            stdin_from=[
+                "gcloud",
+                "monitoring",
+                "uptime",
+                "list-configs",
+                f'--filter=displayName="{uptime_name}"',
+                "--format=value(name.basename())",
+                "--limit=1",
+                pf,
+            ],
+            stdin_format=policy_format,
+        )
+
+    if config.billing_account:
+        _budget_step(add, config, channels)
 
     dataset_ref = f"{p}:{config.bq_dataset}"
     add(
@@ -698,6 +691,87 @@ def build_steps(config: Config, rendered: Rendered) -> list[Step]:
         ["gcloud", "logging", "sinks", "update", config.sink_name, "--no-disabled", pf],
     )
     return steps
+
+
+BUDGET_THRESHOLDS = ("percent=0.5", "percent=0.9", "percent=1.0", "percent=1.0,basis=forecasted-spend")
+
+
+def _budget_step(add: Any, config: Config, channels: str) -> None:
+    """A monthly budget on the project's spend (Cloud Logging's ingestion is the cost that can
+    surprise: docs/deployment.md), alerting the same channels as the policies; found by its
+    display name and updated in place."""
+    name = f"{config.service} ({config.project}) monthly"
+    account = f"--billing-account={config.billing_account}"
+    budgets = ["gcloud", "billing", "budgets"]
+    scope = [f"--budget-amount={_amount(config.budget_amount)}", f"--filter-projects=projects/{config.project}"]
+    notify = [f"--notifications-rule-monitoring-notification-channels={channels}"] if channels else []
+    add(
+        "budget",
+        f"budget {name!r}: {_amount(config.budget_amount)} a month in the billing account's currency, alerts at "
+        "50%, 90%, 100% and 100% forecast (found by name, updated in place)",
+        [
+            *budgets,
+            "create",
+            account,
+            f"--display-name={name}",
+            *scope,
+            "--calendar-period=month",
+            *(f"--threshold-rule={rule}" for rule in BUDGET_THRESHOLDS),
+            *notify,
+        ],
+        find=[*budgets, "list", account, f'--filter=displayName="{name}"', "--format=value(name)", "--limit=1"],
+        otherwise=[
+            *budgets,
+            "update",
+            f"${{{FOUND}}}",
+            account,
+            *scope,
+            "--calendar-period=month",
+            "--clear-threshold-rules",
+            *(f"--add-threshold-rule={rule}" for rule in BUDGET_THRESHOLDS),
+            *notify,
+        ],
+    )
+
+
+def _amount(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _choose_policies_track(add: Any, phase: str) -> None:
+    add(
+        phase,
+        "gcloud monitoring policies is GA in recent Cloud SDKs and alpha only in older ones (528): "
+        "use whichever this SDK has",
+        ["gcloud", "monitoring", "policies", "--help"],
+        choose=(POLICIES_TRACK, "", "alpha"),
+    )
+
+
+def _upsert_policy(
+    add: Any, phase: str, config: Config, key: str, display: str, source: str, channels: str, **stdin: Any
+) -> None:
+    """An alert policy found by its label POLICY_LABEL=key (and the service) and updated in place,
+    created otherwise; `source` is its --policy-from-file flag."""
+    track, pf = f"${{{POLICIES_TRACK}}}", f"--project={config.project}"
+    channel_flag = [f"--notification-channels={channels}"] if channels else []
+    set_channels = [f"--set-notification-channels={channels}"] if channels else []
+    policies = ["gcloud", track, "monitoring", "policies"]
+    add(
+        phase,
+        f"alert policy {display!r}: found by its label {POLICY_LABEL}={key} and updated in place, created otherwise",
+        [*policies, "create", source, *channel_flag, pf],
+        find=[
+            *policies,
+            "list",
+            f"--filter=userLabels.{POLICY_LABEL}={key} AND userLabels.service={config.service}",
+            "--format=value(name)",
+            "--limit=1",
+            pf,
+        ],
+        otherwise=[*policies, "update", f"${{{FOUND}}}", source, *set_channels, pf],
+        **stdin,
+    )
 
 
 def _rest_upsert(

@@ -73,6 +73,9 @@ class Rendered:
     directory: Path
     slo_service: tuple[tuple[str, Path], ...] = ()  # (service ID, rendered Service body)
     slos: tuple[tuple[str, Path], ...] = ()  # (SLO ID, rendered ServiceLevelObjective body)
+    # the uptime check's alert policy: (stable key, display name, rendered file, the policy as
+    # a printf format whose one %s is the check's ID, known only once the check exists)
+    uptime_policy: tuple[str, str, Path, str] | None = None
 
 
 def render(config: Config, out_dir: Path) -> Rendered:
@@ -126,4 +129,33 @@ def render(config: Config, out_dir: Path) -> Rendered:
                 slo_service.append((values["SLO_SERVICE"], dst))
             else:
                 slos.append((src.stem, dst))
-    return Rendered(tuple(metrics), dashboard, dashboard_name, tuple(alerts), out_dir, tuple(slo_service), tuple(slos))
+    uptime_policy = None
+    if "uptime" in config.phases:
+        uptime_policy = _render_uptime_policy(mon / "uptime" / "live_failing.json", values, out_dir)
+    return Rendered(
+        tuple(metrics),
+        dashboard,
+        dashboard_name,
+        tuple(alerts),
+        out_dir,
+        tuple(slo_service),
+        tuple(slos),
+        uptime_policy,
+    )
+
+
+UPTIME_CHECK_ID = "UPTIME_CHECK_ID"
+_CHECK_ID_MARK = "@@UPTIME_CHECK_ID@@"
+
+
+def _render_uptime_policy(src: Path, values: dict[str, str], out_dir: Path) -> tuple[str, str, Path, str]:
+    """The policy on the uptime check: everything filled in but the check's ID (the API picks it
+    when the check is created), kept as ${UPTIME_CHECK_ID} in the file and as %s in the format."""
+    doc = _substitute_json(json.loads(src.read_text()), {**values, UPTIME_CHECK_ID: _CHECK_ID_MARK}, str(src))
+    assert isinstance(doc, dict)
+    doc.setdefault("userLabels", {})[POLICY_LABEL] = "uptime_" + src.stem
+    text = json.dumps(doc, indent=2) + "\n"
+    dst = out_dir / "uptime_policy.json"
+    dst.write_text(text.replace(_CHECK_ID_MARK, "${" + UPTIME_CHECK_ID + "}"))
+    fmt = text.replace("%", "%%").replace(_CHECK_ID_MARK, "%s")
+    return "uptime_" + src.stem, str(doc["displayName"]), dst, fmt
