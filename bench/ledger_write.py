@@ -1,14 +1,18 @@
-"""The ledger's batch insert with and without the hourly rollups, side by side.
+"""The ledger's batch insert with and without the rollups, side by side.
 
     .venv/bin/python bench/ledger_write.py [--rows 50000] [--batch-sizes 100,500] [--rounds 3]
 
-Two databases of its own (scale_lw_before: the 0003 schema and the plain insert,
-scale_lw_after: the current schema and the writer's statement, store/postgres.py) are
-written in alternating rounds through one connection each, the gateway's way (one
-statement, the rows as one JSON parameter, autocommit). Prints rows/s, and the CPU a
-row of the client and of the Postgres backend (/proc/PID/stat of pg_backend_pid(): the
-server runs on this machine). Rows carry the current time; --groups: how many distinct
-(tenant, key, model) a batch spreads over (each is one rollup row to update).
+Databases of its own, written in alternating rounds through one connection each, the
+gateway's way (one statement, the rows as one JSON parameter, autocommit):
+scale_lw_before, the 0003 schema and the plain insert; scale_lw_upsert, the current schema
+and the statement 0004 shipped (the rows, then one upsert a rollup group, in one
+statement; without its sealed-day step); scale_lw_after, the writer's statement
+(store/postgres.py: the rows, then one delta row a group appended), each round followed by
+the fold the gateway runs every 2 s (store/rollups.py fold_deltas), its CPU counted apart.
+Prints rows/s, and the CPU a row of the client and of the Postgres backend
+(/proc/PID/stat of pg_backend_pid(): the server runs on this machine). Rows carry the
+current time; --groups: how many distinct (tenant, key, model) a batch spreads over (each
+is one rollup row to update or one delta row to append).
 """
 
 from __future__ import annotations
@@ -65,11 +69,23 @@ def setup(name: str, upto: int) -> None:
                 conn.execute(m.sql)
 
 
-def one_round(name: str, sql: str, recs, batch: int) -> dict:
+def upsert_statement() -> str:
+    """The writer's statement as migration 0004 shipped it (rows, then an upsert a group),
+    on the current rollup columns, without its sealed-day step: for comparison."""
+    from tallygate.store import postgres, rollups
+    from tallygate.store.dialect import POSTGRES
+
+    return (f"WITH ins AS ({postgres._ROWS_SQL} RETURNING {', '.join(rollups.ROW_INPUTS)}, latency_ms), "
+            f"up AS ({rollups.upsert_sql(POSTGRES, rollups.aggregate_rows_sql(POSTGRES, 'ins'))} RETURNING 1) "
+            "SELECT count(*) FROM ins")
+
+
+def one_round(name: str, sql: str, recs, batch: int, fold: bool = False) -> dict:
     import orjson
     import psycopg
 
     from tallygate.store.postgres import _json_default
+    from tallygate.store.rollups import _fold_sql
 
     with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={name}", autocommit=True) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
@@ -79,8 +95,13 @@ def one_round(name: str, sql: str, recs, batch: int) -> dict:
             conn.execute(sql, (payload,))
         wall = time.perf_counter() - t0
         server, client = backend_cpu(pid) - server0, time.process_time() - client0
+        folded = backend_cpu(pid)
+        if fold:
+            conn.execute(_fold_sql())
+        folded = backend_cpu(pid) - folded
     n = len(recs)
-    return {"rows_per_s": n / wall, "server_us": server / n * 1e6, "client_us": client / n * 1e6}
+    return {"rows_per_s": n / wall, "server_us": server / n * 1e6, "client_us": client / n * 1e6,
+            "fold_us": folded / n * 1e6}
 
 
 def sqlite_rounds(rows: int, batch: int, rounds: int, groups: int) -> dict[str, float]:
@@ -142,21 +163,27 @@ def main() -> int:
     from tallygate.store import postgres
 
     before_sql = postgres._ROWS_SQL.replace("(request_id, created_at)", "(request_id)")
-    setup("scale_lw_before", 3)
-    setup("scale_lw_after", 99)
-    print("| statement | batch | groups a batch | rows/s (median) | server CPU us/row | client CPU us/row |")
-    print("|---|---|---|---|---|---|")
+    statements = (("before", "insert, 0003 table", "scale_lw_before", 3, before_sql, False),
+                  ("upsert", "insert + upsert a group (0004's statement)", "scale_lw_upsert", 99,
+                   upsert_statement(), False),
+                  ("after", "insert + delta a group, then the fold", "scale_lw_after", 99, postgres.INSERT_SQL, True))
+    for _, _, db, upto, _, _ in statements:
+        setup(db, upto)
+    print("| statement | batch | groups a batch | rows/s (median) | server CPU us/row | + fold us/row | "
+          "client CPU us/row |")
+    print("|---|---|---|---|---|---|---|")
     for batch in a.batch_sizes:
         for groups in a.groups:
-            results: dict[str, list[dict]] = {"before": [], "after": []}
+            results: dict[str, list[dict]] = {label: [] for label, *_ in statements}
             for _ in range(a.rounds):
-                for label, db, sql in (("before", "scale_lw_before", before_sql),
-                                       ("after", "scale_lw_after", postgres.INSERT_SQL)):
-                    results[label].append(one_round(db, sql, records(a.rows, groups), batch))
-            for label, what in (("before", "insert, 0003 table"), ("after", "insert + rollups, partitioned")):
+                for label, _, db, _, sql, fold in statements:
+                    results[label].append(one_round(db, sql, records(a.rows, groups), batch, fold))
+            for label, what, *_ in statements:
                 rs = results[label]
+                fold_us = statistics.median(r["fold_us"] for r in rs)
                 print(f"| {what} | {batch} | {groups} | {statistics.median(r['rows_per_s'] for r in rs):,.0f} | "
                       f"{statistics.median(r['server_us'] for r in rs):.1f} | "
+                      f"{f'{fold_us:.1f}' if label == 'after' else '-'} | "
                       f"{statistics.median(r['client_us'] for r in rs):.1f} |", flush=True)
     return 0
 

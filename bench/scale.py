@@ -13,7 +13,9 @@ code builds the rollups and the gateway's hourly pass seals the closed days into
 - one tenant's month by day;
 - GET /admin/usage?since=30d&group_by=tenant,model through a real `tallygate serve` process;
 - a budget rebuild: a tenant's and a key's spend since the start of the month;
-- the writer's statement (rows + rollups) into the seeded ledger: rows/s, CPU a row.
+- the console's overview (30 days, 24 hours, one tenant's 30 days), a tenant's page, the
+  chart and health figures alone (p95 from the latency histogram, against the exact one);
+- the writer's statement (rows + rollup deltas, then the fold) into the seeded ledger: rows/s, CPU a row.
 
 Prints one markdown table; --json the raw numbers.
 """
@@ -52,7 +54,7 @@ SELECT 'req_s' || i, %(t0)s::timestamptz + (i - %(lo)s) * %(step)s * interval '1
     100 + i %% 900, 10 + i %% 300, 110 + i %% 900 + i %% 300, i %% 64, 0,
     ((100 + i %% 900) * 0.15 + (10 + i %% 300) * 0.6) / 1000000,
     CASE WHEN i %% 97 = 0 THEN 'unknown' WHEN i %% 89 = 0 THEN 'genai-prices:partial' ELSE 'genai-prices' END,
-    'provider', 1.5 + i %% 7, NULL
+    'provider', round(5 * exp(((i * 7919) %% 10007) / 10007.0 * 8.3))::double precision, NULL
 FROM generate_series(%(lo)s::bigint, %(hi)s::bigint - 1) AS i
 """
 
@@ -67,7 +69,54 @@ def pg_env(db: str) -> dict:
     return {"PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres", "PGDATABASE": db, "PGSSL": "disable"}
 
 
-def seed(db: str, rows: int, days: int) -> dict:
+def lower_priority(conn) -> None:
+    """Nice 10 and the lowest best-effort I/O class for this connection's Postgres backend
+    (the server runs on this machine, shared with other work)."""
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 10)
+        subprocess.run(["ionice", "-c", "2", "-n", "7", "-p", str(pid)], check=False, capture_output=True)
+    except OSError:  # not the server's user: run at normal priority
+        pass
+
+
+def seed_day(db: str, day, rows_before: int, day_rows: int, t_start: datetime, step: int, nice: bool) -> int:
+    """One UTC day's rows into a table of their own, then its indexes (built sorted, not row
+    by row) and ATTACH as the day's partition: a bulk load, not the writer's path."""
+    import psycopg
+
+    part = f"litellm_usage_p{day:%Y%m%d}"
+    lo_t = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    hi_t = lo_t + timedelta(days=1)
+    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={db}", autocommit=True) as conn:
+        if nice:
+            lower_priority(conn)
+        conn.execute("SET synchronous_commit = off")
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        conn.execute(f'DROP TABLE IF EXISTS "{part}"')  # an empty partition made ahead
+        conn.execute(f'CREATE TABLE "{part}" (LIKE litellm_usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)')
+        conn.execute(SEED_SQL.replace("INSERT INTO litellm_usage", f'INSERT INTO "{part}"'),
+                     {"t0": t_start + timedelta(microseconds=rows_before * step), "lo": rows_before,
+                      "hi": rows_before + day_rows, "step": step})
+        # the parent's key and indexes: ATTACH adopts matching ones instead of building them again
+        conn.execute(f'ALTER TABLE "{part}" ADD PRIMARY KEY (request_id, created_at)')
+        conn.execute(f'CREATE INDEX ON "{part}" (tenant_id, created_at)')
+        conn.execute(f'CREATE INDEX ON "{part}" (created_at)')
+        conn.execute(f'CREATE INDEX ON "{part}" (api_key_id, created_at) WHERE api_key_id IS NOT NULL')
+        # the range as a CHECK first: ATTACH then skips scanning the rows
+        conn.execute(f'ALTER TABLE "{part}" ADD CONSTRAINT "{part}_range" '
+                     f"CHECK (created_at >= '{lo_t.isoformat()}' AND created_at < '{hi_t.isoformat()}')")
+        conn.execute(f"ALTER TABLE litellm_usage ATTACH PARTITION \"{part}\" "
+                     f"FOR VALUES FROM ('{lo_t.isoformat()}') TO ('{hi_t.isoformat()}')")
+        conn.execute(f'ALTER TABLE "{part}" DROP CONSTRAINT "{part}_range"')
+        conn.execute(f'VACUUM ANALYZE "{part}"')  # the visibility map: index-only scans of the edge hours
+    return day_rows
+
+
+def seed(db: str, rows: int, days: int, workers: int = 2, nice: bool = True) -> dict:
+    """`rows` over `days` UTC days ending now, `workers` days at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import psycopg
 
     with psycopg.connect(ADMIN, autocommit=True) as conn:
@@ -81,24 +130,27 @@ def seed(db: str, rows: int, days: int) -> dict:
     t_start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
     span_us = int((now - t_start).total_seconds() * 1e6)
     step = span_us // rows  # microseconds between rows
+    day_us = 86_400 * 1_000_000
     t0 = time.perf_counter()
+    jobs, d = [], 0
+    while (lo := -(-d * day_us // step)) < rows:  # row i is at t_start + i * step: day d's first row
+        hi = min(rows, -(-(d + 1) * day_us // step))
+        jobs.append((first_day + timedelta(days=d), lo, hi - lo))
+        d += 1
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(seed_day, db, day, before, n, t_start, step, nice) for day, before, n in jobs]
+        for f in futures:
+            done += f.result()
+            print(f"\rseeded {done:,} rows ({time.perf_counter() - t0:.0f} s)", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    seeded = time.perf_counter() - t0
     with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={db}", autocommit=True) as conn:
-        conn.execute("SET synchronous_commit = off")
-        for d in range(days):
-            conn.execute("SELECT tallygate_ledger_partition(%s::date)", (first_day + timedelta(days=d),))
-        day_rows = (86_400 * 1_000_000) // step
-        lo = 0
-        while lo < rows:
-            hi = min(rows, lo + day_rows)
-            conn.execute(SEED_SQL, {"t0": t_start + timedelta(microseconds=lo * step), "lo": lo, "hi": hi,
-                                    "step": step})
-            lo = hi
-            print(f"\rseeded {lo:,} rows", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        seeded = time.perf_counter() - t0
-        conn.execute("VACUUM ANALYZE litellm_usage")
+        conn.execute("SELECT tallygate_ledger_partitions_ahead(7)")
+        conn.execute("ANALYZE litellm_usage")
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-    return {"seed_s": round(seeded, 1), "db_bytes_before_rollups": size, "first_day": str(first_day)}
+    return {"seed_s": round(seeded, 1), "db_bytes_before_rollups": size, "first_day": str(first_day),
+            "seed_workers": workers}
 
 
 async def timed(fn, repeat: int) -> float:
@@ -111,19 +163,22 @@ async def timed(fn, repeat: int) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
-async def measure(db: str, repeat: int) -> dict:
-    from tallygate.reports import parse_since, usage_report
+async def measure(db: str, repeat: int, rebuild_since: datetime | None = None) -> dict:
+    from tallygate.console.views import Views
+    from tallygate.reports import latency_and_errors, parse_since, usage_report, usage_series
     from tallygate.settings import load
     from tallygate.store import open_store
-    from tallygate.store.rollups import rebuild, seal_days, spend_since
+    from tallygate.store.rollups import HOURLY, rebuild, seal_days, spend_since
+    from tallygate.tenants.store import KeyStore
 
     store = open_store(load({**pg_env(db), "PROXY_GATEWAY_TOKEN": "x"}))
     await store.connect()
     out: dict = {}
     try:
         t = time.perf_counter()
-        await rebuild(store, None)
+        done = await rebuild(store, rebuild_since)  # a day a transaction: a stopped run resumes with --rebuild-since
         out["rebuild_rollups_s"] = round(time.perf_counter() - t, 1)
+        out["rebuild_rollups_rows"] = done["rows"]
         t = time.perf_counter()
         await seal_days(store)  # what the gateway's hourly pass does
         out["seal_days_s"] = round(time.perf_counter() - t, 1)
@@ -131,7 +186,7 @@ async def measure(db: str, repeat: int) -> dict:
         await store.execute("VACUUM ANALYZE litellm_usage_daily")
         out["rollup_rows"] = (await store.fetch("SELECT count(*) FROM litellm_usage_hourly"))[0][0]
         out["daily_rows"] = (await store.fetch("SELECT count(*) FROM litellm_usage_daily"))[0][0]
-        out["rows"] = (await store.fetch("SELECT count(*) FROM litellm_usage"))[0][0]
+        out["rows"] = int((await store.fetch(f"SELECT sum(requests) FROM {HOURLY}"))[0][0])  # = count(*), a scan less
         out["db_bytes"] = (await store.fetch("SELECT pg_database_size(current_database())"))[0][0]
         start = parse_since("30d")
         now = datetime.now(UTC)
@@ -152,9 +207,43 @@ async def measure(db: str, repeat: int) -> dict:
         async def budget_key():
             return await spend_since(store, "api_key_id", "key-7", month)
 
-        assert await report() == await report_rows()  # the same totals
+        views = Views(store, KeyStore(store))
+
+        async def overview_30d():
+            return await views.overview({"range": "30d"}, None)
+
+        async def overview_24h():
+            return await views.overview({"range": "24h"}, None)
+
+        async def overview_tenant_30d():
+            return await views.overview({"range": "30d"}, "tenant-7")
+
+        async def tenant_page():
+            return await views.tenant("tenant-7")
+
+        async def series_30d():
+            return await usage_series(store, start, now, None, "day")
+
+        async def health_30d():
+            return await latency_and_errors(store, start, None, None)
+
+        t = time.perf_counter()
+        from_rows = await report_rows()  # once: a scan of a month of rows
+        out["report_30d_rows_only_ms"] = round((time.perf_counter() - t) * 1000, 1)
+        assert await report() == from_rows  # the same totals
+        # the exact p95 of a day (a sort of its rows) against the histogram's
+        day_start = now - timedelta(hours=24)
+        exact = (await store.fetch("SELECT percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) "
+                                   "FROM litellm_usage WHERE created_at >= %s", [day_start]))[0][0]
+        out["p95_24h_histogram_ms"] = (await latency_and_errors(store, day_start, None, None))["p95_latency_ms"]
+        out["p95_24h_exact_ms"] = float(exact)
+        out["overview_30d_ms"] = await timed(overview_30d, repeat)
+        out["overview_24h_ms"] = await timed(overview_24h, repeat)
+        out["overview_tenant_30d_ms"] = await timed(overview_tenant_30d, repeat)
+        out["tenant_page_ms"] = await timed(tenant_page, repeat)
+        out["series_30d_by_day_ms"] = await timed(series_30d, repeat)
+        out["health_30d_ms"] = await timed(health_30d, repeat)
         out["report_30d_tenant_model_ms"] = await timed(report, repeat)
-        out["report_30d_rows_only_ms"] = await timed(report_rows, 1)
         out["tenant_month_by_day_ms"] = await timed(tenant_month, repeat)
         out["budget_rebuild_tenant_ms"] = await timed(budget_tenant, repeat)
         out["budget_rebuild_key_ms"] = await timed(budget_key, repeat)
@@ -211,7 +300,7 @@ def write_throughput(db: str, rows: int) -> dict:
 
     out = {}
     for batch in (100, 500):
-        r = ledger_write.one_round(db, INSERT_SQL, ledger_write.records(rows, 60), batch)
+        r = ledger_write.one_round(db, INSERT_SQL, ledger_write.records(rows, 60), batch, fold=True)
         out[batch] = {k: round(v, 1) for k, v in r.items()}
     return out
 
@@ -223,18 +312,34 @@ def main() -> int:
     ap.add_argument("--db", default="tallygate_scale_bench")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-seed", action="store_true", help="reuse the database a previous run seeded")
+    ap.add_argument("--seed-only", action="store_true", help="seed, then stop (measure later with --skip-seed)")
+    ap.add_argument("--workers", type=int, default=2, help="days seeded at a time")
+    ap.add_argument("--rebuild-since", type=lambda t: datetime.fromisoformat(t), default=None,
+                    help="rebuild the rollups from this time only (a stopped run's rebuild resumed)")
+    ap.add_argument("--no-nice", action="store_true", help="seed at normal priority (default: nice 10, low I/O)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     res: dict = {"rows_asked": a.rows, "days": a.days}
     if not a.skip_seed:
-        res.update(seed(a.db, a.rows, a.days))
-    res.update(asyncio.run(measure(a.db, a.repeat)))
+        res.update(seed(a.db, a.rows, a.days, a.workers, not a.no_nice))
+        if a.seed_only:
+            print(json.dumps(res, indent=1))
+            return 0
+    res.update(asyncio.run(measure(a.db, a.repeat, a.rebuild_since)))
     res["admin_usage_ms"] = admin_usage(a.db, a.repeat)
     res["write"] = write_throughput(a.db, 30_000)
     if a.json:
         print(json.dumps(res, indent=1))
         return 0
+    print(json.dumps(res), file=sys.stderr)  # every figure, for the record
     gb = res["db_bytes"] / 1e9
+    print("| rows | overview 30d / 24h / one tenant 30d | tenant page | chart 30d by day | health 30d | "
+          "p95 24h histogram / exact |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {res['rows']:,} | {res['overview_30d_ms']} / {res['overview_24h_ms']} / "
+          f"{res['overview_tenant_30d_ms']} ms | {res['tenant_page_ms']} ms | {res['series_30d_by_day_ms']} ms | "
+          f"{res['health_30d_ms']} ms | {res['p95_24h_histogram_ms']} / {res['p95_24h_exact_ms']} ms |")
+    print()
     print(f"| rows | days | DB size | hourly / daily rollup rows | seed | rebuild rollups | 30 d by tenant,model | (rows only) | "
           f"tenant month by day | /admin/usage | budget rebuild tenant / key | write rows/s b100 / b500 | "
           f"server CPU us/row b100 |")

@@ -110,8 +110,18 @@ def row_sums(env: dict, where: str = "true", params=()) -> tuple[int, Decimal]:
     return len(rows), sum((Decimal(r[0]) for r in rows), Decimal(0))
 
 
-def hourly_sums(env: dict) -> tuple[int, Decimal]:
+def fold(env: dict) -> int:
+    """Postgres: the writers' deltas into the rollups, as the gateway's pass does; how many moved."""
+    from tallygate.store.rollups import _fold_sql
+
+    with psycopg.connect(conninfo(env), autocommit=True) as conn:
+        return conn.execute(_fold_sql()).fetchone()[0]
+
+
+def hourly_sums(env: dict, folded: bool = True) -> tuple[int, Decimal]:
     if "PGDATABASE" in env:
+        if folded:
+            fold(env)
         with psycopg.connect(conninfo(env)) as conn:
             n, cost = conn.execute("SELECT coalesce(sum(requests), 0), coalesce(sum(cost_usd), 0) "
                                    "FROM litellm_usage_hourly").fetchone()
@@ -128,7 +138,9 @@ def assert_daily_matches_hourly(env: dict, expect_days: int = 0) -> None:
     """Postgres: the daily sums of the sealed days equal their hourly sums, group by group."""
     if "PGDATABASE" not in env:
         return
-    cols = "requests, prompt_tokens, audio_output_tokens, file_search_calls, cost_usd, errors, partial_requests"
+    fold(env)
+    cols = ("requests, prompt_tokens, audio_output_tokens, file_search_calls, cost_usd, errors, partial_requests, "
+            "latency_b00, latency_b07, latency_b39")
     sums = ", ".join(f"sum({c})" for c in cols.split(", "))
     with psycopg.connect(conninfo(env)) as conn:
         sealed = conn.execute("SELECT value FROM tallygate_ledger_state WHERE name = 'sealed_before'").fetchone()[0]
@@ -460,3 +472,191 @@ def test_the_gateway_creates_partitions_ahead(gateway, fresh_pg):
     assert not present()
     gateway(**fresh_pg)
     wait_until(present, 10, message=f"litellm_usage_p{day} made by the gateway")
+
+
+# -- the writer across a database restart ---------------------------------------------
+
+def test_the_writer_is_back_within_its_bound_once_postgres_is(private_postgres):
+    """A write asked for during an outage gives up within TALLYGATE_DB_TIMEOUT (not the
+    pool's 10 s), and once the database is back the writer's next tries land within a
+    couple of seconds, so a SIGTERM after an outage still flushes inside its grace."""
+    import time
+
+    from tallygate.sinks.ledger import LedgerWriter
+    from tallygate.store.errors import StoreUnavailable
+
+    private_postgres.start()
+    name = f"restart_{uuid.uuid4().hex[:8]}"
+    admin = f"host=127.0.0.1 port={private_postgres.port} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    env = {**private_postgres.env(name), "TALLYGATE_DB_TIMEOUT": "2"}
+    now = datetime.now(UTC)
+
+    async def go():
+        store = await opened(env)
+        writer = LedgerWriter(store, batch_size=50, flush_interval=0.01)
+        try:
+            assert await store.write([record(0, now)]) == 1
+            private_postgres.stop()
+            t = time.monotonic()
+            with pytest.raises((StoreUnavailable, psycopg.OperationalError)):
+                await store.write([record(1, now)])  # the kept connection is gone, no server to get another
+            during = time.monotonic() - t
+            writer.start()
+            writer.add([record(i, now) for i in range(10, 30)])
+            await asyncio.sleep(3)  # the writer fails and backs off meanwhile
+            assert writer.write_failures >= 1 and writer.rows_written == 0
+            private_postgres.start()
+            back = time.monotonic()
+            flushed = await writer.flush(back + 8)  # the SIGTERM grace
+            return during, time.monotonic() - back, flushed, writer.rows_written
+        finally:
+            await writer.close(time.monotonic() + 1)
+            await store.close()
+
+    try:
+        during, after, flushed, written = run(go())
+    finally:
+        private_postgres.start()
+    assert during < 4, f"a write during the outage waited {during:.1f} s"
+    assert flushed and written == 20
+    assert after < 5, f"the buffered rows landed {after:.1f} s after Postgres was back"
+    assert row_sums(env)[0] == 21
+
+
+# -- the console's reads, the latency histogram, the fold ------------------------------
+
+def exact_p95(latencies: list[float]) -> float | None:
+    import math
+
+    if not latencies:
+        return None
+    return sorted(latencies)[math.ceil(len(latencies) * 95 / 100) - 1]
+
+
+def test_console_series_and_health_from_rollups_equal_the_rows(ledger_env):
+    """The console's chart and health figures (reports.usage_series, latency_and_errors)
+    over random data, some of it folded, some sealed, some still in deltas: the sums equal
+    the rows'; p95 is exact on SQLite and, on Postgres, the middle of the histogram bucket
+    the exact value lies in (within a factor 2^(1/4))."""
+    import math
+
+    from tallygate.reports import latency_and_errors, usage_series
+    from tallygate.store.rollups import LATENCY_BOUNDS, fold_deltas, seal_days
+
+    rng = random.Random(95)
+    now = datetime.now(UTC)
+    base = now.replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+    records = [record(i, base + timedelta(seconds=rng.randint(0, int((now - base).total_seconds()) - 1)), rng,
+                      latency_ms=math.exp(rng.uniform(math.log(0.3), math.log(1_200_000))))
+               for i in range(1200)]
+    pg = "PGDATABASE" in ledger_env
+
+    async def go():
+        store = await opened(ledger_env)
+        try:
+            for i in range(0, 800, 100):
+                await store.write(records[i:i + 100])
+            await seal_days(store)  # folds, then seals the closed days
+            for i in range(800, 1000, 100):
+                await store.write(records[i:i + 100])
+            await fold_deltas(store)
+            for i in range(1000, 1200, 100):
+                await store.write(records[i:i + 100])  # left in the deltas
+            out = []
+            for start, end, tenant, bucket in (
+                (base + timedelta(minutes=17), now, None, "hour"),
+                (base - timedelta(hours=5), now, "acme", "day"),
+                (base + timedelta(hours=30, seconds=3), base + timedelta(hours=50, minutes=1), "globex", "hour"),
+            ):
+                out.append((start, end, tenant, bucket, await usage_series(store, start, end, tenant, bucket),
+                            await latency_and_errors(store, start, end, tenant)))
+            return out
+        finally:
+            await store.close()
+
+    for start, end, tenant, bucket, series, health in run(go()):
+        chosen = [r for r in records if start <= r.created_at < end and (tenant is None or r.tenant_id == tenant)]
+        label = "%Y-%m-%dT%H:00" if bucket == "hour" else "%Y-%m-%d"
+        expected: dict[str, list] = {}
+        for r in chosen:
+            e = expected.setdefault(r.created_at.strftime(label), [0, 0, Decimal(0)])
+            e[0] += 1
+            e[1] += r.total_tokens
+            e[2] += r.cost_usd
+        got = {p["label"]: [p["requests"], p["total_tokens"], Decimal(p["cost_usd"])] for p in series if p["requests"]}
+        assert got == expected
+        assert health["requests"] == len(chosen)
+        assert health["errors"] == sum(r.status != "ok" for r in chosen)
+        exact = exact_p95([r.latency_ms for r in chosen])
+        assert exact is not None
+        if not pg:
+            assert health["p95_latency_ms"] == round(exact, 1)
+            continue
+        k = sum(exact >= b for b in LATENCY_BOUNDS)  # width_bucket's answer
+        middle = 1.0 if k == 0 else LATENCY_BOUNDS[-1] if k == len(LATENCY_BOUNDS) else 2 ** ((k - 0.5) / 2)
+        assert health["p95_latency_ms"] == round(middle, 1)
+        if 0 < k < len(LATENCY_BOUNDS):
+            assert exact / 2 ** 0.25 <= health["p95_latency_ms"] <= exact * 2 ** 0.25 + 0.05
+
+
+def test_concurrent_writers_and_folds_count_each_row_once(fresh_pg):
+    """Three writers sending overlapping (retried) batches of the same hours while folds
+    run beside them: after a last fold the rollups hold every row once, and no delta is left."""
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    records = [record(i, now - timedelta(seconds=rng.randint(0, 7200)), rng) for i in range(1800)]
+
+    async def go():
+        from tallygate.store.rollups import fold_deltas
+
+        stores = [await opened(fresh_pg) for _ in range(4)]
+        done = asyncio.Event()
+
+        async def writer(store, offset):
+            for i in range(offset, len(records), 150):
+                await store.write(records[i:i + 150])
+                await store.write(records[max(0, i - 75):i + 75])  # a retry overlapping others' rows
+
+        async def folder(store):
+            moved = 0
+            while not done.is_set():
+                moved += await fold_deltas(store)
+                await asyncio.sleep(0.005)
+            return moved
+
+        try:
+            fold_task = asyncio.ensure_future(folder(stores[3]))
+            await asyncio.gather(*(writer(s, k * 50) for k, s in enumerate(stores[:3])))
+            done.set()
+            moved = await fold_task
+            moved += await fold_deltas(stores[3])
+            return moved
+        finally:
+            for s in stores:
+                await s.close()
+
+    assert run(go()) > 0
+    with psycopg.connect(conninfo(fresh_pg)) as conn:
+        assert conn.execute("SELECT count(*) FROM litellm_usage_rollup_delta").fetchone()[0] == 0
+        hist = conn.execute("SELECT sum(" + " + ".join(f"latency_b{k:02d}" for k in range(40)) + ") "
+                            "FROM litellm_usage_hourly").fetchone()[0]
+    assert hourly_sums(fresh_pg, folded=False) == row_sums(fresh_pg)
+    assert row_sums(fresh_pg)[0] == 1800 and hist == 1800
+
+
+def test_an_edge_hour_is_read_the_cheaper_way():
+    """A range starting at :10 reads that hour's rollup less the 10 minutes before it; one
+    starting at :50 reads its last 10 minutes of rows; one ending now reads its hour's rollup
+    less the rest of the hour (no rows yet)."""
+    from tallygate.store.rollups import edge_reads, split
+
+    h = datetime(2026, 5, 1, 7, tzinfo=UTC)
+    m = timedelta(minutes=1)
+    assert edge_reads(split(h + 10 * m, h + 5 * timedelta(hours=1)).edges) == [((h, h + timedelta(hours=1)),
+                                                                                 [(h, h + 10 * m)])]
+    assert edge_reads(split(h + 50 * m, None).edges) == [(None, [(h + 50 * m, h + timedelta(hours=1))])]
+    end = h + 3 * timedelta(hours=1) + 59 * m
+    whole, rest = edge_reads(split(h, end).edges)[0]
+    assert whole == (end - 59 * m, end + m) and rest == [(end, end + m)]

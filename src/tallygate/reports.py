@@ -115,9 +115,8 @@ def format_table(rows: list[dict]) -> str:
 
 # -- the web console's reads (console/views.py) ----------------------------------
 #
-# Kept apart from usage_report so the rollups (per tenant, key, model and hour) can take
-# over the aggregate ones without touching the rest: usage_series and usage_report are
-# sums, latency_and_errors and the request reads need the rows.
+# usage_series, usage_report and latency_and_errors read the rollups (per tenant, key,
+# model and hour; latency as a histogram on Postgres); the request reads need the rows.
 
 BUCKETS = ("hour", "day")
 # what the request list shows of a row (the full record has every ledger column)
@@ -144,9 +143,7 @@ def bucket_expr(dialect, bucket: str) -> str:
     """The UTC hour (YYYY-MM-DDTHH:00) or day (YYYY-MM-DD) of created_at, as text."""
     if bucket == "day":
         return dialect.day_expr("created_at")
-    if dialect.name == "sqlite":  # ISO 8601 text in UTC: the first 13 characters are the hour
-        return "substr(created_at, 1, 13) || ':00'"
-    return "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00')"
+    return rollups.hour_label_expr(dialect, "created_at")
 
 
 def bucket_starts(start: datetime, end: datetime, bucket: str) -> list[datetime]:
@@ -183,29 +180,26 @@ async def usage_series(
     store, start: datetime, end: datetime, tenant_id: str | None = None, bucket: str = "hour"
 ) -> list[dict]:
     """Requests, tokens and exact cost per hour or day, every bucket present (zeros where
-    nothing happened), oldest first; `t` is the bucket's start in Unix seconds."""
-    dialect = dialect_of(store)
-    expr = bucket_expr(dialect, bucket)
-    where, params = _filters(dialect, start, end, {"tenant_id": tenant_id})
-    rows = await store.fetch(
-        f"SELECT {expr}, count(*), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), "
-        f"{dialect.decimal_sum('cost_usd')} FROM litellm_usage WHERE {where} GROUP BY 1",
-        params,
-    )
-    found = {row[0]: row for row in rows}
+    nothing happened), oldest first; `t` is the bucket's start in Unix seconds. Read like
+    usage_report: whole hours from the rollups (hour buckets never from the daily sums),
+    the partial hours at the edges from the rows."""
+    filters = {"tenant_id": tenant_id} if tenant_id else {}
+    sealed = await rollups.sealed_before(store) if bucket == "day" else None
+    sql, params = rollups.usage_sql(dialect_of(store), [bucket], start, end, filters, sealed_before=sealed)
+    found = {row[0]: rollups.measures_of(row[1:]) for row in (await store.fetch(sql, params) if sql else [])}
     out = []
     for t in bucket_starts(start, end, bucket):
         label = bucket_label(t, bucket)
-        row = found.get(label)
+        m = found.get(label)
         out.append(
             {
                 "t": int(t.timestamp()),
                 "label": label,
-                "requests": int(row[1]) if row else 0,
-                "prompt_tokens": int(row[2] or 0) if row else 0,
-                "completion_tokens": int(row[3] or 0) if row else 0,
-                "total_tokens": int(row[4] or 0) if row else 0,
-                "cost_usd": usd_text(Decimal(str(row[5] or 0))) if row else "0",
+                "requests": m["requests"] if m else 0,
+                "prompt_tokens": m["prompt_tokens"] if m else 0,
+                "completion_tokens": m["completion_tokens"] if m else 0,
+                "total_tokens": m["total_tokens"] if m else 0,
+                "cost_usd": usd_text(m["cost_usd"]) if m else "0",
             }
         )
     return out
@@ -226,28 +220,33 @@ def usage_totals(rows: list[dict]) -> dict:
 async def latency_and_errors(store, start: datetime, end: datetime | None = None, tenant_id: str | None = None) -> dict:
     """Requests, errors (status other than ok), the error rate and the p95 latency.
 
-    p95 is the nearest-rank percentile (the ceil(0.95 n)-th smallest latency: a value some
-    request really had), the same on both databases. The error rate is errors / requests
-    as a percentage rounded half-even to two decimal places."""
+    Requests and errors are sums (the rollups, as usage_report reads them). p95 is the
+    nearest-rank percentile (the ceil(0.95 n)-th smallest latency). Postgres reads it from
+    the rollups' latency histogram: the middle of the bucket holding it, within a factor
+    2^(1/4) (+-19%) of the exact value (store/rollups.py percentile_of_histogram); SQLite
+    from the rows: a value some request really had. The error rate is errors / requests as
+    a percentage rounded half-even to two decimal places."""
     import math
 
     dialect = dialect_of(store)
-    where, params = _filters(dialect, start, end, {"tenant_id": tenant_id})
-    rows = await store.fetch(
-        f"SELECT count(*), sum(CASE WHEN status <> 'ok' THEN 1 ELSE 0 END) FROM litellm_usage WHERE {where}", params
-    )
-    requests = int(rows[0][0]) if rows else 0
-    errors = int(rows[0][1] or 0) if rows else 0
+    by_tenant = await usage_report(store, start, end, tenant_id, None, ["tenant"])
+    requests = sum(r["requests"] for r in by_tenant)
+    errors = sum(r["errors"] for r in by_tenant)
     p95 = None
-    if requests:
-        rank = math.ceil(requests * 95 / 100)
+    if requests and dialect.name == "postgres":
+        found = await rollups.latency_p95(store, start, end, tenant_id)
+        p95 = None if found is None else round(found, 1)
+    elif requests:
+        where, params = _filters(dialect, start, end, {"tenant_id": tenant_id})
+        n = int((await store.fetch(f"SELECT count(*) FROM litellm_usage WHERE {where}", params))[0][0])
+        rank = math.ceil(n * 95 / 100)
         ph = dialect.placeholder
-        found = await store.fetch(
+        rows = await store.fetch(
             f"SELECT latency_ms FROM litellm_usage WHERE {where} ORDER BY latency_ms LIMIT 1 OFFSET {ph}",
-            [*params, rank - 1],
+            [*params, max(rank - 1, 0)],
         )
-        if found:
-            p95 = round(float(found[0][0]), 1)
+        if rows:
+            p95 = round(float(rows[0][0]), 1)
     rate = (Decimal(errors * 100) / Decimal(requests)).quantize(Decimal("0.01")) if requests else Decimal(0)
     return {"requests": requests, "errors": errors, "error_rate_percent": format(rate, "f"), "p95_latency_ms": p95}
 

@@ -116,10 +116,8 @@ class CreditStore:
         return (await self.accounts(tenant_id)).get(tenant_id)
 
     async def spent(self, tenant_id: str, since: datetime) -> Decimal:
-        """The usage ledger's cost for the tenant since it became prepaid: its debits."""
-        rows = await self.store.fetch(
-            f"SELECT {self.sql.decimal_sum('cost_usd')} FROM litellm_usage WHERE tenant_id = {self.p} "
-            f"AND created_at >= {self.p}",
-            (tenant_id, self.sql.time_param(since)),
-        )
-        return Decimal(str(rows[0][0] or 0)) if rows else Decimal(0)
+        """The usage ledger's cost for the tenant since it became prepaid: its debits (the
+        rollups for whole hours, the rows for the partial one, as a budget rebuild reads them)."""
+        from ..store.rollups import spend_since
+
+        return await spend_since(self.store, "tenant_id", tenant_id, since)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,7 @@ log = logging.getLogger("tallygate.store")
 
 MAINTENANCE_LOCK = 7301266  # pg_try_advisory_lock key: one of many instances maintains the ledger
 MAINTENANCE_INTERVAL = 3600.0  # seconds between maintenance passes in the gateway
+FOLD_INTERVAL = 2.0  # seconds between folds of the writers' rollup deltas (readers add the unfolded ones)
 DAYS_AHEAD = 7
 _PARTITION = re.compile(r"litellm_usage_p(\d{8})")
 
@@ -131,17 +133,27 @@ async def maintain(store, retention_days: int | None) -> dict | None:
         return out
 
 
-async def maintenance_loop(store, retention_days: int | None, interval: float = MAINTENANCE_INTERVAL) -> None:
-    """The gateway's hourly pass (off the request path); errors are logged and retried next time."""
+async def maintenance_loop(
+    store, retention_days: int | None, interval: float = MAINTENANCE_INTERVAL, fold_interval: float = FOLD_INTERVAL
+) -> None:
+    """The gateway's background pass (off the request path): the writers' rollup deltas
+    folded every `fold_interval`, partitions, sealing and retention every `interval`.
+    Errors are logged and retried next time."""
+    from .rollups import fold_deltas
+
+    next_pass = 0.0
     while True:
         try:
-            done = await maintain(store, retention_days)
-            if done and (done.get("partitions_created") or done.get("partitions_dropped")):
-                log.info("ledger maintenance", extra={"fields": done})
+            if time.monotonic() >= next_pass:
+                next_pass = time.monotonic() + interval
+                done = await maintain(store, retention_days)
+                if done and (done.get("partitions_created") or done.get("partitions_dropped")):
+                    log.info("ledger maintenance", extra={"fields": done})
+            await fold_deltas(store)
         except asyncio.CancelledError:
             raise
         except StoreUnavailable as exc:
             log.warning("ledger maintenance skipped: %s", exc)
         except Exception as exc:  # a lock timeout, say: the next pass tries again
             log.warning("ledger maintenance failed: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
-        await asyncio.sleep(interval)
+        await asyncio.sleep(fold_interval)

@@ -15,7 +15,6 @@ import orjson
 from ..metering.record import EXTRA_TOKEN_COLUMNS, LEDGER_COLUMNS, UsageRecord
 from ..settings import PostgresSettings
 from . import rollups
-from .dialect import POSTGRES
 from .errors import RowsRefused, StoreUnavailable
 from .migrations import migrations
 
@@ -44,31 +43,21 @@ _CASTS = {
 # about a microsecond a row), unpacked by the server. On an autocommit connection that is
 # one round trip, atomic on its own; COPY into a temporary table inside a transaction
 # took five, and psycopg spends tens of microseconds of CPU on each. Costs travel as
-# decimal strings and are cast to numeric: exact. The same statement adds the rows it
-# really inserted (RETURNING: not those skipped as already present) to the hourly rollups
-# (store/rollups.py), so a retried batch counts once in both. The conflict target is the
-# partitioned table's key, (request_id, created_at): a retry or a replay carries the
-# record's created_at unchanged (docs/DESIGN.md, "The ledger at scale").
+# decimal strings and are cast to numeric: exact. The same statement appends the sums of
+# the rows it really inserted (RETURNING: not those skipped as already present) to the
+# rollup deltas (store/rollups.py), so a retried batch counts once in both; an append, not
+# an upsert: no rollup row is locked or rewritten per batch (docs/DESIGN.md, "The ledger at
+# scale"). The conflict target is the partitioned table's key, (request_id, created_at): a
+# retry or a replay carries the record's created_at unchanged.
 _ROWS_SQL = (
     f"INSERT INTO litellm_usage ({_COLUMNS}) SELECT "
     + ", ".join(f"(r->>{i})::{_CASTS[c]}" if c in _CASTS else f"r->>{i}" for i, c in enumerate(LEDGER_COLUMNS))
     + " FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (request_id, created_at) DO NOTHING"
 )
-# Rows of days already sealed into the daily sums (a replay, a clock behind) are added to
-# those too; the bound is read after the hourly upsert, under the seal lock (migration 0004,
-# tallygate_ledger_sealed_before), so sealing a day and a batch of that day never miss each other.
-_DAY_SQL = rollups.upsert_sql(
-    POSTGRES,
-    rollups.aggregate_rows_sql(
-        POSTGRES, "ins, seal", "ins.created_at < seal.t", "date_trunc('day', created_at, 'UTC')"
-    ),
-    rollups.DAILY,
-)
 INSERT_SQL = (
-    f"WITH ins AS ({_ROWS_SQL} RETURNING {', '.join(rollups.ROW_INPUTS)}), "
-    f"up AS ({rollups.upsert_sql(POSTGRES, rollups.aggregate_rows_sql(POSTGRES, 'ins'))} RETURNING 1), "
-    "seal AS (SELECT tallygate_ledger_sealed_before((SELECT count(*) FROM up)) AS t), "
-    f"day AS ({_DAY_SQL}) "
+    f"WITH ins AS ({_ROWS_SQL} RETURNING {', '.join(rollups.ROW_INPUTS)}, "
+    f"{rollups.LATENCY_BUCKET_SQL} AS latency_bucket), "
+    f"delta AS ({rollups.delta_insert_sql('ins')}) "
     "SELECT count(*) FROM ins"
 )
 WRITER_CONN_MAX_AGE = 600.0  # seconds the ledger writer keeps one connection
@@ -143,7 +132,10 @@ class PostgresStore:
                 max_size=self.pool_max,
                 open=False,
                 timeout=timeout,
-                reconnect_timeout=0,
+                # a failed connection attempt is tried again (backing off from 1 s) for as long
+                # as a caller waits; 0 gave up at once, and a caller queued during an outage
+                # then waited its whole timeout with no attempt left, the database long back
+                reconnect_timeout=self.wait_timeout,
                 name="tallygate-ledger",
                 kwargs={"autocommit": True},
             )  # every statement stands alone; migrations use transaction()
@@ -220,7 +212,9 @@ class PostgresStore:
         import psycopg
 
         if self._writer_conn is None:
-            self._writer_conn = await self._open_pool.getconn()
+            # bounded like every other caller's wait (TALLYGATE_DB_TIMEOUT): the writer backs off
+            # and asks again, and each ask starts a connection attempt if none is under way
+            self._writer_conn = await self._open_pool.getconn(timeout=self.wait_timeout)
             self._writer_since = time.monotonic()
         try:
             cur = await self._writer_conn.execute(INSERT_SQL, (payload,))
