@@ -33,7 +33,8 @@ def _error(message: str, status: int = 400, param: str | None = None) -> web.Res
 
 def _answer(url: str, body: dict) -> tuple[int, dict]:
     """What the synchronous endpoint would have answered a request line."""
-    fake = body.get("fake") if isinstance(body.get("fake"), dict) else {}
+    given = body.get("fake")
+    fake: dict = given if isinstance(given, dict) else {}
     model = str(fake.get("upstream_model") or body.get("model") or "gpt-4o-mini")
     if fake.get("status"):
         status = int(fake["status"])
@@ -182,7 +183,8 @@ class FakeBatches:
 
     def _finish(self, batch: dict, lines: list[dict], run: int, status: str) -> None:
         now = int(time.time())
-        out, err = [], []
+        out: list[dict] = []
+        err: list[dict] = []
         for i, line in enumerate(lines):
             ident = "batch_req_" + uuid.uuid4().hex
             custom_id = line.get("custom_id")
@@ -192,7 +194,8 @@ class FakeBatches:
                     {"id": ident, "custom_id": custom_id, "response": None, "error": {"code": code, "message": message}}
                 )
                 continue
-            body = line.get("body") if isinstance(line.get("body"), dict) else {}
+            given = line.get("body")
+            body: dict = given if isinstance(given, dict) else {}
             code_, answer = _answer(str(line.get("url")), body)
             result = {
                 "id": ident,
@@ -201,7 +204,7 @@ class FakeBatches:
                 "error": None,
             }
             (out if code_ < 400 else err).append(result)
-        batch["request_counts"] = {"total": len(lines), "completed": len([x for x in out]), "failed": len(err)}
+        batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
         if out:
             batch["output_file_id"] = self._file(out, "batch_output")
         if err:
