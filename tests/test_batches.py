@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from genai_prices import data_snapshot
 
-from support import sdk_client
+from support import call, sdk_client
 from support.ledger import conninfo, pg_rows, sqlite_rows
 from support.waiting import wait_until
 
@@ -176,3 +176,50 @@ def test_sqlite_ledger_records_a_batch(gateway, tmp_path):
         "batch-lite", "/v1/responses", 500, 40)
     expected = _cost(_rates("gpt-4o-mini", batch=True), 500, 0, 40)
     assert abs(Decimal(str(row["cost_usd"])) - expected) <= Decimal("1e-12")
+
+
+def test_one_poller_leads_of_two_instances(gateway, postgres_env):
+    """Two instances on one ledger: one polls (the billing export's leader lock), and when it
+    stops the other takes over and records the batch, once."""
+    env = {**postgres_env, "TALLYGATE_BATCH_POLL_INTERVAL": "0.2"}
+    gws = [gateway(**env), gateway(**env)]
+    wait_until(lambda: sum("batch poller leads" in g.output() for g in gws) == 1, message="one leader")
+    time.sleep(0.6)
+    leader, other = sorted(gws, key=lambda g: "batch poller leads" not in g.output())
+    assert "batch poller leads" not in other.output()
+    leader.stop()
+    wait_until(lambda: "batch poller leads" in other.output(), timeout=10, message="the other took over")
+    a = sdk_client(other, "batch-two")
+    f = _upload(a, [_chat_line("only", {"prompt_tokens": 10, "completion_tokens": 2})])
+    a.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                     metadata={"fake_delay": "0.3"})
+    rows = wait_until(lambda: pg_rows(postgres_env, "tenant_id = 'batch-two' AND service_tier = 'batch'") or None,
+                      timeout=10, message="the poller's row")
+    time.sleep(0.6)
+    assert len(rows) == len(pg_rows(postgres_env, "tenant_id = 'batch-two' AND service_tier = 'batch'")) == 1
+
+
+def test_prompt_quoting_another_tenants_file_is_refused(gateway, fake_upstream):
+    gw = gateway()
+    a, b = sdk_client(gw, "quote-a"), sdk_client(gw, "quote-b")
+    f = _upload(a, [{"note": "A's private file"}])
+    responses_input = [{"role": "user", "content": [{"type": "input_file", "file_id": f.id},
+                                                    {"type": "input_text", "text": "summarise"}]}]
+    chat_messages = [{"role": "user", "content": [{"type": "file", "file": {"file_id": f.id}},
+                                                  {"type": "text", "text": "summarise"}]}]
+    assert a.responses.create(model="gpt-4o-mini", input=responses_input).id  # the owner may
+    assert a.chat.completions.create(model="gpt-4o-mini", messages=chat_messages).id
+    fake_upstream.reset()
+    with pytest.raises(openai.NotFoundError):
+        b.responses.create(model="gpt-4o-mini", input=responses_input)
+    with pytest.raises(openai.NotFoundError):
+        b.chat.completions.create(model="gpt-4o-mini", messages=chat_messages)
+    with pytest.raises(openai.NotFoundError):
+        b.responses.input_tokens.count(model="gpt-4o-mini", input=responses_input)
+    # the key spelled with a JSON escape is the same key
+    escaped = ('{"model": "gpt-4o-mini", "input": [{"role": "user", "content": [{"type": "input_file", '
+               f'"file\\u005fid": "{f.id}"}}]}}]}}').encode()
+    status, _, _ = call(gw.base_url + "/responses", method="POST", body=escaped, token=gw.token,
+                        headers={"X-Tenant-ID": "quote-b", "Content-Type": "application/json"})
+    assert status == 404
+    assert fake_upstream.requests() == []  # refused before any upstream call

@@ -31,13 +31,27 @@ def _error(message: str, status: int = 400, param: str | None = None) -> web.Res
     return _json({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}, status)
 
 
+def _parsed(line: bytes) -> object:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # fails the batch's validation
+
+
+def _number(value: object, default: float) -> float:
+    try:
+        return float(value) if isinstance(value, (str, int, float)) else default
+    except ValueError:
+        return default
+
+
 def _answer(url: str, body: dict) -> tuple[int, dict]:
     """What the synchronous endpoint would have answered a request line."""
     given = body.get("fake")
     fake: dict = given if isinstance(given, dict) else {}
     model = str(fake.get("upstream_model") or body.get("model") or "gpt-4o-mini")
     if fake.get("status"):
-        status = int(fake["status"])
+        status = int(_number(fake["status"], 500))
         return status, {
             "error": {
                 "message": "The fake upstream failed this request.",
@@ -121,7 +135,7 @@ class FakeBatches:
             return _not_found("file", str(file_id))
         now = int(time.time())
         metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else None
-        lines = [orjson.loads(x) for x in found[1].splitlines() if x.strip()]
+        lines = [_parsed(x) for x in found[1].splitlines() if x.strip()]
         batch = {
             "id": new_id("batch_"),
             "object": "batch",
@@ -169,13 +183,13 @@ class FakeBatches:
         """Move a batch along its statuses by the time since it was created."""
         batch, born, lines = entry
         meta = batch.get("metadata") or {}
-        delay = float(meta.get("fake_delay", self.delay))
+        delay = _number(meta.get("fake_delay"), self.delay)
         elapsed = time.monotonic() - born
         now = int(time.time())
         if batch["status"] == "validating" and elapsed >= delay / 4:
             batch.update(status="in_progress", in_progress_at=now)
         if batch["status"] == "in_progress" and elapsed >= delay:
-            run = int(meta["fake_expire_after"]) if "fake_expire_after" in meta else len(lines)
+            run = int(_number(meta.get("fake_expire_after"), len(lines)))
             self._finish(batch, lines, run, "expired" if run < len(lines) else "completed")
         elif batch["status"] == "cancelling" and elapsed >= delay:
             self._finish(batch, lines, len(lines) // 2, "cancelled")

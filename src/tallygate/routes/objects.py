@@ -156,6 +156,28 @@ class UploadTooLarge(Exception):
     pass
 
 
+MAX_QUOTED_FILES = 100  # file ids a prompt may quote (each is one ownership check)
+
+
+def quoted_file_ids(doc: dict) -> list[str]:
+    """The file ids a request's prompt quotes: Responses `input_file` parts (`input`) and chat
+    `file` parts (`messages[].content[].file.file_id`), each content part looked at once."""
+    found: list[str] = []
+    items = doc.get("input") if "input" in doc else doc.get("messages")
+    for item in items if isinstance(items, list) else ():
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in (item, *content) if isinstance(content, list) else (item,):
+            if not isinstance(part, dict):
+                continue
+            inner = part.get("file")
+            file_id = inner.get("file_id") if isinstance(inner, dict) else part.get("file_id")
+            if isinstance(file_id, str) and file_id not in found:
+                found.append(file_id)
+    if len(found) > MAX_QUOTED_FILES:
+        raise bad_request(f"A request may quote at most {MAX_QUOTED_FILES} files.", "too_many_files")
+    return found
+
+
 def _json_doc(data: bytes) -> dict:
     """An upstream answer's JSON object ({} when it is not one)."""
     try:
@@ -278,6 +300,8 @@ class Objects:
         input_file = doc.get("input_file_id")  # POST /v1/batches: its requests are the caller's file
         if isinstance(input_file, str):
             await self._require_owner(principal, "file", input_file)
+        for file_id in quoted_file_ids(doc):  # files a prompt quotes (input_file, chat's file parts)
+            await self._require_owner(principal, "file", file_id)
 
     # -- the upstream call ---------------------------------------------------------------
     async def _forward(
