@@ -19,28 +19,13 @@ from datetime import UTC, datetime
 import orjson
 
 from ..metering.record import UsageRecord
-from ..metering.usage import add_response_facts, model_name, usage_from_object
+from ..metering.usage import USAGE_FIELDS, add_response_facts, model_name, usage_from_object
 from .store import BatchCreator
 
 # the error codes OpenAI writes for requests a batch did not run
 NOT_RUN = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
 END_FIELDS = ("completed_at", "expired_at", "cancelled_at", "failed_at")
 TERMINAL = frozenset({"completed", "expired", "cancelled", "failed"})
-USAGE_COPIED = (
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "audio_input_tokens",
-    "audio_output_tokens",
-    "image_input_tokens",
-    "image_output_tokens",
-    "web_search_calls",
-    "file_search_calls",
-)
 
 
 def line_request_id(batch_id: str, custom_id: str) -> str:
@@ -104,7 +89,8 @@ def line_record(line: bytes, creator: BatchCreator, provider: str, at: datetime)
         record.price_source = "free"
         return record
     add_response_facts(usage, body)  # Responses bodies: tool calls billed per call
-    for name in USAGE_COPIED:
+    for name in USAGE_FIELDS:
         setattr(record, name, getattr(usage, name))
+    record.service_tier = "batch"  # whatever tier the body names: the work ran as batch work
     record.usage_source = "provider"
     return record
