@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from genai_prices import data_snapshot
 
-from support import call, sdk_client
+from support import admin_call, call, sdk_client
 from support.ledger import conninfo, pg_rows, sqlite_rows
 from support.waiting import wait_until
 
@@ -107,6 +107,12 @@ def test_batch_billed_once_at_batch_prices_and_isolated(gateway, postgres_env):
         settled = conn.execute("SELECT settled_at IS NOT NULL, lines_recorded, tenant_id FROM tallygate_batches "
                                "WHERE batch_id = %s", (batch.id,)).fetchall()
     assert settled == [(True, 4, "batch-a")]
+
+    # the rows are in the usage report like any other (the batch's free calls beside them)
+    status, _, report = admin_call(gw.url + "/admin/usage?tenant_id=batch-a&group_by=endpoint")
+    assert status == 200, report
+    (group,) = [g for g in report["data"] if g["endpoint"] == "/v1/chat/completions"]
+    assert group["requests"] == 4 and Decimal(group["cost_usd"]) == sum(Decimal(r["cost_usd"]) for r in rows)
 
     # a restart: the settled batch is not read again, and another look adds nothing
     gw.stop()
