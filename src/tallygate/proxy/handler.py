@@ -73,8 +73,9 @@ class ProxyHandler:
         route: Route = router.resolve(model)
         if self.references is not None and (
             (path == "/responses" and ("previous_response_id" in doc or "conversation" in doc))
-            # a quoted file id (or an escape that could spell the key) is walked for: a file of the caller's
-            or (path in QUOTES_FILES and (b'file_id"' in body or b"\\u" in body))
+            # a quoted file id (or an escape that could spell the key) is walked for: a file of the
+            # caller's. find(), not `in`: bytes `in` first tries the needle as an int (~2.5k instructions)
+            or (path in QUOTES_FILES and (body.find(b'file_id"') >= 0 or body.find(b"\\u") >= 0))
         ):
             await self.references(principal, doc)
 
