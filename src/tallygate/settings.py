@@ -152,6 +152,11 @@ class Settings:
     # master key, see console/sessions.py) and how long a sign-in lasts
     console_secret: str | None = field(default=None, repr=False)
     console_session_ttl: float = 8 * 3600.0
+    # failed console sign-ins allowed a minute, from one client address and from all (then 429)
+    console_sign_in_failures_per_ip: int = 10
+    console_sign_in_failures_total: int = 100
+    # where `tallygate reconcile` keeps its runs for the console (reconcile/runs.py)
+    reconcile_dir: str | None = None
     # secrets from the environment beyond the fields above (PGPASSWORD, the passwords in
     # DATABASE_URL and REDIS_URL, PROXY_*_TOKEN / PROXY_*_KEY)
     other_secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -368,6 +373,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         keep_alive_timeout=_float(env, "TALLYGATE_KEEP_ALIVE_TIMEOUT", 75.0),
         console_secret=_console_secret(env),
         console_session_ttl=_float(env, "TALLYGATE_CONSOLE_SESSION_TTL", 8 * 3600.0),
+        console_sign_in_failures_per_ip=_int(env, "TALLYGATE_CONSOLE_SIGN_IN_FAILURES_PER_IP", 10, minimum=1),
+        console_sign_in_failures_total=_int(env, "TALLYGATE_CONSOLE_SIGN_IN_FAILURES_TOTAL", 100, minimum=1),
+        reconcile_dir=(env.get("TALLYGATE_RECONCILE_DIR") or "").strip() or None,
         other_secrets=_env_secrets(env),
     )
 

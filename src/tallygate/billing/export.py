@@ -111,31 +111,63 @@ def start_in_gateway(settings, env) -> threading.Thread | None:
     return thread
 
 
-def status_lines(db: ExportDB) -> list[str]:
-    """What each export has done and what waits: the cursor, and the outbox's unsent,
-    held (no Stripe customer) and refused events."""
-    lines = []
+def export_status(db: ExportDB, tenant_id: str | None = None) -> list[dict]:
+    """Each export's cursor and its outbox's events: sent, unsent, held (no Stripe
+    customer), refused; with `tenant_id`, that tenant's events only (the cursors are
+    every tenant's). Times are aware datetimes, None where nothing happened yet."""
+    out = []
+    p = db.dialect.placeholder
     for name, w, since, closed, scanned, updated in db.fetch(
         "SELECT name, window_seconds, since, closed_before, scanned_to, updated_at FROM billing_export_state "
         "ORDER BY name"
     ):
-        t = db.time
-        lines.append(
-            f"{name}: since {t(since).isoformat()}, window {w}s, closed before "
-            f"{t(closed).isoformat() if closed else '-'}, scanned to {t(scanned).isoformat() if scanned else '-'}, "
-            f"updated {t(updated).isoformat() if updated else '-'}"
-        )
-        p = db.dialect.placeholder
+        where, params = f"name = {p}", [name]
+        if tenant_id is not None:
+            where, params = f"{where} AND tenant_id = {p}", [name, tenant_id]
         (sent, unsent, held, refused), *_ = db.fetch(
             "SELECT count(sent_at), "
             "sum(CASE WHEN sent_at IS NULL THEN 1 ELSE 0 END), "
             "sum(CASE WHEN sent_at IS NULL AND customer_id IS NULL THEN 1 ELSE 0 END), "
             "sum(CASE WHEN sent_at IS NULL AND last_error IS NOT NULL THEN 1 ELSE 0 END) "
-            f"FROM billing_export_outbox WHERE name = {p}",
-            (name,),
+            f"FROM billing_export_outbox WHERE {where}",
+            params,
         )
+        t = db.time
+        out.append(
+            {
+                "name": name,
+                "window_seconds": int(w),
+                "since": t(since),
+                "closed_before": t(closed) if closed else None,
+                "scanned_to": t(scanned) if scanned else None,
+                "updated_at": t(updated) if updated else None,
+                "outbox": {
+                    "sent": int(sent or 0),
+                    "unsent": int(unsent or 0),
+                    "held": int(held or 0),
+                    "refused": int(refused or 0),
+                },
+            }
+        )
+    return out
+
+
+def status_lines(db: ExportDB) -> list[str]:
+    """What each export has done and what waits: the cursor, and the outbox's unsent,
+    held (no Stripe customer) and refused events."""
+
+    def iso(t) -> str:
+        return t.isoformat() if t else "-"
+
+    lines = []
+    for e in export_status(db):
         lines.append(
-            f"  outbox: {sent} sent, {unsent or 0} unsent ({held or 0} held: no Stripe customer, "
-            f"{refused or 0} refused by Stripe)"
+            f"{e['name']}: since {e['since'].isoformat()}, window {e['window_seconds']}s, closed before "
+            f"{iso(e['closed_before'])}, scanned to {iso(e['scanned_to'])}, updated {iso(e['updated_at'])}"
+        )
+        o = e["outbox"]
+        lines.append(
+            f"  outbox: {o['sent']} sent, {o['unsent']} unsent ({o['held']} held: no Stripe customer, "
+            f"{o['refused']} refused by Stripe)"
         )
     return lines or ["no billing export has run yet"]

@@ -143,4 +143,18 @@ async def reconcile_command(args) -> int:
                     fh.write(data)
             except OSError as exc:
                 raise CommandError(f"--json: cannot write {args.json_file}: {exc.strerror}") from None
-    return EXIT_DIFFERENCES if over else 0
+    status = EXIT_DIFFERENCES if over else 0
+    _record(doc, status)
+    return status
+
+
+def _record(doc: dict, status: int) -> None:
+    """Keep the run where the console reads it ($TALLYGATE_RECONCILE_DIR, reconcile/runs.py)."""
+    from ..reconcile.runs import RECONCILE_DIR_ENV, RunsError, record_run
+
+    directory = os.environ.get(RECONCILE_DIR_ENV, "").strip()
+    if directory:
+        try:
+            record_run(directory, doc, status)
+        except RunsError as exc:
+            raise CommandError(str(exc)) from None

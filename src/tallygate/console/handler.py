@@ -9,6 +9,7 @@ through element.style, which a policy does not block). The API refuses cross-sit
 requests (Sec-Fetch-Site, Origin), and every change needs the session's CSRF token in
 the X-CSRF-Token header. A tenant's session reads its own tenant only: an id of another
 tenant in a URL is a 403 (a tenant page) or a 404 (a request, which for it does not exist).
+Failed sign-ins are bounded per client address and in total (throttle.py): then a 429.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from ..store import StoreUnavailable
 from ..tenants.cache import KeyCache
 from ..tenants.store import KeyStore
 from .sessions import CSRF_HEADER, ROLE_ADMIN, ROLE_TENANT, Session, Sessions, cookie_value, signing_key
+from .status import Status
+from .throttle import SignInThrottle, client_address
 from .views import Views
 
 log = logging.getLogger("tallygate.console")
@@ -106,6 +109,10 @@ class Console:
         self.ledger_ready = ledger_ready
         credits = getattr(admin, "credits", None)
         self.views = Views(store, keystore, credits.balance_doc if credits is not None else None)
+        self.status = Status(settings)
+        self.throttle = SignInThrottle(
+            settings.console_sign_in_failures_per_ip, settings.console_sign_in_failures_total
+        )
         self.static = load_static()
         self.shell = self.static["index.html"][1]
 
@@ -236,8 +243,10 @@ class Console:
             self._require_admin(session)
             await self._json(send, 200, await self.admin.revoke_key(ident))
         elif name == "billing" and ident is None and method == b"GET":
-            self._require_admin(session, "Billing exports are shown to the master key's session.")
-            await self._json(send, 200, await self.views.billing())
+            await self._json(send, 200, await self.status.billing(own))
+        elif name == "reconciliation" and ident is None and method == b"GET":
+            self._require_admin(session, "Reconciliation runs are shown to the master key's session.")
+            await self._json(send, 200, await self.status.reconciliation())
         elif name == "requests" and method == b"GET":
             if ident is None:
                 asked = params.get("tenant_id") or None
@@ -285,6 +294,17 @@ class Console:
             raise GatewayError(
                 415, 'Send the key as JSON: {"key": "..."}.', "invalid_request_error", "unsupported_media_type"
             )
+        address = client_address(scope, headers)
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            log.warning("console sign-in throttled", extra={"fields": {"client_address": address}})
+            raise GatewayError(
+                429,
+                f"Too many failed sign-ins: try again in {wait} s.",
+                "rate_limit_error",
+                "sign_in_throttled",
+                [(b"retry-after", str(wait).encode())],
+            )
         doc = json_object(await read_body(receive, SIGN_IN_LIMIT, headers))
         key = doc.get("key")
         if not isinstance(key, str) or not key.strip():
@@ -296,6 +316,7 @@ class Console:
         else:
             tenant_key = self.keys.lookup(key) if key.startswith("tg-") else None
             if tenant_key is None:
+                self.throttle.failed(address)
                 if self.auth.is_known(bearer):
                     raise forbidden("Sign in with the master key or a tenant key.", "not_a_console_key")
                 raise unauthorized("Invalid key.")

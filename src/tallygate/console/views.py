@@ -25,7 +25,6 @@ from ..reports import (
     usage_series,
     usage_totals,
 )
-from ..store.dialect import dialect_of
 from ..tenants.model import Limits, period_start
 from ..tenants.store import KeyStore
 
@@ -185,47 +184,3 @@ class Views:
         if row is None or (tenant is not None and row["tenant_id"] != tenant):
             return None  # another tenant's request does not exist for this session
         return row
-
-    async def billing(self) -> dict:
-        """Each billing export's progress and its outbox (the figures `tallygate billing status`
-        prints, from the same tables): events sent, unsent, held (no Stripe customer), refused."""
-        dialect = dialect_of(self.store)
-        out = []
-        for name, window, since, closed, scanned, updated in await self.store.fetch(
-            "SELECT name, window_seconds, since, closed_before, scanned_to, updated_at FROM billing_export_state "
-            "ORDER BY name"
-        ):
-            rows = await self.store.fetch(
-                "SELECT count(sent_at), sum(CASE WHEN sent_at IS NULL THEN 1 ELSE 0 END), "
-                "sum(CASE WHEN sent_at IS NULL AND customer_id IS NULL THEN 1 ELSE 0 END), "
-                "sum(CASE WHEN sent_at IS NULL AND last_error IS NOT NULL THEN 1 ELSE 0 END) "
-                f"FROM billing_export_outbox WHERE name = {dialect.placeholder}",
-                [name],
-            )
-            sent, unsent, held, refused = rows[0]
-            out.append(
-                {
-                    "name": name,
-                    "window_seconds": window,
-                    "since": _iso(dialect, since),
-                    "closed_before": _iso(dialect, closed),
-                    "scanned_to": _iso(dialect, scanned),
-                    "updated_at": _iso(dialect, updated),
-                    "outbox": {
-                        "sent": int(sent or 0),
-                        "unsent": int(unsent or 0),
-                        "held": int(held or 0),
-                        "refused": int(refused or 0),
-                    },
-                }
-            )
-        return {"object": "list", "data": out}
-
-
-def _iso(dialect, value) -> str | None:
-    t = dialect.time_value(value)
-    return (
-        None
-        if t is None
-        else (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
-    )

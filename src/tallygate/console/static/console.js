@@ -175,7 +175,7 @@ async function overviewPage(params) {
   const xs = doc.series.map((p) => p.t);
   const out = [
     heading(session.role === "admin" ? "Overview" : "Overview: " + session.tenant_id, rangePicker(doc.range, doc.ranges, "/ui")),
-    el("p", { class: "muted" }, "From " + when(doc.start) + " to " + when(doc.end) + ", by " + doc.bucket + "."),
+    el("p", { class: "muted", id: "range-span", "data-start": doc.start, "data-end": doc.end }, "From " + when(doc.start) + " to " + when(doc.end) + ", by " + doc.bucket + "."),
     el("section", { class: "figures" },
       figure("Cost", usd(t.cost_usd), change(t.cost_usd, doc.previous_totals.cost_usd), "total-cost"),
       figure("Tokens", int(t.total_tokens), change(t.total_tokens, doc.previous_totals.total_tokens), "total-tokens"),
@@ -399,11 +399,42 @@ async function requestPage(id) {
     el("p", {}, el("a", { href: "/ui/requests?tenant_id=" + encodeURIComponent(doc.tenant_id) }, "Other requests of tenant " + doc.tenant_id)));
 }
 
+function measureText(m, money) {
+  if (!m) return "–";
+  const f = money ? usd : int;
+  return f(m.ledger) + " / " + f(m.provider) + (m.percent === null ? "" : " (" + (m.percent.startsWith("-") ? "" : "+") + m.percent + "%)");
+}
+
+function reconciliationSection(doc) {
+  const parts = [el("h2", {}, "Reconciliation")];
+  if (!doc.configured) {
+    parts.push(el("p", { class: "muted", id: "reconciliation-off" }, "Reconciliation runs are not kept: set TALLYGATE_RECONCILE_DIR for the gateway and for tallygate reconcile."));
+    return parts;
+  }
+  if (doc.error) parts.push(el("p", { class: "error" }, "Cannot read " + doc.directory + ": " + doc.error));
+  parts.push(el("p", { class: "muted" }, "The ledger against the provider's usage and cost reports (tallygate reconcile), newest day first: ledger / provider (difference)."));
+  parts.push(table("reconciliation", [
+    ["day", "Day (UTC)", (r) => r.day],
+    ["provider", "Provider", (r) => r.provider],
+    ["result", "Result", (r) => (r.error ? el("span", { class: "status bad" }, r.error) : el("span", { class: r.ok ? "status ok" : "status bad" }, r.ok ? "within " + r.tolerance_percent + "%" : r.over_count + " of " + r.groups + " over " + r.tolerance_percent + "%"))],
+    ["over", "Over the tolerance", (r) => (r.over && r.over.length ? r.over.map((o) => o.key + " " + o.model).join(", ") : "")],
+    ["requests", "Requests", (r) => measureText(r.totals && r.totals.requests, false), true],
+    ["input_tokens", "Input tokens", (r) => measureText(r.totals && r.totals.input_tokens, false), true],
+    ["cost_usd", "Cost", (r) => measureText(r.totals && r.totals.cost_usd, true), true],
+    ["ran_at", "Ran at", (r) => when(r.ran_at)],
+  ], doc.data, null, "No reconciliation has run yet."));
+  return parts;
+}
+
 async function billingPage() {
-  const doc = await api("/ui/api/billing");
+  const admin = session.role === "admin";
+  const [doc, runs] = await Promise.all([api("/ui/api/billing"), admin ? api("/ui/api/reconciliation") : null]);
   show(
-    heading("Billing exports"),
-    el("p", { class: "muted" }, "What each export (tallygate billing export) has sent and what waits in its outbox."),
+    heading("Billing"),
+    el("h2", {}, "Exports"),
+    el("p", { class: "muted" }, admin
+      ? "What each export (tallygate billing export) has sent and what waits in its outbox."
+      : "What each export (tallygate billing export) has sent of your tenant's usage and what waits."),
     table("billing", [
       ["name", "Export", (e) => e.name],
       ["window_seconds", "Window", (e) => int(e.window_seconds) + " s", true],
@@ -415,6 +446,7 @@ async function billingPage() {
       ["refused", "Refused", (e) => int(e.outbox.refused), true],
       ["updated_at", "Updated", (e) => when(e.updated_at)],
     ], doc.data, null, "No billing export has run yet."),
+    ...(runs ? reconciliationSection(runs) : []),
   );
 }
 
@@ -457,7 +489,7 @@ async function signOut() {
 }
 
 function chrome(path) {
-  const links = [["/ui", "Overview"], ...(session.role === "admin" ? [["/ui/tenants", "Tenants"]] : [[tenantHref(session.tenant_id), "My tenant"]]), ["/ui/keys", "Keys"], ["/ui/requests", "Requests"], ...(session.role === "admin" ? [["/ui/billing", "Billing"]] : [])];
+  const links = [["/ui", "Overview"], ...(session.role === "admin" ? [["/ui/tenants", "Tenants"]] : [[tenantHref(session.tenant_id), "My tenant"]]), ["/ui/keys", "Keys"], ["/ui/requests", "Requests"], ["/ui/billing", "Billing"]];
   nav.replaceChildren(...links.map(([href, label]) => {
     const current = href === "/ui" ? path === "/ui" || path === "/ui/" : path.startsWith(href);
     return el("a", { href, class: current ? "current" : null, "aria-current": current ? "page" : null }, label);
