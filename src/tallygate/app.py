@@ -30,6 +30,7 @@ from .upstream import Router, client_session, route_secrets, scrub
 if TYPE_CHECKING:
     import aiohttp
 
+    from .batches.settle import BatchBilling
     from .console import Console
     from .credits.store import CreditStore
     from .limits.guard import Guard
@@ -50,7 +51,7 @@ log = logging.getLogger("tallygate")
 _TRACE_RE = re.compile(rb"[0-9a-fA-F]{32}")
 # the GET endpoints outside the proxy and the admin API (routes/service.py, routes/models.py)
 # the stateful and free endpoints (routes/objects.py)
-OBJECT_PATHS = (b"/v1/responses/", b"/v1/conversations", b"/v1/moderations", b"/v1/files")
+OBJECT_PATHS = (b"/v1/responses/", b"/v1/conversations", b"/v1/moderations", b"/v1/files", b"/v1/batches")
 # images and audio, metered by their units (routes/media.py)
 MEDIA_PATHS = (b"/v1/images/", b"/v1/audio/")
 GET_PATHS = (b"/health", b"/live", b"/ready", b"/metrics", b"/openapi.json", b"/v1/models", b"/v1/balance")
@@ -93,6 +94,7 @@ class Gateway:
     owners: Owners
     objects: Objects
     media: Media
+    batches: BatchBilling
     loop: asyncio.AbstractEventLoop
     client_ready: asyncio.Event
 
@@ -145,6 +147,8 @@ class Gateway:
 
     # -- lifespan ----------------------------------------------------------
     async def startup(self) -> None:
+        from .batches.settle import BatchBilling
+        from .batches.store import BatchStore
         from .credits.store import CreditStore
         from .limits.counters import MemoryCounters
         from .limits.guard import Guard
@@ -210,6 +214,9 @@ class Gateway:
             default_context_tokens=s.default_context_tokens,
         )
         self.pipeline.start()
+        self.batches = BatchBilling(
+            batches=BatchStore(self.store), pipeline=self.pipeline, router=self.router, client=self.client
+        )
         self.objects = Objects(
             auth=self.auth,
             router=self.router,
@@ -221,6 +228,7 @@ class Gateway:
             trace_for=self.trace_for,
             max_body_bytes=s.max_body_bytes,
             max_file_bytes=s.max_file_bytes,
+            batches=self.batches,
         )
         self.media = Media(
             auth=self.auth,
@@ -312,6 +320,13 @@ class Gateway:
             self._background.append(
                 asyncio.create_task(maintenance_loop(self.store, self.settings.ledger_retention_days))
             )
+        from .batches.poller import poll_loop
+
+        self._background.append(
+            asyncio.create_task(
+                poll_loop(self.batches, self.batches.batches, self.settings, self.settings.batch_poll_interval)
+            )
+        )
         self.ledger_ready = True
         log.info(
             "ledger ready",
@@ -350,6 +365,7 @@ class Gateway:
             self.keys.stop()
             if self.metrics_server is not None:
                 await self.metrics_server.close()
+            await self.batches.close()
             await self.pipeline.close(deadline)
             await self.owners.close()
             await self.guard.close()

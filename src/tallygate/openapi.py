@@ -70,7 +70,7 @@ def _messages_op(summary: str, streams: bool) -> dict:
 _OBJECT_ERRORS = (400, 401, 403, 404, 429, 502, 503)
 _ID_PARAMS = {
     name: {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-    for name in ("response_id", "conversation_id", "item_id", "file_id")
+    for name in ("response_id", "conversation_id", "item_id", "file_id", "batch_id")
 }
 _JSON_BODY = {
     "required": False,
@@ -192,8 +192,9 @@ def _media_paths() -> dict:
 
 
 def _object_paths() -> dict:
-    """Responses by id, conversations and items, moderations, files (tenant-owned ids: a 404 for others)."""
+    """Responses by id, conversations and items, moderations, files, batches (tenant-owned ids: a 404 for others)."""
     r, c, i, f = ("response_id",), ("conversation_id",), ("conversation_id", "item_id"), ("file_id",)
+    b = ("batch_id",)
     upload = _object_op("Upload a file (streamed to the upstream; TALLYGATE_MAX_FILE_BYTES)")
     upload["requestBody"] = _UPLOAD
     upload["responses"].update(_errors(413, 415))
@@ -228,6 +229,14 @@ def _object_paths() -> dict:
         "/v1/files/{file_id}/content": {
             "get": _object_op("A file's content, streamed", f, content="application/octet-stream")
         },
+        "/v1/batches": {
+            "get": _object_op("The caller's batches"),
+            "post": _object_op(
+                "Create a batch from a file of the caller's (its lines billed once it finished)", body=True
+            ),
+        },
+        "/v1/batches/{batch_id}": {"get": _object_op("A batch of the caller's (a finished one is billed)", b)},
+        "/v1/batches/{batch_id}/cancel": {"post": _object_op("Cancel a batch of the caller's", b)},
     }
 
 

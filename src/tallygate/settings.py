@@ -115,6 +115,7 @@ class Settings:
     retry_max_backoff: float = 4.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    batch_poll_interval: float = 60.0  # seconds between the poller's looks at unfinished batches
     postgres: PostgresSettings | None = None
     sqlite_path: str = "tallygate.db"
     ledger: str = "on"  # "off": no ledger rows (the log line and the metrics only)
@@ -337,6 +338,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         retry_max_backoff=_float(env, "TALLYGATE_RETRY_MAX_BACKOFF", 4.0),
         max_body_bytes=_int(env, "TALLYGATE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         max_file_bytes=_int(env, "TALLYGATE_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES),
+        batch_poll_interval=_float(env, "TALLYGATE_BATCH_POLL_INTERVAL", 60.0),
         postgres=postgres_from_env(env),
         sqlite_path=env.get("TALLYGATE_SQLITE_PATH") or "tallygate.db",
         ledger=_choice(env, "TALLYGATE_LEDGER", "on", ("on", "off")),

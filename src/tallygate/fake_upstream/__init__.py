@@ -56,7 +56,9 @@ gpt-image-* with token usage, streamed with partial images), transcriptions and 
 Stateful endpoints (fake_upstream/objects.py, in memory, random ids): stored responses
 (retrieve, delete, cancel, input items; every non-`store: false` response is kept),
 `responses/input_tokens`, conversations and their items, moderations, files (multipart
-upload, list, retrieve, delete, content: the first MiB of each file is kept).
+upload, list, retrieve, delete, content: the first MiB of each file is kept), and the Batch
+API (fake_upstream/batches.py: a batch finishes `--batch-delay` seconds after its creation, its
+output and error files in OpenAI's line format).
 
 `--fail-rate 0.1` answers 500 on every tenth call, for fault runs. What it
 received is listed at GET /_fake/requests (cleared by POST /_fake/reset); GET
@@ -85,10 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--fail-rate", type=float, default=0.0, help="answer 500 on this fraction of calls")
+    parser.add_argument("--batch-delay", type=float, default=1.0, help="seconds until a batch finishes")
 
 
 def run(args: argparse.Namespace) -> int:
-    fake = FakeUpstream(args.fail_rate)
+    fake = FakeUpstream(args.fail_rate, args.batch_delay)
     print(f"fake upstream on http://{args.host}:{args.port}/v1", flush=True)
     web.run_app(fake.app(), host=args.host, port=args.port, print=None, access_log=None)
     return 0

@@ -22,6 +22,7 @@ from .answers import (
     write_pieces,
 )
 from .anthropic import AnthropicAnswers
+from .batches import FakeBatches
 from .media import FakeMedia
 from .objects import FakeObjects, new_id
 from .structured import chat_finished, json_text, pieces, responses_finished, tool_call
@@ -31,7 +32,7 @@ _RECORDED_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta", "api-ke
 
 
 class FakeUpstream:
-    def __init__(self, fail_rate: float = 0.0) -> None:
+    def __init__(self, fail_rate: float = 0.0, batch_delay: float = 1.0) -> None:
         self.requests: list[dict] = []
         self.calls = 0
         self.fail_every = int(round(1 / fail_rate)) if fail_rate > 0 else 0
@@ -40,6 +41,7 @@ class FakeUpstream:
         self.disconnects: list[dict] = []
         self.completed_streams = 0
         self.objects = FakeObjects()  # stored responses, conversations, files
+        self.batches = FakeBatches(self.objects, batch_delay)  # the Batch API, finished after batch_delay s
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -54,6 +56,7 @@ class FakeUpstream:
         app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
         self.objects.add_routes(app)
         FakeMedia(self).add_routes(app)
+        self.batches.add_routes(app)
         app.on_response_prepare.append(self._cookie)
         app.router.add_get("/_fake/requests", self.list_requests)
         app.router.add_post("/_fake/reset", self.reset)

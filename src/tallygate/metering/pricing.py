@@ -125,6 +125,32 @@ class Price:
         return self.source
 
 
+# OpenAI's Batch API bills every rate at half the standard one (input, cache reads, output and
+# the parts priced apart). Batch work is priced at the price data's batch variant where it has
+# one (`processing: batch`: the source stays "genai-prices"); without one (most models in
+# genai-prices 0.2.3, and a price file without a `batch` tier) at the standard price times
+# BATCH_FACTOR, exact in Decimal, with ":batch50" added to the source so a row says which.
+BATCH_TIER = "batch"
+BATCH_FACTOR = Decimal("0.5")
+BATCH_RULE = ":batch50"
+
+
+@dataclass(frozen=True, slots=True)
+class HalfPrice(Price):
+    """The standard price of a model, billed at BATCH_FACTOR (the 50% rule above)."""
+
+    def cost(self, usage: Any) -> Decimal:
+        return Price.cost(self, usage) * BATCH_FACTOR
+
+
+def batch_rule(price: Price) -> Price:
+    """A batch-tier price the data or the file did not give: the standard one at 50%."""
+    if price.source == "unknown":
+        return price
+    fields = {name: getattr(price, name) for name in Price.__dataclass_fields__}
+    return HalfPrice(**{**fields, "source": price.source + BATCH_RULE, "tier_priced": True})
+
+
 def _unpriced_part(price: Any, usage: Any) -> bool:
     def rate(key: str) -> Any:
         return None if price is None else getattr(price, key)
@@ -349,6 +375,8 @@ class PriceBook:
                 tiered = self._overrides.get(f"{name}@{tier}")
                 if tiered is not None:
                     return tiered
+                if tier == BATCH_TIER:
+                    return batch_rule(self._overrides[name])
                 # a tier the file does not price: its standard rates, marked partial (the
                 # library's tier rate would mix two sources)
                 return replace(self._overrides[name], tier_priced=False)
@@ -359,6 +387,8 @@ class PriceBook:
                 continue
             price = self._from_library(provider, name, tier)
             if price is not None:
+                if tier == BATCH_TIER and not price.tier_priced:  # no batch variant: the 50% rule
+                    return batch_rule(self._from_library(provider, name, None) or price)
                 return price
         return UNKNOWN
 

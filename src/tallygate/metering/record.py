@@ -39,7 +39,7 @@ class UsageRecord:
     file_search_calls: int = 0
     service_tier: str | None = None
     cost_usd: Decimal = Decimal(0)
-    price_source: str = "unknown"  # genai-prices | override | unknown | free; ":partial" when a part had no rate
+    price_source: str = "unknown"  # genai-prices | override | unknown | free; ":batch50" batch work at the 50% rule; ":partial" when a part had no rate
     price_version: str | None = None  # the price data the cost came from (genai-prices version)
     usage_source: str = "none"  # provider | estimated | clamped | none
     usage_flag: str | None = None  # missing (no usage in a 200: estimated) | implausible (clamped)

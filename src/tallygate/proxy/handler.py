@@ -15,6 +15,8 @@ from .relay import Relay
 from .retries import Retries
 
 log = logging.getLogger("tallygate.upstream")
+# the OpenAI endpoints whose prompts may quote an uploaded file (input_file, chat file parts)
+QUOTES_FILES = frozenset({"/responses", "/chat/completions"})
 
 
 class ProxyHandler:
@@ -69,7 +71,12 @@ class ProxyHandler:
         body = await read_body(receive, self.max_body_bytes, headers)  # the limit, Content-Encoding
         doc, model, stream = fmt.parse(body)
         route: Route = router.resolve(model)
-        if path == "/responses" and ("previous_response_id" in doc or "conversation" in doc) and self.references:
+        if self.references is not None and (
+            (path == "/responses" and ("previous_response_id" in doc or "conversation" in doc))
+            # a quoted file id (or an escape that could spell the key) is walked for: a file of the
+            # caller's. find(), not `in`: bytes `in` first tries the needle as an int (~2.5k instructions)
+            or (path in QUOTES_FILES and (body.find(b'file_id"') >= 0 or body.find(b"\\u") >= 0))
+        ):
             await self.references(principal, doc)
 
         # the model asked for, then the fallbacks that may serve it (the budget reserves for the dearest)

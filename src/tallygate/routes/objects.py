@@ -5,7 +5,8 @@
     POST /v1/conversations, GET/POST/DELETE /v1/conversations/{id},
     GET/POST /v1/conversations/{id}/items, GET/DELETE /v1/conversations/{id}/items/{item_id},
     POST /v1/moderations,
-    POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content
+    POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content,
+    POST/GET /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel
 
 Every call is authenticated, counted against the caller's requests-per-minute limits (no
 tokens, no budget: they cost nothing) and recorded as a $0 ledger row with its endpoint
@@ -13,7 +14,8 @@ tokens, no budget: they cost nothing) and recorded as a $0 ledger row with its e
 that created it through the gateway (tenants/owners.py): anyone else, and any id the gateway
 never saw created, gets OpenAI's 404, so a guessed id reveals nothing. File uploads stream to
 the upstream as they arrive (never held whole; TALLYGATE_MAX_FILE_BYTES), downloads stream back.
-The objects live on the default route (OPENAI_BASE_URL).
+The objects live on the default route (OPENAI_BASE_URL). A batch's own calls are free; its
+lines are billed once it has finished (batches/).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import orjson
 
 from ..auth import Authenticator, Principal
+from ..batches.settle import BatchBilling
 from ..errors import GatewayError, bad_request, not_found, unavailable
 from ..http import ClientGone, declared_length, json_object, read_body
 from ..metering.record import UsageRecord, utcnow
@@ -37,10 +40,13 @@ from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Router, scrub
 
 log = logging.getLogger("tallygate.objects")
 
-PREFIXES = (b"/v1/responses/", b"/v1/conversations", b"/v1/moderations", b"/v1/files")
+PREFIXES = (b"/v1/responses/", b"/v1/conversations", b"/v1/moderations", b"/v1/files", b"/v1/batches")
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
 FILES_PAGE = 10_000  # the most files OpenAI lists a page
-FILES_PAGES = 10  # upstream pages read for one page of the caller's files
+BATCHES_PAGE = 100  # the most batches OpenAI lists a page (20 when no limit is given)
+OWNED_PAGES = 10  # upstream pages read for one page of the caller's files or batches
+# listed kind -> (the largest upstream page, the caller's page when no limit is given)
+LIST_PAGES = {"file": (FILES_PAGE, FILES_PAGE), "batch": (BATCHES_PAGE, 20)}
 # answer headers passed on beside PASS_HEADERS (a download's name and size)
 _DOWNLOAD_HEADERS = frozenset({b"content-disposition", b"content-length"})
 
@@ -55,7 +61,8 @@ class Op:
     creates: str | None = None  # the kind of id its answer creates
     body: str = "none"  # none | json | upload
     download: bool = False
-    lists_files: bool = False
+    lists: str | None = None  # a listing cut to the caller's ids of this kind
+    answers_batch: bool = False  # the answer is a batch object (a finished one is billed)
 
 
 def _match(method: str, parts: list[str]) -> Op | None | list[str]:
@@ -114,7 +121,7 @@ def _match(method: str, parts: list[str]) -> Op | None | list[str]:
         if n == 1:
             allowed = {
                 "POST": Op("/v1/files", "/files", creates="file", body="upload"),
-                "GET": Op("/v1/files", "/files", lists_files=True),
+                "GET": Op("/v1/files", "/files", lists="file"),
             }
         elif n == 2:
             allowed = {
@@ -125,6 +132,20 @@ def _match(method: str, parts: list[str]) -> Op | None | list[str]:
             allowed = {"GET": Op("/v1/files/{id}/content", f"/files/{ident}/content", owned, download=True)}
         else:
             return None
+    elif head == "batches":
+        owned = ("batch", ident)
+        if n == 1:
+            allowed = {
+                "POST": Op("/v1/batches", "/batches", creates="batch", body="json"),
+                "GET": Op("/v1/batches", "/batches", lists="batch"),
+            }
+        elif n == 2:
+            allowed = {"GET": Op("/v1/batches/{id}", f"/batches/{ident}", owned, answers_batch=True)}
+        elif n == 3 and parts[2] == "cancel":
+            cancel = Op("/v1/batches/{id}/cancel", f"/batches/{ident}/cancel", owned, answers_batch=True)
+            allowed = {"POST": cancel}
+        else:
+            return None
     else:
         return None
     op = allowed.get(method)
@@ -133,6 +154,37 @@ def _match(method: str, parts: list[str]) -> Op | None | list[str]:
 
 class UploadTooLarge(Exception):
     pass
+
+
+MAX_QUOTED_FILES = 100  # file ids a prompt may quote (each is one ownership check)
+
+
+def quoted_file_ids(doc: dict) -> list[str]:
+    """The file ids a request's prompt quotes: Responses `input_file` parts (`input`) and chat
+    `file` parts (`messages[].content[].file.file_id`), each content part looked at once."""
+    found: list[str] = []
+    items = doc.get("input") if "input" in doc else doc.get("messages")
+    for item in items if isinstance(items, list) else ():
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in (item, *content) if isinstance(content, list) else (item,):
+            if not isinstance(part, dict):
+                continue
+            inner = part.get("file")
+            file_id = inner.get("file_id") if isinstance(inner, dict) else part.get("file_id")
+            if isinstance(file_id, str) and file_id not in found:
+                found.append(file_id)
+    if len(found) > MAX_QUOTED_FILES:
+        raise bad_request(f"A request may quote at most {MAX_QUOTED_FILES} files.", "too_many_files")
+    return found
+
+
+def _json_doc(data: bytes) -> dict:
+    """An upstream answer's JSON object ({} when it is not one)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 class Objects:
@@ -149,6 +201,7 @@ class Objects:
         trace_for: Callable[[dict], str | None],
         max_body_bytes: int,
         max_file_bytes: int,
+        batches: BatchBilling | None = None,
     ) -> None:
         self.auth = auth
         self.router = router
@@ -160,6 +213,7 @@ class Objects:
         self.trace_for = trace_for
         self.max_body_bytes = max_body_bytes
         self.max_file_bytes = max_file_bytes
+        self.batches = batches  # records a finished batch's lines (batches/settle.py)
 
     async def handle(self, scope, receive, send, method: bytes, path: bytes) -> None:
         try:
@@ -243,6 +297,11 @@ class Objects:
             conversation = conversation.get("id")
         if isinstance(conversation, str) and conversation:
             await self._require_owner(principal, "conversation", conversation)
+        input_file = doc.get("input_file_id")  # POST /v1/batches: its requests are the caller's file
+        if isinstance(input_file, str):
+            await self._require_owner(principal, "file", input_file)
+        for file_id in quoted_file_ids(doc):  # files a prompt quotes (input_file, chat's file parts)
+            await self._require_owner(principal, "file", file_id)
 
     # -- the upstream call ---------------------------------------------------------------
     async def _forward(
@@ -268,9 +327,9 @@ class Objects:
             data, out_headers = self._upload(receive, headers, out_headers)
         session = await self.client()
         try:
-            if op.lists_files:
-                await self._list_files(
-                    send, session, route.url(op.upstream_path), query, out_headers, principal, record, started
+            if op.lists is not None:
+                await self._list_owned(
+                    send, session, op.lists, route.url(op.upstream_path), query, out_headers, principal, record, started
                 )
                 return
             async with session.request(method, URL(url, encoded=True), headers=out_headers, data=data) as resp:
@@ -336,6 +395,8 @@ class Objects:
             data = scrub(data, self.secrets)
         elif op.creates is not None:
             await self._remember_created(data, op.creates, principal)
+        elif op.answers_batch and self.batches is not None:
+            self.batches.seen(_json_doc(data))
         committed = self._submit(record, started, status, "ok" if status < 400 else "upstream_error", wait=True)
         if committed is not None:  # sync-ledger mode: the row first, then the answer
             await committed
@@ -345,15 +406,15 @@ class Objects:
         await send({"type": "http.response.body", "body": data})
 
     async def _remember_created(self, data: bytes, kind: str, principal) -> None:
-        try:
-            object_id = orjson.loads(data).get("id")
-        except (orjson.JSONDecodeError, AttributeError):
-            object_id = None
+        doc = _json_doc(data)
+        object_id = doc.get("id")
         if not isinstance(object_id, str) or not _ID.fullmatch(object_id):
             log.warning("an upstream answer created an object without a usable id", extra={"fields": {"kind": kind}})
             return
         try:
             await self.owners.remember(object_id, kind, principal.tenant_id)
+            if kind == "batch" and self.batches is not None:  # whom its lines are billed to
+                await self.batches.created(doc, principal)
         except StoreUnavailable:
             # kept in this instance's memory; another instance (or a restart) will not know it
             log.error(
@@ -361,22 +422,26 @@ class Objects:
                 extra={"fields": {"kind": kind, "object_id": object_id}},
             )
 
-    async def _list_files(self, send, session, url: str, query: bytes, headers: dict, principal, record, started):
-        """GET /v1/files cut to the caller's own files. The upstream lists the whole account's,
-        so its pages (fetched at the largest size) are filtered until the caller's page is full
-        or the listing ends: `after` cursors and `has_more` stay right for the SDKs' paging."""
+    async def _list_owned(
+        self, send, session, kind: str, url: str, query: bytes, headers: dict, principal, record, started
+    ):
+        """GET /v1/files or /v1/batches cut to the caller's own. The upstream lists the whole
+        account's, so its pages (fetched at the largest size) are filtered until the caller's
+        page is full or the listing ends: `after` cursors and `has_more` stay right for the
+        SDKs' paging."""
         from urllib.parse import parse_qsl, urlencode
 
+        largest, default = LIST_PAGES[kind]
         params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
         try:
-            limit = min(max(int(params.get("limit") or FILES_PAGE), 1), FILES_PAGE)
+            limit = min(max(int(params.get("limit") or default), 1), largest)
         except ValueError:
             raise bad_request("limit must be an integer.", "invalid_parameter", "limit") from None
         after = params.get("after")
         kept: list[dict] = []
         more = False
-        for _ in range(FILES_PAGES):
-            wanted = {**params, "limit": str(FILES_PAGE), **({"after": after} if after else {})}
+        for _ in range(OWNED_PAGES):
+            wanted = {**params, "limit": str(largest), **({"after": after} if after else {})}
             target = url + ("&" if "?" in url else "?") + urlencode(wanted)
             async with session.get(target, headers=headers) as resp:
                 data = await resp.read()
@@ -386,21 +451,25 @@ class Objects:
                 return
             try:
                 doc = orjson.loads(data)
-                files = [f for f in doc["data"] if isinstance(f, dict) and isinstance(f.get("id"), str)]
+                items = [f for f in doc["data"] if isinstance(f, dict) and isinstance(f.get("id"), str)]
                 more = doc.get("has_more") is True
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                files, more = [], False
+                items, more = [], False
             try:
-                mine = await self.owners.owned(principal.tenant_id, [f["id"] for f in files])
+                mine = await self.owners.owned(principal.tenant_id, [f["id"] for f in items])
             except StoreUnavailable:
                 raise unavailable(
-                    "Files cannot be listed: the database is not reachable. Retry shortly.", "ledger_unavailable"
+                    f"The {kind}s cannot be listed: the database is not reachable. Retry shortly.",
+                    "ledger_unavailable",
                 ) from None
-            kept.extend(f for f in files if f["id"] in mine)
-            if len(kept) > limit or not more or not files:
+            kept.extend(f for f in items if f["id"] in mine)
+            if len(kept) > limit or not more or not items:
                 break
-            after = files[-1]["id"]
+            after = items[-1]["id"]
         page = kept[:limit]
+        if kind == "batch" and self.batches is not None:
+            for batch in page:
+                self.batches.seen(batch)
         body = orjson.dumps(
             {
                 "object": "list",

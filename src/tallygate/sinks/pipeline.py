@@ -105,6 +105,16 @@ class Pipeline:
             self._wakeup.set()
         return None
 
+    def submit_committed(self, record: UsageRecord) -> asyncio.Future:
+        """Queue a record, in either ledger mode, and hand back a future that ends with True once
+        its row committed (False: not written): for work marked done only once its rows are in."""
+        fut = asyncio.get_running_loop().create_future()
+        record.submitted = True
+        self._queue.append((record, fut))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return fut
+
     def queued(self) -> list[UsageRecord]:
         """The records submitted and not yet handed to the sinks, oldest first."""
         return [r for r, _ in self._queue]
