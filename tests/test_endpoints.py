@@ -5,6 +5,7 @@ streamed under a size limit, and every call is a $0 ledger row with its endpoint
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 
@@ -304,3 +305,26 @@ def test_file_listing_pages_over_other_tenants_files(gateway):
     assert len(first.data) == 2 and first.has_more is True
     assert sorted(f.id for f in a.files.list(limit=2)) == sorted(mine)  # auto-paging: all 5, none of B's
     assert len(list(b.files.list(limit=4))) == 15
+
+
+@pytest.mark.parametrize("path", ["/files", "/audio/transcriptions", "/images/edits"])
+def test_every_upload_refuses_what_it_cannot_stream(gateway, fake_upstream, path):
+    """The checks every streamed upload shares (routes/multipart.py check_upload), each a JSON
+    error before anything reaches the upstream."""
+    gw = gateway(TALLYGATE_MAX_FILE_BYTES=1000)
+    fake_upstream.reset()
+    tenant = {"X-Tenant-ID": "t"}
+    form = "multipart/form-data; boundary=b"
+    cases = [
+        ({"Content-Type": form, "Content-Encoding": "gzip"}, b"--b--\r\n", 415, "unsupported_content_encoding"),
+        ({"Content-Type": "application/json"}, b'{"model": "whisper-1"}', 400, "invalid_request"),
+        ({"Content-Type": form}, b"x" * 1001, 413, "request_too_large"),
+    ]
+    if path != "/files":  # /v1/files passes the client's type on as it is: the upstream judges the boundary
+        cases.append(({"Content-Type": "multipart/form-data"}, b"--b--\r\n", 400, "invalid_request"))
+    for headers, body, status, code in cases:
+        got, _, answer = call(f"{gw.base_url}{path}", "POST", body, token=gw.token, headers={**tenant, **headers})
+        error = json.loads(answer)["error"]
+        assert (got, error["code"]) == (status, code), (path, headers, answer)
+        assert error["message"]
+    assert fake_upstream.requests() == []

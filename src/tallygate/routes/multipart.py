@@ -35,6 +35,28 @@ def too_large(limit: int, size: int | None = None) -> GatewayError:
     )
 
 
+def check_upload(headers: dict, limit: int, expected: str) -> tuple[int | None, bytes]:
+    """What every streamed upload (files, image edits, audio) is checked for before a byte is
+    read: the declared size within the limit (413), no Content-Encoding (415: the body goes
+    upstream as it is), a multipart/form-data type (400 saying what `expected` fields are).
+    The declared length (None: chunked) and the content type."""
+    declared = declared_length(headers)
+    if declared is not None and declared > limit:
+        raise too_large(limit, declared)
+    encoding = headers.get(b"content-encoding")
+    if encoding is not None and encoding.strip().lower() != b"identity":
+        raise GatewayError(
+            415,
+            "Uploads are streamed as they are: send them without a Content-Encoding.",
+            "invalid_request_error",
+            "unsupported_content_encoding",
+        )
+    content_type = headers.get(b"content-type", b"")
+    if not content_type.lower().startswith(b"multipart/form-data"):
+        raise bad_request(f"This endpoint takes multipart/form-data ({expected}).", "invalid_request")
+    return declared, content_type
+
+
 class FormScanner:
     """Follows the parts of a multipart body fed in pieces: text fields' values (up to
     FIELD_MAX), whether a file part has begun, the first bytes of the first file."""
@@ -114,21 +136,10 @@ class FormUpload:
     def __init__(self, receive, headers: dict, limit: int) -> None:
         self.receive = receive
         self.limit = limit
-        self.declared = declared_length(headers)
-        if self.declared is not None and self.declared > limit:
-            raise too_large(limit, self.declared)
-        encoding = headers.get(b"content-encoding")
-        if encoding is not None and encoding.strip().lower() != b"identity":
-            raise GatewayError(
-                415,
-                "Uploads are streamed as they are: send them without a Content-Encoding.",
-                "invalid_request_error",
-                "unsupported_content_encoding",
-            )
-        ctype = headers.get(b"content-type", b"")
+        self.declared, ctype = check_upload(headers, limit, "a file and its fields")
         found = _BOUNDARY.search(ctype)
-        if not ctype.lower().startswith(b"multipart/form-data") or found is None:
-            raise bad_request("This endpoint takes multipart/form-data (a file and its fields).", "invalid_request")
+        if found is None:
+            raise bad_request("The multipart/form-data type names no boundary.", "invalid_request")
         self.content_type = ctype.decode("latin-1")
         self.scanner = FormScanner(found.group(1))
         self.head: list[bytes] = []

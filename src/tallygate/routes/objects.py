@@ -31,12 +31,14 @@ import orjson
 from ..auth import Authenticator, Principal
 from ..batches.settle import BatchBilling
 from ..errors import GatewayError, bad_request, not_found, unavailable
-from ..http import ClientGone, declared_length, json_object, read_body
+from ..http import ClientGone, json_object, read_body
 from ..metering.record import UsageRecord, utcnow
 from ..proxy.ids import elapsed_ms, new_request_id
 from ..store.errors import StoreUnavailable
 from ..tenants.owners import Owners
 from ..upstream import FORWARD_HEADERS, PASS_HEADERS, Router, scrub
+from .multipart import check_upload
+from .multipart import too_large as file_too_large
 
 log = logging.getLogger("tallygate.objects")
 
@@ -356,36 +358,13 @@ class Objects:
                     "upstream_unreachable",
                 ) from None
         if too_large:
-            raise GatewayError(
-                413,
-                f"File too large: the limit is {self.max_file_bytes} bytes (TALLYGATE_MAX_FILE_BYTES).",
-                "invalid_request_error",
-                "request_too_large",
-            )
+            raise file_too_large(self.max_file_bytes)
 
     def _upload(self, receive, headers: dict, out: dict) -> tuple[_Upload, dict]:
         """The request body as a stream to the upstream, with the client's multipart type."""
-        size = declared_length(headers)
+        size, content_type = check_upload(headers, self.max_file_bytes, "fields 'file' and 'purpose'")
         if size is not None:
-            if size > self.max_file_bytes:
-                raise GatewayError(
-                    413,
-                    f"File too large: {size} bytes, the limit is {self.max_file_bytes} (TALLYGATE_MAX_FILE_BYTES).",
-                    "invalid_request_error",
-                    "request_too_large",
-                )
             out["Content-Length"] = str(size)
-        encoding = headers.get(b"content-encoding")
-        if encoding is not None and encoding.strip().lower() != b"identity":
-            raise GatewayError(
-                415,
-                "File uploads are streamed as they are: send them without a Content-Encoding.",
-                "invalid_request_error",
-                "unsupported_content_encoding",
-            )
-        content_type = headers.get(b"content-type", b"")
-        if not content_type.lower().startswith(b"multipart/form-data"):
-            raise bad_request("A file upload is multipart/form-data (fields 'file' and 'purpose').", "invalid_request")
         out["Content-Type"] = content_type.decode("latin-1")
         return _Upload(receive, self.max_file_bytes), out
 
