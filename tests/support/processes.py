@@ -115,9 +115,20 @@ class GatewayProcess:
             wait_http(self.url + "/health", proc=self.proc)
             if ready:  # the ledger connects in the background; most tests want it there
                 wait_http(self.url + "/ready", proc=self.proc)
+                self._wait_every_worker_ready(args or [])
         except Exception:
             self._log.close()
             raise RuntimeError(f"gateway did not start:\n{self.output()}") from None
+
+    def _wait_every_worker_ready(self, args: list[str], timeout: float = 30.0) -> None:
+        """/ready answers from whichever worker accepts the connection: with --workers N,
+        wait until each of them has logged "ledger ready"."""
+        workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+        deadline = time.monotonic() + timeout
+        while sum(l.get("message") == "ledger ready" for l in self.lines()) < workers:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"not every one of {workers} workers got ready")
+            time.sleep(0.05)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
