@@ -478,7 +478,9 @@ async def latency_p95(
     filters = {"tenant_id": tenant_id} if tenant_id else {}
     sql, params = latency_sql(start, end, filters, await sealed_before(store))
     rows = await store.fetch(sql, params) if sql else []
-    return percentile_of_histogram({int(lb): int(n) for lb, n in rows})
+    # no bucket: a row without a latency (never timed); no count: a rollup table with no row in
+    # the range (its sums over nothing are NULL). Neither ranks.
+    return percentile_of_histogram({int(lb): int(n) for lb, n in rows if lb is not None and n is not None})
 
 
 async def spend_since(store, column: str, value: str, since: datetime | None) -> Decimal:
