@@ -412,7 +412,8 @@ def latency_sql(
         return " AND ".join(where) or "true"
 
     buckets = f"ARRAY[{', '.join(str(k) for k in range(len(LATENCY_COLUMNS)))}]"
-    counts = f"ARRAY[{', '.join(f'sum({c})' for c in LATENCY_COLUMNS)}]"
+    # coalesce: a rollup table with no row in the range still yields its one row, of NULL sums
+    counts = f"ARRAY[{', '.join(f'coalesce(sum({c}), 0)' for c in LATENCY_COLUMNS)}]"
     if cut.hours is not None:
         days, hours = by_day(cut.hours, sealed_before)
         parts = ([(DAILY, "day", days)] if days is not None else []) + [(HOURLY, "hour", h) for h in hours]
@@ -478,9 +479,7 @@ async def latency_p95(
     filters = {"tenant_id": tenant_id} if tenant_id else {}
     sql, params = latency_sql(start, end, filters, await sealed_before(store))
     rows = await store.fetch(sql, params) if sql else []
-    # no bucket: a row without a latency (never timed); no count: a rollup table with no row in
-    # the range (its sums over nothing are NULL). Neither ranks.
-    return percentile_of_histogram({int(lb): int(n) for lb, n in rows if lb is not None and n is not None})
+    return percentile_of_histogram({int(lb): int(n) for lb, n in rows})
 
 
 async def spend_since(store, column: str, value: str, since: datetime | None) -> Decimal:
